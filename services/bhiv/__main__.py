@@ -1,0 +1,3 @@
+from bhiv.cli.main import app
+
+app(prog_name="bhiv")

@@ -1,0 +1,55 @@
+"""The platform's services: ports, gateway prefixes and startup order.
+
+One table for the whole code base: ``bhiv up`` starts services from it, the CLI
+resolves ``bhiv serve NAME`` with it, and the gateway (once it exists) routes by
+its prefixes. A service that has not been built yet is simply not listed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ServiceEntry:
+    name: str
+    port: int
+    prefix: str
+    # Startup stage from the seed: a service starts once every service in an
+    # earlier stage is ready.
+    stage: int
+    # "module:function" returning the FastAPI app; resolved lazily so that
+    # importing the catalog never imports every service.
+    app_factory: str
+    capabilities: tuple[str, ...] = field(default=())
+
+
+SERVICES: dict[str, ServiceEntry] = {
+    entry.name: entry
+    for entry in (
+        ServiceEntry(
+            name="logistics",
+            port=8001,
+            prefix="/api/logistics",
+            stage=3,
+            app_factory="bhiv.logistics.service:create_app",
+            capabilities=("inventory_management", "supplier_management", "shipment_tracking"),
+        ),
+    )
+}
+
+
+def get(name: str) -> ServiceEntry:
+    try:
+        return SERVICES[name]
+    except KeyError:
+        known = ", ".join(sorted(SERVICES))
+        raise KeyError(f"unknown service {name!r}; known services: {known}") from None
+
+
+def in_startup_order() -> list[list[ServiceEntry]]:
+    """Services grouped by stage, earliest stage first."""
+    stages: dict[int, list[ServiceEntry]] = {}
+    for entry in SERVICES.values():
+        stages.setdefault(entry.stage, []).append(entry)
+    return [sorted(stages[s], key=lambda e: e.name) for s in sorted(stages)]

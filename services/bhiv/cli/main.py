@@ -1,0 +1,161 @@
+"""The ``bhiv`` command: run services, the whole platform, migrations, tokens."""
+
+from __future__ import annotations
+
+import importlib
+import secrets
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+from bhiv import __version__, catalog
+
+app = typer.Typer(
+    name="bhiv",
+    help="BHIV Core: run the platform's services locally or as a container would.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_show_locals=False,  # locals may hold secrets
+)
+err = Console(stderr=True)
+
+
+def load_spec(service: str) -> Any:
+    entry = _entry(service)
+    module, _, attr = entry.app_factory.partition(":")
+    return importlib.import_module(module).SPEC
+
+
+def _entry(service: str) -> catalog.ServiceEntry:
+    try:
+        return catalog.get(service)
+    except KeyError as exc:
+        err.print(f"[red]error:[/] {exc.args[0]}")
+        raise typer.Exit(2) from None
+
+
+ServiceArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(catalog.SERVICES)}.", show_default=False)]
+
+
+@app.command()
+def serve(
+    service: ServiceArg,
+    host: Annotated[str | None, typer.Option(help="Interface to bind (default: BHIV_HOST or 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default: BHIV_PORT or the service's own).")] = None,
+) -> None:
+    """Run one service in the foreground, as a container runs it."""
+    import uvicorn
+
+    spec = load_spec(service)
+    overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
+    settings = spec.settings_class(**overrides)
+    module, _, factory = _entry(service).app_factory.partition(":")
+    application = getattr(importlib.import_module(module), factory)(settings)
+    uvicorn.run(
+        application,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,  # the framework's JSON logging stays in charge
+        access_log=False,
+        proxy_headers=True,
+        forwarded_allow_ips="*" if settings.host != "127.0.0.1" else "127.0.0.1",
+        timeout_graceful_shutdown=20,
+    )
+
+
+@app.command()
+def migrate(
+    service: Annotated[str, typer.Argument(help="A service name, or 'all'.")] = "all",
+    revision: Annotated[
+        str | None, typer.Option("--revision", "-m", help="Autogenerate a new migration with this message.")
+    ] = None,
+) -> None:
+    """Apply each service's database migrations (or autogenerate a new one)."""
+    from bhiv.core import migrations
+
+    names = list(catalog.SERVICES) if service == "all" else [_entry(service).name]
+    for name in names:
+        spec = load_spec(name)
+        url = spec.settings_class().sqlalchemy_url()
+        if revision:
+            migrations.revision(name, spec.migrations, url, revision)
+            err.print(f"[green]new migration[/] for {name}")
+        else:
+            migrations.upgrade(name, spec.migrations, url)
+            err.print(f"[green]migrated[/] {name}")
+
+
+@app.command()
+def token(
+    role: Annotated[str, typer.Option(help="admin, editor or viewer.")] = "admin",
+    subject: Annotated[str, typer.Option(help="The token's subject (sub).")] = "dev",
+    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=1, max=30 * 24 * 3600)] = 3600,
+    tenant: Annotated[str | None, typer.Option(help="Tenant claim, if any.")] = None,
+    private_key: Annotated[
+        Path | None, typer.Option(help="PEM private key: sign RS256 instead of HS256 with the shared secret.")
+    ] = None,
+) -> None:
+    """Mint a JWT with the local signing secret; the token is alone on the last line."""
+    from bhiv.core.auth import ROLE_PERMISSIONS, mint_token
+    from bhiv.core.settings import ServiceSettings
+
+    if role not in ROLE_PERMISSIONS:
+        err.print(f"[red]error:[/] unknown role {role!r}; choose one of {', '.join(ROLE_PERMISSIONS)}")
+        raise typer.Exit(2)
+    settings = ServiceSettings()
+    key = private_key.read_text() if private_key else None
+    err.print(f"JWT for subject={subject} role={role}, valid {ttl}s:")
+    print(mint_token(settings, subject=subject, roles=[role], ttl_seconds=ttl, tenant=tenant, private_key=key))
+
+
+@app.command("api-key")
+def api_key(
+    name: Annotated[str, typer.Option(help="Who holds the key.")],
+    role: Annotated[str, typer.Option(help="admin, editor or viewer.")] = "viewer",
+) -> None:
+    """Generate an API key: the key for the client, the entry for BHIV_API_KEYS."""
+    import json
+
+    from bhiv.core.auth import ROLE_PERMISSIONS, hash_api_key
+
+    if role not in ROLE_PERMISSIONS:
+        err.print(f"[red]error:[/] unknown role {role!r}; choose one of {', '.join(ROLE_PERMISSIONS)}")
+        raise typer.Exit(2)
+    key = "bhiv_" + secrets.token_urlsafe(32)
+    entry = {"name": name, "role": role, "sha256": hash_api_key(key)}
+    err.print("Add this entry to BHIV_API_KEYS (a JSON list); give the key on the last line to the client:")
+    err.print(json.dumps(entry))
+    print(key)
+
+
+@app.command()
+def up(
+    data_dir: Annotated[
+        Path | None, typer.Option(help="Where SQLite files and the local JWT secret live (default: BHIV_DATA_DIR).")
+    ] = None,
+    port_offset: Annotated[int, typer.Option(help="Add this to every service's port.", min=0, max=50000)] = 0,
+    only: Annotated[
+        list[str] | None, typer.Option("--only", help="Start only these services (and nothing they wait for).")
+    ] = None,
+) -> None:
+    """Run every service locally in the seed's startup order; Ctrl-C stops them all."""
+    from bhiv.cli.up import run_platform
+
+    raise typer.Exit(run_platform(data_dir=data_dir, port_offset=port_offset, only=only))
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    print(__version__)
+
+
+def main() -> None:  # pragma: no cover - console entry point
+    app(prog_name="bhiv")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

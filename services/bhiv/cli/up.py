@@ -1,0 +1,192 @@
+"""``bhiv up``: every service as a child process, started stage by stage.
+
+A stage starts once every service of the earlier stages answers
+``/health/ready``. Children's output is prefixed with their name. Ctrl-C or
+SIGTERM stops them all (SIGTERM, then SIGKILL after a grace period); so does
+any child dying unexpectedly, since a half-running platform misleads.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from bhiv import catalog
+from bhiv.core.settings import default_data_dir, load_or_create_local_secret
+
+READY_TIMEOUT_SECONDS = 60.0
+STOP_GRACE_SECONDS = 15.0
+COLOURS = ("cyan", "magenta", "green", "yellow", "blue", "bright_red")
+
+console = Console(stderr=True, highlight=False)
+
+
+@dataclass
+class Child:
+    entry: catalog.ServiceEntry
+    port: int
+    process: subprocess.Popen[bytes]
+    colour: str
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+def port_in_use(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return True
+    return False
+
+
+def _pump(child: Child) -> None:
+    """Copy a child's output to ours, each line prefixed with its service name."""
+    assert child.process.stdout is not None
+    prefix = f"[{child.colour}]{child.entry.name:>13} |[/] "
+    for raw in child.process.stdout:
+        line = raw.decode("utf-8", "replace").rstrip()
+        console.print(prefix + line.replace("[", r"\["), soft_wrap=True)
+
+
+def _start(entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: str) -> Child:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bhiv", "serve", entry.name, "--port", str(port), "--host", "127.0.0.1"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
+    )
+    child = Child(entry, port, process, colour)
+    threading.Thread(target=_pump, args=(child,), daemon=True).start()
+    return child
+
+
+def _wait_ready(children: list[Child], stop: threading.Event) -> Child | None:
+    """Wait until every child answers /health/ready; returns the first that failed."""
+    deadline = time.monotonic() + READY_TIMEOUT_SECONDS
+    pending = list(children)
+    with httpx.Client(timeout=2.0) as http:
+        while pending:
+            for child in list(pending):
+                if child.process.poll() is not None:
+                    return child
+                try:
+                    if http.get(f"{child.url}/health/ready").status_code == 200:
+                        pending.remove(child)
+                except httpx.TransportError:
+                    pass
+            if pending:
+                if time.monotonic() > deadline:
+                    return pending[0]
+                if stop.wait(0.2):
+                    return None
+    return None
+
+
+def _stop_all(children: list[Child]) -> None:
+    for child in children:
+        if child.process.poll() is None:
+            child.process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
+    for child in children:
+        remaining = max(0.1, deadline - time.monotonic())
+        try:
+            child.process.wait(remaining)
+        except subprocess.TimeoutExpired:
+            console.print(f"[yellow]{child.entry.name} did not stop in time; killing it[/]")
+            child.process.kill()
+            child.process.wait()
+
+
+def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str] | None = None) -> int:
+    data_dir = (data_dir or Path(os.environ.get("BHIV_DATA_DIR") or default_data_dir())).expanduser().resolve()
+    stages = catalog.in_startup_order()
+    if only:
+        unknown = sorted(set(only) - set(catalog.SERVICES))
+        if unknown:
+            console.print(f"[red]error:[/] unknown service(s): {', '.join(unknown)}")
+            return 2
+        stages = [[e for e in stage if e.name in only] for stage in stages]
+        stages = [s for s in stages if s]
+
+    planned = [(e, e.port + port_offset) for stage in stages for e in stage]
+    for entry, port in planned:
+        if port_in_use(port):
+            console.print(
+                f"[red]error:[/] port {port} for {entry.name} is already in use on 127.0.0.1. "
+                "Stop whatever holds it, or pass --port-offset."
+            )
+            return 1
+
+    env = dict(os.environ, BHIV_DATA_DIR=str(data_dir), BHIV_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
+    env.pop("BHIV_PORT", None)  # each child gets its own port
+    if not env.get("BHIV_JWT_SECRET") and not env.get("BHIV_JWT_PUBLIC_KEY"):
+        # Created before any child starts so every service shares one secret.
+        load_or_create_local_secret(data_dir / "jwt-secret")
+
+    stop = threading.Event()
+    received: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        received.append(signum)
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    children: list[Child] = []
+    try:
+        console.print(f"[bold]BHIV Core[/] data in {data_dir}")
+        for number, stage in enumerate(stages, 1):
+            names = ", ".join(e.name for e in stage)
+            console.print(f"[bold]stage {number}[/]: starting {names}")
+            started = [
+                _start(e, e.port + port_offset, env, COLOURS[len(children) + i % len(COLOURS)])
+                for i, e in enumerate(stage)
+            ]
+            children.extend(started)
+            failed = _wait_ready(started, stop)
+            if stop.is_set():
+                return 0
+            if failed is not None:
+                code = failed.process.poll()
+                why = f"exited with code {code}" if code is not None else "did not become ready in time"
+                console.print(f"[red]error:[/] {failed.entry.name} {why}; stopping everything")
+                return 1
+
+        table = Table(title="BHIV Core is up", title_justify="left")
+        for column in ("service", "url", "docs", "gateway prefix"):
+            table.add_column(column)
+        for child in children:
+            table.add_row(child.entry.name, child.url, f"{child.url}/docs", child.entry.prefix)
+        console.print(table)
+        console.print("Get a token: [bold]bhiv token --role admin[/]   Stop: Ctrl-C")
+
+        while not stop.wait(0.5):
+            for child in children:
+                if child.process.poll() is not None:
+                    console.print(
+                        f"[red]error:[/] {child.entry.name} exited with code {child.process.returncode}; "
+                        "stopping everything"
+                    )
+                    return 1
+        return 0
+    finally:
+        if children:
+            console.print("stopping all services")
+            _stop_all(children)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,106 @@
+"""The app factory: one FastAPI app per service with the whole framework wired in."""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from sqlalchemy import MetaData
+from starlette.concurrency import run_in_threadpool
+
+from bhiv import __version__
+from bhiv.core import health, migrations
+from bhiv.core.auth import Authenticator, authorize_by_method
+from bhiv.core.db import Database
+from bhiv.core.errors import ProblemDetail, install_problem_handlers
+from bhiv.core.logging import configure_logging
+from bhiv.core.metrics import HttpMetrics
+from bhiv.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from bhiv.core.settings import ServiceSettings
+
+log = logging.getLogger("bhiv.app")
+
+# Run alongside the app for its lifetime, e.g. a background worker.
+LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+
+_PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status: {"model": ProblemDetail, "content": {"application/problem+json": {}}, "description": text}
+    for status, text in {
+        401: "No valid credential.",
+        403: "The caller's roles do not allow this.",
+        422: "The request is malformed; `errors` names each bad field.",
+    }.items()
+}
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """Everything the framework needs to know about one service."""
+
+    name: str
+    title: str
+    description: str
+    settings_class: type[ServiceSettings]
+    routers: Sequence[APIRouter]
+    metadata: MetaData
+    migrations: str  # Alembic script location, "package:folder"
+    capabilities: tuple[str, ...] = ()
+    openapi_tags: list[dict[str, Any]] = field(default_factory=list)
+    lifespan_hooks: Sequence[LifespanHook] = ()
+    version: str = __version__
+
+
+def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
+    settings = settings or spec.settings_class()
+    configure_logging(spec.name, settings.log_level)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if settings.migrate_on_startup:
+            await run_in_threadpool(migrations.upgrade, spec.name, spec.migrations, settings.sqlalchemy_url())
+        app.state.started_monotonic = time.monotonic()
+        async with AsyncExitStack() as stack:
+            for hook in spec.lifespan_hooks:
+                await stack.enter_async_context(hook(app))
+            log.info("%s %s listening on %s:%s", spec.name, spec.version, settings.host, settings.port)
+            yield
+        app.state.db.dispose()
+
+    app = FastAPI(
+        title=spec.title,
+        description=spec.description,
+        version=spec.version,
+        openapi_tags=[*spec.openapi_tags, {"name": "platform", "description": "Health, info and metrics."}],
+        lifespan=lifespan,
+    )
+    app.state.spec = spec
+    app.state.settings = settings
+    app.state.db = Database(settings.sqlalchemy_url())
+    app.state.authenticator = Authenticator(settings)
+    app.state.metrics = HttpMetrics(spec.name, spec.version)
+    app.state.started_monotonic = time.monotonic()
+
+    install_problem_handlers(app)
+    app.include_router(health.router)
+    for router in spec.routers:
+        app.include_router(router, dependencies=[Depends(authorize_by_method)], responses=_PROBLEM_RESPONSES)
+
+    # Added innermost first: CORS answers preflights before the body limit,
+    # and the request context wraps everything so every answer has an ID.
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Request-ID"],
+        )
+    app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    return app

@@ -1,0 +1,184 @@
+"""Authentication (JWT, API keys) and role-based authorization.
+
+Roles map to permissions; a route needs ``read`` for safe methods and ``write``
+otherwise, unless it asks for more with :func:`require`. A missing or invalid
+credential is 401 (with ``WWW-Authenticate``); a valid one without the needed
+permission is 403. Credentials are compared in constant time and never logged.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+import time
+from dataclasses import dataclass, field
+from typing import Literal
+
+import jwt
+from fastapi import Depends, Request
+
+from bhiv.core.errors import Problem
+from bhiv.core.settings import ApiKeySpec, ServiceSettings
+
+Permission = Literal["read", "write", "admin"]
+
+ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "viewer": frozenset({"read"}),
+    "editor": frozenset({"read", "write"}),
+    "admin": frozenset({"read", "write", "admin"}),
+}
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+API_KEY_HEADER = "X-API-Key"
+
+
+@dataclass(frozen=True)
+class Identity:
+    subject: str
+    roles: tuple[str, ...]
+    method: Literal["jwt", "api_key"]
+    tenant: str | None = None
+    claims: dict[str, object] = field(default_factory=dict, compare=False)
+
+    @property
+    def permissions(self) -> frozenset[str]:
+        perms: set[str] = set()
+        for role in self.roles:
+            perms |= ROLE_PERMISSIONS.get(role, frozenset())
+        return frozenset(perms)
+
+
+def mint_token(
+    settings: ServiceSettings,
+    *,
+    subject: str,
+    roles: list[str],
+    ttl_seconds: int = 3600,
+    tenant: str | None = None,
+    private_key: str | None = None,
+) -> str:
+    """Sign a JWT: HS256 with the shared secret, or RS256 when given a private key."""
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "sub": subject,
+        "roles": roles,
+        "iat": now,
+        "nbf": now,
+        "exp": now + ttl_seconds,
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "jti": secrets.token_hex(8),
+    }
+    if tenant:
+        claims["tenant"] = tenant
+    if private_key:
+        return jwt.encode(claims, private_key, algorithm="RS256")
+    return jwt.encode(claims, settings.jwt_signing_secret(), algorithm="HS256")
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+class Authenticator:
+    """Resolves the caller of a request from its headers, for one service's settings."""
+
+    def __init__(self, settings: ServiceSettings) -> None:
+        self._algorithm, self._key = settings.jwt_verification_key()
+        self._issuer = settings.jwt_issuer
+        self._audience = settings.jwt_audience
+        self._api_keys: list[ApiKeySpec] = list(settings.api_keys)
+
+    def authenticate(self, request: Request) -> Identity:
+        api_key = request.headers.get(API_KEY_HEADER)
+        if api_key is not None:
+            return self._from_api_key(api_key)
+        header = request.headers.get("Authorization")
+        if not header:
+            raise _unauthorized("Authentication required: send 'Authorization: Bearer <JWT>' or 'X-API-Key'.")
+        scheme, _, token = header.partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            raise _unauthorized("The Authorization header must be 'Bearer <JWT>'.")
+        return self._from_jwt(token.strip())
+
+    def _from_jwt(self, token: str) -> Identity:
+        try:
+            claims = jwt.decode(
+                token,
+                self._key,
+                algorithms=[self._algorithm],
+                audience=self._audience,
+                issuer=self._issuer,
+                options={"require": ["exp", "sub"]},
+            )
+        except jwt.ExpiredSignatureError:
+            raise _unauthorized("The token has expired.", error="invalid_token") from None
+        except jwt.InvalidTokenError as exc:
+            # The library's message says what is wrong (signature, audience, ...)
+            # and never echoes the token itself.
+            raise _unauthorized(f"The token is not valid: {exc}.", error="invalid_token") from None
+        roles = claims.get("roles", [])
+        if isinstance(roles, str):
+            roles = [roles]
+        if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
+            raise _unauthorized("The token's 'roles' claim must be a list of strings.", error="invalid_token")
+        tenant = claims.get("tenant")
+        return Identity(
+            subject=str(claims["sub"]),
+            roles=tuple(roles),
+            method="jwt",
+            tenant=str(tenant) if tenant is not None else None,
+            claims=claims,
+        )
+
+    def _from_api_key(self, presented: str) -> Identity:
+        digest = hash_api_key(presented)
+        match: ApiKeySpec | None = None
+        # Compare against every configured key, so the time taken does not
+        # reveal which (if any) key shares a prefix with the presented one.
+        for spec in self._api_keys:
+            if hmac.compare_digest(digest, spec.sha256):
+                match = spec
+        if match is None:
+            raise _unauthorized("The API key is not valid.", error="invalid_token")
+        return Identity(subject=f"apikey:{match.name}", roles=(match.role,), method="api_key")
+
+
+def _unauthorized(detail: str, *, error: str | None = None) -> Problem:
+    challenge = 'Bearer realm="bhiv"' + (f', error="{error}"' if error else "")
+    return Problem(401, detail, kind="unauthorized", headers={"WWW-Authenticate": challenge})
+
+
+async def current_identity(request: Request) -> Identity:
+    """FastAPI dependency: the authenticated caller (401 when there is none)."""
+    cached = getattr(request.state, "identity", None)
+    if cached is not None:
+        return cached
+    identity = request.app.state.authenticator.authenticate(request)
+    request.state.identity = identity
+    return identity
+
+
+def _check(identity: Identity, permission: str) -> Identity:
+    if permission not in identity.permissions:
+        roles = ", ".join(identity.roles) or "none"
+        raise Problem(
+            403,
+            f"This action needs the '{permission}' permission; your roles ({roles}) do not grant it.",
+            kind="forbidden",
+        )
+    return identity
+
+
+async def authorize_by_method(request: Request, identity: Identity = Depends(current_identity)) -> Identity:
+    """Router-wide dependency: ``read`` for safe methods, ``write`` for the rest."""
+    return _check(identity, "read" if request.method in SAFE_METHODS else "write")
+
+
+def require(permission: Permission):  # noqa: ANN201 - a FastAPI dependency factory
+    """A dependency for routes that need more than their method implies (e.g. admin)."""
+
+    async def dependency(identity: Identity = Depends(current_identity)) -> Identity:
+        return _check(identity, permission)
+
+    return dependency

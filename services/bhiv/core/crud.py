@@ -1,0 +1,77 @@
+"""Small helpers every service's CRUD code needs: lookups, patches, uniqueness."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+from pydantic import BaseModel
+from sqlalchemy import inspect
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from bhiv.core.db import utcnow
+from bhiv.core.errors import Problem, conflict, field_problem, not_found
+
+M = TypeVar("M")
+
+
+def get_or_404(session: Session, model: type[M], key: Any, what: str | None = None) -> M:
+    obj = session.get(model, key)
+    if obj is None:
+        raise not_found(what or model.__name__, key)
+    return obj
+
+
+def require_reference(session: Session, model: type[Any], key: Any, field: str) -> None:
+    """422 naming ``field`` when a referenced row does not exist (checked before any write)."""
+    if key is not None and session.get(model, key) is None:
+        raise field_problem(field, f"{model.__name__} {key} does not exist.")
+
+
+def apply_patch(obj: Any, patch: BaseModel) -> dict[str, Any]:
+    """Copy the fields the client actually sent; returns them.
+
+    An explicit null for a column that cannot be null is a 422 naming the field,
+    raised before anything is changed.
+    """
+    changes = patch.model_dump(exclude_unset=True)
+    columns = inspect(type(obj)).columns
+    for name, value in changes.items():
+        if value is None and name in columns and not columns[name].nullable:
+            raise field_problem(name, "may not be null")
+    for name, value in changes.items():
+        setattr(obj, name, value)
+    if changes and hasattr(obj, "updated_at"):
+        obj.updated_at = utcnow()
+    return changes
+
+
+@contextmanager
+def unique_as_conflict(session: Session, table: str, unique: dict[str, Any], what: str) -> Iterator[None]:
+    """Turn a unique-constraint violation inside the block into a 409 naming the field.
+
+    Constraint names follow the naming convention ``uq_<table>_<column>``, which
+    SQLite reports as ``<table>.<column>`` and PostgreSQL by name. The session is
+    rolled back, so nothing from the block is kept.
+    """
+    try:
+        yield
+    except IntegrityError as exc:
+        session.rollback()
+        message = str(exc.orig)
+        for field, value in unique.items():
+            if f"{table}.{field}" in message or f"uq_{table}_{field}" in message:
+                raise Problem(
+                    409,
+                    f"A {what} with {field} '{value}' already exists.",
+                    kind="conflict",
+                    errors=[{"location": "body", "field": field, "message": "already exists", "type": "unique"}],
+                ) from None
+        raise conflict(f"The {what} conflicts with existing data.") from None
+
+
+def commit_unique(session: Session, table: str, unique: dict[str, Any], what: str) -> None:
+    with unique_as_conflict(session, table, unique, what):
+        session.commit()

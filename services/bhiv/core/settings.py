@@ -1,0 +1,115 @@
+"""Service settings: one pydantic-settings class per service, env prefix ``BHIV_``.
+
+Each service subclasses :class:`ServiceSettings`, sets its own default port and adds
+its own fields. Secrets are ``SecretStr`` so that they never print in a repr, a log
+line or an error.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, ClassVar, Literal
+
+from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Role = Literal["admin", "editor", "viewer"]
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "bhiv"
+
+
+class ApiKeySpec(BaseModel):
+    """An API key as configured: its SHA-256 hex digest, never the key itself."""
+
+    name: str = Field(description="Who holds the key; appears as the caller's subject.")
+    role: Role = Field(description="The role the key grants.")
+    sha256: str = Field(
+        pattern=r"^[0-9a-f]{64}$", description="Hex SHA-256 of the key (`bhiv api-key` prints it)."
+    )
+
+
+class ServiceSettings(BaseSettings):
+    """Settings shared by every service; environment variables ``BHIV_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="BHIV_", extra="ignore", frozen=True)
+
+    # Set by each subclass: the catalog name of the service.
+    service_name: ClassVar[str] = ""
+
+    host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in a container.")
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Field(default_factory=default_data_dir, description="SQLite files and local secrets.")
+    database_url: SecretStr | None = Field(
+        None,
+        description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db. "
+        "Unset: a SQLite file <data_dir>/<service>.db.",
+    )
+    migrate_on_startup: bool = Field(True, description="Apply Alembic migrations when the service starts.")
+    jwt_secret: SecretStr | None = Field(
+        None, description="HS256 shared secret. Unset (and no public key): <data_dir>/jwt-secret, created once."
+    )
+    jwt_public_key: str | None = Field(None, description="PEM public key: verify RS256 tokens instead of HS256.")
+    jwt_issuer: str = "bhiv"
+    jwt_audience: str = "bhiv"
+    api_keys: list[ApiKeySpec] = Field(default_factory=list, description="JSON list of API keys.")
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS."
+    )
+    max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
+    max_page_size: int = Field(500, ge=1, description="Upper bound of the `limit` query parameter.")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper_level(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
+
+    def sqlalchemy_url(self) -> str:
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"sqlite:///{self.data_dir / f'{self.service_name}.db'}"
+
+    def jwt_verification_key(self) -> tuple[str, str]:
+        """(algorithm, key) used to verify tokens."""
+        if self.jwt_public_key:
+            return "RS256", self.jwt_public_key
+        return "HS256", self.jwt_signing_secret()
+
+    def jwt_signing_secret(self) -> str:
+        if self.jwt_secret is not None:
+            return self.jwt_secret.get_secret_value()
+        return load_or_create_local_secret(self.data_dir / "jwt-secret")
+
+
+def load_or_create_local_secret(path: Path) -> str:
+    """The local development signing secret, created once with mode 0600.
+
+    Written to a temporary file and hard-linked into place, so concurrent first
+    starts agree on one complete secret: whoever loses the race reads the winner's.
+    """
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(secrets.token_urlsafe(48))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        pass
+    finally:
+        tmp.unlink()
+    return path.read_text().strip()

@@ -1,0 +1,51 @@
+"""Fixtures shared by every tier: servers, databases, tokens."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.postgres import PostgresServer, postgres_server
+from tests.support.servers import ServiceProcess, service_process
+
+_TIER_BY_FOLDER = {"unit": "unit", "service": "service"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    # The folder names the tier, so `pytest -m unit` needs no per-test marks.
+    for item in items:
+        parts = Path(str(item.fspath)).parts
+        for folder, marker in _TIER_BY_FOLDER.items():
+            if folder in parts:
+                item.add_marker(marker)
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session (each user gets a fresh database)."""
+    try:
+        with postgres_server() as server:
+            yield server
+    except FileNotFoundError as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def backend(request: pytest.FixtureRequest) -> str:
+    return request.param
+
+
+@pytest.fixture(scope="module")
+def logistics(
+    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[ServiceProcess]:
+    """The Logistics service over real HTTP, on SQLite or PostgreSQL."""
+    url = request.getfixturevalue("postgres").create_database() if backend == "postgres" else None
+    server = service_process("logistics", tmp_path_factory.mktemp(f"logistics-{backend}"), url).start()
+    yield server
+    server.stop()

@@ -1,0 +1,96 @@
+"""A throwaway PostgreSQL server for the test session.
+
+Uses the Debian server binaries (installed by ``make test-deps``), runs
+``initdb`` in a temporary directory on a free port bound to 127.0.0.1, with
+trust authentication limited to loopback, and removes it all afterwards. As
+root it runs the server as the ``postgres`` user, since PostgreSQL refuses root.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import psycopg
+
+from tests.support.net import free_port
+
+
+def find_bindir() -> Path | None:
+    for candidate in sorted(glob.glob("/usr/lib/postgresql/*/bin"), reverse=True):
+        if (Path(candidate) / "initdb").exists():
+            return Path(candidate)
+    found = shutil.which("initdb")
+    return Path(found).parent if found else None
+
+
+class PostgresServer:
+    def __init__(self, bindir: Path, root: Path, port: int) -> None:
+        self.bindir, self.root, self.port = bindir, root, port
+        self.datadir = root / "data"
+        self.user = "postgres"
+
+    def _run(self, *args: str) -> None:
+        cmd = list(args)
+        if os.geteuid() == 0:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        result = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise RuntimeError(f"{args[0]} failed: {result.stdout}\n{result.stderr}")
+
+    def start(self) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+        else:
+            self.user = pwd.getpwuid(os.geteuid()).pw_name
+        self._run(
+            str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.user,
+            "--auth=trust", "--encoding=UTF8", "--no-sync",
+        )
+        self._run(
+            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.root / "server.log"), "-w", "-t", "60",
+            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
+            "start",
+        )
+
+    def stop(self) -> None:
+        if (self.datadir / "postmaster.pid").exists():
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+
+    def create_database(self) -> str:
+        """A fresh database; returns its SQLAlchemy URL."""
+        name = f"t_{uuid.uuid4().hex[:12]}"
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgresql+psycopg://{self.user}@127.0.0.1:{self.port}/{name}"
+
+    def _dsn(self, db: str) -> str:
+        return f"host=127.0.0.1 port={self.port} user={self.user} dbname={db}"
+
+
+@contextmanager
+def postgres_server() -> Iterator[PostgresServer]:
+    bindir = find_bindir()
+    if bindir is None:
+        raise FileNotFoundError("PostgreSQL server binaries not found; run `make test-deps` to install them")
+    root = Path(tempfile.mkdtemp(prefix="bhiv-pg-"))
+    root.chmod(0o755)
+    server = PostgresServer(bindir, root, free_port())
+    try:
+        server.start()
+        yield server
+    finally:
+        try:
+            server.stop()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
