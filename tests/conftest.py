@@ -40,12 +40,22 @@ def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-@pytest.fixture(scope="module")
-def logistics(
-    backend: str, request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[ServiceProcess]:
-    """The Logistics service over real HTTP, on SQLite or PostgreSQL."""
+def run_service(name: str, backend: str, request: pytest.FixtureRequest, **env: str) -> Iterator[ServiceProcess]:
+    """Start service ``name`` on ``backend`` for a fixture; stops it afterwards.
+
+    Use from a service's own conftest:
+    ``yield from run_service("crm", backend, request)`` in a module-scoped fixture.
+    """
     url = request.getfixturevalue("postgres").create_database() if backend == "postgres" else None
-    server = service_process("logistics", tmp_path_factory.mktemp(f"logistics-{backend}"), url).start()
-    yield server
-    server.stop()
+    tmp = request.getfixturevalue("tmp_path_factory").mktemp(f"{name}-{backend}")
+    server = service_process(name, tmp, url, **env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def logistics(backend: str, request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
+    """The Logistics service over real HTTP, on SQLite or PostgreSQL."""
+    yield from run_service("logistics", backend, request)
