@@ -49,9 +49,12 @@ def serve(
     """Run one service in the foreground, as a container runs it."""
     import uvicorn
 
+    from bhiv.core.logging import configure_logging
+
     spec = load_spec(service)
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = spec.settings_class(**overrides)
+    configure_logging(spec.name, settings.log_level)
     module, _, factory = _entry(service).app_factory.partition(":")
     application = getattr(importlib.import_module(module), factory)(settings)
     uvicorn.run(

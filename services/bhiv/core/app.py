@@ -19,7 +19,6 @@ from bhiv.core import health, migrations
 from bhiv.core.auth import Authenticator, authorize_by_method
 from bhiv.core.db import Database
 from bhiv.core.errors import ProblemDetail, install_problem_handlers
-from bhiv.core.logging import configure_logging
 from bhiv.core.metrics import HttpMetrics
 from bhiv.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
 from bhiv.core.settings import ServiceSettings
@@ -32,8 +31,11 @@ LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ProblemDetail, "content": {"application/problem+json": {}}, "description": text}
     for status, text in {
+        400: "The body could not be read (e.g. not UTF-8).",
         401: "No valid credential.",
         403: "The caller's roles do not allow this.",
+        404: "A resource named in the path does not exist.",
+        413: "The body is larger than the service accepts.",
         422: "The request is malformed; `errors` names each bad field.",
     }.items()
 }
@@ -58,7 +60,6 @@ class ServiceSpec:
 
 def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or spec.settings_class()
-    configure_logging(spec.name, settings.log_level)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:

@@ -69,7 +69,8 @@ class ServiceClient:
 
         retrying = AsyncRetrying(
             stop=stop_after_attempt(attempts),
-            wait=wait_exponential_jitter(initial=0.05, max=1.0),
+            # 50 ms, 100 ms, 200 ms ... capped at 1 s, each plus up to 50 ms of jitter.
+            wait=wait_exponential_jitter(multiplier=0.05, max=1.0, jitter=0.05),
             retry=retry_if_exception_type((httpx.TransportError, UpstreamError)),
             reraise=True,
         )
