@@ -66,6 +66,7 @@ def serve(
         proxy_headers=True,
         forwarded_allow_ips="*" if settings.host != "127.0.0.1" else "127.0.0.1",
         timeout_graceful_shutdown=20,
+        limit_concurrency=settings.max_concurrency,
     )
 
 

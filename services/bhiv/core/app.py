@@ -9,6 +9,7 @@ from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontext
 from dataclasses import dataclass, field
 from typing import Any
 
+import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import MetaData
@@ -65,6 +66,10 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if settings.migrate_on_startup:
             await run_in_threadpool(migrations.upgrade, spec.name, spec.migrations, settings.sqlalchemy_url())
+        # Blocking handlers run in anyio's thread pool; more threads than
+        # pooled connections would only queue on the pool, and every extra
+        # thread adds GIL contention.
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
         app.state.started_monotonic = time.monotonic()
         async with AsyncExitStack() as stack:
             for hook in spec.lifespan_hooks:
@@ -82,7 +87,9 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
     )
     app.state.spec = spec
     app.state.settings = settings
-    app.state.db = Database(settings.sqlalchemy_url())
+    app.state.db = Database(
+        settings.sqlalchemy_url(), pool_size=settings.worker_threads, max_connections=settings.max_concurrency
+    )
     app.state.authenticator = Authenticator(settings)
     app.state.metrics = HttpMetrics(spec.name, spec.version)
     app.state.started_monotonic = time.monotonic()

@@ -10,10 +10,12 @@ transactions and run concurrently. PostgreSQL needs neither trick.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import anyio
+import anyio.to_thread
 from fastapi import Request
 from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
@@ -39,7 +41,7 @@ SQLITE_PRAGMAS = (
     "PRAGMA foreign_keys=ON",
     "PRAGMA busy_timeout=30000",
     "PRAGMA temp_store=MEMORY",
-    "PRAGMA cache_size=-32000",
+    "PRAGMA cache_size=-8000",  # KiB per connection
 )
 
 
@@ -75,11 +77,21 @@ def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
 
 
-def make_engine(url: str) -> Engine:
+def make_engine(url: str, pool_size: int = 10, max_connections: int = 100) -> Engine:
+    """An engine whose pool never makes a request wait for a connection.
+
+    A request holds its session's connection until FastAPI has serialised the
+    response (which, for sync handlers, needs a worker thread again). A pool
+    smaller than the number of requests in flight could therefore deadlock:
+    threads waiting for connections held by requests waiting for threads. So
+    the pool may grow to ``max_connections``, the server's concurrency limit.
+    """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
         # pre_ping: a pod's pooled connections survive a database failover.
-        return create_engine(url, pool_pre_ping=True, pool_size=10, max_overflow=20)
+        return create_engine(
+            url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max(0, max_connections - pool_size)
+        )
 
     if parsed.database and parsed.database != ":memory:":
         from pathlib import Path
@@ -88,8 +100,10 @@ def make_engine(url: str) -> Engine:
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
-        pool_size=20,
-        max_overflow=20,
+        # Connections up to pool_size are kept open: opening a SQLite
+        # connection re-runs the PRAGMAs, which costs more than most queries.
+        pool_size=pool_size,
+        max_overflow=max(0, max_connections - pool_size),
     )
 
     @event.listens_for(engine, "connect")
@@ -112,17 +126,19 @@ def make_engine(url: str) -> Engine:
 class Database:
     """One service's engine and session factories (read and write)."""
 
-    def __init__(self, url: str) -> None:
-        self.engine = make_engine(url)
+    def __init__(self, url: str, pool_size: int = 10, max_connections: int = 100) -> None:
+        self.engine = make_engine(url, pool_size, max_connections)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
         writer = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
 
+    def sessionmaker(self, *, write: bool) -> sessionmaker[Session]:
+        return self._write if write else self._read
+
     @contextmanager
     def session(self, *, write: bool = True) -> Iterator[Session]:
-        factory = self._write if write else self._read
-        with factory() as session:
+        with self.sessionmaker(write=write)() as session:
             yield session
 
     def ping(self) -> None:
@@ -133,12 +149,26 @@ class Database:
         self.engine.dispose()
 
 
-def get_session(request: Request) -> Iterator[Session]:
+# Closing a session (rolling back what was not committed, returning the
+# connection) runs on threads of its own: if it waited for the handlers'
+# threads, handlers waiting for a pooled connection could deadlock against
+# sessions waiting to give theirs back.
+_CLOSE_LIMITER = anyio.CapacityLimiter(4)
+
+
+async def get_session(request: Request) -> AsyncIterator[Session]:
     """FastAPI dependency: a session whose transaction mode follows the HTTP method.
 
     Domain code commits explicitly; anything not committed is rolled back when
-    the request ends, so a failed request leaves nothing half-written.
+    the request ends, so a failed request leaves nothing half-written. A write
+    handler's commit is its last database action: a query after it would open a
+    new ``BEGIN IMMEDIATE`` transaction and hold SQLite's write lock until the
+    response is sent. Creating
+    the session does no I/O, so it happens on the event loop.
     """
     db: Database = request.app.state.db
-    with db.session(write=request.method not in SAFE_METHODS) as session:
+    session = db.sessionmaker(write=request.method not in SAFE_METHODS)()
+    try:
         yield session
+    finally:
+        await anyio.to_thread.run_sync(session.close, limiter=_CLOSE_LIMITER)

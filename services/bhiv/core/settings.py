@@ -62,7 +62,15 @@ class ServiceSettings(BaseSettings):
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
-    max_page_size: int = Field(500, ge=1, description="Upper bound of the `limit` query parameter.")
+    worker_threads: int = Field(
+        16, ge=1, le=256, description="Threads running blocking handlers; also the connections kept open."
+    )
+    max_concurrency: int = Field(
+        200,
+        ge=1,
+        le=10_000,
+        description="Requests in flight before the server answers 503; bounds database connections too.",
+    )
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -45,6 +45,7 @@ item_page = page_params(
 
 
 def _fresh(session: Session, item_id: int) -> Item:
+    """The item as the ledger's guarded UPDATE left it (read before committing)."""
     item = session.get(Item, item_id, populate_existing=True)
     if item is None:
         raise not_found("Item", item_id)
@@ -109,9 +110,10 @@ def create_item(
             stock.record(
                 session, item.id, MovementType.receipt, body.quantity, actor=identity.subject, note="opening stock"
             )
+        result = ItemRead.model_validate(_fresh(session, item.id))
         session.commit()
     response.headers["Location"] = f"/inventory/{item.id}"
-    return ItemRead.model_validate(_fresh(session, item.id))
+    return result
 
 
 @router.get("/inventory/{item_id}", response_model=ItemRead, summary="Get an item")
@@ -173,10 +175,11 @@ def create_movement(
     movement = stock.record(
         session, item_id, body.type, body.quantity, actor=identity.subject, reference=body.reference, note=body.note
     )
-    session.commit()
-    return MovementResult(
+    result = MovementResult(
         movement=MovementRead.model_validate(movement), item=ItemRead.model_validate(_fresh(session, item_id))
     )
+    session.commit()
+    return result
 
 
 movement_page = page_params({"id": StockMovement.id, "created_at": StockMovement.created_at}, default_sort="id")

@@ -94,10 +94,12 @@ def create_shipment(
         session.add(
             TrackingEvent(shipment_id=shipment.id, status=S.created, description="Shipment created", actor=identity.subject)
         )
+        session.flush()
+        session.refresh(shipment)
+        result = ShipmentRead.model_validate(shipment)
         session.commit()
     response.headers["Location"] = f"/shipments/{shipment.id}"
-    session.refresh(shipment)
-    return ShipmentRead.model_validate(shipment)
+    return result
 
 
 @router.get("/shipments/{shipment_id}", response_model=ShipmentRead, summary="Get a shipment")
@@ -162,9 +164,11 @@ def transition(
             actor=identity.subject,
         )
     )
-    session.commit()
+    session.flush()
     session.refresh(shipment)
-    return ShipmentRead.model_validate(shipment)
+    result = ShipmentRead.model_validate(shipment)
+    session.commit()
+    return result
 
 
 @router.get(

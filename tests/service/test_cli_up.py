@@ -1,0 +1,127 @@
+"""`bhiv up` as a developer runs it: every service starts, answers, and stops on SIGTERM."""
+
+from __future__ import annotations
+
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bhiv import catalog
+from tests.support.net import wait_http
+
+
+def _free_offset() -> int:
+    for _ in range(50):
+        offset = random.randrange(20000, 40000, 10)
+        ports = [e.port + offset for e in catalog.SERVICES.values()]
+        try:
+            for port in ports:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        return offset
+    raise RuntimeError("no free port range")
+
+
+def _env(data_dir: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
+    return {**env, "BHIV_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+
+
+def _children(pid: int) -> set[int]:
+    found = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if int(fields[1]) == pid:
+            found.add(int(stat.parent.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> None:
+    offset = _free_offset()
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path)],
+        env=_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for entry in catalog.SERVICES.values():
+            wait_http(f"http://127.0.0.1:{entry.port + offset}/health", timeout=90, alive=lambda: up.poll() is None)
+        deadline = time.monotonic() + 30
+        while "BHIV Core is up" not in (tmp_path / "up.log").read_text() and time.monotonic() < deadline:
+            time.sleep(0.2)
+
+        # A token from `bhiv token` (same data dir, so the same local secret) works.
+        token = subprocess.run(
+            [sys.executable, "-m", "bhiv", "token", "--role", "editor"],
+            env=_env(tmp_path), capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
+        logistics = f"http://127.0.0.1:{catalog.get('logistics').port + offset}"
+        r = httpx.post(
+            f"{logistics}/inventory",
+            json={"sku": "UP-1", "name": "From bhiv up", "quantity": 3},
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert r.status_code == 201, r.text
+        assert (tmp_path / "logistics.db").exists()
+
+        children = _children(up.pid)
+        assert len(children) == len(catalog.SERVICES)
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+        deadline = time.monotonic() + 10
+        while any(_alive(p) for p in children) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not any(_alive(p) for p in children)
+    finally:
+        if up.poll() is None:
+            up.kill()
+        log.close()
+    output = (tmp_path / "up.log").read_text()
+    assert "BHIV Core is up" in output and "stopping all services" in output
+    assert "logistics |" in output  # child output is prefixed with its service's name
+
+
+def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
+    offset = _free_offset()
+    entry = catalog.get("logistics")
+    with socket.socket() as blocker:
+        blocker.bind(("127.0.0.1", entry.port + offset))
+        blocker.listen()
+        result = subprocess.run(
+            [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path)],
+            env=_env(tmp_path), capture_output=True, text=True, timeout=60,
+        )
+    assert result.returncode == 1
+    message = " ".join(result.stderr.split())
+    assert f"port {entry.port + offset} for logistics is already in use" in message
+
+
+@pytest.mark.parametrize("args", [["up", "--only", "nope"], ["serve", "nope"]])
+def test_unknown_service_names_are_refused(tmp_path: Path, args: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bhiv", *args], env=_env(tmp_path), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2 and "nope" in result.stderr
