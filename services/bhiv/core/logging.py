@@ -13,6 +13,8 @@ from bhiv.core.context import request_id_var
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        # uvicorn attaches an ANSI-coloured copy of its message; JSON has no use for it.
+        record.__dict__.pop("color_message", None)
         return True
 
 
