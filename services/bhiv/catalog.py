@@ -35,6 +35,14 @@ SERVICES: dict[str, ServiceEntry] = {
             app_factory="bhiv.logistics.service:create_app",
             capabilities=("inventory_management", "supplier_management", "shipment_tracking"),
         ),
+        ServiceEntry(
+            name="llm-query",
+            port=8004,
+            prefix="/api/llm",
+            stage=2,
+            app_factory="bhiv.llm.service:create_app",
+            capabilities=("llm_processing", "model_management", "safety_filtering"),
+        ),
     )
 }
 
