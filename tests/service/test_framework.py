@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -237,3 +238,66 @@ def test_readiness_fails_when_the_database_is_unreachable(tmp_path: Path) -> Non
         assert httpx.get(f"{url}/health").status_code == 200
         r = httpx.get(f"{url}/health/ready")
         assert r.status_code == 503 and r.json()["detail"].startswith("The database is not reachable")
+
+
+# A service without a database: no engine, no migrations; readiness comes from
+# its own checks, and a streaming path sees chunked bodies as they arrive.
+nodb_router = APIRouter(tags=["test"])
+nodb_state = {"ready": True}
+
+
+@nodb_router.post("/stream/count")
+async def count_chunks(request: Request) -> dict[str, int]:
+    chunks = size = 0
+    async for chunk in request.stream():
+        if chunk:
+            chunks += 1
+            size += len(chunk)
+    return {"chunks": chunks, "size": size}
+
+
+async def _upstreams_known(app: object) -> None:
+    if not nodb_state["ready"]:
+        raise RuntimeError("no upstream discovered yet")
+
+
+NODB_SPEC = ServiceSpec(
+    name="nodb-test",
+    title="no database",
+    description="",
+    settings_class=FrameworkSettings,
+    routers=(nodb_router,),
+    readiness_checks={"discovery": _upstreams_known},
+    streaming_paths=("/stream/",),
+    cors_expose_headers=("RateLimit",),
+)
+
+
+def test_service_without_database_streams_and_reports_its_own_readiness(tmp_path: Path) -> None:
+    settings = FrameworkSettings(
+        data_dir=tmp_path, jwt_secret=SECRET, max_body_bytes=2048, cors_origins=["https://app.example"]
+    )
+    app = create_app(NODB_SPEC, settings)
+    assert app.state.db is None
+    with serve(app) as url:
+        ready = httpx.get(f"{url}/health/ready")
+        assert ready.status_code == 200 and ready.json()["checks"] == {"discovery": "ok"}
+        nodb_state["ready"] = False
+        try:
+            r = httpx.get(f"{url}/health/ready")
+            assert r.status_code == 503 and r.json()["detail"] == "discovery is not ready: no upstream discovered yet"
+        finally:
+            nodb_state["ready"] = True
+
+        def chunks() -> Iterator[bytes]:
+            for _ in range(4):
+                yield b"a" * 4096
+                time.sleep(0.05)  # so the server receives them as separate reads
+
+        # 16 KiB in chunks, past the 2 KiB limit: the handler gets them as they
+        # arrive (not one buffered body) and enforces whatever limit it likes.
+        r = httpx.post(f"{url}/stream/count", content=chunks(), headers=token("editor"))
+        assert r.status_code == 200 and r.json() == {"chunks": 4, "size": 16 * 1024}
+        cors = httpx.get(f"{url}/health", headers={"Origin": "https://app.example"})
+        assert set(cors.headers["access-control-expose-headers"].split(", ")) == {"X-Request-ID", "RateLimit"}
+    assert not (tmp_path / "framework-test.db").exists()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +28,8 @@ log = logging.getLogger("bhiv.app")
 
 # Run alongside the app for its lifetime, e.g. a background worker.
 LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
+# Awaited by /health/ready; raising means "not ready", with the exception's text as the reason.
+ReadinessCheck = Callable[[FastAPI], Awaitable[None]]
 
 _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
     status: {"model": ProblemDetail, "content": {"application/problem+json": {}}, "description": text}
@@ -51,12 +53,25 @@ class ServiceSpec:
     description: str
     settings_class: type[ServiceSettings]
     routers: Sequence[APIRouter]
-    metadata: MetaData
-    migrations: str  # Alembic script location, "package:folder"
+    # A service without a database (e.g. the gateway) leaves both unset: no
+    # engine is created, no migrations run, and readiness rests on its
+    # readiness_checks alone.
+    metadata: MetaData | None = None
+    migrations: str | None = None  # Alembic script location, "package:folder"
     capabilities: tuple[str, ...] = ()
     openapi_tags: list[dict[str, Any]] = field(default_factory=list)
     lifespan_hooks: Sequence[LifespanHook] = ()
+    readiness_checks: Mapping[str, ReadinessCheck] = field(default_factory=dict)
+    # Path prefixes whose handlers read the body as a stream and enforce their
+    # own size limit; the framework's limit would otherwise buffer chunked bodies.
+    streaming_paths: tuple[str, ...] = ()
+    # Response headers browsers may read cross-origin, besides X-Request-ID.
+    cors_expose_headers: tuple[str, ...] = ()
     version: str = __version__
+
+    @property
+    def has_database(self) -> bool:
+        return self.migrations is not None
 
 
 def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
@@ -64,7 +79,7 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if settings.migrate_on_startup:
+        if spec.has_database and settings.migrate_on_startup:
             await run_in_threadpool(migrations.upgrade, spec.name, spec.migrations, settings.sqlalchemy_url())
         # Blocking handlers run in anyio's thread pool; more threads than
         # pooled connections would only queue on the pool, and every extra
@@ -76,7 +91,8 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
                 await stack.enter_async_context(hook(app))
             log.info("%s %s listening on %s:%s", spec.name, spec.version, settings.host, settings.port)
             yield
-        app.state.db.dispose()
+        if app.state.db is not None:
+            app.state.db.dispose()
 
     app = FastAPI(
         title=spec.title,
@@ -87,8 +103,10 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
     )
     app.state.spec = spec
     app.state.settings = settings
-    app.state.db = Database(
-        settings.sqlalchemy_url(), pool_size=settings.worker_threads, max_connections=settings.max_concurrency
+    app.state.db = (
+        Database(settings.sqlalchemy_url(), pool_size=settings.worker_threads, max_connections=settings.max_concurrency)
+        if spec.has_database
+        else None
     )
     app.state.authenticator = Authenticator(settings)
     app.state.metrics = HttpMetrics(spec.name, spec.version)
@@ -101,14 +119,14 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
 
     # Added innermost first: CORS answers preflights before the body limit,
     # and the request context wraps everything so every answer has an ID.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt_paths=spec.streaming_paths)
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
             allow_methods=["*"],
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Request-ID"],
+            expose_headers=["X-Request-ID", *spec.cors_expose_headers],
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     return app

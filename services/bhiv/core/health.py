@@ -51,16 +51,25 @@ async def health(request: Request) -> Health:
 @router.get(
     "/health/ready",
     response_model=Readiness,
-    summary="Readiness: the database answers",
+    summary="Readiness: the database and other dependencies answer",
     responses={503: {"description": "A dependency is not ready."}},
 )
 async def ready(request: Request) -> Readiness:
     spec = request.app.state.spec
-    try:
-        await asyncio.to_thread(request.app.state.db.ping)
-    except Exception as exc:
-        raise Problem(503, f"The database is not reachable ({type(exc).__name__}).", kind="not-ready") from None
-    return Readiness(status="ok", service=spec.name, version=spec.version, checks={"database": "ok"})
+    checks: dict[str, str] = {}
+    if request.app.state.db is not None:
+        try:
+            await asyncio.to_thread(request.app.state.db.ping)
+        except Exception as exc:
+            raise Problem(503, f"The database is not reachable ({type(exc).__name__}).", kind="not-ready") from None
+        checks["database"] = "ok"
+    for name, check in spec.readiness_checks.items():
+        try:
+            await check(request.app)
+        except Exception as exc:
+            raise Problem(503, f"{name} is not ready: {exc}", kind="not-ready") from None
+        checks[name] = "ok"
+    return Readiness(status="ok", service=spec.name, version=spec.version, checks=checks)
 
 
 @router.get("/info", response_model=Info, summary="What this service is and offers")

@@ -4,7 +4,9 @@
 credential headers for propagation, writes one access-log line, records metrics
 and turns an unexpected crash into a 500 problem body carrying the request ID.
 :class:`BodyLimitMiddleware` answers 413 to bodies over the configured size,
-whether announced by Content-Length or streamed in chunks.
+whether announced by Content-Length or streamed in chunks; paths a service
+declares as streaming are left to their handler, which reads the body as it
+arrives and enforces its own limit.
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from bhiv.core.errors import INTERNAL_ERROR_DETAIL, PROBLEM_JSON, problem_body
 from bhiv.core.metrics import UNMATCHED_ROUTE, HttpMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
+# Scope key an app may fill with fields for its request's access-log line
+# (e.g. the gateway's upstream); never put a secret in it.
+ACCESS_LOG_EXTRA = "bhiv.access_log"
 # A caller-supplied request ID is kept only when it is short and plain, so it
 # cannot inject anything into logs or headers.
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -109,6 +114,7 @@ class RequestContextMiddleware:
                     "status": status,
                     "duration_ms": round(elapsed * 1000, 2),
                     "client": (scope.get("client") or ("-",))[0],
+                    **scope.get(ACCESS_LOG_EXTRA, {}),
                 },
             )
             request_id_var.reset(rid_token)
@@ -121,12 +127,17 @@ def _route_template(scope: Scope) -> str:
 
 
 class BodyLimitMiddleware:
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, exempt_paths: tuple[str, ...] = ()) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.exempt_paths = exempt_paths
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE"):
+        if (
+            scope["type"] != "http"
+            or scope["method"] in ("GET", "HEAD", "OPTIONS", "DELETE")
+            or (self.exempt_paths and scope["path"].startswith(self.exempt_paths))
+        ):
             await self.app(scope, receive, send)
             return
         declared = None
