@@ -10,6 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 
+# Every kind of workload the platform defines (DESIGN.md), built or not: the
+# Kubernetes operator accepts these names in BhivModule.spec.service.
+DEFAULT_PORTS: dict[str, int] = {
+    "gateway": 8000,
+    "logistics": 8001,
+    "crm": 8002,
+    "agent-orchestration": 8003,
+    "llm-query": 8004,
+    "integrations": 8005,
+}
+
+
 @dataclass(frozen=True)
 class ServiceEntry:
     name: str

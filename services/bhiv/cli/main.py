@@ -151,6 +151,42 @@ def up(
     raise typer.Exit(run_platform(data_dir=data_dir, port_offset=port_offset, only=only))
 
 
+@app.command("operator")
+def operator_command(
+    namespace: Annotated[
+        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+    ] = None,
+    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
+    peering: Annotated[
+        str | None,
+        typer.Option(help="Kopf peering name, so two operator pods never act at once (needs the peering CRDs)."),
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Peering priority; the highest active operator acts.")] = 0,
+    liveness_port: Annotated[int, typer.Option(help="Port of /healthz (0: off).")] = 8080,
+    metrics_port: Annotated[int, typer.Option(help="Port of Prometheus /metrics (0: off).")] = 9090,
+    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig (default: in-cluster, then $KUBECONFIG).")] = None,
+    cluster_domain: Annotated[str, typer.Option(help="DNS domain of the cluster, for status.url.")] = "cluster.local",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each handler call.")] = False,
+) -> None:
+    """Run the Kubernetes operator: BhivModules become Deployments, Services, HPAs, PDBs."""
+    from bhiv_operator.main import run
+
+    if bool(namespace) == all_namespaces:
+        err.print("[red]error:[/] give --namespace NAME (repeatable) or --all-namespaces, not both or neither")
+        raise typer.Exit(2)
+    run(
+        namespaces=namespace or [],
+        clusterwide=all_namespaces,
+        peering=peering,
+        priority=priority,
+        liveness_port=liveness_port,
+        metrics_port=metrics_port,
+        kubeconfig=kubeconfig,
+        cluster_domain=cluster_domain,
+        verbose=verbose,
+    )
+
+
 @app.command()
 def version() -> None:
     """Print the version."""

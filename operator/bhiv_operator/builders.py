@@ -1,0 +1,170 @@
+"""Pure builders: a Module in, plain manifest dicts out. No I/O, unit-tested.
+
+Every object carries the app.kubernetes.io labels and an owner reference to
+its BhivModule, so `kubectl delete bm/X` removes it through garbage collection
+and no finalizer is ever needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bhiv_operator import GROUP, KIND, VERSION
+from bhiv_operator.model import Module
+
+PART_OF = "bhiv-core"
+MANAGED_BY = "bhiv-operator"
+DATA_DIR = "/tmp/bhiv"  # the only writable path: the root filesystem is read-only
+RUN_AS_USER = 10001
+
+
+def selector_labels(module: Module) -> dict[str, str]:
+    # name + instance only: selectors are immutable, so nothing that can change goes in.
+    return {"app.kubernetes.io/name": "bhiv", "app.kubernetes.io/instance": module.name}
+
+
+def labels(module: Module) -> dict[str, str]:
+    return {
+        **selector_labels(module),
+        "app.kubernetes.io/component": module.service,
+        "app.kubernetes.io/part-of": PART_OF,
+        "app.kubernetes.io/managed-by": MANAGED_BY,
+    }
+
+
+def selector_string(module: Module) -> str:
+    return ",".join(f"{k}={v}" for k, v in selector_labels(module).items())
+
+
+def _metadata(module: Module) -> dict[str, Any]:
+    return {
+        "name": module.name,
+        "namespace": module.namespace,
+        "labels": labels(module),
+        "ownerReferences": [
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": KIND,
+                "name": module.name,
+                "uid": module.uid,
+                "controller": True,
+                "blockOwnerDeletion": True,
+            }
+        ],
+    }
+
+
+def _env(module: Module) -> list[dict[str, Any]]:
+    env: list[dict[str, Any]] = [
+        {"name": "BHIV_HOST", "value": "0.0.0.0"},
+        {"name": "BHIV_PORT", "value": str(module.port)},
+        {"name": "BHIV_DATA_DIR", "value": DATA_DIR},
+    ]
+    if module.database_secret:
+        name, key = module.database_secret
+        env.append({"name": "BHIV_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
+    # The user's variables come last so they can override the defaults above.
+    return env + [dict(e) for e in module.env]
+
+
+def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
+    """The Deployment; ``replicas=None`` leaves the count to the autoscaler."""
+    probe_common = {"periodSeconds": 10, "timeoutSeconds": 2}
+    container: dict[str, Any] = {
+        "name": module.service,
+        "image": module.image,
+        "imagePullPolicy": module.image_pull_policy,
+        "args": ["serve", module.service],
+        "ports": [{"name": "http", "containerPort": module.port, "protocol": "TCP"}],
+        "env": _env(module),
+        "resources": module.resources,
+        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "failureThreshold": 30, **probe_common},
+        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "failureThreshold": 3, **probe_common},
+        "readinessProbe": {"httpGet": {"path": "/health/ready", "port": "http"}, "failureThreshold": 3, **probe_common},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": RUN_AS_USER,
+            "runAsGroup": RUN_AS_USER,
+            "readOnlyRootFilesystem": True,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if module.env_from:
+        container["envFrom"] = [dict(e) for e in module.env_from]
+    spec: dict[str, Any] = {
+        "selector": {"matchLabels": selector_labels(module)},
+        "revisionHistoryLimit": 5,
+        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "template": {
+            "metadata": {"labels": labels(module)},
+            "spec": {
+                "automountServiceAccountToken": module.service == "gateway",
+                "enableServiceLinks": False,
+                "securityContext": {
+                    "runAsNonRoot": True,
+                    "fsGroup": RUN_AS_USER,
+                    "seccompProfile": {"type": "RuntimeDefault"},
+                },
+                "terminationGracePeriodSeconds": 30,
+                "containers": [container],
+                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+            },
+        },
+    }
+    if replicas is not None:
+        spec["replicas"] = replicas
+    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(module), "spec": spec}
+
+
+def build_service(module: Module) -> dict[str, Any]:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": _metadata(module),
+        "spec": {
+            "type": "ClusterIP",
+            "selector": selector_labels(module),
+            "ports": [{"name": "http", "port": module.port, "targetPort": "http", "protocol": "TCP"}],
+        },
+    }
+
+
+def build_hpa(module: Module) -> dict[str, Any] | None:
+    if not module.autoscaling.enabled:
+        return None
+    a = module.autoscaling
+    return {
+        "apiVersion": "autoscaling/v2",
+        "kind": "HorizontalPodAutoscaler",
+        "metadata": _metadata(module),
+        "spec": {
+            "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": module.name},
+            "minReplicas": a.min_replicas,
+            "maxReplicas": a.max_replicas,
+            "metrics": [
+                {
+                    "type": "Resource",
+                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu}},
+                }
+            ],
+        },
+    }
+
+
+def build_pdb(module: Module) -> dict[str, Any] | None:
+    """A disruption budget, only when more than one pod runs: one pod may go at a time."""
+    if module.min_pods <= 1:
+        return None
+    return {
+        "apiVersion": "policy/v1",
+        "kind": "PodDisruptionBudget",
+        "metadata": _metadata(module),
+        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(module)}},
+    }
+
+
+def service_url(module: Module, cluster_domain: str = "cluster.local") -> str:
+    return f"http://{module.name}.{module.namespace}.svc.{cluster_domain}:{module.port}"

@@ -1,0 +1,164 @@
+"""Kopf wiring: watch events name modules to reconcile; a work queue reconciles them.
+
+Only `on.event` handlers are used: they never add finalizers or bookkeeping
+annotations, so a deleted module can never be stuck in Terminating, and the
+operator's only writes are its server-side applies and status patches.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import types
+from collections.abc import Hashable
+from typing import Any
+
+import kopf
+
+from bhiv_operator import GROUP, PLURAL, VERSION, metrics
+from bhiv_operator.builders import MANAGED_BY
+from bhiv_operator.graph import Node
+from bhiv_operator.kube import Kube, post_event
+from bhiv_operator.reconcile import Reconciler
+from bhiv_operator.workqueue import WorkQueue
+
+log = logging.getLogger("bhiv_operator")
+RESYNC_SECONDS = 60.0
+CHILDREN = (
+    ("apps", "v1", "deployments"),
+    ("", "v1", "services"),
+    ("autoscaling", "v2", "horizontalpodautoscalers"),
+    ("policy", "v1", "poddisruptionbudgets"),
+)
+
+
+def _ready(status: dict[str, Any]) -> tuple[bool, str]:
+    for cond in status.get("conditions") or ():
+        if cond.get("type") == "Ready":
+            return cond.get("status") == "True", str(cond.get("reason") or "")
+    return False, ""
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def bhiv_modules(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any]:
+    """Every module by namespace: what dependency and cycle analysis needs."""
+    ready, reason = _ready(dict(status))
+    return {namespace: (name, tuple(spec.get("dependsOn") or ()), ready, reason)}
+
+
+def _nodes(index: kopf.Index, namespace: str) -> dict[str, Node]:
+    return {name: Node(deps, ready) for name, deps, ready, _ in index.get(namespace, ())}
+
+
+@kopf.on.startup()
+async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    # An API server (or a proxy in front of it) can silently stop sending
+    # events on a long-lived watch without closing it; Kopf would then wait
+    # forever. Bounded server- and client-side timeouts make every watch
+    # re-list and re-watch at least every few minutes.
+    settings.watching.server_timeout = 270
+    settings.watching.client_timeout = 300
+    settings.watching.connect_timeout = 15
+    settings.networking.request_timeout = 60
+    # Kopf would post every handler log line as a Kubernetes Event; the
+    # reconciler posts the transitions that matter itself.
+    settings.posting.enabled = False
+    settings.peering.mandatory = not getattr(memo, "standalone", True)
+
+    kube = Kube()
+
+    async def events(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+        await post_event(kube, body, kind, reason, message)
+
+    reconciler = Reconciler(kube, events, getattr(memo, "cluster_domain", "cluster.local"))
+    # Kopf gives each object's handlers a shallow copy of this memo: state the
+    # handlers must share with the workers lives in one mutable object.
+    memo.shared = types.SimpleNamespace(index=None)
+
+    async def handle(key: Hashable) -> None:
+        namespace, name = key  # type: ignore[misc]
+        index: kopf.Index | None = memo.shared.index
+        if index is None:
+            raise RuntimeError("the module index is not populated yet")
+        body = await kube.get("BhivModule", namespace, name)
+        if body is None:
+            return
+        started = time.perf_counter()
+        try:
+            outcome = await reconciler.reconcile(body, _nodes(index, namespace))
+        except Exception:
+            metrics.reconciles.labels("error").inc()
+            raise
+        finally:
+            metrics.reconcile_seconds.observe(time.perf_counter() - started)
+        metrics.reconciles.labels("ok").inc()
+        if outcome is not None and outcome.cycle_members:
+            # Every member of a cycle reports it, not only the module whose edit closed it.
+            reported = {n for n, _, _, reason in index.get(namespace, ()) if reason == "DependencyCycle"}
+            for member in outcome.cycle_members:
+                if member != name and member not in reported:
+                    memo.queue.add((namespace, member))
+
+    memo.queue = WorkQueue(handle, workers=4)
+    memo.tasks = [asyncio.create_task(memo.queue.run()), asyncio.create_task(_resync(memo))]
+
+
+async def _resync(memo: kopf.Memo) -> None:
+    """A safety net under the watches: requeue everything now and then, and refresh gauges."""
+    last_full = time.monotonic()
+    while True:
+        await asyncio.sleep(5)
+        index: kopf.Index | None = memo.shared.index
+        metrics.queue_depth.set(len(memo.queue))
+        if index is None:
+            continue
+        counts: dict[tuple[str, str], int] = {}
+        for namespace in list(index):
+            for _name, _deps, ready, reason in index.get(namespace, ()):
+                key = ("True" if ready else "False", reason or "Unknown")
+                counts[key] = counts.get(key, 0) + 1
+        metrics.modules.clear()
+        for (ready, reason), n in counts.items():
+            metrics.modules.labels(ready, reason).set(n)
+        if time.monotonic() - last_full >= RESYNC_SECONDS:
+            last_full = time.monotonic()
+            for namespace in list(index):
+                for name, *_ in index.get(namespace, ()):
+                    memo.queue.add((namespace, name))
+
+
+@kopf.on.cleanup()
+async def stop(memo: kopf.Memo, **_: Any) -> None:
+    for task in getattr(memo, "tasks", ()):
+        task.cancel()
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+async def module_changed(name: str, namespace: str, memo: kopf.Memo, bhiv_modules: kopf.Index, **_: Any) -> None:
+    memo.shared.index = bhiv_modules
+    queue: WorkQueue = memo.queue
+    queue.add((namespace, name))
+    # Dependents react to this module's readiness at once (event-driven, not a
+    # timer), and modules stuck in a cycle re-check whether it is broken.
+    for other, deps, _ready, reason in bhiv_modules.get(namespace, ()):
+        if name in deps or reason in ("DependencyCycle", "DependencyNotFound"):
+            queue.add((namespace, other))
+
+
+def _owner(body: kopf.Body) -> str | None:
+    for ref in body.get("metadata", {}).get("ownerReferences") or ():
+        if ref.get("kind") == "BhivModule" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
+            return str(ref.get("name"))
+    return None
+
+
+async def _child_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+    """A child was created, changed (status or by hand) or deleted: reconcile its owner."""
+    owner = _owner(body)
+    if owner and hasattr(memo, "queue"):
+        memo.queue.add((namespace, owner))
+
+
+for _group, _version, _plural in CHILDREN:
+    kopf.on.event(_group, _version, _plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY})(_child_changed)

@@ -1,0 +1,49 @@
+"""`bhiv operator`: run the operator, namespace-scoped or cluster-wide."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+
+import kopf
+from prometheus_client import start_http_server
+
+from bhiv_operator import metrics
+
+
+def run(
+    *,
+    namespaces: list[str],
+    clusterwide: bool,
+    peering: str | None,
+    priority: int,
+    liveness_port: int,
+    metrics_port: int,
+    kubeconfig: str | None,
+    cluster_domain: str,
+    verbose: bool = False,
+) -> None:
+    if kubeconfig:
+        os.environ["KUBECONFIG"] = kubeconfig
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+
+    from bhiv_operator import handlers  # noqa: F401 - registers the handlers
+    from bhiv_operator.kube import load_config
+
+    load_config()
+    if metrics_port:
+        start_http_server(metrics_port, addr="0.0.0.0", registry=metrics.registry)  # noqa: S104
+    memo = kopf.Memo(standalone=peering is None, cluster_domain=cluster_domain)
+    asyncio.run(
+        kopf.operator(
+            clusterwide=clusterwide,
+            namespaces=namespaces,
+            standalone=peering is None,
+            peering_name=peering,
+            priority=priority,
+            liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
+            memo=memo,
+        )
+    )

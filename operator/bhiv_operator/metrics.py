@@ -1,0 +1,18 @@
+"""Prometheus metrics of the operator, served on their own port."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+registry = CollectorRegistry()
+reconciles = Counter("bhiv_operator_reconciles", "Reconciles run, by result.", ["result"], registry=registry)
+reconcile_seconds = Histogram(
+    "bhiv_operator_reconcile_duration_seconds",
+    "Time one reconcile took.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=registry,
+)
+modules = Gauge(
+    "bhiv_operator_modules", "Modules known to the operator, by Ready reason.", ["ready", "reason"], registry=registry
+)
+queue_depth = Gauge("bhiv_operator_queue_depth", "Modules waiting to be reconciled.", registry=registry)

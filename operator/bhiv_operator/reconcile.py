@@ -1,0 +1,168 @@
+"""One module's reconcile: read the world, decide, apply, report.
+
+Level-based: it never asks what changed, only what should exist now, so a
+restarted operator (or one killed half-way) converges by running it again.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from bhiv_operator import builders
+from bhiv_operator.graph import DependencyState, Node, cycles, dependency_state
+from bhiv_operator.kube import Kube, applies_field
+from bhiv_operator.model import Module
+from bhiv_operator.status import Condition, merge_conditions, transitions
+
+log = logging.getLogger("bhiv_operator.reconcile")
+
+WARNING_REASONS = frozenset({"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded"})
+EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]  # (body, type, reason, message)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ready: bool
+    reason: str
+    cycle_members: tuple[str, ...] = ()
+
+
+def _deployment_conditions(deployment: dict[str, Any]) -> tuple[Condition, Condition, Condition, int, int]:
+    """Available, Progressing and Ready from a Deployment, plus (desired, ready) counts."""
+    spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
+    desired = int(spec.get("replicas", 1))
+    ready = int(st.get("readyReplicas") or 0)
+    updated = int(st.get("updatedReplicas") or 0)
+    total = int(st.get("replicas") or 0)
+    dconds = {c["type"]: c for c in st.get("conditions") or ()}
+
+    available_ok = dconds.get("Available", {}).get("status") == "True"
+    available = Condition(
+        "Available",
+        available_ok,
+        "MinimumReplicasAvailable" if available_ok else "MinimumReplicasUnavailable",
+        f"{ready} of {desired} pods ready",
+    )
+    current = int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0)
+    rolled_out = current and updated == desired and total == desired and ready >= desired
+    if dconds.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded":
+        progressing = Condition("Progressing", False, "ProgressDeadlineExceeded", dconds["Progressing"].get("message", ""))
+    elif rolled_out:
+        progressing = Condition("Progressing", False, "RolloutComplete", f"{desired} pods run the current spec")
+    else:
+        progressing = Condition("Progressing", True, "RollingOut", f"{updated} of {desired} pods updated, {ready} ready")
+
+    if desired == 0:
+        ready_cond = Condition("Ready", False, "ScaledToZero", "the module runs no pods")
+    elif rolled_out and available_ok:
+        ready_cond = Condition("Ready", True, "AllReplicasReady", f"{ready} of {desired} pods ready")
+    else:
+        ready_cond = Condition("Ready", False, progressing.reason if progressing.status else "ReplicasNotReady",
+                               f"{ready} of {desired} pods ready")
+    return available, progressing, ready_cond, desired, ready
+
+
+class Reconciler:
+    def __init__(self, kube: Kube, events: EventSink, cluster_domain: str = "cluster.local") -> None:
+        self.kube = kube
+        self.events = events
+        self.cluster_domain = cluster_domain
+
+    async def reconcile(self, body: dict[str, Any], nodes: Mapping[str, Node]) -> Outcome | None:
+        """Bring one module's children and status in line with its spec.
+
+        ``nodes`` are all modules of its namespace (from the operator's index),
+        for dependency and cycle analysis.
+        """
+        if body["metadata"].get("deletionTimestamp"):
+            return None  # garbage collection removes the children through owner references
+        module = Module.from_body(body)
+        cycle_map = cycles(nodes) if module.name in nodes else {}
+        deps = dependency_state(module.name, nodes, cycle_map) if module.name in nodes else DependencyState(
+            not module.depends_on, "Unknown", "not indexed yet", ()
+        )
+        deployment = await self.kube.get("Deployment", module.namespace, module.name)
+
+        if not module.paused:
+            await self.kube.apply(builders.build_service(module))
+            # Startup order: no Deployment (hence no pods, HPA or PDB) until every
+            # dependency is Ready. Creating nothing, rather than a Deployment at 0
+            # replicas, keeps a waiting module inert and unambiguous: no autoscaler
+            # can scale it up early, and `kubectl get deploy` shows only what runs.
+            # Once started, a module keeps running even if a dependency later
+            # becomes unready; that is reported in DependenciesReady, not acted on.
+            if deps.satisfied or deployment is not None:
+                deployment = await self._apply_workloads(module, deployment)
+
+        status = self._status(body, module, deps, deployment)
+        await self._write_status(body, status)
+        ready_cond = next(c for c in status["conditions"] if c["type"] == "Ready")
+        return Outcome(ready_cond["status"] == "True", ready_cond["reason"], cycle_map.get(module.name, ()))
+
+    async def _apply_workloads(self, module: Module, deployment: dict[str, Any] | None) -> dict[str, Any]:
+        ns, name = module.namespace, module.name
+        hpa = builders.build_hpa(module)
+        if hpa is not None:
+            if deployment is not None and applies_field(deployment, "spec", "replicas"):
+                # Hand spec.replicas over to the HPA without a dip: record the
+                # current count under an Update entry first, so that dropping it
+                # from our applied config does not reset it to the default of 1.
+                current = int((deployment.get("spec") or {}).get("replicas", 1))
+                await self.kube.merge_patch("Deployment", ns, name, {"spec": {"replicas": current}})
+            deployment = await self.kube.apply(builders.build_deployment(module, replicas=None))
+            await self.kube.apply(hpa)
+        else:
+            deployment = await self.kube.apply(builders.build_deployment(module, replicas=module.replicas))
+            await self.kube.delete("HorizontalPodAutoscaler", ns, name)
+        pdb = builders.build_pdb(module)
+        if pdb is not None:
+            await self.kube.apply(pdb)
+        else:
+            await self.kube.delete("PodDisruptionBudget", ns, name)
+        return deployment
+
+    def _status(
+        self, body: dict[str, Any], module: Module, deps: DependencyState, deployment: dict[str, Any] | None
+    ) -> dict[str, Any]:
+        dep_cond = Condition("DependenciesReady", deps.satisfied, deps.reason, deps.message)
+        if deployment is None:
+            waiting = "the module is paused" if module.paused else deps.message
+            reason = "Paused" if module.paused else deps.reason
+            conditions = [
+                Condition("Ready", False, reason, waiting),
+                dep_cond,
+                Condition("Available", False, "NotStarted", "no pods run yet: " + waiting),
+                Condition("Progressing", False, reason, waiting),
+            ]
+            desired = ready = 0
+        else:
+            available, progressing, ready_cond, desired, ready = _deployment_conditions(deployment)
+            if module.paused:
+                progressing = Condition("Progressing", False, "Paused", "the operator leaves this module's workloads as they are")
+            conditions = [ready_cond, dep_cond, available, progressing]
+        previous = (body.get("status") or {}).get("conditions") or []
+        replicas = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
+        return {
+            "observedGeneration": module.generation,
+            "replicas": replicas,
+            "readyReplicas": ready,
+            "replicasReady": f"{ready}/{desired}",
+            "selector": builders.selector_string(module),
+            "url": builders.service_url(module, self.cluster_domain),
+            "waitingFor": list(deps.waiting_for),
+            "conditions": merge_conditions(previous, conditions, module.generation),
+        }
+
+    async def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        old = body.get("status") or {}
+        if old == status:
+            return
+        meta = body["metadata"]
+        await self.kube.merge_patch("BhivModule", meta["namespace"], meta["name"], {"status": status}, sub="status")
+        for cond in transitions(old.get("conditions") or [], status["conditions"]):
+            if cond["type"] in ("Ready", "DependenciesReady") or cond["reason"] in WARNING_REASONS:
+                kind = "Warning" if cond["reason"] in WARNING_REASONS else "Normal"
+                await self.events(body, kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}")
