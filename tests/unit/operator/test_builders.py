@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from bhiv_operator import builders
+from bhiv_operator.model import Module
+
+
+def body(**spec: Any) -> dict[str, Any]:
+    return {
+        "metadata": {"name": "logistics", "namespace": "shop", "uid": "u-1", "generation": 3},
+        "spec": {"service": "logistics", "image": "bhiv-core:1", **spec},
+    }
+
+
+def module(**spec: Any) -> Module:
+    return Module.from_body(body(**spec))
+
+
+class TestModel:
+    def test_defaults(self) -> None:
+        m = module()
+        assert (m.port, m.replicas, m.autoscaling.enabled, m.paused) == (8001, 1, False, False)
+        assert m.resources["requests"] == {"cpu": "100m", "memory": "128Mi"}
+
+    @pytest.mark.parametrize(("service", "port"), [("gateway", 8000), ("crm", 8002), ("integrations", 8005)])
+    def test_port_defaults_to_the_service_kind(self, service: str, port: int) -> None:
+        assert Module.from_body(body(service=service)).port == port
+
+
+class TestDeployment:
+    def test_pod_passes_restricted_pod_security(self) -> None:
+        d = builders.build_deployment(module(), replicas=2)
+        pod = d["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+        sc = c["securityContext"]
+        assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"] == {"drop": ["ALL"]}
+        assert sc["readOnlyRootFilesystem"] is True and sc["runAsUser"] >= 1000
+        assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
+
+    def test_probes_and_command(self) -> None:
+        c = builders.build_deployment(module(), replicas=1)["spec"]["template"]["spec"]["containers"][0]
+        assert c["args"] == ["serve", "logistics"]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/health"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
+        assert c["ports"] == [{"name": "http", "containerPort": 8001, "protocol": "TCP"}]
+
+    def test_labels_selector_and_owner(self) -> None:
+        d = builders.build_deployment(module(), replicas=1)
+        assert d["spec"]["selector"]["matchLabels"] == {
+            "app.kubernetes.io/name": "bhiv",
+            "app.kubernetes.io/instance": "logistics",
+        }
+        labels = d["metadata"]["labels"]
+        assert labels["app.kubernetes.io/managed-by"] == "bhiv-operator"
+        assert labels["app.kubernetes.io/component"] == "logistics"
+        assert labels["app.kubernetes.io/part-of"] == "bhiv-core"
+        owner = d["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"], owner["controller"]) == ("BhivModule", "u-1", True)
+
+    def test_replicas_left_to_the_autoscaler(self) -> None:
+        assert "replicas" not in builders.build_deployment(module(), replicas=None)["spec"]
+        assert builders.build_deployment(module(), replicas=0)["spec"]["replicas"] == 0
+
+    def test_database_secret_and_user_env_last(self) -> None:
+        m = module(database={"secretRef": {"name": "db"}}, env=[{"name": "BHIV_LOG_LEVEL", "value": "DEBUG"}])
+        env = builders.build_deployment(m, replicas=1)["spec"]["template"]["spec"]["containers"][0]["env"]
+        names = [e["name"] for e in env]
+        assert names.index("BHIV_DATABASE_URL") < names.index("BHIV_LOG_LEVEL") == len(names) - 1
+        db = next(e for e in env if e["name"] == "BHIV_DATABASE_URL")
+        assert db["valueFrom"]["secretKeyRef"] == {"name": "db", "key": "url"}
+
+
+class TestServiceHpaPdb:
+    def test_service(self) -> None:
+        s = builders.build_service(module(port=9000))
+        assert s["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+        assert s["spec"]["selector"]["app.kubernetes.io/instance"] == "logistics"
+
+    def test_hpa_only_when_enabled(self) -> None:
+        assert builders.build_hpa(module()) is None
+        hpa = builders.build_hpa(module(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5}))
+        assert hpa is not None and hpa["apiVersion"] == "autoscaling/v2"
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
+        assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 80
+
+    @pytest.mark.parametrize(
+        ("spec", "expected"),
+        [
+            ({"replicas": 1}, False),
+            ({"replicas": 3}, True),
+            ({"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}}, False),
+            ({"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4}}, True),
+        ],
+    )
+    def test_pdb_when_more_than_one_pod(self, spec: dict[str, Any], expected: bool) -> None:
+        pdb = builders.build_pdb(module(**spec))
+        assert (pdb is not None) == expected
+        if pdb:
+            assert pdb["spec"]["maxUnavailable"] == 1
+
+    def test_url(self) -> None:
+        assert builders.service_url(module()) == "http://logistics.shop.svc.cluster.local:8001"
