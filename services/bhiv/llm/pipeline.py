@@ -41,7 +41,7 @@ DEFAULT_TENANT = "default"
 MONEY = Decimal("0.000001")
 # A streamed answer is filtered a sentence at a time: none of the PII patterns
 # spans a sentence end followed by whitespace, so nothing is split mid-match.
-SENTENCE_END = re.compile(r"[.!?\n](?=\s)")
+SENTENCE_END = re.compile(r"[.!?](?=\s)|\n")
 MAX_SEGMENT = 2000
 
 

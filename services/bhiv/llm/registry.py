@@ -159,6 +159,11 @@ def effective_policy(session: Session, settings: LlmSettings, subject: str) -> d
             "monthly_budget_usd": row.monthly_budget_usd,
             "cache_enabled": row.cache_enabled,
         }
+    return settings_policy(settings)
+
+
+def settings_policy(settings: LlmSettings) -> dict[str, Any]:
+    """The policy the settings define, for callers with no policy row and no ``default`` row."""
     return {
         "subject": "settings",
         "safety_action": settings.llm_safety_action,

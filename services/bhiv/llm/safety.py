@@ -105,8 +105,13 @@ PII_DETECTORS: tuple[Detector, ...] = (
     Detector("aadhaar", re.compile(r"\b\d{4}[ -]?\d{4}[ -]?\d{4}\b"), _aadhaar_ok),
     Detector("ssn", re.compile(r"\b(?!000|666|9\d\d)\d{3}-(?!00)\d{2}-(?!0000)\d{4}\b")),
     Detector("pan", re.compile(r"\b[A-Z]{5}\d{4}[A-Z]\b")),
-    Detector("ipv4", re.compile(r"\b(?:\d{1,3}\.){3}\d{1,3}\b"), _ipv4_ok),
-    Detector("phone", re.compile(r"(?<![\w+])\+?\d{1,3}?[ .-]?\(?\d{2,4}\)?[ .-]?\d{3,4}[ .-]?\d{3,4}\b"), _phone_ok),
+    # Not part of a longer dotted run: "1.2.3.4.5" is a version, not an address.
+    Detector("ipv4", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)"), _ipv4_ok),
+    Detector(
+        "phone",
+        re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]?\d{2,5}){1,4}(?![\w.-]\d)"),
+        _phone_ok,
+    ),
 )
 
 # (weight, pattern): each is evidence that the text tries to override the

@@ -225,7 +225,8 @@ class ProviderCreate(_Model):
     kind: ProviderKind = Field("openai", description="Wire format: openai (OpenAI-compatible) or anthropic.")
     base_url: Text = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=500,
                           description="API root, e.g. https://api.openai.com/v1 or http://localhost:11434/v1.",
-                          examples=["https://api.openai.com/v1"])
+                          # A loopback example: API fuzzers register their examples and then query them.
+                          examples=["http://127.0.0.1:11434/v1"])
     api_key_env: str | None = Field(
         None, pattern=KEY_ENV_PATTERN,
         description="Environment variable holding the key (must start with BHIV_LLM_KEY_); never the key itself.",
@@ -248,7 +249,7 @@ class ProviderUpdate(_Model):
 class ProviderRead(_Read):
     name: str = Field(examples=["openai"])
     kind: str = Field(examples=["openai"])
-    base_url: str = Field(examples=["https://api.openai.com/v1"])
+    base_url: str = Field(examples=["http://127.0.0.1:11434/v1"])
     api_key_env: str | None = Field(examples=["BHIV_LLM_KEY_OPENAI"])
     api_key_configured: bool = Field(description="The named variable is set (its value is never shown).")
     timeout_seconds: float = Field(examples=[30])

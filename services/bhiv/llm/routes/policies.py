@@ -36,7 +36,7 @@ def get_policy(subject: Subject, session: SessionDep, settings: SettingsDep) -> 
     if row is not None:
         return PolicyRead.model_validate(row)
     if subject == registry.DEFAULT_POLICY:
-        values = registry.effective_policy(session, settings, "\x00no-such-subject")
+        values = registry.settings_policy(settings)
         return PolicyRead(**{**values, "subject": registry.DEFAULT_POLICY})
     raise not_found("Policy", subject)
 
