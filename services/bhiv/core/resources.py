@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from bhiv.core.crud import apply_patch, get_or_404, require_reference, unique_as_conflict
 from bhiv.core.db import get_session
+from bhiv.core.fields import StorableText
 from bhiv.core.pagination import Page, PageParams, like_pattern, page_params, paginate
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -58,7 +59,7 @@ def resource_router(
         session: SessionDep,
         params: Annotated[PageParams, Depends(pages)],
         extra: Annotated[list[ColumnElement[bool]], Depends(filters)],
-        q: Annotated[str | None, Query(max_length=200, description="Free-text search.")] = None,
+        q: Annotated[Annotated[str, StorableText] | None, Query(max_length=200, description="Free-text search.")] = None,
     ) -> Any:
         stmt = select(model)
         if q and search:
