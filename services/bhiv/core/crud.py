@@ -17,16 +17,29 @@ from bhiv.core.errors import Problem, conflict, field_problem, not_found
 M = TypeVar("M")
 
 
-def get_or_404(session: Session, model: type[M], key: Any, what: str | None = None) -> M:
-    obj = session.get(model, key)
+def get_or_404(session: Session, model: type[M], key: Any, what: str | None = None, *, lock: bool = False) -> M:
+    """The row with primary key ``key``, or a 404.
+
+    ``lock=True`` reads it fresh with ``SELECT ... FOR UPDATE``, held until the
+    transaction ends, for a read-check-write of one row: a concurrent writer of
+    the same row waits, then sees this transaction's result. (SQLite ignores the
+    clause; its writers are serialised by ``BEGIN IMMEDIATE``.)
+    """
+    obj = session.get(model, key, with_for_update=True if lock else None, populate_existing=lock)
     if obj is None:
         raise not_found(what or model.__name__, key)
     return obj
 
 
-def require_reference(session: Session, model: type[Any], key: Any, field: str) -> None:
-    """422 naming ``field`` when a referenced row does not exist (checked before any write)."""
-    if key is not None and session.get(model, key) is None:
+def require_reference(session: Session, model: type[Any], key: Any, field: str, *, lock: bool = False) -> None:
+    """422 naming ``field`` when a referenced row does not exist (checked before any write).
+
+    ``lock=True`` holds ``FOR KEY SHARE`` on the referenced row until the
+    transaction ends, so a concurrent delete of it waits for this transaction
+    instead of turning its insert into a foreign-key violation.
+    """
+    lock_mode = {"read": True, "key_share": True} if lock else None
+    if key is not None and session.get(model, key, with_for_update=lock_mode) is None:
         raise field_problem(field, f"{model.__name__} {key} does not exist.")
 
 

@@ -10,6 +10,7 @@ transactions and run concurrently. PostgreSQL needs neither trick.
 from __future__ import annotations
 
 import datetime as dt
+import enum
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -17,9 +18,9 @@ from typing import Any
 import anyio
 import anyio.to_thread
 from fastapi import Request
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event, text
+from sqlalchemy import DateTime, Engine, Enum, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
 
 from bhiv.core.auth import SAFE_METHODS
@@ -75,6 +76,32 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def string_enum(cls: type[enum.Enum], name: str, *, length: int = 20) -> Enum:
+    """A column type for a Python enum, stored as its values in plain strings with a CHECK.
+
+    Portable across SQLite and PostgreSQL, and a new member needs no ``ALTER TYPE``.
+    """
+    return Enum(
+        cls,
+        name=name,
+        native_enum=False,
+        validate_strings=True,
+        length=length,
+        # SQLAlchemy stores member names by default; values are what the API speaks.
+        values_callable=lambda members: [m.value for m in members],
+    )
+
+
+class Timestamps:
+    """Mixin for tables whose rows record when they were created and last changed.
+
+    ``updated_at`` is set by whoever changes the row (``crud.apply_patch`` does).
+    """
+
+    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 def make_engine(url: str, pool_size: int = 10, max_connections: int = 100) -> Engine:
