@@ -48,6 +48,14 @@ SERVICES: dict[str, ServiceEntry] = {
             capabilities=("inventory_management", "supplier_management", "shipment_tracking"),
         ),
         ServiceEntry(
+            name="crm",
+            port=8002,
+            prefix="/api/crm",
+            stage=3,
+            app_factory="bhiv.crm.service:create_app",
+            capabilities=("customer_management", "lead_management", "support_tickets"),
+        ),
+        ServiceEntry(
             name="llm-query",
             port=8004,
             prefix="/api/llm",
