@@ -13,7 +13,6 @@ from sqlalchemy import Date, case, cast, func, select
 from sqlalchemy.sql import ColumnElement
 
 from bhiv.core import Identity, Page, PageParams, current_identity, page_params, paginate, require
-from bhiv.core.fields import StorableText, UTCTimestamp
 from bhiv.llm import cache, registry, safety
 from bhiv.llm.models import SafetyDecision, UsageRecord, UsageStatus
 from bhiv.llm.routes.deps import CallerDep, SessionDep, SettingsDep, is_admin
@@ -22,9 +21,11 @@ from bhiv.llm.schemas import (
     DecisionRead,
     SafetyCheckRequest,
     SafetyCheckResult,
+    StorableText,
     UsageAnalytics,
     UsageGroup,
     UsageRead,
+    UTCTimestamp,
 )
 
 router = APIRouter()
