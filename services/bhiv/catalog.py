@@ -40,6 +40,14 @@ SERVICES: dict[str, ServiceEntry] = {
     entry.name: entry
     for entry in (
         ServiceEntry(
+            name="integrations",
+            port=8005,
+            prefix="/api/integrations",
+            stage=1,
+            app_factory="bhiv.integrations.service:create_app",
+            capabilities=("external_api_management", "webhook_handling", "data_synchronization"),
+        ),
+        ServiceEntry(
             name="logistics",
             port=8001,
             prefix="/api/logistics",

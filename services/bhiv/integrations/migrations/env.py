@@ -1,0 +1,6 @@
+from alembic import context
+
+from bhiv.core.migrations import run_env
+from bhiv.integrations.models import Base
+
+run_env(context, Base.metadata)
