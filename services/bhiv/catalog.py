@@ -71,6 +71,14 @@ SERVICES: dict[str, ServiceEntry] = {
             app_factory="bhiv.llm.service:create_app",
             capabilities=("llm_processing", "model_management", "safety_filtering"),
         ),
+        ServiceEntry(
+            name="gateway",
+            port=8000,
+            prefix="",  # the gateway owns the root; every other prefix routes through it
+            stage=5,
+            app_factory="bhiv.gateway.service:create_app",
+            capabilities=("routing", "load_balancing", "rate_limiting", "batch_processing", "discovery"),
+        ),
     )
 }
 

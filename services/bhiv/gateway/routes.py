@@ -1,0 +1,114 @@
+"""The gateway's own endpoints: the service registry, tokens, the aggregated OpenAPI."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from bhiv.core.auth import require
+from bhiv.core.errors import Problem
+from bhiv.gateway.edge import limited
+from bhiv.gateway.ratelimit import rate_limit_headers
+
+router = APIRouter(tags=["gateway"])
+
+
+class InstanceView(BaseModel):
+    url: str = Field(examples=["http://127.0.0.1:8001"])
+    health: str = Field(description="unknown (not probed yet), healthy or unhealthy.", examples=["healthy"])
+    available: bool = Field(description="In rotation: not unhealthy, not ejected, not marked unready.")
+    ejected: bool
+    ejected_for_seconds: float
+    last_check: str | None = Field(None, description="When the last probe ran (UTC).")
+    last_error: str | None = None
+    outstanding: int = Field(description="Requests in flight to this instance.")
+    platform_ready: bool | None = Field(None, description="Kubernetes' Ready condition, when discovered there.")
+
+
+class ServiceView(BaseModel):
+    name: str = Field(examples=["logistics"])
+    prefix: str = Field(examples=["/api/logistics"])
+    status: str = Field(description="up, degraded (some instances out) or down.", examples=["up"])
+    capabilities: list[str]
+    load_balancer: str = Field(examples=["round_robin"])
+    breaker: dict[str, Any] = Field(examples=[{"state": "closed", "failures": 0}])
+    instances: list[InstanceView]
+
+
+class Registry(BaseModel):
+    discovery: str = Field(description="local or kubernetes.", examples=["local"])
+    rate_limit_backend: str = Field(examples=["memory"])
+    services: list[ServiceView]
+
+
+class TokenResponse(BaseModel):
+    access_token: str
+    token_type: str = Field("Bearer", examples=["Bearer"])
+    expires_in: int = Field(description="Seconds the token is valid.", examples=[900])
+    roles: list[str] = Field(examples=[["viewer"]])
+
+
+@router.get(
+    "/services",
+    response_model=Registry,
+    summary="Routed services, their instances and health",
+    dependencies=[Depends(require("read"))],
+    responses={401: {"description": "No valid credential."}},
+)
+async def services(request: Request) -> Registry:
+    gateway = request.app.state.gateway
+    views = []
+    for svc in gateway.registry.describe():
+        views.append(ServiceView(**svc, breaker=gateway.forwarder.breaker_state(svc["name"])))
+    return Registry(
+        discovery=gateway.settings.gateway_discovery, rate_limit_backend=gateway.limiter.backend, services=views
+    )
+
+
+@router.post(
+    "/auth/token",
+    response_model=TokenResponse,
+    summary="Exchange an API key for a short-lived JWT",
+    responses={401: {"description": "No API key, or not a valid one."}, 429: {"description": "Too many attempts."}},
+)
+async def token(
+    request: Request,
+    response: Response,
+    x_api_key: Annotated[str | None, Header(alias="X-API-Key", description="The API key to exchange.")] = None,
+) -> TokenResponse:
+    gateway = request.app.state.gateway
+    limits = []
+    # Limited per address like any routed request: this is where keys get guessed.
+    decision = await gateway.limiter.take("ip", request.client.host if request.client else "unknown")
+    if decision is not None:
+        limits.append(decision)
+        if not decision.allowed:
+            raise limited(Problem(429, "Too many token requests from your address.", kind="rate-limited"), limits)
+    if not x_api_key:
+        raise limited(
+            Problem(
+                401, "Send the API key to exchange in the X-API-Key header.", kind="unauthorized",
+                headers={"WWW-Authenticate": 'Bearer realm="bhiv"'},
+            ),
+            limits,
+        )
+    try:
+        identity = gateway.edge.auth.authenticate(None, x_api_key)
+    except Problem as problem:
+        raise limited(problem, limits) from None
+    ttl = gateway.settings.gateway_token_ttl_seconds
+    response.headers["Cache-Control"] = "no-store"
+    for name, value in rate_limit_headers(limits):
+        response.headers[name.decode()] = value.decode()
+    return TokenResponse(
+        access_token=gateway.edge.auth.mint(identity, ttl), expires_in=ttl, roles=list(identity.roles)
+    )
+
+
+@router.get("/openapi.json", include_in_schema=False)
+async def openapi(request: Request) -> JSONResponse:
+    gateway = request.app.state.gateway
+    return JSONResponse(await gateway.openapi.document(request.app.openapi()))

@@ -1,0 +1,147 @@
+"""The API gateway service, on the shared framework.
+
+``bhiv.core`` gives it what every service has (settings, JWT/API-key auth,
+problem+json, request IDs, JSON access logs, health, metrics); the gateway adds
+the proxy route in front of everything under ``/api/``, its own endpoints, and
+a lifespan that runs discovery and health checks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+
+from bhiv import catalog
+from bhiv.core import ServiceSpec, create_app as _create_app
+from bhiv.gateway import batch, routes
+from bhiv.gateway.access import EdgeAuth
+from bhiv.gateway.discovery import local_services
+from bhiv.gateway.edge import Edge, ProxyRoute
+from bhiv.gateway.forwarder import Forwarder
+from bhiv.gateway.metrics import GatewayMetrics
+from bhiv.gateway.openapi import OpenApiAggregator
+from bhiv.gateway.probes import HealthChecker
+from bhiv.gateway.ratelimit import RateLimiter
+from bhiv.gateway.registry import DiscoveredService, Registry
+from bhiv.gateway.settings import GatewaySettings
+
+log = logging.getLogger("bhiv.gateway")
+
+
+@dataclass
+class Gateway:
+    """The gateway's parts, reachable from handlers as ``app.state.gateway``."""
+
+    settings: GatewaySettings
+    registry: Registry
+    forwarder: Forwarder
+    limiter: RateLimiter
+    edge: Edge
+    openapi: OpenApiAggregator
+    metrics: GatewayMetrics
+
+    def apply_discovery(self, services: list[DiscoveredService]) -> None:
+        removed = self.registry.update(services)
+        for upstream in removed:
+            asyncio.get_running_loop().create_task(self._retire(upstream))
+        log.info(
+            "routing %s",
+            ", ".join(f"{u.prefix} -> {u.name} ({len(u.instances)})" for u in self.registry.upstreams.values())
+            or "nothing",
+        )
+
+    async def _retire(self, upstream: object) -> None:
+        # Requests in flight on a removed service may finish before its pool closes.
+        await asyncio.sleep(upstream.policy.timeout_seconds)  # type: ignore[attr-defined]
+        if upstream.name not in self.registry.upstreams:  # type: ignore[attr-defined]
+            await self.forwarder.forget(upstream)  # type: ignore[arg-type]
+
+
+@contextlib.asynccontextmanager
+async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
+    gateway: Gateway = app.state.gateway
+    settings = gateway.settings
+    watcher = None
+    if settings.gateway_discovery == "kubernetes":
+        from bhiv.gateway.kubernetes import BhivModuleWatcher, default_namespace
+
+        watcher = BhivModuleWatcher(
+            settings.gateway_namespace or default_namespace(),
+            gateway.apply_discovery,
+            kubeconfig=settings.gateway_kubeconfig,
+        )
+        watcher.start(asyncio.get_running_loop())
+        log.info("discovering BhivModules in namespace %s", watcher.namespace)
+    else:
+        gateway.apply_discovery(local_services(settings))
+    checker = HealthChecker(settings, gateway.registry, gateway.metrics)
+    stop = asyncio.Event()
+    probing = asyncio.create_task(checker.run(stop), name="gateway-health-checks")
+    try:
+        yield
+    finally:
+        stop.set()
+        if watcher is not None:
+            watcher.stop()
+        await probing
+        await checker.aclose()
+        await gateway.openapi.aclose()
+        await gateway.forwarder.aclose()
+        await gateway.limiter.aclose()
+
+
+async def discovery_synced(app: FastAPI) -> None:
+    if not app.state.gateway.registry.synced:
+        raise RuntimeError("the first list of services has not arrived yet")
+
+
+SPEC = ServiceSpec(
+    name="gateway",
+    title="BHIV API gateway",
+    description="One entry point for every BHIV service: `/api/<service>/...` routed to the service, "
+    "with authentication, role checks, rate limits, load balancing, retries and circuit breakers. "
+    "`GET /services` shows what is routed and its health; `POST /batch` runs several requests in one; "
+    "`POST /auth/token` exchanges an API key for a short-lived JWT.",
+    settings_class=GatewaySettings,
+    routers=(),
+    capabilities=catalog.get("gateway").capabilities,
+    lifespan_hooks=(run_gateway,),
+    readiness_checks={"discovery": discovery_synced},
+    streaming_paths=("/api/",),
+    cors_expose_headers=("RateLimit", "RateLimit-Policy", "Retry-After"),
+    openapi_tags=[{"name": "gateway", "description": "The registry, batches and tokens."}],
+)
+
+
+def create_app(settings: GatewaySettings | None = None) -> FastAPI:
+    settings = settings or GatewaySettings()
+    # httpx logs every request at INFO, full URL and query included: the
+    # access log already has one line per request, without the query.
+    for name in ("httpx", "httpcore"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    app = _create_app(SPEC, settings)
+    metrics = GatewayMetrics(app.state.metrics.registry)
+    registry = Registry(settings.route_policy)
+    forwarder = Forwarder(settings, registry, metrics)
+    limiter = RateLimiter(
+        {"ip": settings.gateway_rate_limit_ip, "key": settings.gateway_rate_limit_key},
+        metrics,
+        settings.gateway_redis_url.get_secret_value() if settings.gateway_redis_url else None,
+    )
+    edge = Edge(settings, registry, EdgeAuth(settings, app.state.authenticator), limiter, forwarder)
+    app.state.gateway = Gateway(
+        settings, registry, forwarder, limiter, edge,
+        OpenApiAggregator(registry, settings.gateway_openapi_max_age_seconds), metrics,
+    )
+    # The aggregated document replaces FastAPI's own at the same URL (/docs reads it).
+    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url]
+    # Routed traffic is matched first: it is most of what the gateway serves.
+    app.router.routes.insert(0, ProxyRoute(edge))
+    app.include_router(routes.router)
+    app.include_router(batch.router)
+    return app
