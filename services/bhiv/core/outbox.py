@@ -53,6 +53,13 @@ ROW_RETRY = exponential(initial=5.0, base=2.0, maximum=3600.0)
 # The relay's own pause while the integrations service is unreachable.
 OUTAGE_RETRY = exponential(initial=1.0, base=2.0, maximum=30.0)
 ERROR_EXCERPT = 500
+# Answers that say nothing about the event itself (wrong credentials, wrong
+# URL, slow down): the whole relay pauses instead of postponing each event.
+SYSTEMIC = frozenset({401, 403, 404, 405, 429})
+
+
+class RelayBlocked(Exception):
+    """The integrations service refused the relay itself, not one event."""
 
 
 def _integrations_url() -> str:
@@ -174,9 +181,9 @@ class Outbox:
     async def relay_once(self, db: Database, client: ServiceClient, headers: dict[str, str], limit: int) -> int:
         """Send one batch; returns how many the integrations service accepted.
 
-        Transport failures and 5xx stop the batch (the service is down or
-        failing: the rest would fail too) and propagate after the accepted
-        events are marked.
+        Transport failures, 5xx and :data:`SYSTEMIC` answers stop the batch
+        (the rest would fail too) and propagate after the accepted events are
+        marked; any other 4xx postpones that one event.
         """
         events = await anyio.to_thread.run_sync(self.pending, db, limit)
         accepted: list[int] = []
@@ -185,6 +192,8 @@ class Outbox:
                 response = await client.post("/events", json=event.body(self.source), headers=headers)
                 if response.is_success:
                     accepted.append(event.row_id)
+                elif response.status_code in SYSTEMIC:
+                    raise RelayBlocked(f"integrations answered {response.status_code}")
                 else:
                     detail = f"{response.status_code}: {response.text}"
                     log.warning("integrations refused event %s (%s)", event.event_id, detail[:200])
@@ -225,12 +234,12 @@ class Outbox:
                     outages = 0
                     if sent == settings.outbox_batch_size:
                         pause = 0  # more are probably waiting
-                except (httpx.TransportError, UpstreamError, UpstreamUnavailable) as exc:
+                except (httpx.TransportError, UpstreamError, UpstreamUnavailable, RelayBlocked) as exc:
                     outages += 1
                     pause = delay_after(OUTAGE_RETRY, outages)
                     log.warning(
                         "integrations service unavailable (%s); events wait in the outbox, next try in %.1fs",
-                        type(exc).__name__, pause,
+                        exc if isinstance(exc, RelayBlocked) else type(exc).__name__, pause,
                     )
                 except MissingServiceCredential as exc:
                     pause = 60.0

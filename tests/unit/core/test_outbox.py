@@ -12,7 +12,7 @@ import httpx
 import pytest
 from bhiv.core.client import ServiceClient, UpstreamError
 from bhiv.core.db import Database, new_metadata
-from bhiv.core.outbox import Outbox
+from bhiv.core.outbox import Outbox, RelayBlocked
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -110,3 +110,14 @@ def test_unreachable_integrations_service_raises_and_keeps_everything(db: Databa
     with pytest.raises(httpx.ConnectError):
         asyncio.run(OUTBOX.relay_once(db, client(down, []), {}, 10))
     assert unsent(db) == ["thing.c"]
+
+
+def test_a_refused_relay_pauses_without_postponing_events(db: Database) -> None:
+    # Wrong credentials are the relay's problem, not the event's: nothing is
+    # postponed, so the events go as soon as the key is fixed.
+    with db.session() as s:
+        OUTBOX.publish(s, "thing.d", {})
+        s.commit()
+    with pytest.raises(RelayBlocked):
+        asyncio.run(OUTBOX.relay_once(db, client(lambda r: httpx.Response(401), []), {}, 10))
+    assert [e.attempts for e in OUTBOX.pending(db, 10)] == [0]
