@@ -12,10 +12,16 @@ from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, Integer, Numeri
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from bhiv.core.db import UTCDateTime, new_metadata, utcnow
+from bhiv.core.outbox import Outbox
 
 
 class Base(DeclarativeBase):
     metadata = new_metadata()
+
+
+# Domain events (inventory.low_stock, shipment.status_changed), committed with
+# the change that caused them and relayed to the integrations service.
+OUTBOX = Outbox(Base.metadata, source="logistics")
 
 
 class MovementType(enum.StrEnum):

@@ -7,7 +7,7 @@ from fastapi import FastAPI
 
 from bhiv import catalog
 from bhiv.core import ServiceSpec, create_app as _create_app
-from bhiv.logistics.models import Base
+from bhiv.logistics.models import OUTBOX, Base
 from bhiv.logistics.routes import analytics, inventory, partners, shipments
 from bhiv.logistics.settings import LogisticsSettings
 
@@ -20,6 +20,7 @@ SPEC = ServiceSpec(
     metadata=Base.metadata,
     migrations="bhiv.logistics:migrations",
     capabilities=catalog.get("logistics").capabilities,
+    lifespan_hooks=(OUTBOX.relay,),
     openapi_tags=[
         {"name": "inventory", "description": "Items, the stock ledger and reorder alerts."},
         {"name": "suppliers", "description": "Who supplies items."},

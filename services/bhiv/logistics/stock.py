@@ -6,6 +6,10 @@ so two concurrent reservations can never both take the last unit: on
 PostgreSQL the second UPDATE waits for the first's row lock and re-checks the
 condition; on SQLite writers are serialised by ``BEGIN IMMEDIATE``. A
 precondition that fails matches no row, and the caller gets a 409.
+
+A movement that takes an item's available stock from above its reorder level
+to at or below it publishes ``inventory.low_stock`` through the outbox, in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -14,7 +18,7 @@ from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from bhiv.core import conflict, not_found, utcnow
-from bhiv.logistics.models import Item, MovementType, StockMovement
+from bhiv.logistics.models import OUTBOX, Item, MovementType, StockMovement
 
 
 def deltas(kind: MovementType, quantity: int) -> tuple[int, int]:
@@ -54,7 +58,7 @@ def record(
     if reserved_delta is not None:
         d_reserved = reserved_delta
 
-    result = session.execute(
+    after = session.execute(
         update(Item)
         .where(
             Item.id == item_id,
@@ -62,9 +66,10 @@ def record(
             Item.reserved + d_reserved >= 0,
         )
         .values(quantity=Item.quantity + d_on_hand, reserved=Item.reserved + d_reserved, updated_at=utcnow())
+        .returning(Item.sku, Item.name, Item.quantity, Item.reserved, Item.reorder_level, Item.supplier_id)
         .execution_options(synchronize_session=False)
-    )
-    if result.rowcount != 1:
+    ).first()
+    if after is None:
         item = session.get(Item, item_id)
         if item is None:
             raise not_found("Item", item_id)
@@ -83,6 +88,23 @@ def record(
     )
     session.add(movement)
     session.flush()
+    available = after.quantity - after.reserved
+    if available - (d_on_hand - d_reserved) > after.reorder_level >= available:
+        OUTBOX.publish(
+            session,
+            "inventory.low_stock",
+            {
+                "item_id": item_id,
+                "sku": after.sku,
+                "name": after.name,
+                "available": available,
+                "quantity": after.quantity,
+                "reserved": after.reserved,
+                "reorder_level": after.reorder_level,
+                "supplier_id": after.supplier_id,
+                "movement": {"id": movement.id, "type": kind.value, "quantity": quantity, "reference": reference},
+            },
+        )
     return movement
 
 

@@ -14,7 +14,7 @@ from bhiv.core import Identity, Page, PageParams, current_identity, get_session,
 from bhiv.core.crud import get_or_404, require_reference, unique_as_conflict
 from bhiv.core.errors import Problem, field_problem
 from bhiv.logistics import stock
-from bhiv.logistics.models import Item, MovementType, Shipment, ShipmentLine, ShipmentStatus, TrackingEvent, Warehouse
+from bhiv.logistics.models import OUTBOX, Item, MovementType, Shipment, ShipmentLine, ShipmentStatus, TrackingEvent, Warehouse
 from bhiv.logistics.schemas import (
     ShipmentCreate,
     ShipmentRead,
@@ -163,6 +163,20 @@ def transition(
             description=body.note or f"Status changed to {body.status.value}",
             actor=identity.subject,
         )
+    )
+    OUTBOX.publish(
+        session,
+        "shipment.status_changed",
+        {
+            "shipment_id": shipment.id,
+            "reference": shipment.reference,
+            "from": shipment.status.value,
+            "to": body.status.value,
+            "location": body.location,
+            "note": body.note,
+            "carrier": shipment.carrier,
+            "tracking_number": shipment.tracking_number,
+        },
     )
     session.flush()
     session.refresh(shipment)
