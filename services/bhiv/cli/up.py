@@ -8,6 +8,7 @@ any child dying unexpectedly, since a half-running platform misleads.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -135,6 +136,11 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
 
     env = dict(os.environ, BHIV_DATA_DIR=str(data_dir), BHIV_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
     env.pop("BHIV_PORT", None)  # each child gets its own port
+    # The gateway routes to exactly the services started here, at their ports.
+    env.setdefault(
+        "BHIV_GATEWAY_UPSTREAMS",
+        json.dumps({e.name: [f"http://127.0.0.1:{port}"] for e, port in planned if e.name != "gateway"}),
+    )
     if not env.get("BHIV_JWT_SECRET") and not env.get("BHIV_JWT_PUBLIC_KEY"):
         # Created before any child starts so every service shares one secret.
         load_or_create_local_secret(data_dir / "jwt-secret")

@@ -28,6 +28,7 @@ class Upstream:
     progress: dict[str, int] = field(default_factory=dict)
     release: threading.Event = field(default_factory=threading.Event)
     healthy: bool = True
+    failing: int = 0  # when set, every API request is answered with this status
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def hit(self, key: str) -> int:
@@ -66,6 +67,10 @@ def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
         q = _query(scope)
         if path in ("/health", "/health/ready"):
             await respond(send, 200 if state.healthy else 503, b'{"status": "ok"}')
+            return
+        if state.failing:
+            state.hit("failing")
+            await respond(send, state.failing, b'{"failing": true}')
             return
         if path == "/openapi.json":
             doc = {
