@@ -1,0 +1,129 @@
+"""Token-bucket rate limits per client IP and per caller, in memory and shared through Redis."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from tests.service.gateway.conftest import EDITOR_KEY, VIEWER_KEY, start_gateway
+from tests.service.gateway.upstream import Upstream
+from tests.support.net import free_port
+from tests.support.servers import ServiceProcess
+
+TIGHT = json.dumps({"rate": 0.05, "burst": 3})  # 3 at once, then one every 20 s
+
+
+def gateway_with(tmp: Path, solo: Upstream, **env: str) -> ServiceProcess:
+    return start_gateway(tmp, {"solo": {"urls": [solo.url], "prefix": "/api/solo"}}, **env)
+
+
+@pytest.fixture(scope="module")
+def limited(solo: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    gw = gateway_with(tmp_path_factory.mktemp("limited"), solo,
+                      BHIV_GATEWAY_RATE_LIMIT_IP=TIGHT, BHIV_GATEWAY_RATE_LIMIT_KEY=TIGHT)
+    try:
+        yield gw
+    finally:
+        gw.stop()
+
+
+def test_per_ip_bucket_with_ratelimit_headers(limited: ServiceProcess) -> None:
+    # The test client is a trusted proxy on 127.0.0.1, so X-Forwarded-For names the client.
+    client = {"X-Forwarded-For": "198.51.100.1", "X-API-Key": VIEWER_KEY}
+    answers = [httpx.get(f"{limited.url}/api/solo/status/200", headers=client) for _ in range(4)]
+    assert [r.status_code for r in answers] == [200, 200, 200, 429]
+    assert answers[0].headers["ratelimit-policy"].startswith('"ip";q=3;w=60')
+    assert re.fullmatch(r'"ip";r=2;t=\d+, "key";r=2;t=\d+', answers[0].headers["ratelimit"])
+    refused = answers[3]
+    assert refused.headers["content-type"] == "application/problem+json"
+    assert refused.json()["type"].endswith("/rate-limited")
+    assert refused.headers["ratelimit"].startswith('"ip";r=0;t=')
+    retry_after = int(refused.headers["retry-after"])
+    assert 1 <= retry_after <= 20
+    assert int(refused.headers["ratelimit"].split("t=")[1].split(",")[0]) == retry_after
+    # Another address (with another credential: the key's own bucket is empty too) gets through.
+    other = httpx.get(f"{limited.url}/api/solo/status/200",
+                      headers={"X-Forwarded-For": "198.51.100.2", "Authorization": f"Bearer {limited.token('viewer')}"})
+    assert other.status_code == 200
+    assert httpx.get(f"{limited.url}/api/nowhere", headers=client).status_code == 429
+
+
+def test_per_key_bucket(limited: ServiceProcess) -> None:
+    def call(ip: str, key: str) -> int:
+        headers = {"X-Forwarded-For": ip, "X-API-Key": key}
+        return httpx.get(f"{limited.url}/api/solo/status/200", headers=headers).status_code
+
+    # Different addresses, one key: the key's bucket runs out.
+    assert [call(f"198.51.100.{10 + n}", EDITOR_KEY) for n in range(4)] == [200, 200, 200, 429]
+    assert call("198.51.100.30", VIEWER_KEY) in (200, 429)  # viewer key may be spent by the test above
+    metrics = httpx.get(f"{limited.url}/metrics").text
+    assert 'bhiv_gateway_rate_limited_total{policy="key"}' in metrics
+
+
+def test_token_endpoint_is_limited_per_ip(limited: ServiceProcess) -> None:
+    headers = {"X-Forwarded-For": "198.51.100.50", "X-API-Key": "guess"}
+    codes = [httpx.post(f"{limited.url}/auth/token", headers=headers).status_code for _ in range(4)]
+    assert codes == [401, 401, 401, 429]
+
+
+def test_redis_limits_hold_across_two_gateways(
+    solo: Upstream, redis_url: str, tmp_path: Path
+) -> None:
+    env = {"BHIV_GATEWAY_RATE_LIMIT_KEY": json.dumps({"rate": 0.01, "burst": 4}), "BHIV_GATEWAY_REDIS_URL": redis_url}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one, two = gateway_with(tmp_path / "one", solo, **env), gateway_with(tmp_path / "two", solo, **env)
+    try:
+        headers = {"X-API-Key": EDITOR_KEY}
+        codes = []
+        for n in range(8):
+            gw = one if n % 2 == 0 else two
+            codes.append(httpx.get(f"{gw.url}/api/solo/status/200", headers=headers).status_code)
+        # One bucket of 4 for the key, shared: 4 pass in all, not 4 per gateway.
+        assert codes == [200, 200, 200, 200, 429, 429, 429, 429]
+        view = httpx.get(f"{one.url}/services", headers=headers).json()
+        assert view["rate_limit_backend"] == "redis"
+        # The Redis key names neither the caller nor the key.
+        import redis
+
+        keys = [k.decode() for k in redis.Redis.from_url(redis_url).keys("bhiv:gateway:ratelimit:*")]
+        assert keys and not any("ci-editor" in k or EDITOR_KEY in k for k in keys)
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_memory_limits_are_per_gateway(solo: Upstream, tmp_path: Path) -> None:
+    env = {"BHIV_GATEWAY_RATE_LIMIT_KEY": json.dumps({"rate": 0.01, "burst": 2})}
+    (tmp_path / "one").mkdir()
+    (tmp_path / "two").mkdir()
+    one, two = gateway_with(tmp_path / "one", solo, **env), gateway_with(tmp_path / "two", solo, **env)
+    try:
+        headers = {"X-API-Key": EDITOR_KEY}
+        codes = [httpx.get(f"{gw.url}/api/solo/status/200", headers=headers).status_code
+                 for gw in (one, two, one, two, one, two)]
+        assert codes == [200, 200, 200, 200, 429, 429]
+    finally:
+        one.stop()
+        two.stop()
+
+
+def test_an_unreachable_redis_falls_back_to_memory(solo: Upstream, tmp_path: Path) -> None:
+    gw = gateway_with(
+        tmp_path, solo,
+        BHIV_GATEWAY_RATE_LIMIT_KEY=json.dumps({"rate": 0.01, "burst": 2}),
+        BHIV_GATEWAY_REDIS_URL=f"redis://127.0.0.1:{free_port()}/0",
+    )
+    try:
+        headers = {"X-API-Key": EDITOR_KEY}
+        codes = [httpx.get(f"{gw.url}/api/solo/status/200", headers=headers).status_code for _ in range(3)]
+        assert codes == [200, 200, 429]  # still limited, never a 500
+        metrics = httpx.get(f"{gw.url}/metrics").text
+        assert re.search(r"^bhiv_gateway_rate_limit_backend_errors_total [1-9]", metrics, re.M)
+    finally:
+        gw.stop()
