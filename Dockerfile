@@ -1,0 +1,118 @@
+# BHIV Core: one image for every service and the operator.
+#
+#   docker build -t bhiv-core .
+#   docker run --rm -p 8001:8001 bhiv-core serve logistics
+#   docker run --rm bhiv-core --help
+#
+# Any base with Python >= 3.11 and the venv module works (the interpreter is
+# found as `python3` on PATH, /usr/local/bin in the official images, /usr/bin
+# in Debian's); the builder and the final stage must use the same base, since
+# the virtualenv links to its interpreter. `hack/build-image` builds from a
+# local Debian base where no registry is reachable. docs/container.md has more.
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# ---------------------------------------------------------------------------
+FROM ${BASE_IMAGE} AS builder
+
+ENV LANG=C.UTF-8 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DEFAULT_TIMEOUT=180 \
+    PYTHONDONTWRITEBYTECODE=1
+
+# Optional CA bundle for builds behind a TLS-intercepting proxy: a PEM file at
+# .build-ca/ca-certificates.crt in the build context (hack/build-image puts the
+# host's bundle there). The directory is usually absent: the bracket makes the
+# name a pattern, which may match nothing as long as another source (here
+# pyproject.toml) exists. Only this stage sees it; the final image does not.
+COPY pyproject.toml .build-c[a] /tmp/build-ca/
+
+# Some wheels ship their extension modules with debug info (uvloop's alone is
+# 12 MB of it); `strip --strip-debug` (symbols stay) takes about 25 MB off the
+# image. binutils is installed in this stage only, on bases that have apt;
+# elsewhere, or with --build-arg STRIP_DEBUG=0, the modules are left as they are.
+ARG STRIP_DEBUG=1
+RUN set -eu; \
+    if [ "${STRIP_DEBUG}" = 1 ] && ! command -v strip >/dev/null && command -v apt-get >/dev/null; then \
+        ca=/tmp/build-ca/ca-certificates.crt; opts=""; \
+        if [ -s "$ca" ]; then opts="-o Acquire::https::CAInfo=$ca"; fi; \
+        apt-get $opts update -qq; \
+        DEBIAN_FRONTEND=noninteractive apt-get $opts install -y -qq --no-install-recommends binutils >/dev/null; \
+        rm -rf /var/lib/apt/lists/*; \
+    fi
+
+RUN python3 -m venv /opt/bhiv
+
+# Dependencies first, in their own layer: rebuilt only when pyproject.toml
+# changes. Wheels only, so the build needs no compiler either.
+# The kubernetes wheel carries a second, asyncio client (kubernetes/aio, about
+# 70 MB with its bytecode) beside the synchronous one. BHIV uses only the
+# synchronous client (Kopf has its own aiohttp session), so kubernetes/aio is
+# not shipped; tests/container checks that no BHIV source imports it.
+RUN set -eu; \
+    if [ -s /tmp/build-ca/ca-certificates.crt ]; then export PIP_CERT=/tmp/build-ca/ca-certificates.crt; fi; \
+    /opt/bhiv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/build-ca/pyproject.toml", "rb"))["project"]["dependencies"]))' \
+        > /tmp/requirements.txt; \
+    /opt/bhiv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt; \
+    rm -rf /opt/bhiv/lib/python3*/site-packages/kubernetes/aio; \
+    if [ "${STRIP_DEBUG}" = 1 ]; then \
+        if command -v strip >/dev/null; then \
+            find /opt/bhiv -type f -name '*.so*' -exec strip --strip-debug {} +; \
+        else \
+            echo "no strip in this base: extension modules keep their debug info"; \
+        fi; \
+    fi
+
+# Then the project itself (.dockerignore keeps the context to what it needs).
+# pip and setuptools go afterwards: nothing is installed at run time.
+COPY . /src
+RUN set -eu; \
+    if [ -s /tmp/build-ca/ca-certificates.crt ]; then export PIP_CERT=/tmp/build-ca/ca-certificates.crt; fi; \
+    /opt/bhiv/bin/pip install --no-deps /src; \
+    /opt/bhiv/bin/pip uninstall --yes --quiet pip setuptools; \
+    /opt/bhiv/bin/bhiv --help >/dev/null
+
+# ---------------------------------------------------------------------------
+FROM ${BASE_IMAGE}
+
+# A numeric user, so that Kubernetes can check runAsNonRoot; the passwd entry
+# is written directly because minimal bases have no useradd.
+RUN set -eu; \
+    echo 'bhiv:x:10001:10001:BHIV Core:/nonexistent:/usr/sbin/nologin' >> /etc/passwd; \
+    echo 'bhiv:x:10001:' >> /etc/group
+
+# Owned by root and read-only to the service user.
+COPY --from=builder /opt/bhiv /opt/bhiv
+
+# The root filesystem may be read-only: nothing is written outside /tmp (an
+# emptyDir or tmpfs). SQLite files and the local JWT secret go to
+# BHIV_DATA_DIR; on Kubernetes the services use PostgreSQL and a mounted secret.
+ENV PATH=/opt/bhiv/bin:${PATH} \
+    LANG=C.UTF-8 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    HOME=/tmp \
+    TMPDIR=/tmp \
+    BHIV_HOST=0.0.0.0 \
+    BHIV_DATA_DIR=/tmp/bhiv
+
+# Declared here, after the last RUN and COPY: a changed build date or revision
+# then rebuilds only the metadata, never a layer.
+ARG BASE_IMAGE
+ARG VERSION=0.1.0
+ARG REVISION=unknown
+ARG CREATED=unknown
+LABEL org.opencontainers.image.title="BHIV Core" \
+      org.opencontainers.image.description="BHIV Core services and operator; entrypoint: bhiv (e.g. 'serve logistics')" \
+      org.opencontainers.image.licenses="Apache-2.0" \
+      org.opencontainers.image.version="${VERSION}" \
+      org.opencontainers.image.revision="${REVISION}" \
+      org.opencontainers.image.created="${CREATED}" \
+      org.opencontainers.image.base.name="${BASE_IMAGE}"
+
+USER 10001:10001
+WORKDIR /tmp
+# Each service listens on its catalog port (8001 logistics, 8002 crm, ...) or BHIV_PORT.
+EXPOSE 8000-8005
+ENTRYPOINT ["bhiv"]
+CMD ["--help"]
