@@ -1,0 +1,95 @@
+"""BhivModule watch events on plain dicts: what the gateway routes after each."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bhiv.gateway.kubernetes import ModuleIndex, ready_condition
+
+
+def module(name: str, service: str, url: str | None = None, ready: str | None = "True", rv: str = "1",
+           **spec: Any) -> dict[str, Any]:
+    status: dict[str, Any] = {}
+    if url:
+        status["url"] = url
+    if ready is not None:
+        status["conditions"] = [
+            {"type": "DependenciesReady", "status": "True"},
+            {"type": "Ready", "status": ready, "reason": "Test"},
+        ]
+    return {
+        "apiVersion": "bhiv.io/v1alpha1",
+        "kind": "BhivModule",
+        "metadata": {"name": name, "namespace": "bhiv", "resourceVersion": rv},
+        "spec": {"service": service, **spec},
+        "status": status,
+    }
+
+
+def routes(index: ModuleIndex) -> dict[str, tuple[str, tuple[str, ...], dict[str, bool]]]:
+    return {s.name: (s.prefix, s.urls, dict(s.ready)) for s in index.services()}
+
+
+def test_list_then_events_change_the_routes() -> None:
+    index = ModuleIndex()
+    index.reset([module("logistics", "logistics", "http://logistics.bhiv.svc:8001")], "10")
+    assert routes(index) == {
+        "logistics": ("/api/logistics", ("http://logistics.bhiv.svc:8001",), {"http://logistics.bhiv.svc:8001": True})
+    }
+    assert index.resource_version == "10"
+
+    assert index.apply("ADDED", module("crm", "crm", "http://crm.bhiv.svc:8002/", rv="11"))
+    assert routes(index)["crm"] == ("/api/crm", ("http://crm.bhiv.svc:8002",), {"http://crm.bhiv.svc:8002": True})
+    assert index.resource_version == "11"
+
+    # Not Ready any more: still routed (503, not 404), out of rotation.
+    assert index.apply("MODIFIED", module("crm", "crm", "http://crm.bhiv.svc:8002", ready="False", rv="12"))
+    assert routes(index)["crm"][2] == {"http://crm.bhiv.svc:8002": False}
+
+    assert index.apply("DELETED", module("crm", "crm", "http://crm.bhiv.svc:8002", rv="13"))
+    assert set(routes(index)) == {"logistics"}
+
+
+def test_changes_that_do_not_affect_routing_are_ignored() -> None:
+    index = ModuleIndex()
+    index.reset([module("logistics", "logistics", "http://l:8001", replicas=2)], "1")
+    assert not index.apply("MODIFIED", module("logistics", "logistics", "http://l:8001", replicas=5, rv="2"))
+    assert not index.apply("BOOKMARK", {"metadata": {"resourceVersion": "3"}})
+    assert index.resource_version == "3"
+    assert not index.apply("ERROR", {"metadata": {"name": "x"}})
+
+
+def test_modules_without_url_gateway_and_unknown_services() -> None:
+    index = ModuleIndex()
+    index.reset(
+        [
+            module("pending", "logistics", url=None, ready=None),
+            module("edge", "gateway", "http://gateway:8000"),
+            module("mystery", "billing", "http://billing:9000"),
+            module("bad-url", "crm", "not a url"),
+            {"metadata": {}},  # malformed: no name
+        ],
+        "5",
+    )
+    # A service with no URL yet is known (its routes answer 503) but has no instance.
+    assert routes(index) == {"logistics": ("/api/logistics", (), {}), "crm": ("/api/crm", (), {})}
+
+
+def test_several_modules_of_one_service_are_its_instances() -> None:
+    index = ModuleIndex()
+    index.reset(
+        [
+            module("logistics-blue", "logistics", "http://blue:8001"),
+            module("logistics-green", "logistics", "http://green:8001", ready="False"),
+        ],
+        "1",
+    )
+    prefix, urls, ready = routes(index)["logistics"]
+    assert urls == ("http://blue:8001", "http://green:8001")
+    assert ready == {"http://blue:8001": True, "http://green:8001": False}
+
+
+def test_ready_condition() -> None:
+    assert ready_condition({}) is None
+    assert ready_condition({"conditions": [{"type": "Ready", "status": "Unknown"}]}) is False
+    assert ready_condition({"conditions": [{"type": "Available", "status": "True"}]}) is None
