@@ -1,0 +1,37 @@
+"""The integrations service over real HTTP, on SQLite and PostgreSQL, with fast
+retry schedules so retries, dead-letters and schedules happen within a test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.conftest import run_service
+from tests.service.integrations.peers import Receiver, receiver
+from tests.support.servers import ServiceProcess
+
+CREDENTIALS_KEY = "integrations-test-key-not-a-real-secret"
+
+FAST = {
+    "BHIV_CREDENTIALS_KEY": CREDENTIALS_KEY,
+    "BHIV_DELIVERY_MAX_ATTEMPTS": "4",
+    "BHIV_DELIVERY_RETRY_INITIAL_SECONDS": "0.3",
+    "BHIV_DELIVERY_RETRY_BASE": "2",
+    "BHIV_DELIVERY_RETRY_MAX_SECONDS": "2",
+    "BHIV_DELIVERY_RETRY_JITTER": "0.1",
+    "BHIV_DELIVERY_TIMEOUT_SECONDS": "1",
+    "BHIV_WORKER_POLL_SECONDS": "0.1",
+    "BHIV_OUTBOX_RELAY_INTERVAL": "0.2",
+}
+
+
+@pytest.fixture(scope="module")
+def hooks() -> Iterator[Receiver]:
+    with receiver() as r:
+        yield r
+
+
+@pytest.fixture(scope="module")
+def integrations(backend: str, request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
+    yield from run_service("integrations", backend, request, **FAST)
