@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from bhiv.core import Database, Identity, Problem, utcnow
+from bhiv.core.context import request_id_var
 from bhiv.core.errors import field_problem
 from bhiv.llm import cache, limits, registry, safety
 from bhiv.llm.models import Direction, SafetyDecision, UsageRecord, UsageStatus
@@ -53,8 +54,6 @@ class Caller:
 
     @classmethod
     def of(cls, identity: Identity) -> Caller:
-        from bhiv.core.context import request_id_var
-
         return cls(identity.subject, identity.tenant or DEFAULT_TENANT, request_id_var.get())
 
 

@@ -3,6 +3,7 @@ fallbacks, timeouts, streaming, token counting, providers and their keys."""
 
 from __future__ import annotations
 
+import time
 from decimal import Decimal
 
 import httpx
@@ -18,6 +19,7 @@ from tests.service.llm.helpers import (
     ask,
     assert_problem,
     client,
+    keyed,
     sse_events,
     unique,
 )
@@ -266,6 +268,25 @@ class TestStreaming:
         assert "error" in events[-1] and "[DONE]" not in events
         [row] = usage_rows(llm, api)
         assert row["status"] == "error" and row["stream"] is True
+
+
+    def test_a_client_that_leaves_is_still_billed_for_what_was_made(
+        self, llm: ServiceProcess, fake: FakeOpenAI
+    ) -> None:
+        api = keyed(llm, safety_action="flag")  # chunks pass at once, so the client sees them arrive
+        fake.script(PRIMARY, Reply("one two three four five six seven eight", chunk_delay=0.3))
+        with api.stream("POST", "/v1/chat/completions", json={
+            "model": "primary", "stream": True, "messages": [{"role": "user", "content": unique()}],
+        }) as r:
+            lines = r.iter_lines()
+            while '"content": "one "' not in next(lines):
+                pass
+        deadline = time.monotonic() + 10
+        while not (rows := usage_rows(llm, api)) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        [row] = rows
+        assert row["status"] == "error" and row["error"] == "the client disconnected during the stream"
+        assert 1 <= row["completion_tokens"] < 8 and Decimal(row["cost_usd"]) > 0
 
 
 class TestAnthropic:

@@ -38,7 +38,7 @@ STOP_REASONS = {
 
 
 def _headers(target: Target) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION, **target.headers}
+    headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION}
     key = target.api_key()
     if key:
         headers["x-api-key"] = key
@@ -88,7 +88,6 @@ class AnthropicAdapter:
             content=text,
             finish_reason=STOP_REASONS.get(data.get("stop_reason") or "", "stop"),
             usage=_usage(usage.get("input_tokens"), usage.get("output_tokens")),
-            response_id=data.get("id"),
         )
 
     async def stream(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import httpx
@@ -55,7 +55,6 @@ class Completion:
     content: str
     finish_reason: str
     usage: ProviderUsage | None = None
-    response_id: str | None = None
 
 
 @dataclass
@@ -77,7 +76,6 @@ class Target:
     api_key_env: str | None
     timeout_seconds: float
     model: str
-    headers: dict[str, str] = field(default_factory=dict)
 
     def api_key(self) -> str | None:
         if not self.api_key_env:

@@ -26,7 +26,7 @@ from bhiv.llm.providers.base import (
 
 
 def _headers(target: Target) -> dict[str, str]:
-    headers = {"Content-Type": "application/json", **target.headers}
+    headers = {"Content-Type": "application/json"}
     key = target.api_key()
     if key:
         headers["Authorization"] = f"Bearer {key}"
@@ -58,8 +58,7 @@ class OpenAIAdapter:
             finish = choice.get("finish_reason") or "stop"
         except (KeyError, IndexError, TypeError, AttributeError):
             raise ProviderError(f"{target.provider} answered 200 without a chat completion", status=502) from None
-        return Completion(content=content, finish_reason=finish, usage=_usage(data.get("usage")),
-                          response_id=data.get("id"))
+        return Completion(content=content, finish_reason=finish, usage=_usage(data.get("usage")))
 
     async def stream(
         self, http: httpx.AsyncClient, target: Target, messages: list[dict[str, Any]], params: dict[str, Any]
