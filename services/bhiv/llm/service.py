@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 
 import httpx
 from fastapi import FastAPI
+from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from bhiv import catalog
@@ -34,8 +35,16 @@ async def engine_lifespan(app: FastAPI) -> AsyncIterator[None]:
     db = app.state.db
 
     def configure() -> None:
-        with db.session() as session:
-            registry.apply_configuration(session, settings)
+        # Replicas starting together may race to insert the same entries; the
+        # loser retries and finds them.
+        for attempt in range(3):
+            try:
+                with db.session() as session:
+                    registry.apply_configuration(session, settings)
+                return
+            except IntegrityError:
+                if attempt == 2:
+                    raise
 
     await run_in_threadpool(configure)
     # One pooled client for every provider call; timeouts are set per call

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
 
+import pytest
+
+from tests.conftest import run_service
 from tests.service.llm.helpers import (
     BACKUP,
     PRIMARY,
@@ -15,6 +19,7 @@ from tests.service.llm.helpers import (
     assert_problem,
     client,
     keyed,
+    registry_env,
     sse_events,
     unique,
 )
@@ -22,7 +27,23 @@ from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.servers import ServiceProcess
 
 
+@pytest.fixture(scope="module")
+def short_ttl(backend: str, request: pytest.FixtureRequest, fake_server: FakeOpenAI) -> Iterator[ServiceProcess]:
+    """A service whose cache entries live one second."""
+    yield from run_service("llm-query", backend, request, **registry_env(fake_server),
+                           BHIV_LLM_CACHE_TTL_SECONDS="1")
+
+
 class TestCache:
+    def test_entries_expire_after_their_ttl(self, short_ttl: ServiceProcess, fake: FakeOpenAI) -> None:
+        api = client(short_ttl)
+        prompt = unique()
+        assert ask(api, prompt).headers["X-BHIV-Cache"] == "MISS"
+        assert ask(api, prompt).headers["X-BHIV-Cache"] == "HIT"
+        time.sleep(1.2)
+        assert ask(api, prompt).headers["X-BHIV-Cache"] == "MISS"
+        assert len(fake.calls_for(PRIMARY)) == 2
+
     def test_identical_requests_hit_the_cache_per_tenant(self, llm: ServiceProcess, fake: FakeOpenAI) -> None:
         tenant = f"t-{uuid.uuid4().hex[:6]}"
         api = client(llm, tenant=tenant)

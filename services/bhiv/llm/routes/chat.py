@@ -3,6 +3,7 @@ server-sent events) and ``GET /v1/models``."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import AsyncIterator
@@ -108,11 +109,14 @@ async def _events(
     yield chunk({"role": "assistant", "content": ""})
     answer: Answer | None = None
     try:
-        async for item in engine.relay(prep, route, deltas, attempts):
-            if isinstance(item, str):
-                yield chunk({"content": item})
-            else:
-                answer = item
+        # aclosing: if the client leaves, relay() is closed now (and records
+        # what was used), not whenever the garbage collector gets to it.
+        async with contextlib.aclosing(engine.relay(prep, route, deltas, attempts)) as items:
+            async for item in items:
+                if isinstance(item, str):
+                    yield chunk({"content": item})
+                else:
+                    answer = item
     except StreamBroken as exc:
         # Mid-stream failures cannot become an HTTP status any more; OpenAI
         # clients raise on an `error` event.
