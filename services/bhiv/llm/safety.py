@@ -98,7 +98,9 @@ PII_DETECTORS: tuple[Detector, ...] = (
     Detector("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")),
     Detector(
         "api_key",
-        re.compile(r"\b(?:sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[baprs]-[A-Za-z0-9-]{10,})\b"),
+        re.compile(
+            r"\b(?:sk-[A-Za-z0-9_-]{20,}|AKIA[0-9A-Z]{16}|gh[pousr]_[A-Za-z0-9]{36,}|xox[baprs]-[A-Za-z0-9-]{10,})\b"
+        ),
     ),
     Detector("iban", re.compile(r"\b[A-Z]{2}\d{2}(?: ?[A-Z0-9]){11,30}\b"), iban_ok),
     Detector("credit_card", re.compile(r"\b\d(?:[ -]?\d){12,18}\b"), _card_ok),
@@ -231,7 +233,8 @@ def check(texts: Sequence[str], policy: Policy, *, injection_in: Sequence[bool] 
         counts["prompt_injection"] = [top_injection]
 
     findings = [
-        {"category": cat, "count": len(scores), "score": round(max(scores), 4)} for cat, scores in sorted(counts.items())
+        {"category": cat, "count": len(scores), "score": round(max(scores), 4)}
+        for cat, scores in sorted(counts.items())
     ]
     score = max((float(f["score"]) for f in findings), default=round(top_injection, 4))
     if not findings:

@@ -15,6 +15,7 @@ from sqlalchemy.sql import ColumnElement
 from bhiv.core import Identity, Page, PageParams, current_identity, page_params, paginate, require
 from bhiv.llm import cache, registry, safety
 from bhiv.llm.models import SafetyDecision, UsageRecord, UsageStatus
+from bhiv.llm.pipeline import MONEY
 from bhiv.llm.routes.deps import CallerDep, SessionDep, SettingsDep, is_admin
 from bhiv.llm.schemas import (
     CacheStats,
@@ -106,7 +107,7 @@ def usage_analytics(
     def group(key: Any, row: Any) -> UsageGroup:
         n, p, c, t, cost, hits, errors, blocked = row
         return UsageGroup(key=None if key is None else str(getattr(key, "value", key)), requests=n, prompt_tokens=p,
-                          completion_tokens=c, total_tokens=t, cost_usd=Decimal(str(cost)).quantize(Decimal("0.000001")),
+                          completion_tokens=c, total_tokens=t, cost_usd=Decimal(str(cost)).quantize(MONEY),
                           cache_hits=hits, errors=errors, blocked=blocked)
 
     rows = session.execute(select(key_column, *aggregates).where(*where).group_by(key_column).order_by(key_column))
