@@ -18,6 +18,7 @@ import datetime as dt
 import secrets
 import time
 
+from pydantic import SecretStr
 from standardwebhooks import Webhook, WebhookVerificationError
 
 SECRET_PREFIX = "whsec_"
@@ -33,6 +34,11 @@ class SignatureError(Exception):
 
 def new_secret() -> str:
     return SECRET_PREFIX + base64.b64encode(secrets.token_bytes(SECRET_BYTES)).decode()
+
+
+def given_or_new(given: SecretStr | None) -> str:
+    """The secret a client chose (already checked), or a fresh one."""
+    return given.get_secret_value() if given is not None else new_secret()
 
 
 def check_secret(value: str) -> str:

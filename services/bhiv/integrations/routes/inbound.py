@@ -86,7 +86,7 @@ def create_source(
     body: WebhookSourceCreate, request: Request, session: SessionDep, response: Response
 ) -> WebhookSourceWithSecret:
     box: SecretBox = request.app.state.secret_box
-    secret = body.secret.get_secret_value() if body.secret else signing.new_secret()
+    secret = signing.given_or_new(body.secret)
     source = WebhookSource(name=body.name, description=body.description, active=body.active, secret=box.seal(secret))
     with unique_as_conflict(session, "webhook_sources", {"name": body.name}, "webhook source"):
         session.add(source)
@@ -125,7 +125,7 @@ def rotate_source_secret(
     source_id: SourceId, request: Request, session: SessionDep, body: SecretRotation | None = None
 ) -> WebhookSourceWithSecret:
     source = get_or_404(session, WebhookSource, source_id, "Webhook source")
-    secret = body.secret.get_secret_value() if body and body.secret else signing.new_secret()
+    secret = signing.given_or_new(body.secret if body else None)
     source.secret = request.app.state.secret_box.seal(secret)
     source.updated_at = utcnow()
     result = WebhookSourceWithSecret(**read(source).model_dump(), secret=secret)

@@ -95,7 +95,7 @@ def create_subscription(
     body: SubscriptionCreate, request: Request, session: SessionDep, response: Response
 ) -> SubscriptionWithSecret:
     _check_url(request, body.url)
-    secret = body.secret.get_secret_value() if body.secret else signing.new_secret()
+    secret = signing.given_or_new(body.secret)
     box: SecretBox = request.app.state.secret_box
     sub = Subscription(
         url=body.url, description=body.description, event_types=sorted(set(body.event_types)),
@@ -155,7 +155,7 @@ def rotate_subscription_secret(
     subscription_id: SubscriptionId, request: Request, session: SessionDep, body: SecretRotation | None = None
 ) -> SubscriptionWithSecret:
     sub = get_or_404(session, Subscription, subscription_id)
-    secret = body.secret.get_secret_value() if body and body.secret else signing.new_secret()
+    secret = signing.given_or_new(body.secret if body else None)
     sub.secret = request.app.state.secret_box.seal(secret)
     sub.updated_at = utcnow()
     result = _with_secret(sub, secret)
