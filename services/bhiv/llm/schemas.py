@@ -9,8 +9,6 @@ from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 from pydantic import (
-    AfterValidator,
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -18,6 +16,7 @@ from pydantic import (
     field_validator,
 )
 
+from bhiv.core.fields import StorableText
 from bhiv.llm.settings import (
     KEY_ENV_PATTERN,
     NAME_PATTERN,
@@ -27,28 +26,6 @@ from bhiv.llm.settings import (
     Tokenizer,
 )
 
-
-def _storable(value: str) -> str:
-    # PostgreSQL refuses NUL in text and no driver encodes a lone surrogate;
-    # refused here they are 422s naming the field, not 500s from the database.
-    if "\x00" in value:
-        raise ValueError("must not contain NUL (\\u0000) characters")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        raise ValueError("must be valid Unicode (no unpaired surrogates)") from None
-    return value
-
-
-def _to_utc(value: dt.datetime) -> dt.datetime:
-    try:
-        return value.astimezone(dt.UTC)
-    except OverflowError:
-        raise ValueError("is out of range once converted to UTC") from None
-
-
-StorableText = AfterValidator(_storable)
-UTCTimestamp = Annotated[AwareDatetime, AfterValidator(_to_utc)]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Alias = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Price = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=6)]

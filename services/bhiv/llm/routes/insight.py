@@ -13,6 +13,7 @@ from sqlalchemy import Date, case, cast, func, select
 from sqlalchemy.sql import ColumnElement
 
 from bhiv.core import Identity, Page, PageParams, current_identity, page_params, paginate, require
+from bhiv.core.fields import StorableText, UTCTimestamp
 from bhiv.llm import cache, registry, safety
 from bhiv.llm.models import SafetyDecision, UsageRecord, UsageStatus
 from bhiv.llm.pipeline import MONEY
@@ -22,11 +23,9 @@ from bhiv.llm.schemas import (
     DecisionRead,
     SafetyCheckRequest,
     SafetyCheckResult,
-    StorableText,
     UsageAnalytics,
     UsageGroup,
     UsageRead,
-    UTCTimestamp,
 )
 
 router = APIRouter()
