@@ -51,7 +51,9 @@ LOCAL_CLUSTER_BINARIES = (
 KUBE_CACHE_DIR = (
     Path(os.environ.get("BHIV_CACHE_DIR", Path.home() / ".cache" / "bhiv")) / "kube-cache"
 )
-BUILD_HINT = "build them with `hack/k8s-tools` (about 10 minutes cold on 2 cores, seconds once cached)"
+BUILD_HINT = (
+    "build them with `hack/k8s-tools` (about 10 minutes cold on 2 cores, seconds once cached)"
+)
 
 T = TypeVar("T")
 
@@ -163,14 +165,18 @@ def kube_cluster() -> Iterator[KubeCluster]:
     nodes = os.environ.get("BHIV_TEST_CLUSTER_NODES", "2")
     kubeconfig = Path(_kwok_cluster("kubeconfig", name).stdout.strip())
     already_running = _kwok_cluster("status", name).returncode == 0
+    keep = os.environ.get("BHIV_TEST_KEEP_CLUSTER") == "1"
     up = _kwok_cluster("up", name, "--nodes", nodes)
     if up.returncode != 0:
+        if not already_running and not keep:
+            # Leave no process behind; 'down' keeps the component logs.
+            _kwok_cluster("down", name)
         pytest.fail(
             f"`hack/kwok-cluster up --name {name}` failed (exit {up.returncode}):\n"
             f"{up.stdout}\n{up.stderr}",
             pytrace=False,
         )
-    managed = not already_running and os.environ.get("BHIV_TEST_KEEP_CLUSTER") != "1"
+    managed = not already_running and not keep
     try:
         yield KubeCluster(name=name, kubeconfig=kubeconfig, bin_dir=bin_dir, managed=managed)
     finally:
