@@ -82,7 +82,7 @@ class EdgeAuth:
 
     @staticmethod
     def is_public(policy: RoutePolicy, path: str) -> bool:
-        return any(_under(path, p) for p in policy.public_paths)
+        return bool(policy.public_paths) and any(_under(path, p) for p in policy.public_paths)
 
     @staticmethod
     def authorize(identity: Identity, role: str) -> None:

@@ -132,11 +132,10 @@ async def _one(edge: Edge, item: BatchItem, identity: Identity, client: str, sch
     finally:
         await forwarded.aclose()
     raw = b"".join(chunks)
-    response = forwarded.response
-    kept = {k: v for k, v in response.headers.items() if k in ("content-type", "location", "etag", "retry-after")}
+    kept = {k: v for k in ("content-type", "location", "etag", "retry-after") if (v := forwarded.header(k))}
     kept.update((k.decode(), v.decode()) for k, v in rate_limit_headers(admitted.limits))
-    kind = response.headers.get("content-type", "")
-    result = BatchResult(id=item.id, status=response.status_code, headers=kept)
+    kind = kept.get("content-type", "")
+    result = BatchResult(id=item.id, status=forwarded.status, headers=kept)
     if not raw:
         result.body_encoding = "none"
     elif "json" in kind:

@@ -16,7 +16,7 @@ import logging
 from dataclasses import dataclass
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
@@ -226,14 +226,14 @@ class Edge:
             await send(
                 {
                     "type": "http.response.start",
-                    "status": forwarded.response.status_code,
+                    "status": forwarded.status,
                     "headers": response_headers(forwarded) + rate_limit_headers(admitted.limits),
                 }
             )
             async for chunk in forwarded.chunks():
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except httpx.TransportError as exc:
+        except aiohttp.ClientError as exc:
             # Too late for a status: the client sees the body cut short.
             log.warning(
                 "%s broke off its answer to %s %s: %s",
@@ -287,9 +287,9 @@ async def _receive_body(receive: Receive, limit: int):  # noqa: ANN202 - an asyn
 def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
     out = []
     # No body may follow these, whatever length the service announced (RFC 9110 §8.6).
-    bodiless = forwarded.response.status_code in (204, 304) or forwarded.response.status_code < 200
+    bodiless = forwarded.status in (204, 304) or forwarded.status < 200
     connection_tokens: set[bytes] = set()
-    raw = forwarded.response.headers.raw
+    raw = forwarded.raw_headers
     for name, value in raw:
         if name.lower() == b"connection":
             connection_tokens.update(t.strip().lower() for t in value.split(b","))

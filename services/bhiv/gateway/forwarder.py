@@ -2,8 +2,12 @@
 
 Each attempt picks an available instance (round robin or least outstanding),
 passes through the service's circuit breaker (purgatory) and sends the request
-with httpx, streaming both ways. What may be retried, with exponential backoff
-and jitter (tenacity), on another instance when there is one:
+with aiohttp, streaming both ways. (aiohttp rather than httpx, the platform's
+usual client, on this one path: measured here, httpx spends 0.6-1.4 ms of CPU
+per proxied request in its connection pool against aiohttp's 0.08 ms, which
+alone capped the gateway below a tenth of the upstream's throughput.) What may
+be retried, with exponential backoff and jitter (tenacity), on another instance
+when there is one:
 
 - a refused or timed-out *connection*, for any method: nothing reached the
   service, as long as the body can be sent again;
@@ -17,13 +21,15 @@ instead of a retry storm.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from http.cookiejar import CookieJar, DefaultCookiePolicy
 
-import httpx
+import aiohttp
+from yarl import URL
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
@@ -41,6 +47,8 @@ GATEWAY_FAILURES = frozenset({502, 503, 504})
 # A failed answer is read to be passed on if no retry succeeds; error bodies
 # are small, and a larger one is cut here.
 FAILED_BODY_LIMIT = 64 * 1024
+FIRST_RETRY_DELAY = 0.025
+RETRY_JITTER = 0.025
 
 
 class BodyTooLarge(Exception):
@@ -103,22 +111,34 @@ class Forwarded:
 
     upstream: Upstream
     instance: Instance
-    response: httpx.Response
+    response: aiohttp.ClientResponse
     body: bytes | None = None  # set when the answer was read to decide on a retry
     _closed: bool = field(default=False, repr=False)
+
+    @property
+    def status(self) -> int:
+        return self.response.status
+
+    @property
+    def raw_headers(self) -> tuple[tuple[bytes, bytes], ...]:
+        return self.response.raw_headers
+
+    def header(self, name: str) -> str | None:
+        return self.response.headers.get(name)
 
     async def chunks(self) -> AsyncIterator[bytes]:
         if self.body is not None:
             yield self.body
             return
-        async for chunk in self.response.aiter_raw():
+        async for chunk in self.response.content.iter_any():
             yield chunk
 
     async def aclose(self) -> None:
         if not self._closed:
             self._closed = True
             self.instance.outstanding -= 1
-            await self.response.aclose()
+            # Back to the pool when the body was read to the end, closed otherwise.
+            self.response.release()
 
 
 class _AttemptFailed(Exception):
@@ -136,8 +156,8 @@ class Forwarder:
         self._settings = settings
         self._registry = registry
         self._metrics = metrics
-        self._clients: dict[str, httpx.AsyncClient] = {}
-        self._timeouts: dict[str, dict[str, float]] = {}
+        self._clients: dict[str, aiohttp.ClientSession] = {}
+        self._timeouts: dict[str, aiohttp.ClientTimeout] = {}
         self._budgets: dict[str, RetryBudget] = {}
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=settings.gateway_breaker_threshold,
@@ -147,24 +167,36 @@ class Forwarder:
         )
         self._breaker_by_name: dict[str, AsyncCircuitBreaker] = {}
 
-    def _client(self, upstream: Upstream) -> httpx.AsyncClient:
+    def _client(self, upstream: Upstream) -> aiohttp.ClientSession:
         client = self._clients.get(upstream.name)
         if client is None:
             # One pool per service: a slow service cannot take every
-            # connection from the others. No cookie jar (Set-Cookie belongs to
-            # the client), no proxies from the environment, no redirects.
-            limit = self._settings.gateway_max_connections
-            client = httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=limit, max_keepalive_connections=min(limit, 256)),
-                cookies=CookieJar(policy=DefaultCookiePolicy(allowed_domains=[])),
+            # connection from the others. Bodies pass as they are (no
+            # decompression), no cookie jar (Set-Cookie belongs to the client),
+            # and no header the client did not send.
+            connector = aiohttp.TCPConnector(
+                limit=self._settings.gateway_max_connections,
+                limit_per_host=0,
+                ttl_dns_cache=10,
+                # Shorter than uvicorn's 5 s keep-alive, so the gateway drops an
+                # idle connection before the service does, not while reusing it.
+                keepalive_timeout=4,
+            )
+            client = aiohttp.ClientSession(
+                connector=connector,
+                auto_decompress=False,
+                cookie_jar=aiohttp.DummyCookieJar(),
+                skip_auto_headers=("User-Agent", "Accept", "Accept-Encoding", "Content-Type"),
                 trust_env=False,
-                follow_redirects=False,
             )
             self._clients[upstream.name] = client
             policy = upstream.policy
-            self._timeouts[upstream.name] = httpx.Timeout(
-                policy.timeout_seconds, connect=policy.connect_timeout_seconds, pool=policy.connect_timeout_seconds
-            ).as_dict()
+            self._timeouts[upstream.name] = aiohttp.ClientTimeout(
+                total=None,
+                connect=policy.connect_timeout_seconds,
+                sock_connect=policy.connect_timeout_seconds,
+                sock_read=policy.timeout_seconds,
+            )
         return client
 
     def _budget(self, upstream: Upstream) -> RetryBudget:
@@ -210,21 +242,32 @@ class Forwarder:
                 return False
             return True
 
-        async def before_retry(state: RetryCallState) -> None:
+        async def before_retry(failed: BaseException | None) -> None:
             self._metrics.retries.labels(upstream.name).inc()
-            failed = state.outcome.exception() if state.outcome else None
             if isinstance(failed, _AttemptFailed) and failed.forwarded is not None:
                 await failed.forwarded.aclose()
 
-        retrying = AsyncRetrying(
-            stop=stop_after_attempt(upstream.policy.retries + 1),
-            # 25 ms, 50 ms, 100 ms ... capped at 250 ms, each plus up to 25 ms of jitter.
-            wait=wait_exponential_jitter(initial=0.025, max=0.25, jitter=0.025),
-            retry=retry_if_exception(may_retry),
-            before_sleep=before_retry,
-            reraise=True,
-        )
+        async def before_next(state: RetryCallState) -> None:
+            await before_retry(state.outcome.exception() if state.outcome else None)
+
         try:
+            # The first attempt runs on its own: most requests need no more,
+            # and setting up tenacity for each would cost every request.
+            try:
+                return await self._attempt(upstream, method, target, headers, body, tried)
+            except _AttemptFailed as failed:
+                if upstream.policy.retries == 0 or not may_retry(failed):
+                    raise
+                await before_retry(failed)
+                await asyncio.sleep(FIRST_RETRY_DELAY + random.uniform(0, RETRY_JITTER))  # noqa: S311
+            retrying = AsyncRetrying(
+                stop=stop_after_attempt(upstream.policy.retries),
+                # Then 50 ms, 100 ms ... capped at 250 ms, each plus up to 25 ms of jitter.
+                wait=wait_exponential_jitter(initial=2 * FIRST_RETRY_DELAY, max=0.25, jitter=RETRY_JITTER),
+                retry=retry_if_exception(may_retry),
+                before_sleep=before_next,
+                reraise=True,
+            )
             async for attempt in retrying:
                 with attempt:
                     return await self._attempt(upstream, method, target, headers, body, tried)
@@ -271,65 +314,59 @@ class Forwarder:
         self,
         upstream: Upstream,
         instance: Instance,
-        client: httpx.AsyncClient,
+        client: aiohttp.ClientSession,
         method: str,
         target: str,
         headers: list[tuple[bytes, bytes]],
         body: RequestBody,
     ) -> Forwarded:
-        request = httpx.Request(
-            method,
-            instance.url + target,
-            headers=headers,
-            content=body.content(),
-            extensions={"timeout": self._timeouts[upstream.name]},
-        )
         instance.outstanding += 1
         started = time.perf_counter()
         try:
-            response = await client.send(request, stream=True)
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            response = await client.request(
+                method,
+                # Encoded: the path goes on exactly as the client sent it.
+                URL(instance.url + target, encoded=True),
+                headers=[(k.decode("latin-1"), v.decode("latin-1")) for k, v in headers],
+                data=body.content(),
+                timeout=self._timeouts[upstream.name],
+                allow_redirects=False,
+            )
+        except BaseException as exc:
             instance.outstanding -= 1
-            outcome = "refused" if isinstance(exc, httpx.ConnectError) else "connect_timeout"
-            self._count(upstream, instance, outcome)
-            if isinstance(exc, httpx.ConnectError):
+            cause = _client_fault(exc)
+            if cause is not None:
+                raise cause from None
+            if isinstance(exc, aiohttp.ClientConnectorError):
+                self._count(upstream, instance, "refused")
                 self._registry.refused(instance, "connection refused")
-            else:
+                raise _AttemptFailed("refused at an instance", safe_for_any_method=True) from None
+            if isinstance(exc, aiohttp.ConnectionTimeoutError):
+                self._count(upstream, instance, "connect_timeout")
                 self._failure(upstream, instance, "connect timeout")
-            raise _AttemptFailed(f"{outcome.replace('_', ' ')} at an instance", safe_for_any_method=True) from None
-        except httpx.TimeoutException as exc:
-            instance.outstanding -= 1
-            self._count(upstream, instance, "timeout")
-            self._failure(upstream, instance, "timeout")
-            if isinstance(exc, httpx.PoolTimeout):
+                raise _AttemptFailed("connect timeout at an instance", safe_for_any_method=True) from None
+            if isinstance(exc, asyncio.TimeoutError):
+                self._count(upstream, instance, "timeout")
+                self._failure(upstream, instance, "timeout")
                 raise Problem(
-                    503, f"The {upstream.name} service has no free connection.", kind="service-unavailable"
+                    504,
+                    f"The {upstream.name} service did not answer within {upstream.policy.timeout_seconds:g}s.",
+                    kind="upstream-timeout",
                 ) from None
-            raise Problem(
-                504,
-                f"The {upstream.name} service did not answer within {upstream.policy.timeout_seconds:g}s.",
-                kind="upstream-timeout",
-            ) from None
-        except (BodyTooLarge, ClientGone):
-            instance.outstanding -= 1
-            raise
-        except httpx.TransportError as exc:
-            instance.outstanding -= 1
-            self._count(upstream, instance, "reset")
-            self._failure(upstream, instance, f"connection error ({type(exc).__name__})")
-            raise _AttemptFailed("the connection to an instance broke", safe_for_any_method=False) from None
-        except BaseException:
-            instance.outstanding -= 1
+            if isinstance(exc, aiohttp.ClientError):
+                self._count(upstream, instance, "reset")
+                self._failure(upstream, instance, f"connection error ({type(exc).__name__})")
+                raise _AttemptFailed("the connection to an instance broke", safe_for_any_method=False) from None
             raise
         self._metrics.upstream_latency.labels(upstream.name).observe(time.perf_counter() - started)
-        self._count(upstream, instance, str(response.status_code))
+        self._count(upstream, instance, str(response.status))
         forwarded = Forwarded(upstream, instance, response)
-        if response.status_code in GATEWAY_FAILURES:
-            self._failure(upstream, instance, f"answered {response.status_code}")
+        if response.status in GATEWAY_FAILURES:
+            self._failure(upstream, instance, f"answered {response.status}")
             # Kept to pass on if no retry does better.
             forwarded.body = await _read_some(response)
             raise _AttemptFailed(
-                f"an instance answered {response.status_code}", safe_for_any_method=False, forwarded=forwarded
+                f"an instance answered {response.status}", safe_for_any_method=False, forwarded=forwarded
             )
         self._registry.gateway_success(instance)
         return forwarded
@@ -359,23 +396,33 @@ class Forwarder:
         client = self._clients.pop(upstream.name, None)
         self._timeouts.pop(upstream.name, None)
         if client is not None:
-            await client.aclose()
+            await client.close()
 
     async def aclose(self) -> None:
         for client in self._clients.values():
-            await client.aclose()
+            await client.close()
         self._clients.clear()
 
 
-async def _read_some(response: httpx.Response) -> bytes:
+def _client_fault(exc: BaseException) -> BaseException | None:
+    """The client's own failure (body too large, gone) behind an aiohttp error, if that is what it was."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, BodyTooLarge | ClientGone):
+            return seen
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
+async def _read_some(response: aiohttp.ClientResponse) -> bytes:
     parts: list[bytes] = []
     size = 0
     try:
-        async for chunk in response.aiter_raw():
+        async for chunk in response.content.iter_any():
             parts.append(chunk)
             size += len(chunk)
             if size >= FAILED_BODY_LIMIT:
                 break
-    except httpx.TransportError:
+    except aiohttp.ClientError:
         pass
     return b"".join(parts)[:FAILED_BODY_LIMIT]
