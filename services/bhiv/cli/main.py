@@ -83,6 +83,9 @@ def migrate(
     names = list(catalog.SERVICES) if service == "all" else [_entry(service).name]
     for name in names:
         spec = load_spec(name)
+        if not spec.has_database:
+            err.print(f"{name} has no database")
+            continue
         url = spec.settings_class().sqlalchemy_url()
         if revision:
             migrations.revision(name, spec.migrations, url, revision)
