@@ -216,17 +216,14 @@ class BhivModuleWatcher:
                     if self.index.apply(event["type"], event.get("raw_object") or event["object"]):
                         publish()
                 backoff = 1.0
-            except ApiException as exc:
-                if exc.status == 410:
+            except Exception as exc:  # the API server unreachable, a broken stream, an error status
+                if self._stop.is_set():
+                    return  # stop() broke the connection on purpose
+                relist = True
+                if isinstance(exc, ApiException) and exc.status == 410:
                     log.info("BhivModule watch expired (410 Gone); listing again")
-                    relist = True
                     continue
-                log.warning("BhivModule watch failed: HTTP %s %s; retrying in %.0fs", exc.status, exc.reason, backoff)
-                relist = True
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
-            except Exception as exc:  # the API server unreachable, a broken stream...
-                log.warning("BhivModule watch failed: %s; retrying in %.0fs", type(exc).__name__, backoff)
-                relist = True
+                why = f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
+                log.warning("BhivModule watch failed: %s; retrying in %.0fs", why, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
