@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import anyio
 import httpx
+from purgatory import AsyncCircuitBreakerFactory
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
@@ -148,6 +149,9 @@ class Engine:
         self.settings = settings
         self.db = db
         self.http = http
+        self.breakers = AsyncCircuitBreakerFactory(
+            default_threshold=settings.llm_breaker_failures, default_ttl=settings.llm_breaker_seconds
+        )
 
     async def db_call(self, fn: Callable[[Session], T]) -> T:
         def run() -> T:
@@ -222,7 +226,7 @@ class Engine:
 
     async def _routed(self, prep: Prepared, call: Callable[[Router], Awaitable[T]]) -> tuple[Router, T]:
         """Run a routed call; when no model answers, record the failure and raise its problem."""
-        router = Router(self.http)
+        router = Router(self.http, self.breakers)
         try:
             return router, await call(router)
         except (AllRoutesFailed, UpstreamRejected) as exc:

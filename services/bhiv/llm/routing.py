@@ -4,10 +4,17 @@ the next model in the route, for whole answers and for streams.
 A stream can only fall back before its first token reaches the caller, so the
 router opens each candidate stream and waits for its first piece; once one
 arrives, that model is committed to and later failures end the stream.
+
+A circuit breaker per model (provider and upstream name, in each replica) pauses
+a model after consecutive failures, so during an outage requests go straight to
+the fallbacks instead of waiting out retries first; after the pause one trial
+call decides whether it closes again. Requests the provider refuses as malformed
+do not count against it.
 """
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
@@ -15,6 +22,8 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import httpx
+from purgatory import AsyncCircuitBreakerFactory
+from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from bhiv.llm.providers import ADAPTERS
@@ -45,7 +54,7 @@ class Route:
 class Attempt:
     model: str
     provider: str
-    outcome: str  # ok | error | timeout
+    outcome: str  # ok | error | timeout | skipped (circuit open)
     duration_ms: int
     status: int | None = None
     error: str | None = None
@@ -73,10 +82,26 @@ class AllRoutesFailed(Exception):
         return all(a.outcome == "timeout" for a in self.attempts)
 
 
+# What does not say anything about the model's health: the request was wrong,
+# or the caller went away.
+NOT_A_MODEL_FAILURE: list[Any] = [(ProviderError, lambda e: e.client_fault), asyncio.CancelledError]
+
+
 @dataclass
 class Router:
     http: httpx.AsyncClient
+    breakers: AsyncCircuitBreakerFactory | None = None
     attempts: list[Attempt] = field(default_factory=list)
+
+    async def _guarded(self, route: Route, call: Callable[[], Awaitable[T]]) -> T:
+        if self.breakers is None:
+            return await call()
+        name = f"{route.target.provider}/{route.target.model}"
+        try:
+            async with await self.breakers.get_breaker(name, exclude=NOT_A_MODEL_FAILURE):
+                return await call()
+        except OpenedState:
+            raise ProviderError(f"{route.alias} is paused after repeated failures", circuit_open=True) from None
 
     async def _retrying(self, route: Route, call: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
@@ -89,11 +114,11 @@ class Router:
             with attempt:
                 started = time.perf_counter()
                 try:
-                    result = await call()
+                    result = await self._guarded(route, call)
                 except ProviderError as exc:
+                    outcome = "timeout" if exc.timeout else "skipped" if exc.circuit_open else "error"
                     self.attempts.append(
-                        Attempt(route.alias, route.target.provider, "timeout" if exc.timeout else "error",
-                                _ms(started), exc.status, exc.message)
+                        Attempt(route.alias, route.target.provider, outcome, _ms(started), exc.status, exc.message)
                     )
                     raise
                 self.attempts.append(Attempt(route.alias, route.target.provider, "ok", _ms(started)))

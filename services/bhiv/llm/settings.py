@@ -85,6 +85,10 @@ class LlmSettings(ServiceSettings):
     llm_tokens_per_minute: int | None = Field(100_000, ge=1, description="Default per-key token limit; unset: none.")
     llm_monthly_budget_usd: Decimal | None = Field(None, ge=0, description="Default per-key budget; unset: none.")
     llm_context_strategy: ContextStrategy = Field("truncate", description="Default for new conversations.")
+    llm_breaker_failures: int = Field(
+        5, ge=1, le=1000, description="Consecutive failures that pause a model (per replica)."
+    )
+    llm_breaker_seconds: float = Field(30.0, gt=0, le=3600, description="How long a paused model is skipped.")
     llm_reserve_output_tokens: int = Field(
         1024, ge=1, le=1_000_000, description="Tokens kept free for the answer when a request sets no max_tokens."
     )

@@ -46,6 +46,8 @@ def registry_env(fake: FakeOpenAI) -> dict[str, str]:
         # Generous defaults: the limit tests set tight ones per key.
         "BHIV_LLM_REQUESTS_PER_MINUTE": "10000",
         "BHIV_LLM_TOKENS_PER_MINUTE": "100000000",
+        # Tests script failures on shared models; the breaker test uses its own server.
+        "BHIV_LLM_BREAKER_FAILURES": "1000",
     }
 
 

@@ -4,10 +4,13 @@ fallbacks, timeouts, streaming, token counting, providers and their keys."""
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from decimal import Decimal
 
 import httpx
+import pytest
 
+from tests.conftest import run_service
 from tests.service.llm.helpers import (
     BACKUP,
     CHEAP,
@@ -20,6 +23,7 @@ from tests.service.llm.helpers import (
     assert_problem,
     client,
     keyed,
+    registry_env,
     sse_events,
     unique,
 )
@@ -197,6 +201,38 @@ class TestRouting:
         first = r.json()["bhiv"]["attempts"][0]
         assert "BHIV_LLM_KEY_NOT_SET_ANYWHERE is not set" in first["error"]
         assert fake.calls_for("whatever") == []
+
+
+@pytest.fixture(scope="module")
+def breaker_llm(backend: str, request: pytest.FixtureRequest, fake_server: FakeOpenAI) -> Iterator[ServiceProcess]:
+    """A service that pauses a model after 2 consecutive failures, for 1 second."""
+    env = {**registry_env(fake_server), "BHIV_LLM_BREAKER_FAILURES": "2", "BHIV_LLM_BREAKER_SECONDS": "1"}
+    yield from run_service("llm-query", backend, request, **env)
+
+
+class TestCircuitBreaker:
+    def test_a_failing_model_is_paused_then_tried_again(self, breaker_llm: ServiceProcess, fake: FakeOpenAI) -> None:
+        api = client(breaker_llm)
+        fake.default(PRIMARY, Fail(500))
+        first = ask(api, unique())
+        assert first.json()["model"] == "backup" and len(fake.calls_for(PRIMARY)) == 2
+        # Paused: the backup answers without a call to the failing model.
+        second = ask(api, unique())
+        assert second.json()["model"] == "backup" and len(fake.calls_for(PRIMARY)) == 2
+        skipped = second.json()["bhiv"]["attempts"][0]
+        assert skipped["outcome"] == "skipped" and "paused" in skipped["error"]
+        # After the pause one trial call goes through; it succeeds, so the model is back.
+        time.sleep(1.1)
+        fake.default(PRIMARY, Reply("recovered"))
+        assert ask(api, unique()).json()["model"] == "primary"
+        assert ask(api, unique()).json()["model"] == "primary"
+
+    def test_refused_requests_do_not_pause_a_model(self, breaker_llm: ServiceProcess, fake: FakeOpenAI) -> None:
+        api = client(breaker_llm)
+        for _ in range(3):
+            fake.script(CHEAP, Fail(400, "bad request"))
+            assert_problem(ask(api, unique(), model="cheap"), 400, kind="upstream-rejected")
+        assert ask(api, unique(), model="cheap").status_code == 200
 
 
 class TestTokens:

@@ -29,14 +29,19 @@ class ProviderError(Exception):
     the request is at fault, so neither retrying nor falling back can help.
     """
 
-    def __init__(self, message: str, *, status: int | None = None, timeout: bool = False) -> None:
+    def __init__(
+        self, message: str, *, status: int | None = None, timeout: bool = False, circuit_open: bool = False
+    ) -> None:
         super().__init__(message)
         self.message = message
         self.status = status
         self.timeout = timeout
+        self.circuit_open = circuit_open
 
     @property
     def retryable(self) -> bool:
+        if self.circuit_open:
+            return False  # the model is paused; the next one in the route is tried at once
         return self.timeout or self.status is None or self.status in RETRYABLE_STATUSES
 
     @property
