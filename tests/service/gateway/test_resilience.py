@@ -204,14 +204,14 @@ def test_bhiv_up_routes_through_the_gateway(tmp_path: Path) -> None:
     """`bhiv up` tells the gateway where the services it started are (here, with a port offset):
     through the gateway alone, a client with a token reaches every one of them."""
     import os
-    import random
     import subprocess
     import sys
 
     from bhiv import catalog
+    from tests.service.test_cli_up import _free_offset
     from tests.support.servers import TEST_JWT_SECRET
 
-    offset = random.randrange(20000, 40000, 10)
+    offset = _free_offset()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
     env.update(BHIV_DATA_DIR=str(tmp_path), BHIV_JWT_SECRET=TEST_JWT_SECRET, PYTHONUNBUFFERED="1")
     log = (tmp_path / "up.log").open("wb")
