@@ -65,6 +65,10 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     # reconciler posts the transitions that matter itself.
     settings.posting.enabled = False
     settings.peering.mandatory = not getattr(memo, "standalone", True)
+    if not getattr(memo, "clusterwide", False):
+        # A namespace-scoped operator's Role cannot list CRDs or namespaces
+        # cluster-wide; with exact namespace names Kopf needs neither scan.
+        settings.scanning.disabled = True
 
     kube = Kube()
 

@@ -35,7 +35,11 @@ _PATHS = {
 REQUEST_TIMEOUT = (5, 30)
 
 
-def load_config() -> None:
+def load_config(kubeconfig: str | None = None) -> None:
+    """An explicit kubeconfig wins; else in-cluster; else $KUBECONFIG or ~/.kube/config."""
+    if kubeconfig:
+        config.load_kube_config(config_file=kubeconfig)
+        return
     try:
         config.load_incluster_config()
     except config.ConfigException:
@@ -81,7 +85,7 @@ class Kube:
                 return None
             raise
 
-    async def apply(self, obj: dict[str, Any]) -> dict[str, Any]:
+    async def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply ``obj`` as the operator's field manager (force: we own these)."""
         meta = obj["metadata"]
         return await asyncio.to_thread(
@@ -89,7 +93,7 @@ class Kube:
             "PATCH",
             self._path(obj["kind"], meta["namespace"], meta["name"]),
             body=obj,
-            query=[("fieldManager", FIELD_MANAGER), ("force", "true")],
+            query=[("fieldManager", manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
 

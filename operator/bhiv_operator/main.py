@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 
 import kopf
 from prometheus_client import start_http_server
@@ -20,22 +19,21 @@ def run(
     priority: int,
     liveness_port: int,
     metrics_port: int,
-    kubeconfig: str | None,
+    kubeconfig: str | None,  # also exported as KUBECONFIG by the caller, before kopf is imported
     cluster_domain: str,
+    listen_host: str = "0.0.0.0",  # noqa: S104 - probes and scrapes come from outside the pod
     verbose: bool = False,
 ) -> None:
-    if kubeconfig:
-        os.environ["KUBECONFIG"] = kubeconfig
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
 
     from bhiv_operator import handlers  # noqa: F401 - registers the handlers
     from bhiv_operator.kube import load_config
 
-    load_config()
+    load_config(kubeconfig)
     if metrics_port:
-        start_http_server(metrics_port, addr="0.0.0.0", registry=metrics.registry)  # noqa: S104
-    memo = kopf.Memo(standalone=peering is None, cluster_domain=cluster_domain)
+        start_http_server(metrics_port, addr=listen_host, registry=metrics.registry)
+    memo = kopf.Memo(standalone=peering is None, cluster_domain=cluster_domain, clusterwide=clusterwide)
     asyncio.run(
         kopf.operator(
             clusterwide=clusterwide,
@@ -43,7 +41,7 @@ def run(
             standalone=peering is None,
             peering_name=peering,
             priority=priority,
-            liveness_endpoint=f"http://0.0.0.0:{liveness_port}/healthz" if liveness_port else None,
+            liveness_endpoint=f"http://{listen_host}:{liveness_port}/healthz" if liveness_port else None,
             memo=memo,
         )
     )

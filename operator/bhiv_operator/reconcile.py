@@ -19,6 +19,7 @@ from bhiv_operator.status import Condition, merge_conditions, transitions
 
 log = logging.getLogger("bhiv_operator.reconcile")
 
+HANDOFF_MANAGER = "bhiv-operator-handoff"
 WARNING_REASONS = frozenset({"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded"})
 EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]  # (body, type, reason, message)
 
@@ -107,11 +108,16 @@ class Reconciler:
         hpa = builders.build_hpa(module)
         if hpa is not None:
             if deployment is not None and applies_field(deployment, "spec", "replicas"):
-                # Hand spec.replicas over to the HPA without a dip: record the
-                # current count under an Update entry first, so that dropping it
-                # from our applied config does not reset it to the default of 1.
+                # Hand spec.replicas over to the HPA without a dip, as the
+                # Kubernetes docs prescribe: a second applier first co-owns the
+                # current count, so dropping it from our own config does not
+                # reset it to the default of 1; the HPA's updates then take it.
                 current = int((deployment.get("spec") or {}).get("replicas", 1))
-                await self.kube.merge_patch("Deployment", ns, name, {"spec": {"replicas": current}})
+                await self.kube.apply(
+                    {"apiVersion": "apps/v1", "kind": "Deployment",
+                     "metadata": {"name": name, "namespace": ns}, "spec": {"replicas": current}},
+                    manager=HANDOFF_MANAGER,
+                )
             deployment = await self.kube.apply(builders.build_deployment(module, replicas=None))
             await self.kube.apply(hpa)
         else:

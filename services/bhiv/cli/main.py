@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import os
 import secrets
 import sys
 from pathlib import Path
@@ -169,9 +170,14 @@ def operator_command(
     metrics_port: Annotated[int, typer.Option(help="Port of Prometheus /metrics (0: off).")] = 9090,
     kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig (default: in-cluster, then $KUBECONFIG).")] = None,
     cluster_domain: Annotated[str, typer.Option(help="DNS domain of the cluster, for status.url.")] = "cluster.local",
+    listen_host: Annotated[str, typer.Option(help="Interface of the liveness and metrics endpoints.")] = "0.0.0.0",  # noqa: S104
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each handler call.")] = False,
 ) -> None:
     """Run the Kubernetes operator: BhivModules become Deployments, Services, HPAs, PDBs."""
+    if kubeconfig:
+        # Kopf's login reads $KUBECONFIG, and the kubernetes package reads it once,
+        # when first imported: set it before either is imported.
+        os.environ["KUBECONFIG"] = kubeconfig
     from bhiv_operator.main import run
 
     if bool(namespace) == all_namespaces:
@@ -186,6 +192,7 @@ def operator_command(
         metrics_port=metrics_port,
         kubeconfig=kubeconfig,
         cluster_domain=cluster_domain,
+        listen_host=listen_host,
         verbose=verbose,
     )
 

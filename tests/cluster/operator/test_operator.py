@@ -1,0 +1,259 @@
+"""The operator against a real API server, running under its own ServiceAccount."""
+
+from __future__ import annotations
+
+import json
+import signal
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.cluster.operator.conftest import REPO, OperatorProcess, condition, get_json, wait_for
+
+Kubectl = Callable[..., Any]
+
+
+def ready(kubectl: Kubectl, ns: str, name: str) -> bool:
+    return condition(get_json(kubectl, "bm", name, "-n", ns), "Ready").get("status") == "True"
+
+
+def deployment(kubectl: Kubectl, ns: str, name: str) -> dict[str, Any] | None:
+    return get_json(kubectl, "deployment", name, "-n", ns)
+
+
+class TestValidation:
+    """The API server itself rejects bad specs, with messages a person can act on."""
+
+    @pytest.mark.parametrize(
+        ("spec", "message"),
+        [
+            ({"service": "crm", "image": "x", "dependsOn": ["a", "a"]}, "spec.dependsOn lists a module more than once"),
+            ({"service": "crm", "image": "x", "dependsOn": ["bad"]}, "spec.dependsOn must not name the module itself"),
+            ({"service": "crm", "image": "x", "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
+             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
+            ({"service": "nope", "image": "x"}, 'spec.service: Unsupported value: "nope"'),
+            ({"service": "crm", "image": "x", "port": 70000}, "spec.port"),
+            ({"service": "crm", "image": "x", "replicas": -1}, "spec.replicas"),
+            ({"service": "crm"}, "spec.image: Required value"),
+        ],
+    )
+    def test_bad_specs_are_rejected(self, kubectl: Kubectl, namespace: str, crds: None, spec: dict, message: str) -> None:
+        body = {"apiVersion": "bhiv.io/v1alpha1", "kind": "BhivModule", "metadata": {"name": "bad"}, "spec": spec}
+        result = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
+        assert result.returncode != 0 and message in result.stderr, result.stderr
+        assert kubectl("get", "bm", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+    def test_explain_documents_every_field(self, kubectl: Kubectl, crds: None) -> None:
+        out = kubectl("explain", "bm.spec.autoscaling").stdout
+        assert "HorizontalPodAutoscaler" in out and "minReplicas" in out and "Fewest pods" in out
+
+    def test_defaults(self, kubectl: Kubectl, namespace: str, crds: None, modules: Any) -> None:
+        modules("x", service="crm")
+        spec = get_json(kubectl, "bm", "x", "-n", namespace)["spec"]  # type: ignore[index]
+        assert spec["replicas"] == 1 and spec["paused"] is False and spec["imagePullPolicy"] == "IfNotPresent"
+
+
+class TestStartupOrder:
+    def test_dependent_waits_then_proceeds(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("logistics", service="logistics", depends_on=["integrations"])
+        body = wait_for(
+            lambda: (b := get_json(kubectl, "bm", "logistics", "-n", namespace))
+            and condition(b, "DependenciesReady").get("reason") == "DependencyNotFound" and b,
+            "logistics to report its missing dependency",
+        )
+        assert body["status"]["waitingFor"] == ["integrations"]
+        assert deployment(kubectl, namespace, "logistics") is None
+
+        modules("integrations", service="integrations")
+        wait_for(lambda: ready(kubectl, namespace, "integrations"), "integrations Ready")
+        wait_for(lambda: ready(kubectl, namespace, "logistics"), "logistics Ready after integrations")
+        body = get_json(kubectl, "bm", "logistics", "-n", namespace)
+        assert body["status"]["waitingFor"] == [] and condition(body, "DependenciesReady")["status"] == "True"
+        assert body["status"]["url"] == f"http://logistics.{namespace}.svc.cluster.local:8001"
+        assert body["status"]["selector"] == "app.kubernetes.io/name=bhiv,app.kubernetes.io/instance=logistics"
+        # The dependency's Ready transition came first.
+        dep = condition(get_json(kubectl, "bm", "integrations", "-n", namespace), "Ready")["lastTransitionTime"]
+        assert dep <= condition(body, "Ready")["lastTransitionTime"]
+
+    def test_waiting_for_a_dependency_that_is_not_ready(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("integrations", service="integrations", paused=True)
+        modules("llm", service="llm-query", depends_on=["integrations"])
+        body = wait_for(
+            lambda: (b := get_json(kubectl, "bm", "llm", "-n", namespace))
+            and condition(b, "Ready").get("reason") == "WaitingForDependencies" and b,
+            "llm to wait",
+        )
+        assert body["status"]["waitingFor"] == ["integrations"]
+        printed = kubectl("get", "bm", "-n", namespace).stdout
+        assert "WaitingForDependencies" in printed and "REASON" in printed
+        events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=llm").stdout
+        assert "WaitingForDependencies" in events
+        kubectl("patch", "bm", "integrations", "-n", namespace, "--type=merge", "-p", '{"spec": {"paused": false}}')
+        wait_for(lambda: ready(kubectl, namespace, "llm"), "llm Ready once its dependency runs")
+
+    def test_cycle_reported_by_every_member_until_broken(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("a", depends_on=["b"])
+        modules("b", depends_on=["c"])
+        modules("c", depends_on=["a"])
+        for name in "abc":
+            wait_for(
+                lambda n=name: condition(get_json(kubectl, "bm", n, "-n", namespace), "DependenciesReady").get("reason") == "DependencyCycle",
+                f"{name} to report the cycle",
+            )
+        msg = condition(get_json(kubectl, "bm", "a", "-n", namespace), "DependenciesReady")["message"]
+        assert "a, b, c" in msg
+        kubectl("patch", "bm", "c", "-n", namespace, "--type=json", "-p", '[{"op": "remove", "path": "/spec/dependsOn"}]')
+        for name in "cba":
+            wait_for(lambda n=name: ready(kubectl, namespace, n), f"{name} Ready once the cycle is broken")
+
+    def test_running_dependents_survive_an_unready_dependency(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("base", service="integrations")
+        modules("app", depends_on=["base"])
+        wait_for(lambda: ready(kubectl, namespace, "app"), "app Ready")
+        kubectl("scale", "bm/base", "-n", namespace, "--replicas=0")
+        wait_for(
+            lambda: condition(get_json(kubectl, "bm", "app", "-n", namespace), "DependenciesReady").get("status") == "False",
+            "app to report base unready",
+        )
+        assert deployment(kubectl, namespace, "app") is not None and ready(kubectl, namespace, "app")
+
+
+class TestWorkloads:
+    def test_children_labels_owner_and_restricted_pods(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
+        modules("shop", service="logistics", replicas=2)
+        wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready in a restricted namespace")
+        for kind in ("deployment", "service", "pdb"):
+            obj = get_json(kubectl, kind, "shop", "-n", namespace)
+            assert obj is not None, kind
+            assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "bhiv-operator"
+            assert obj["metadata"]["ownerReferences"][0]["kind"] == "BhivModule"
+            managers = {m["manager"] for m in obj["metadata"].get("managedFields", []) if m.get("operation") == "Apply"}
+            assert managers == {"bhiv-operator"}
+        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/instance=shop", "-o", "json").stdout)
+        assert len(pods["items"]) == 2
+
+    def test_drift_is_restored(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("shop")
+        wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
+        uid = deployment(kubectl, namespace, "shop")["metadata"]["uid"]  # type: ignore[index]
+        kubectl("delete", "deployment", "shop", "-n", namespace)
+        wait_for(lambda: (d := deployment(kubectl, namespace, "shop")) and d["metadata"]["uid"] != uid, "Deployment recreated", timeout=5)
+        kubectl("set", "image", "deployment/shop", "-n", namespace, "logistics=evil:latest")
+        wait_for(
+            lambda: deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0]["image"] == "bhiv-core:test",
+            "image edit reverted", timeout=5,
+        )
+        kubectl("delete", "service", "shop", "-n", namespace)
+        wait_for(lambda: get_json(kubectl, "service", "shop", "-n", namespace), "Service recreated", timeout=5)
+
+    def test_scale_and_autoscaling_toggle(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("shop")
+        wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
+        kubectl("scale", "bm/shop", "-n", namespace, "--replicas=3")
+        wait_for(lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 3, "Deployment scaled to 3")
+        wait_for(lambda: get_json(kubectl, "bm", "shop", "-n", namespace)["status"].get("replicasReady") == "3/3", "3/3 ready")
+        assert get_json(kubectl, "pdb", "shop", "-n", namespace) is not None
+
+        kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p",
+                '{"spec": {"autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}}}')
+        hpa = wait_for(lambda: get_json(kubectl, "hpa", "shop", "-n", namespace), "HPA created")
+        assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
+        wait_for(lambda: not any(
+            m.get("operation") == "Apply" and "f:replicas" in json.dumps(m.get("fieldsV1", {}).get("f:spec", {}))
+            for m in deployment(kubectl, namespace, "shop")["metadata"]["managedFields"] if m["manager"] == "bhiv-operator"
+        ), "replicas handed to the HPA")
+        # Handing replicas to the HPA never dropped the Deployment to the default of 1.
+        assert deployment(kubectl, namespace, "shop")["spec"]["replicas"] >= 2
+
+        kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p", '{"spec": {"autoscaling": {"enabled": false}, "replicas": 1}}')
+        wait_for(lambda: get_json(kubectl, "hpa", "shop", "-n", namespace) is None, "HPA removed")
+        wait_for(lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 1, "replicas back to spec")
+        wait_for(lambda: get_json(kubectl, "pdb", "shop", "-n", namespace) is None, "PDB removed with one pod")
+
+    def test_image_change_rolls_the_deployment(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("shop", replicas=2)
+        wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
+        kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p", '{"spec": {"image": "bhiv-core:next"}}')
+        body = wait_for(
+            lambda: (b := get_json(kubectl, "bm", "shop", "-n", namespace))
+            and b["status"]["observedGeneration"] == b["metadata"]["generation"]
+            and condition(b, "Progressing").get("reason") == "RolloutComplete" and ready(kubectl, namespace, "shop") and b,
+            "rollout to complete",
+        )
+        assert deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0]["image"] == "bhiv-core:next"
+        events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=shop").stdout
+        assert "RollingOut" in events or "ScalingReplicaSet" in events
+        assert condition(body, "Ready")["observedGeneration"] == body["metadata"]["generation"]
+
+    def test_delete_removes_children_and_never_sticks(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("shop", replicas=2)
+        wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
+        assert not get_json(kubectl, "bm", "shop", "-n", namespace)["metadata"].get("finalizers")
+        kubectl("delete", "bm", "shop", "-n", namespace, "--timeout=30s")
+        for kind in ("deployment", "service", "pdb"):
+            wait_for(lambda k=kind: get_json(kubectl, k, "shop", "-n", namespace) is None, f"{kind} garbage-collected")
+
+
+class TestOperations:
+    def test_restart_mid_reconcile_converges_without_duplicates(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        names = [f"m{i}" for i in range(12)]
+        for i, name in enumerate(names):
+            modules(name, depends_on=[names[i - 1]] if i else None)
+        wait_for(lambda: deployment(kubectl, namespace, "m2"), "the chain to start")
+        operator.stop(signal.SIGKILL)
+        operator.start()
+        for name in names:
+            wait_for(lambda n=name: ready(kubectl, namespace, n), f"{name} Ready after the restart", timeout=120)
+        deployments = json.loads(kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"]
+        assert sorted(d["metadata"]["name"] for d in deployments) == sorted(names)
+        rs = json.loads(kubectl("get", "replicasets", "-n", namespace, "-o", "json").stdout)["items"]
+        assert len(rs) == len(names)
+
+    def test_metrics_and_liveness(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+        modules("shop")
+        wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
+        text = wait_for(lambda: (t := operator.metrics()) and 'ready="True"' in t and t, "module gauge", timeout=30)
+        assert 'bhiv_operator_reconciles_total{result="ok"}' in text
+        assert "bhiv_operator_reconcile_duration_seconds_bucket" in text
+
+    def test_operator_is_refused_what_its_role_does_not_grant(self, kubectl: Kubectl, namespace: str, operator_rbac: Any) -> None:
+        sa = f"system:serviceaccount:{namespace}:bhiv-operator"
+        assert kubectl("auth", "can-i", "patch", "deployments", "-n", namespace, "--as", sa, check=False).stdout.strip() == "yes"
+        for verb, resource in (("get", "secrets"), ("create", "pods"), ("delete", "bhivmodules"), ("list", "deployments -A")):
+            args = ["auth", "can-i", verb, *resource.split(), "--as", sa]
+            if "-A" not in resource:
+                args += ["-n", namespace]
+            assert kubectl(*args, check=False).stdout.strip() == "no", (verb, resource)
+
+
+def test_kustomization_brings_all_six_modules_up_in_order(kubectl: Kubectl, namespace: str, crds: None, tmp_path: Any) -> None:
+    """`kubectl apply -k manifests/` (with the namespace swapped for the test's), operator run locally as its SA."""
+    from tests.cluster.operator.conftest import OperatorProcess, service_account_kubeconfig
+
+    rendered = kubectl("kustomize", str(REPO / "manifests")).stdout
+    keep = []
+    for doc in yaml.safe_load_all(rendered):
+        kind, name = doc["kind"], doc["metadata"]["name"]
+        if kind in ("Namespace", "CustomResourceDefinition") or (kind == "Deployment" and name == "bhiv-operator"):
+            continue  # the test namespace exists; CRDs are applied; the operator runs here, not as a pod
+        doc["metadata"]["namespace"] = namespace
+        for subject in doc.get("subjects", ()):
+            subject["namespace"] = namespace
+        keep.append(doc)
+    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(keep))
+    config = service_account_kubeconfig(kubectl, namespace, "bhiv-operator", tmp_path / "sa.kubeconfig")
+    proc = OperatorProcess(namespace, config, tmp_path / "op.log").start()
+    try:
+        names = ["integrations", "llm-query", "logistics", "crm", "agent-orchestration", "gateway"]
+        for name in names:
+            wait_for(lambda n=name: ready(kubectl, namespace, n), f"{name} Ready", timeout=90)
+        became = {n: condition(get_json(kubectl, "bm", n, "-n", namespace), "Ready")["lastTransitionTime"] for n in names}
+        assert became["integrations"] <= became["llm-query"] <= min(became["logistics"], became["crm"])
+        assert max(became["logistics"], became["crm"]) <= became["agent-orchestration"] <= became["gateway"]
+    finally:
+        proc.stop()
