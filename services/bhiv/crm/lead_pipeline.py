@@ -1,8 +1,8 @@
 """The sales pipeline: a lead's stage changes, its score kept current, and the
 conversion of a won lead into a customer.
 
-Nothing here commits; the route commits, so a future outbox row (issue 8's
-``lead.converted`` event) can join the same transaction.
+Nothing here commits; the route commits, so the ``lead.converted`` outbox row
+joins the conversion's transaction: the event exists exactly when the customer does.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from bhiv.core import Problem, conflict, utcnow
 from bhiv.core.crud import get_or_404, unique_as_conflict
 from bhiv.core.workflow import Workflow
 from bhiv.crm.lead_scoring import score_lead
-from bhiv.crm.models import Customer, CustomerStatus, Lead, LeadStage
+from bhiv.crm.models import OUTBOX, Customer, CustomerStatus, Lead, LeadStage
 
 L = LeadStage
 LEAD_WORKFLOW: Workflow[LeadStage] = Workflow(
@@ -114,6 +114,18 @@ def convert(session: Session, lead_id: int) -> ConversionResult:
         session.add(customer)
         session.flush()
     lead.customer_id = customer.id
+    # Only here: converting an already-converted lead publishes nothing.
+    OUTBOX.publish(
+        session,
+        "lead.converted",
+        {
+            "lead_id": lead.id,
+            "customer_id": customer.id,
+            "name": customer.name,
+            "email": customer.email,
+            "company": customer.company,
+        },
+    )
     return ConversionResult(lead, customer, created=True)
 
 

@@ -26,10 +26,16 @@ from sqlalchemy import (
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 from bhiv.core.db import Timestamps, UTCDateTime, new_metadata, string_enum, utcnow
+from bhiv.core.outbox import Outbox
 
 
 class Base(DeclarativeBase):
     metadata = new_metadata()
+
+
+# Domain events (``lead.converted``), committed with the change they describe
+# and relayed to the integrations service (docs/integrations.md).
+OUTBOX = Outbox(Base.metadata, source="crm")
 
 
 class CustomerStatus(enum.StrEnum):

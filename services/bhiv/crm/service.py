@@ -9,7 +9,7 @@ from fastapi import FastAPI
 from bhiv import catalog
 from bhiv.core import ServiceSpec
 from bhiv.core import create_app as _create_app
-from bhiv.crm.models import Base
+from bhiv.crm.models import OUTBOX, Base
 from bhiv.crm.routes import analytics, customers, interactions, leads, tickets
 from bhiv.crm.settings import CrmSettings
 
@@ -23,6 +23,7 @@ SPEC = ServiceSpec(
     routers=(customers.router, interactions.router, leads.router, tickets.router, analytics.router),
     metadata=Base.metadata,
     migrations="bhiv.crm:migrations",
+    lifespan_hooks=(OUTBOX.relay,),
     capabilities=catalog.get("crm").capabilities,
     openapi_tags=[
         {

@@ -6,7 +6,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from bhiv import catalog
-from bhiv.core.settings import ServiceSettings
+from bhiv.core.outbox import OutboxSettings
 from bhiv.crm.models import TicketPriority
 
 SlaWindow = Annotated[dt.timedelta, Field(gt=dt.timedelta(0), le=dt.timedelta(days=365))]
@@ -30,8 +30,9 @@ class TicketSla(BaseModel):
         return getattr(self, priority.value)
 
 
-class CrmSettings(ServiceSettings):
-    """CRM settings: everything in :class:`ServiceSettings`, port 8002, ticket SLAs."""
+class CrmSettings(OutboxSettings):
+    """CRM settings: everything in :class:`ServiceSettings` and :class:`OutboxSettings`
+    (where the outbox relay sends events), port 8002, ticket SLAs."""
 
     service_name = "crm"
     port: int = Field(catalog.get("crm").port, ge=1, le=65535)
