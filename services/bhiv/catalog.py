@@ -64,6 +64,14 @@ SERVICES: dict[str, ServiceEntry] = {
             capabilities=("customer_management", "lead_management", "support_tickets"),
         ),
         ServiceEntry(
+            name="agent-orchestration",
+            port=8003,
+            prefix="/api/agents",
+            stage=4,
+            app_factory="bhiv.agents.service:create_app",
+            capabilities=("agent_management", "task_orchestration", "workflow_execution"),
+        ),
+        ServiceEntry(
             name="llm-query",
             port=8004,
             prefix="/api/llm",

@@ -1,0 +1,144 @@
+"""Workflow definitions: steps forming a DAG, validated before they are stored.
+
+The shape follows Temporal's activity options (``timeout_seconds``, a retry
+policy with ``initial_seconds``, ``backoff_coefficient``, ``max_seconds``,
+``max_attempts``) and Airflow's ``needs``-style dependencies.
+"""
+
+from __future__ import annotations
+
+import graphlib
+import json
+from importlib import resources
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+from bhiv.agents import expressions
+from bhiv.agents.settings import CALLABLE_SERVICES
+from bhiv.core.fields import StorableText
+
+StepId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_-]{0,99}$")]
+Expr = Annotated[str, StringConstraints(min_length=1, max_length=2000), StorableText]
+Method = Literal["GET", "POST", "PUT", "PATCH", "DELETE"]
+ServiceName = Literal["logistics", "crm", "llm-query", "integrations"]
+assert set(ServiceName.__args__) == set(CALLABLE_SERVICES)  # type: ignore[attr-defined]
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RetryPolicy(_Spec):
+    max_attempts: int = Field(1, ge=1, le=20, description="Attempts in all, the first included.")
+    initial_seconds: float = Field(1.0, gt=0, le=3600, description="Wait after the first failure.")
+    backoff_coefficient: float = Field(2.0, ge=1, le=10, description="Each wait is this many times the previous.")
+    max_seconds: float = Field(60.0, gt=0, le=86_400, description="Longest wait between attempts.")
+
+
+class ServiceCall(_Spec):
+    service: ServiceName = Field(description="The BHIV service to call.", examples=["logistics"])
+    method: Method = Field("POST", examples=["POST"])
+    path: Annotated[str, StringConstraints(pattern=r"^/[^\r\n]*$", max_length=500), StorableText] = Field(
+        description="Path on the service; may hold {{ expressions }}.", examples=["/shipments/{{ steps.shipment.output.id }}"]
+    )
+    params: dict[str, Any] | None = Field(None, description="Query parameters (a template).")
+    body: Any = Field(None, description="JSON body (a template).")
+
+
+class Step(_Spec):
+    id: StepId = Field(description="Unique within the workflow.", examples=["shipment"])
+    type: Literal["service", "agent", "condition", "set", "wait"] = Field(examples=["service"])
+    needs: list[StepId] = Field(default_factory=list, max_length=50, description="Steps that must finish first.")
+    when: Expr | None = Field(None, description="Run only if this expression is true; otherwise skipped.")
+    timeout_seconds: float = Field(30.0, gt=0, le=86_400, description="Per attempt (agent steps: the whole task).")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    on_error: Literal["fail", "continue", "compensate"] = Field(
+        "fail",
+        description="fail: the run fails; continue: the step is marked failed and the run goes on; "
+        "compensate: completed steps' compensations run in reverse order, then the run ends compensated.",
+    )
+    # service
+    call: ServiceCall | None = Field(None, description="type=service: the call.")
+    until: Expr | None = Field(
+        None, description="type=service: poll (every poll_seconds, within timeout) until this is true of `response`."
+    )
+    poll_seconds: float = Field(1.0, gt=0, le=3600)
+    compensate: ServiceCall | None = Field(None, description="Undo this step (saga); may refer to its own output.")
+    # agent
+    capability: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,99}$")] | None = None
+    payload: Any = Field(None, description="type=agent: the task payload (a template).")
+    priority: int = Field(0, ge=-100, le=100)
+    # condition / set
+    expression: Expr | None = Field(None, description="type=condition: the boolean output.")
+    fail_message: Annotated[str, StringConstraints(max_length=500), StorableText] | None = Field(
+        None, description="type=condition: fail the step (not retried) with this message when the expression is false."
+    )
+    value: Any = Field(None, description="type=set: the output (a template).")
+    # wait
+    seconds: float | None = Field(None, ge=0, le=30 * 86_400, description="type=wait: how long.")
+
+    @model_validator(mode="after")
+    def _fields_for_type(self) -> Step:
+        required = {"service": "call", "agent": "capability", "condition": "expression", "wait": "seconds"}
+        need = required.get(self.type)
+        if need and getattr(self, need) is None:
+            raise ValueError(f"a {self.type} step needs `{need}`")
+        if self.compensate is not None and self.type != "service":
+            raise ValueError("only service steps can have a compensation")
+        return self
+
+
+class WorkflowSpec(_Spec):
+    steps: list[Step] = Field(min_length=1, max_length=100)
+
+    @model_validator(mode="after")
+    def _dag(self) -> WorkflowSpec:
+        ids = [s.id for s in self.steps]
+        seen: set[str] = set()
+        for i, step in enumerate(self.steps):
+            if step.id in seen:
+                raise ValueError(f"steps.{i}.id: duplicate step id {step.id!r}")
+            seen.add(step.id)
+        graph: dict[str, list[str]] = {}
+        for i, step in enumerate(self.steps):
+            for dep in step.needs:
+                if dep not in seen:
+                    raise ValueError(f"steps.{i}.needs: unknown step {dep!r}")
+            graph[step.id] = step.needs
+            try:
+                for expr in (step.when, step.until, step.expression):
+                    if expr:
+                        expressions.check(expr)
+                for template in (step.value, step.payload, step.call and step.call.model_dump(),
+                                 step.compensate and step.compensate.model_dump()):
+                    expressions.check_template(template)
+            except expressions.ExpressionError as exc:
+                raise ValueError(f"steps.{i}: {exc}") from None
+        try:
+            graphlib.TopologicalSorter(graph).prepare()
+        except graphlib.CycleError as exc:
+            raise ValueError(f"steps form a cycle: {' -> '.join(exc.args[1])}") from None
+        del ids
+        return self
+
+    def step(self, step_id: str) -> Step:
+        return next(s for s in self.steps if s.id == step_id)
+
+
+class BuiltinWorkflow(WorkflowSpec):
+    name: Name
+    version: int = Field(ge=1)
+    description: str | None = None
+
+
+def builtin_workflows() -> list[BuiltinWorkflow]:
+    """The definitions shipped in ``bhiv/agents/workflows/*.json``."""
+    folder = resources.files("bhiv.agents") / "workflows"
+    found = [
+        BuiltinWorkflow.model_validate(json.loads(entry.read_text()))
+        for entry in sorted(folder.iterdir(), key=lambda e: e.name)
+        if entry.name.endswith(".json")
+    ]
+    return found
