@@ -10,7 +10,8 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up test test-deps test-unit test-service test-cluster bench lint clean
+.PHONY: help venv up test test-deps tools test-unit test-service test-cluster test-container \
+	cluster-up cluster-down cluster-status image bench bench-gateway bench-operator lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -30,10 +31,16 @@ venv: $(VENV)/.installed ## create .venv with the package and its test tools
 up: venv ## run every service locally, in startup order (Ctrl-C stops them)
 	$(BIN)/bhiv up
 
-test-deps: venv ## install the system packages the tests use (PostgreSQL server)
+test-deps: venv ## install the system packages the tests use (PostgreSQL, Redis, nginx, wrk, hey)
 	hack/test-deps
 
-test: test-deps ## run every test tier (installs what is missing first)
+# Builds the pinned Kubernetes tools from Go modules into ~/.cache/bhiv/tools
+# (tens of minutes cold, seconds warm). If that fails, the cluster tier skips
+# and says why; the other tiers still run.
+tools: ## build the pinned Kubernetes tools (kube-apiserver, kwok, helm, ...) once
+	-hack/k8s-tools
+
+test: test-deps tools ## run every test tier (installs and builds what is missing first)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: venv ## unit tier only (no I/O)
@@ -42,8 +49,32 @@ test-unit: venv ## unit tier only (no I/O)
 test-service: test-deps ## services over real HTTP on SQLite and PostgreSQL
 	$(BIN)/python -m pytest -m "service or postgres" $(PYTEST_ARGS)
 
-bench: test-deps ## benchmarks (print figures; never pass/fail on time)
+test-cluster: venv tools ## the cluster tier: a real API server with kwok nodes
+	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)
+
+test-container: venv ## the container tier: build the image, run every service from it
+	$(BIN)/python -m pytest -m container $(PYTEST_ARGS)
+
+cluster-up: tools ## start the local cluster (control plane + kwok nodes); prints its kubeconfig
+	hack/kwok-cluster up
+
+cluster-down: ## stop the local cluster, leaving no process behind
+	hack/kwok-cluster down
+
+cluster-status: ## is the local cluster running, and where is its kubeconfig
+	hack/kwok-cluster status
+
+image: ## build the container image bhiv-core:dev on a cached local Debian base
+	hack/build-image
+
+bench: test-deps ## Logistics throughput and latency (prints figures; never pass/fail)
 	$(BIN)/python bench/logistics_throughput.py
+
+bench-gateway: test-deps ## direct vs gateway vs nginx
+	$(BIN)/python bench/gateway.py
+
+bench-operator: venv tools ## N modules to Ready: operator vs direct apply
+	$(BIN)/python bench/operator_scale.py
 
 lint: venv ## ruff
 	$(BIN)/ruff check services tests bench
