@@ -16,6 +16,9 @@ PART_OF = "bhiv-core"
 MANAGED_BY = "bhiv-operator"
 DATA_DIR = "/tmp/bhiv"  # the only writable path: the root filesystem is read-only
 RUN_AS_USER = 10001
+# The gateway discovers services from the BhivModules of its namespace, with
+# this ServiceAccount's read-only access (manifests/gateway/rbac.yaml, the chart).
+GATEWAY_SERVICE_ACCOUNT = "bhiv-gateway"
 
 
 def selector_labels(module: Module) -> dict[str, str]:
@@ -60,6 +63,9 @@ def _env(module: Module) -> list[dict[str, Any]]:
         {"name": "BHIV_PORT", "value": str(module.port)},
         {"name": "BHIV_DATA_DIR", "value": DATA_DIR},
     ]
+    if module.service == "gateway":
+        env.append({"name": "BHIV_GATEWAY_DISCOVERY", "value": "kubernetes"})
+        env.append({"name": "BHIV_GATEWAY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
     if module.database_secret:
         name, key = module.database_secret
         env.append({"name": "BHIV_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
@@ -101,7 +107,9 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
         "template": {
             "metadata": {"labels": labels(module)},
             "spec": {
+                # Only the gateway talks to the Kubernetes API; other pods get no token.
                 "automountServiceAccountToken": module.service == "gateway",
+                **({"serviceAccountName": GATEWAY_SERVICE_ACCOUNT} if module.service == "gateway" else {}),
                 "enableServiceLinks": False,
                 "securityContext": {
                     "runAsNonRoot": True,

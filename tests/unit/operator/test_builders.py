@@ -105,3 +105,13 @@ class TestServiceHpaPdb:
 
     def test_url(self) -> None:
         assert builders.service_url(module()) == "http://logistics.shop.svc.cluster.local:8001"
+
+
+def test_only_the_gateway_gets_an_api_token_and_discovers_from_modules() -> None:
+    plain = builders.build_deployment(module(), replicas=1)["spec"]["template"]["spec"]
+    assert plain["automountServiceAccountToken"] is False and "serviceAccountName" not in plain
+    gw = builders.build_deployment(Module.from_body(body(service="gateway")), replicas=1)["spec"]["template"]["spec"]
+    assert gw["automountServiceAccountToken"] is True and gw["serviceAccountName"] == "bhiv-gateway"
+    env = {e["name"]: e for e in gw["containers"][0]["env"]}
+    assert env["BHIV_GATEWAY_DISCOVERY"]["value"] == "kubernetes"
+    assert env["BHIV_GATEWAY_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
