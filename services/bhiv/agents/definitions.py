@@ -90,37 +90,47 @@ class Step(_Spec):
         return self
 
 
+def dag_problem(steps: list[Step]) -> tuple[str, str] | None:
+    """The first thing wrong with ``steps`` as a DAG, as (field, message), or None."""
+    seen: set[str] = set()
+    for i, step in enumerate(steps):
+        if step.id in seen:
+            return f"steps.{i}.id", f"duplicate step id {step.id!r}"
+        seen.add(step.id)
+    graph: dict[str, list[str]] = {}
+    for i, step in enumerate(steps):
+        for dep in step.needs:
+            if dep not in seen:
+                return f"steps.{i}.needs", f"unknown step {dep!r}"
+        graph[step.id] = step.needs
+        checks: list[tuple[str, Any, bool]] = [
+            ("when", step.when, False), ("until", step.until, False), ("expression", step.expression, False),
+            ("value", step.value, True), ("payload", step.payload, True),
+            ("call", step.call and step.call.model_dump(), True),
+            ("compensate", step.compensate and step.compensate.model_dump(), True),
+        ]
+        for field, value, is_template in checks:
+            try:
+                if is_template:
+                    expressions.check_template(value)
+                elif value:
+                    expressions.check(value)
+            except expressions.ExpressionError as exc:
+                return f"steps.{i}.{field}", str(exc)
+    try:
+        graphlib.TopologicalSorter(graph).prepare()
+    except graphlib.CycleError as exc:
+        return "steps", f"steps form a cycle: {' -> '.join(exc.args[1])}"
+    return None
+
+
 class WorkflowSpec(_Spec):
     steps: list[Step] = Field(min_length=1, max_length=100)
 
     @model_validator(mode="after")
     def _dag(self) -> WorkflowSpec:
-        ids = [s.id for s in self.steps]
-        seen: set[str] = set()
-        for i, step in enumerate(self.steps):
-            if step.id in seen:
-                raise ValueError(f"steps.{i}.id: duplicate step id {step.id!r}")
-            seen.add(step.id)
-        graph: dict[str, list[str]] = {}
-        for i, step in enumerate(self.steps):
-            for dep in step.needs:
-                if dep not in seen:
-                    raise ValueError(f"steps.{i}.needs: unknown step {dep!r}")
-            graph[step.id] = step.needs
-            try:
-                for expr in (step.when, step.until, step.expression):
-                    if expr:
-                        expressions.check(expr)
-                for template in (step.value, step.payload, step.call and step.call.model_dump(),
-                                 step.compensate and step.compensate.model_dump()):
-                    expressions.check_template(template)
-            except expressions.ExpressionError as exc:
-                raise ValueError(f"steps.{i}: {exc}") from None
-        try:
-            graphlib.TopologicalSorter(graph).prepare()
-        except graphlib.CycleError as exc:
-            raise ValueError(f"steps form a cycle: {' -> '.join(exc.args[1])}") from None
-        del ids
+        if problem := dag_problem(self.steps):
+            raise ValueError(f"{problem[0]}: {problem[1]}")
         return self
 
     def step(self, step_id: str) -> Step:

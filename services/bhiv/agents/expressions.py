@@ -55,11 +55,25 @@ FUNCTIONS = {
 
 
 def check(expression: str) -> None:
-    """Raise :class:`ExpressionError` if ``expression`` does not parse."""
+    """Raise :class:`ExpressionError` if ``expression`` does not parse or uses what the sandbox forbids.
+
+    simpleeval refuses these when evaluating too; checking up front turns a run
+    that would fail later into a 422 when the definition is stored.
+    """
     try:
-        ast.parse(expression.strip(), mode="eval")
+        tree = ast.parse(expression.strip(), mode="eval")
     except SyntaxError as exc:
         raise ExpressionError(f"invalid expression {expression!r}: {exc.msg}") from None
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in FUNCTIONS:
+            raise ExpressionError(
+                f"invalid expression {expression!r}: {node.func.id}() is not available; "
+                f"functions: {', '.join(sorted(FUNCTIONS))}"
+            )
+        if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
+            raise ExpressionError(f"invalid expression {expression!r}: private attribute {node.attr!r}")
+        if isinstance(node, ast.Lambda | ast.NamedExpr | ast.Await | ast.Yield | ast.YieldFrom):
+            raise ExpressionError(f"invalid expression {expression!r}: {type(node).__name__} is not allowed")
 
 
 def evaluate(expression: str, names: dict[str, Any]) -> Any:

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bhiv.agents.definitions import Name, WorkflowSpec
+from bhiv.agents.definitions import Name, WorkflowSpec, dag_problem
 from bhiv.agents.models import (
     RUN_FINAL,
     RunEvent,
@@ -45,6 +45,8 @@ event_page = page_params({"id": RunEvent.id}, default_sort="id")
              description="Definitions are immutable: posting a name again creates its next version; "
              "runs keep the version they started with.")
 def create_definition(body: WorkflowCreate, session: SessionDep) -> WorkflowRead:
+    if problem := dag_problem(body.steps):
+        raise field_problem(*problem)
     spec = WorkflowSpec(steps=body.steps)
     latest = session.scalar(select(func.max(WorkflowDefinition.version)).where(WorkflowDefinition.name == body.name))
     now = utcnow()
