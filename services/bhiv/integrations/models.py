@@ -17,7 +17,6 @@ from sqlalchemy import (
     JSON,
     Boolean,
     CheckConstraint,
-    Enum,
     Float,
     ForeignKey,
     Index,
@@ -71,10 +70,6 @@ class RunStatus(enum.StrEnum):
     failed = "failed"
 
 
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    return string_enum(cls, name, length=32)
-
-
 class Connection(Timestamps, Base):
     __tablename__ = "connections"
     __table_args__ = (CheckConstraint("timeout_seconds > 0", name="timeout_positive"),)
@@ -83,7 +78,9 @@ class Connection(Timestamps, Base):
     name: Mapped[str] = mapped_column(String(100), unique=True)
     description: Mapped[str | None] = mapped_column(Text)
     base_url: Mapped[str] = mapped_column(String(2048))
-    auth_type: Mapped[AuthType] = mapped_column(_enum(AuthType, "auth_type"), default=AuthType.none)
+    auth_type: Mapped[AuthType] = mapped_column(
+        string_enum(AuthType, "auth_type", length=32), default=AuthType.none
+    )
     api_key_header: Mapped[str | None] = mapped_column(String(100))
     credentials: Mapped[str | None] = mapped_column(Text)  # sealed JSON
     timeout_seconds: Mapped[float] = mapped_column(Float, default=10.0)
@@ -174,7 +171,7 @@ class Delivery(Timestamps, Base):
     subscription_id: Mapped[int] = mapped_column(ForeignKey("subscriptions.id", ondelete="CASCADE"))
     event_id: Mapped[int] = mapped_column(ForeignKey("events.id", ondelete="CASCADE"), index=True)
     status: Mapped[DeliveryStatus] = mapped_column(
-        _enum(DeliveryStatus, "delivery_status"), default=DeliveryStatus.pending
+        string_enum(DeliveryStatus, "delivery_status", length=32), default=DeliveryStatus.pending
     )
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # in the current round; a replay starts a new one
     replays: Mapped[int] = mapped_column(Integer, default=0)
@@ -216,10 +213,11 @@ class SyncJob(Timestamps, Base):
     next_page_path: Mapped[str] = mapped_column(String(200), default="next_cursor")
     page_size_param: Mapped[str | None] = mapped_column(String(100))
     page_size: Mapped[int] = mapped_column(Integer, default=100)
-    target: Mapped[SyncTarget] = mapped_column(_enum(SyncTarget, "sync_target"))
+    target: Mapped[SyncTarget] = mapped_column(string_enum(SyncTarget, "sync_target", length=32))
     field_map: Mapped[dict[str, str]] = mapped_column(JSON)
     conflict_policy: Mapped[ConflictPolicy] = mapped_column(
-        _enum(ConflictPolicy, "conflict_policy"), default=ConflictPolicy.source_wins
+        string_enum(ConflictPolicy, "conflict_policy", length=32),
+        default=ConflictPolicy.source_wins
     )
     interval_seconds: Mapped[int | None] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -238,8 +236,10 @@ class SyncRun(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("sync_jobs.id", ondelete="CASCADE"))
-    trigger: Mapped[RunTrigger] = mapped_column(_enum(RunTrigger, "run_trigger"))
-    status: Mapped[RunStatus] = mapped_column(_enum(RunStatus, "run_status"), default=RunStatus.queued)
+    trigger: Mapped[RunTrigger] = mapped_column(string_enum(RunTrigger, "run_trigger", length=32))
+    status: Mapped[RunStatus] = mapped_column(
+        string_enum(RunStatus, "run_status", length=32), default=RunStatus.queued
+    )
     queued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     started_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

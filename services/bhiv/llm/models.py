@@ -17,7 +17,6 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
-    Enum,
     Float,
     ForeignKey,
     Index,
@@ -29,7 +28,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from bhiv.core.db import UTCDateTime, new_metadata, utcnow
+from bhiv.core.db import Timestamps, UTCDateTime, new_metadata, string_enum, utcnow
 
 
 class Base(DeclarativeBase):
@@ -60,15 +59,6 @@ class Decision(enum.StrEnum):
     blocked = "blocked"
 
 
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    return Enum(cls, name=name, native_enum=False, validate_strings=True, length=20)
-
-
-class Timestamps:
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-
-
 class Provider(Timestamps, Base):
     __tablename__ = "providers"
     __table_args__ = (
@@ -84,7 +74,9 @@ class Provider(Timestamps, Base):
     timeout_seconds: Mapped[float] = mapped_column(Float, default=60.0)
     max_retries: Mapped[int] = mapped_column(Integer, default=2)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    source: Mapped[Source] = mapped_column(_enum(Source, "provider_source"), default=Source.api)
+    source: Mapped[Source] = mapped_column(
+        string_enum(Source, "provider_source"), default=Source.api
+    )
 
 
 class LlmModel(Timestamps, Base):
@@ -105,7 +97,7 @@ class LlmModel(Timestamps, Base):
     tokenizer: Mapped[str] = mapped_column(String(20), default="cl100k_base")
     fallbacks: Mapped[list[str]] = mapped_column(JSON, default=list)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
-    source: Mapped[Source] = mapped_column(_enum(Source, "model_source"), default=Source.api)
+    source: Mapped[Source] = mapped_column(string_enum(Source, "model_source"), default=Source.api)
 
     provider: Mapped[Provider] = relationship(lazy="joined")
 
@@ -199,7 +191,7 @@ class UsageRecord(Base):
     provider: Mapped[str | None] = mapped_column(String(100))
     provider_model: Mapped[str | None] = mapped_column(String(200))
     stream: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[UsageStatus] = mapped_column(_enum(UsageStatus, "usage_status"))
+    status: Mapped[UsageStatus] = mapped_column(string_enum(UsageStatus, "usage_status"))
     prompt_tokens: Mapped[int] = mapped_column(Integer, default=0)
     completion_tokens: Mapped[int] = mapped_column(Integer, default=0)
     total_tokens: Mapped[int] = mapped_column(Integer, default=0)
@@ -219,8 +211,8 @@ class SafetyDecision(Base):
     request_id: Mapped[str | None] = mapped_column(String(128))
     subject: Mapped[str] = mapped_column(String(200))
     tenant: Mapped[str] = mapped_column(String(200))
-    direction: Mapped[Direction] = mapped_column(_enum(Direction, "safety_direction"))
-    decision: Mapped[Decision] = mapped_column(_enum(Decision, "safety_decision"), index=True)
+    direction: Mapped[Direction] = mapped_column(string_enum(Direction, "safety_direction"))
+    decision: Mapped[Decision] = mapped_column(string_enum(Decision, "safety_decision"), index=True)
     policy_action: Mapped[str] = mapped_column(String(10))
     reason: Mapped[str] = mapped_column(String(500))
     score: Mapped[float] = mapped_column(Float)

@@ -8,10 +8,10 @@ import datetime as dt
 import enum
 from decimal import Decimal
 
-from sqlalchemy import CheckConstraint, Enum, ForeignKey, Index, Integer, Numeric, String, Text
+from sqlalchemy import CheckConstraint, ForeignKey, Index, Integer, Numeric, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
-from bhiv.core.db import UTCDateTime, new_metadata, utcnow
+from bhiv.core.db import Timestamps, UTCDateTime, new_metadata, string_enum, utcnow
 from bhiv.core.outbox import Outbox
 
 
@@ -39,16 +39,6 @@ class ShipmentStatus(enum.StrEnum):
     in_transit = "in_transit"
     delivered = "delivered"
     cancelled = "cancelled"
-
-
-def _enum(cls: type[enum.Enum], name: str) -> Enum:
-    # Stored as plain strings with a CHECK, portable across SQLite and PostgreSQL.
-    return Enum(cls, name=name, native_enum=False, validate_strings=True, length=20)
-
-
-class Timestamps:
-    created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
-    updated_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Warehouse(Timestamps, Base):
@@ -118,7 +108,7 @@ class StockMovement(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
-    type: Mapped[MovementType] = mapped_column(_enum(MovementType, "movement_type"))
+    type: Mapped[MovementType] = mapped_column(string_enum(MovementType, "movement_type"))
     quantity: Mapped[int] = mapped_column(Integer)
     on_hand_delta: Mapped[int] = mapped_column(Integer)
     reserved_delta: Mapped[int] = mapped_column(Integer)
@@ -135,7 +125,7 @@ class Shipment(Timestamps, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     reference: Mapped[str | None] = mapped_column(String(100), unique=True)
     status: Mapped[ShipmentStatus] = mapped_column(
-        _enum(ShipmentStatus, "shipment_status"), default=ShipmentStatus.created, index=True
+        string_enum(ShipmentStatus, "shipment_status"), default=ShipmentStatus.created, index=True
     )
     warehouse_id: Mapped[int | None] = mapped_column(ForeignKey("warehouses.id", ondelete="RESTRICT"))
     destination: Mapped[str] = mapped_column(Text)
@@ -168,7 +158,7 @@ class TrackingEvent(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     shipment_id: Mapped[int] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
-    status: Mapped[ShipmentStatus] = mapped_column(_enum(ShipmentStatus, "tracking_status"))
+    status: Mapped[ShipmentStatus] = mapped_column(string_enum(ShipmentStatus, "tracking_status"))
     location: Mapped[str | None] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text)
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
