@@ -26,16 +26,6 @@ def at(text: str) -> dt.datetime:
     return dt.datetime.fromisoformat(text)
 
 
-def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["title"] and body["request_id"]
-    if field is not None:
-        assert field in {e["field"] for e in body["errors"]}, body
-    return body
-
-
 def created(r: httpx.Response) -> dict[str, Any]:
     assert r.status_code == 201, r.text
     return r.json()

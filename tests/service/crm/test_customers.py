@@ -6,7 +6,6 @@ import httpx
 import pytest
 
 from tests.service.crm.helpers import (
-    assert_problem,
     email,
     in_parallel,
     new_customer,
@@ -14,6 +13,7 @@ from tests.service.crm.helpers import (
     total,
     unique,
 )
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 

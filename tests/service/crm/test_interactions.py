@@ -7,7 +7,8 @@ import datetime as dt
 import httpx
 import pytest
 
-from tests.service.crm.helpers import assert_problem, at, created, new_customer, total, unique
+from tests.service.crm.helpers import at, created, new_customer, total, unique
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 

@@ -6,7 +6,6 @@ import pytest
 
 from tests.service.crm.helpers import (
     PIPELINE,
-    assert_problem,
     email,
     in_parallel,
     new_customer,
@@ -15,6 +14,7 @@ from tests.service.crm.helpers import (
     unique,
     won_lead,
 )
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from tests.service.crm.conftest import URGENT_SLA_SECONDS
 from tests.service.crm.helpers import (
-    assert_problem,
     at,
     in_parallel,
     new_customer,
@@ -18,6 +17,7 @@ from tests.service.crm.helpers import (
     total,
     unique,
 )
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 # The documented defaults (docs/crm.md); urgent is shortened by the fixture.

@@ -66,18 +66,6 @@ def admin(server: ServiceProcess) -> httpx.Client:
     return client(server, role="admin", subject="admin")
 
 
-def assert_problem(r: httpx.Response, status: int, field: str | None = None, kind: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["request_id"]
-    if field is not None:
-        assert field in {e["field"] for e in body.get("errors") or []}, body
-    if kind is not None:
-        assert body["type"].endswith("/" + kind), body
-    return body
-
-
 def ask(api: httpx.Client, content: str, model: str = "primary", **extra: object) -> httpx.Response:
     return api.post("/v1/chat/completions",
                     json={"model": model, "messages": [{"role": "user", "content": content}], **extra})

@@ -20,7 +20,6 @@ from tests.service.llm.helpers import (
     SLOW,
     admin,
     ask,
-    assert_problem,
     client,
     keyed,
     registry_env,
@@ -28,6 +27,7 @@ from tests.service.llm.helpers import (
     unique,
 )
 from tests.support.fake_openai import Fail, FakeOpenAI, Reply
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 

@@ -8,11 +8,11 @@ from tests.service.llm.helpers import (
     PRIMARY,
     TINY,
     admin,
-    assert_problem,
     client,
     unique,
 )
 from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 

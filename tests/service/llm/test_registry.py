@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 
 from tests.conftest import run_service
-from tests.service.llm.helpers import admin, ask, assert_problem, client, unique
+from tests.service.llm.helpers import admin, ask, client, unique
 from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 

@@ -11,13 +11,13 @@ from tests.service.llm.helpers import (
     PRIMARY,
     admin,
     ask,
-    assert_problem,
     client,
     keyed,
     sse_events,
     unique,
 )
 from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 CARD = "4111 1111 1111 1111"  # a Luhn-valid test card number

@@ -16,7 +16,6 @@ from tests.service.llm.helpers import (
     PRIMARY,
     admin,
     ask,
-    assert_problem,
     client,
     keyed,
     registry_env,
@@ -24,6 +23,7 @@ from tests.service.llm.helpers import (
     unique,
 )
 from tests.support.fake_openai import FakeOpenAI, Reply
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 
