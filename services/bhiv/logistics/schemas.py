@@ -9,9 +9,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, EmailStr, Field, StringConstraints, model_validator
 
+from bhiv.core.fields import StorableText, UTCTimestamp
 from bhiv.logistics.models import MovementType, ShipmentStatus
 
-Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+# Free text a database can store (no NUL, no lone surrogates: docs in bhiv.core.fields).
+Text = Annotated[str, StorableText]
+Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), StorableText]
 Sku = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 ]
@@ -37,13 +40,13 @@ class _Read(BaseModel):
 class WarehouseCreate(_Model):
     code: Code = Field(description="Short unique code.", examples=["BLR-1"])
     name: Text200 = Field(description="Display name.", examples=["Bengaluru central"])
-    address: str | None = Field(None, max_length=2000, description="Postal address.", examples=["12 MG Road"])
+    address: Text | None = Field(None, max_length=2000, description="Postal address.", examples=["12 MG Road"])
 
 
 class WarehouseUpdate(_Model):
     code: Code | None = Field(None, description="Short unique code.", examples=["BLR-1"])
     name: Text200 | None = Field(None, description="Display name.", examples=["Bengaluru central"])
-    address: str | None = Field(None, max_length=2000, description="Postal address.", examples=["12 MG Road"])
+    address: Text | None = Field(None, max_length=2000, description="Postal address.", examples=["12 MG Road"])
 
 
 class WarehouseRead(_Read):
@@ -60,9 +63,9 @@ class WarehouseRead(_Read):
 
 class SupplierCreate(_Model):
     name: Text200 = Field(description="Unique supplier name.", examples=["Acme Components"])
-    contact_name: str | None = Field(None, max_length=200, description="Person to talk to.", examples=["Asha Rao"])
+    contact_name: Text | None = Field(None, max_length=200, description="Person to talk to.", examples=["Asha Rao"])
     email: EmailStr | None = Field(None, description="Contact email.", examples=["orders@acme.example"])
-    phone: str | None = Field(None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"])
+    phone: Text | None = Field(None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"])
     rating: Decimal = Field(
         Decimal("0"), ge=0, le=5, max_digits=2, decimal_places=1, description="Quality rating, 0-5.", examples=["4.5"]
     )
@@ -71,9 +74,9 @@ class SupplierCreate(_Model):
 
 class SupplierUpdate(_Model):
     name: Text200 | None = Field(None, description="Unique supplier name.", examples=["Acme Components"])
-    contact_name: str | None = Field(None, max_length=200, description="Person to talk to.", examples=["Asha Rao"])
+    contact_name: Text | None = Field(None, max_length=200, description="Person to talk to.", examples=["Asha Rao"])
     email: EmailStr | None = Field(None, description="Contact email.", examples=["orders@acme.example"])
-    phone: str | None = Field(None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"])
+    phone: Text | None = Field(None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"])
     rating: Decimal | None = Field(
         None, ge=0, le=5, max_digits=2, decimal_places=1, description="Quality rating, 0-5.", examples=["4.5"]
     )
@@ -98,8 +101,8 @@ class SupplierRead(_Read):
 class ItemCreate(_Model):
     sku: Sku = Field(description="Unique stock-keeping unit.", examples=["WIDGET-001"])
     name: Text200 = Field(description="Item name.", examples=["Steel widget"])
-    description: str | None = Field(None, max_length=5000, description="Free text.", examples=["M6, zinc plated"])
-    category: str | None = Field(None, max_length=100, description="Category for reports.", examples=["hardware"])
+    description: Text | None = Field(None, max_length=5000, description="Free text.", examples=["M6, zinc plated"])
+    category: Text | None = Field(None, max_length=100, description="Category for reports.", examples=["hardware"])
     warehouse_id: RowId | None = Field(None, description="Where it is stored.", examples=[1])
     supplier_id: RowId | None = Field(None, description="Who supplies it.", examples=[1])
     quantity: Count = Field(
@@ -113,8 +116,8 @@ class ItemUpdate(_Model):
     """Stock levels are not editable here: post a movement to the ledger instead."""
 
     name: Text200 | None = Field(None, description="Item name.", examples=["Steel widget"])
-    description: str | None = Field(None, max_length=5000, description="Free text.", examples=["M6, zinc plated"])
-    category: str | None = Field(None, max_length=100, description="Category for reports.", examples=["hardware"])
+    description: Text | None = Field(None, max_length=5000, description="Free text.", examples=["M6, zinc plated"])
+    category: Text | None = Field(None, max_length=100, description="Category for reports.", examples=["hardware"])
     warehouse_id: RowId | None = Field(None, description="Where it is stored.", examples=[1])
     supplier_id: RowId | None = Field(None, description="Who supplies it.", examples=[1])
     reorder_level: Count | None = Field(None, description="Alert when available stock falls to this.", examples=[20])
@@ -151,8 +154,8 @@ class MovementCreate(_Model):
         description="Units; positive, except an adjustment which may be negative. Never 0.",
         examples=[5],
     )
-    reference: str | None = Field(None, max_length=100, description="Your order or document number.", examples=["SO-1001"])
-    note: str | None = Field(None, max_length=2000, description="Why.", examples=["cycle count"])
+    reference: Text | None = Field(None, max_length=100, description="Your order or document number.", examples=["SO-1001"])
+    note: Text | None = Field(None, max_length=2000, description="Why.", examples=["cycle count"])
 
     @model_validator(mode="after")
     def _sign(self) -> MovementCreate:
@@ -198,11 +201,11 @@ class ShipmentLineIn(_Model):
 
 
 class ShipmentCreate(_Model):
-    reference: str | None = Field(None, max_length=100, description="Your unique order number.", examples=["SO-1001"])
+    reference: Text | None = Field(None, max_length=100, description="Your unique order number.", examples=["SO-1001"])
     warehouse_id: RowId | None = Field(None, description="Origin warehouse.", examples=[1])
-    destination: str = Field(min_length=1, max_length=2000, description="Delivery address.", examples=["5 Park St, Kolkata"])
-    carrier: str | None = Field(None, max_length=100, description="Carrier name.", examples=["BlueDart"])
-    tracking_number: str | None = Field(None, max_length=100, description="Carrier's tracking number.", examples=["BD123"])
+    destination: Text = Field(min_length=1, max_length=2000, description="Delivery address.", examples=["5 Park St, Kolkata"])
+    carrier: Text | None = Field(None, max_length=100, description="Carrier name.", examples=["BlueDart"])
+    tracking_number: Text | None = Field(None, max_length=100, description="Carrier's tracking number.", examples=["BD123"])
     lines: list[ShipmentLineIn] = Field(min_length=1, max_length=200, description="What to ship (distinct SKUs).")
 
     @model_validator(mode="after")
@@ -234,14 +237,16 @@ class ShipmentRead(_Read):
 
 class TransitionCreate(_Model):
     status: ShipmentStatus = Field(description="The next status.", examples=["picked"])
-    location: str | None = Field(None, max_length=200, description="Where it happened.", examples=["Bengaluru hub"])
-    note: str | None = Field(None, max_length=2000, description="Recorded on the tracking event.", examples=["Packed"])
+    location: Text | None = Field(None, max_length=200, description="Where it happened.", examples=["Bengaluru hub"])
+    note: Text | None = Field(None, max_length=2000, description="Recorded on the tracking event.", examples=["Packed"])
 
 
 class TrackingEventCreate(_Model):
-    location: str | None = Field(None, max_length=200, description="Where the shipment is.", examples=["Pune hub"])
-    description: str = Field(min_length=1, max_length=2000, description="What happened.", examples=["Arrived at hub"])
-    occurred_at: dt.datetime | None = Field(None, description="When (default: now). Must include a timezone.")
+    location: Text | None = Field(None, max_length=200, description="Where the shipment is.", examples=["Pune hub"])
+    description: Text = Field(min_length=1, max_length=2000, description="What happened.", examples=["Arrived at hub"])
+    occurred_at: UTCTimestamp | None = Field(
+        None, description="When (default: now). Must include a timezone (UTC offset)."
+    )
 
 
 class TrackingEventRead(_Read):

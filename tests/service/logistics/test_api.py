@@ -9,6 +9,7 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 
@@ -21,16 +22,6 @@ def new_item(api: httpx.Client, **fields: object) -> dict:
     r = api.post("/inventory", json=body)
     assert r.status_code == 201, r.text
     return r.json()
-
-
-def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    assert r.headers["content-type"].startswith("application/problem+json")
-    body = r.json()
-    assert body["status"] == status and body["title"] and body["request_id"]
-    if field is not None:
-        assert field in {e["field"] for e in body["errors"]}, body
-    return body
 
 
 def ledger_sum(api: httpx.Client, item_id: int) -> tuple[int, int]:
@@ -300,3 +291,70 @@ class TestAlertsAndAnalytics:
         group = next(g for g in report["by_category"] if g["key"] == category)
         assert (group["items"], group["units"], Decimal(group["value"])) == (2, 5, Decimal("20.00"))
         assert Decimal(report["inventory_value"]) >= Decimal("20.00")
+
+
+class TestUnstorableInput:
+    """Values pydantic accepts but a database refuses (a NUL in text, which
+    PostgreSQL cannot store; a lone surrogate, which no driver can encode; a
+    timestamp that overflows once converted to UTC) are 422s naming the field,
+    never 500s, and change nothing."""
+
+    @pytest.mark.parametrize(
+        "params, field",
+        [({"q": "wid\x00get"}, "q"), ({"category": "hard\x00ware"}, "category")],
+    )
+    def test_search_with_a_nul_is_422(self, logistics: ServiceProcess, params: dict, field: str) -> None:
+        assert_problem(logistics.client().get("/inventory", params=params), 422, field)
+
+    @pytest.mark.parametrize(
+        "path, body, field",
+        [
+            ("/inventory", {"name": "Wid\x00get"}, "name"),
+            ("/inventory", {"name": "Widget", "description": "M6\x00"}, "description"),
+            ("/suppliers", {"name": "Acme\x00"}, "name"),
+            ("/warehouses", {"code": "W1", "name": "Central", "address": "12\x00 MG Road"}, "address"),
+        ],
+    )
+    def test_text_with_a_nul_is_422(self, logistics: ServiceProcess, path: str, body: dict, field: str) -> None:
+        api = logistics.client()
+        if path == "/inventory":
+            body = {"sku": sku(), **body}
+        if path == "/warehouses":
+            body = {**body, "code": sku()[:32]}
+        assert_problem(api.post(path, json=body), 422, field)
+
+    def test_a_lone_surrogate_is_422(self, logistics: ServiceProcess) -> None:
+        body = b'{"sku": "%s", "name": "Wid\\ud800get"}' % sku().encode()
+        r = logistics.client().post("/inventory", content=body, headers={"content-type": "application/json"})
+        assert_problem(r, 422, "name")
+
+    @pytest.mark.parametrize(
+        "body, field",
+        [
+            ({"description": "Arrived", "occurred_at": "0001-01-01T00:00:00+05:30"}, "occurred_at"),
+            ({"description": "Arrived", "occurred_at": "9999-12-31T23:59:59-05:00"}, "occurred_at"),
+            ({"description": "Arrived", "occurred_at": "2026-01-01T10:00:00"}, "occurred_at"),
+            ({"description": "Arrived\x00"}, "description"),
+            ({"description": "Arrived", "location": "Pune\x00"}, "location"),
+        ],
+    )
+    def test_tracking_event_out_of_range_or_unstorable_is_422(
+        self, logistics: ServiceProcess, body: dict, field: str
+    ) -> None:
+        api = logistics.client()
+        widget = new_item(api, quantity=5)
+        r = api.post("/shipments", json={"destination": "Goa", "lines": [{"sku": widget["sku"], "quantity": 1}]})
+        assert r.status_code == 201, r.text
+        shipment_id = r.json()["id"]
+        assert_problem(api.post(f"/shipments/{shipment_id}/events", json=body), 422, field)
+        events = api.get(f"/shipments/{shipment_id}/events").json()
+        assert [e["description"] for e in events] == ["Shipment created"]
+
+    def test_shipment_and_movement_text_with_a_nul_is_422(self, logistics: ServiceProcess) -> None:
+        api = logistics.client()
+        widget = new_item(api, quantity=5)
+        r = api.post("/shipments", json={"destination": "Goa\x00", "lines": [{"sku": widget["sku"], "quantity": 1}]})
+        assert_problem(r, 422, "destination")
+        r = api.post(f"/inventory/{widget['id']}/movements", json={"type": "receipt", "quantity": 1, "note": "\x00"})
+        assert_problem(r, 422, "note")
+        assert api.get(f"/inventory/{widget['id']}").json()["quantity"] == 5

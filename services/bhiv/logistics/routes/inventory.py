@@ -8,12 +8,28 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
-from bhiv.core import Identity, Page, PageParams, current_identity, get_session, page_params, paginate
+from bhiv.core import (
+    Identity,
+    Page,
+    PageParams,
+    current_identity,
+    get_session,
+    page_params,
+    paginate,
+)
 from bhiv.core.crud import apply_patch, get_or_404, require_reference, unique_as_conflict
 from bhiv.core.errors import conflict, not_found
+from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
 from bhiv.logistics import stock
-from bhiv.logistics.models import Item, MovementType, ShipmentLine, StockMovement, Supplier, Warehouse
+from bhiv.logistics.models import (
+    Item,
+    MovementType,
+    ShipmentLine,
+    StockMovement,
+    Supplier,
+    Warehouse,
+)
 from bhiv.logistics.schemas import (
     ItemCreate,
     ItemRead,
@@ -56,8 +72,12 @@ def _fresh(session: Session, item_id: int) -> Item:
 def list_items(
     session: SessionDep,
     params: Annotated[PageParams, Depends(item_page)],
-    q: Annotated[str | None, Query(max_length=200, description="Search SKU, name and description.")] = None,
-    category: Annotated[str | None, Query(max_length=100, description="Exact category.")] = None,
+    q: Annotated[
+        Annotated[str, StorableText] | None, Query(max_length=200, description="Search SKU, name and description.")
+    ] = None,
+    category: Annotated[
+        Annotated[str, StorableText] | None, Query(max_length=100, description="Exact category.")
+    ] = None,
     warehouse_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     supplier_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     low_stock: Annotated[bool | None, Query(description="Only items at (or above) their reorder level.")] = None,

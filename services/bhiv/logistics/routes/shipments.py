@@ -3,18 +3,37 @@ when cancelled; a state machine guards the order of events."""
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from bhiv.core import Identity, Page, PageParams, current_identity, get_session, page_params, paginate, utcnow
+from bhiv.core import (
+    Identity,
+    Page,
+    PageParams,
+    current_identity,
+    get_session,
+    page_params,
+    paginate,
+    utcnow,
+)
 from bhiv.core.crud import get_or_404, require_reference, unique_as_conflict
 from bhiv.core.errors import Problem, field_problem
+from bhiv.core.fields import StorableText
+from bhiv.core.workflow import Workflow
 from bhiv.logistics import stock
-from bhiv.logistics.models import OUTBOX, Item, MovementType, Shipment, ShipmentLine, ShipmentStatus, TrackingEvent, Warehouse
+from bhiv.logistics.models import (
+    OUTBOX,
+    Item,
+    MovementType,
+    Shipment,
+    ShipmentLine,
+    ShipmentStatus,
+    TrackingEvent,
+    Warehouse,
+)
 from bhiv.logistics.schemas import (
     ShipmentCreate,
     ShipmentRead,
@@ -28,14 +47,18 @@ ShipmentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Shipment ID.")
 SessionDep = Annotated[Session, Depends(get_session)]
 
 S = ShipmentStatus
-TRANSITIONS: dict[ShipmentStatus, frozenset[ShipmentStatus]] = {
-    S.created: frozenset({S.picked, S.cancelled}),
-    S.picked: frozenset({S.shipped, S.cancelled}),
-    S.shipped: frozenset({S.in_transit}),
-    S.in_transit: frozenset({S.delivered}),
-    S.delivered: frozenset(),
-    S.cancelled: frozenset(),
-}
+SHIPMENT_WORKFLOW: Workflow[ShipmentStatus] = Workflow(
+    "Shipment",
+    {
+        S.created: {S.picked, S.cancelled},
+        S.picked: {S.shipped, S.cancelled},
+        S.shipped: {S.in_transit},
+        S.in_transit: {S.delivered},
+        S.delivered: set(),
+        S.cancelled: set(),
+    },
+)
+TRANSITIONS = SHIPMENT_WORKFLOW.transitions
 
 shipment_page = page_params(
     {"id": Shipment.id, "status": Shipment.status, "created_at": Shipment.created_at, "updated_at": Shipment.updated_at},
@@ -49,7 +72,7 @@ def list_shipments(
     params: Annotated[PageParams, Depends(shipment_page)],
     status_: Annotated[ShipmentStatus | None, Query(alias="status", description="Only this status.")] = None,
     warehouse_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    reference: Annotated[str | None, Query(max_length=100)] = None,
+    reference: Annotated[Annotated[str, StorableText] | None, Query(max_length=100)] = None,
 ) -> Page[ShipmentRead]:
     stmt = select(Shipment)
     if status_ is not None:
@@ -122,16 +145,7 @@ def transition(
     identity: Identity = Depends(current_identity),
 ) -> ShipmentRead:
     shipment = get_or_404(session, Shipment, shipment_id)
-    allowed = TRANSITIONS[shipment.status]
-    if body.status not in allowed:
-        names = ", ".join(sorted(s.value for s in allowed)) or "none (final status)"
-        raise Problem(
-            409,
-            f"Shipment {shipment_id} is {shipment.status.value}; it cannot become {body.status.value}. "
-            f"Allowed next: {names}.",
-            kind="illegal-transition",
-            extra={"current": shipment.status.value, "allowed": sorted(s.value for s in allowed)},
-        )
+    SHIPMENT_WORKFLOW.check(shipment_id, shipment.status, body.status)
     # Claim the transition first: the guarded UPDATE takes the row lock, so a
     # concurrent transition of the same shipment waits and then matches nothing.
     updated = session.execute(
@@ -213,15 +227,13 @@ def add_event(
     shipment = get_or_404(session, Shipment, shipment_id)
     if shipment.status in (S.cancelled, S.delivered):
         raise Problem(409, f"Shipment {shipment_id} is {shipment.status.value}; it takes no more events.", kind="conflict")
-    occurred = body.occurred_at or utcnow()
-    if occurred.tzinfo is None:
-        raise field_problem("occurred_at", "must include a timezone, e.g. 2026-01-01T10:00:00Z")
     event = TrackingEvent(
         shipment_id=shipment_id,
         status=shipment.status,
         location=body.location,
         description=body.description,
-        occurred_at=occurred.astimezone(dt.UTC),
+        # UTCTimestamp: already aware, in UTC and in range.
+        occurred_at=body.occurred_at or utcnow(),
         actor=identity.subject,
     )
     session.add(event)
