@@ -4,12 +4,13 @@ retry schedules so retries, dead-letters and schedules happen within a test."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
 from tests.conftest import run_service
 from tests.service.integrations.peers import Receiver, receiver
-from tests.support.servers import ServiceProcess
+from tests.support.servers import ServiceProcess, service_process
 
 CREDENTIALS_KEY = "integrations-test-key-not-a-real-secret"
 
@@ -35,3 +36,27 @@ def hooks() -> Iterator[Receiver]:
 @pytest.fixture(scope="module")
 def integrations(backend: str, request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
     yield from run_service("integrations", backend, request, **FAST)
+
+
+@contextmanager
+def publishing(name: str, backend: str, request: pytest.FixtureRequest) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+    """The integrations service and service ``name``, whose outbox relay points at it."""
+
+    def database() -> str | None:
+        return request.getfixturevalue("postgres").create_database() if backend == "postgres" else None
+
+    tmp = request.getfixturevalue("tmp_path_factory")
+    integrations = service_process("integrations", tmp.mktemp("int"), database(), **FAST)
+    publisher = service_process(
+        name, tmp.mktemp(name), database(),
+        BHIV_INTEGRATIONS_URL=integrations.url, BHIV_OUTBOX_RELAY_INTERVAL="0.2",
+    )
+    integrations.start()
+    try:
+        publisher.start()
+        try:
+            yield integrations, publisher
+        finally:
+            publisher.stop()
+    finally:
+        integrations.stop()

@@ -11,10 +11,10 @@ from dataclasses import dataclass
 import pytest
 
 from tests.service.crm.helpers import email, won_lead
-from tests.service.integrations.conftest import FAST
+from tests.service.integrations.conftest import publishing
 from tests.service.integrations.helpers import new_subscription, unique
 from tests.service.integrations.peers import Receiver, wait_until
-from tests.support.servers import ServiceProcess, service_process
+from tests.support.servers import ServiceProcess
 
 
 @dataclass
@@ -25,24 +25,8 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform(backend: str, request: pytest.FixtureRequest) -> Iterator[Platform]:
-    def database() -> str | None:
-        return request.getfixturevalue("postgres").create_database() if backend == "postgres" else None
-
-    tmp = request.getfixturevalue("tmp_path_factory")
-    integrations = service_process("integrations", tmp.mktemp("int"), database(), **FAST)
-    crm = service_process(
-        "crm", tmp.mktemp("crm"), database(),
-        BHIV_INTEGRATIONS_URL=integrations.url, BHIV_OUTBOX_RELAY_INTERVAL="0.2",
-    )
-    integrations.start()
-    try:
-        crm.start()
-        try:
-            yield Platform(integrations, crm)
-        finally:
-            crm.stop()
-    finally:
-        integrations.stop()
+    with publishing("crm", backend, request) as (integrations, crm):
+        yield Platform(integrations, crm)
 
 
 def test_converting_a_lead_publishes_lead_converted_once(platform: Platform, hooks: Receiver) -> None:

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from tests.service.integrations.conftest import FAST
+from tests.service.integrations.conftest import publishing
 from tests.service.integrations.helpers import created, new_subscription, unique
 from tests.service.integrations.peers import Receiver, wait_until
-from tests.support.servers import ServiceProcess, service_process
+from tests.support.servers import ServiceProcess
 
 
 @dataclass
@@ -24,24 +24,8 @@ class Platform:
 
 @pytest.fixture(scope="module")
 def platform(backend: str, request: pytest.FixtureRequest) -> Iterator[Platform]:
-    def database() -> str | None:
-        return request.getfixturevalue("postgres").create_database() if backend == "postgres" else None
-
-    tmp = request.getfixturevalue("tmp_path_factory")
-    integrations = service_process("integrations", tmp.mktemp("int"), database(), **FAST)
-    logistics = service_process(
-        "logistics", tmp.mktemp("log"), database(),
-        BHIV_INTEGRATIONS_URL=integrations.url, BHIV_OUTBOX_RELAY_INTERVAL="0.2",
-    )
-    integrations.start()
-    try:
-        logistics.start()
-        try:
-            yield Platform(integrations, logistics)
-        finally:
-            logistics.stop()
-    finally:
-        integrations.stop()
+    with publishing("logistics", backend, request) as (integrations, logistics):
+        yield Platform(integrations, logistics)
 
 
 def item(api: httpx.Client, **fields: object) -> dict:
