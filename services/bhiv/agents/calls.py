@@ -75,11 +75,17 @@ class Caller:
             response = await client.request(method, path, **kwargs)
         except UpstreamError as exc:
             r = exc.response
-            raise CallFailed(f"{service} answered {r.status_code}: {_detail(r)}", retryable=True, status=r.status_code) from None
+            raise CallFailed(
+                f"{service} answered {r.status_code}: {_detail(r)}",
+                retryable=True,
+                status=r.status_code,
+            ) from None
         except UpstreamUnavailable as exc:
             raise CallFailed(str(exc), retryable=True) from None
         except httpx.HTTPError as exc:
-            raise CallFailed(f"{service} unreachable: {type(exc).__name__}", retryable=True) from None
+            raise CallFailed(
+                f"{service} unreachable: {type(exc).__name__}", retryable=True
+            ) from None
         if response.status_code >= 400:
             raise CallFailed(
                 f"{service} answered {response.status_code}: {_detail(response)}",

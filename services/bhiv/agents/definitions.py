@@ -33,15 +33,20 @@ class _Spec(BaseModel):
 class RetryPolicy(_Spec):
     max_attempts: int = Field(1, ge=1, le=20, description="Attempts in all, the first included.")
     initial_seconds: float = Field(1.0, gt=0, le=3600, description="Wait after the first failure.")
-    backoff_coefficient: float = Field(2.0, ge=1, le=10, description="Each wait is this many times the previous.")
+    backoff_coefficient: float = Field(
+        2.0, ge=1, le=10, description="Each wait is this many times the previous."
+    )
     max_seconds: float = Field(60.0, gt=0, le=86_400, description="Longest wait between attempts.")
 
 
 class ServiceCall(_Spec):
     service: ServiceName = Field(description="The BHIV service to call.", examples=["logistics"])
     method: Method = Field("POST", examples=["POST"])
-    path: Annotated[str, StringConstraints(pattern=r"^/[^\r\n]*$", max_length=500), StorableText] = Field(
-        description="Path on the service; may hold {{ expressions }}.", examples=["/shipments/{{ steps.shipment.output.id }}"]
+    path: Annotated[
+        str, StringConstraints(pattern=r"^/[^\r\n]*$", max_length=500), StorableText
+    ] = Field(
+        description="Path on the service; may hold {{ expressions }}.",
+        examples=["/shipments/{{ steps.shipment.output.id }}"],
     )
     params: dict[str, Any] | None = Field(None, description="Query parameters (a template).")
     body: Any = Field(None, description="JSON body (a template).")
@@ -50,9 +55,15 @@ class ServiceCall(_Spec):
 class Step(_Spec):
     id: StepId = Field(description="Unique within the workflow.", examples=["shipment"])
     type: Literal["service", "agent", "condition", "set", "wait"] = Field(examples=["service"])
-    needs: list[StepId] = Field(default_factory=list, max_length=50, description="Steps that must finish first.")
-    when: Expr | None = Field(None, description="Run only if this expression is true; otherwise skipped.")
-    timeout_seconds: float = Field(30.0, gt=0, le=86_400, description="Per attempt (agent steps: the whole task).")
+    needs: list[StepId] = Field(
+        default_factory=list, max_length=50, description="Steps that must finish first."
+    )
+    when: Expr | None = Field(
+        None, description="Run only if this expression is true; otherwise skipped."
+    )
+    timeout_seconds: float = Field(
+        30.0, gt=0, le=86_400, description="Per attempt (agent steps: the whole task)."
+    )
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     on_error: Literal["fail", "continue", "compensate"] = Field(
         "fail",
@@ -62,10 +73,13 @@ class Step(_Spec):
     # service
     call: ServiceCall | None = Field(None, description="type=service: the call.")
     until: Expr | None = Field(
-        None, description="type=service: poll (every poll_seconds, within timeout) until this is true of `response`."
+        None,
+        description="type=service: poll (every poll_seconds, within timeout) until this is true of `response`.",
     )
     poll_seconds: float = Field(1.0, gt=0, le=3600)
-    compensate: ServiceCall | None = Field(None, description="Undo this step (saga); may refer to its own output.")
+    compensate: ServiceCall | None = Field(
+        None, description="Undo this step (saga); may refer to its own output."
+    )
     # agent
     capability: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,99}$")] | None = None
     payload: Any = Field(None, description="type=agent: the task payload (a template).")
@@ -73,7 +87,8 @@ class Step(_Spec):
     # condition / set
     expression: Expr | None = Field(None, description="type=condition: the boolean output.")
     fail_message: Annotated[str, StringConstraints(max_length=500), StorableText] | None = Field(
-        None, description="type=condition: fail the step (not retried) with this message when the expression is false."
+        None,
+        description="type=condition: fail the step (not retried) with this message when the expression is false.",
     )
     value: Any = Field(None, description="type=set: the output (a template).")
     # wait
@@ -81,7 +96,12 @@ class Step(_Spec):
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Step:
-        required = {"service": "call", "agent": "capability", "condition": "expression", "wait": "seconds"}
+        required = {
+            "service": "call",
+            "agent": "capability",
+            "condition": "expression",
+            "wait": "seconds",
+        }
         need = required.get(self.type)
         if need and getattr(self, need) is None:
             raise ValueError(f"a {self.type} step needs `{need}`")
@@ -104,8 +124,11 @@ def dag_problem(steps: list[Step]) -> tuple[str, str] | None:
                 return f"steps.{i}.needs", f"unknown step {dep!r}"
         graph[step.id] = step.needs
         checks: list[tuple[str, Any, bool]] = [
-            ("when", step.when, False), ("until", step.until, False), ("expression", step.expression, False),
-            ("value", step.value, True), ("payload", step.payload, True),
+            ("when", step.when, False),
+            ("until", step.until, False),
+            ("expression", step.expression, False),
+            ("value", step.value, True),
+            ("payload", step.payload, True),
             ("call", step.call and step.call.model_dump(), True),
             ("compensate", step.compensate and step.compensate.model_dump(), True),
         ]

@@ -48,8 +48,15 @@ from bhiv.core.db import Database, utcnow
 
 log = logging.getLogger("bhiv.agents.engine")
 
-DONE = frozenset({StepStatus.succeeded, StepStatus.failed, StepStatus.skipped,
-                  StepStatus.compensated, StepStatus.compensation_failed})
+DONE = frozenset(
+    {
+        StepStatus.succeeded,
+        StepStatus.failed,
+        StepStatus.skipped,
+        StepStatus.compensated,
+        StepStatus.compensation_failed,
+    }
+)
 
 
 def satisfied(step_status: StepStatus, spec_step: Step) -> bool:
@@ -60,7 +67,13 @@ def satisfied(step_status: StepStatus, spec_step: Step) -> bool:
 
 
 class Snapshot:
-    def __init__(self, run: WorkflowRun, spec: WorkflowSpec, steps: dict[str, StepRun], tasks: dict[int, Task]):
+    def __init__(
+        self,
+        run: WorkflowRun,
+        spec: WorkflowSpec,
+        steps: dict[str, StepRun],
+        tasks: dict[int, Task],
+    ):
         self.run = run
         self.spec = spec
         self.steps = steps
@@ -144,21 +157,32 @@ class Engine:
         active = (RunStatus.running, RunStatus.compensating)
         with self.db.session() as s:
             ids = s.scalars(
-                select(WorkflowRun.id).where(
+                select(WorkflowRun.id)
+                .where(
                     WorkflowRun.status.in_(active),
-                    or_(WorkflowRun.lease_owner == self.owner, WorkflowRun.lease_expires_at.is_(None),
-                        WorkflowRun.lease_expires_at < now),
-                ).order_by(WorkflowRun.id).limit(100)
+                    or_(
+                        WorkflowRun.lease_owner == self.owner,
+                        WorkflowRun.lease_expires_at.is_(None),
+                        WorkflowRun.lease_expires_at < now,
+                    ),
+                )
+                .order_by(WorkflowRun.id)
+                .limit(100)
             ).all()
             won = []
             for run_id in ids:
                 result = s.execute(
-                    update(WorkflowRun).where(
+                    update(WorkflowRun)
+                    .where(
                         WorkflowRun.id == run_id,
                         WorkflowRun.status.in_(active),
-                        or_(WorkflowRun.lease_owner == self.owner, WorkflowRun.lease_expires_at.is_(None),
-                            WorkflowRun.lease_expires_at < now),
-                    ).values(lease_owner=self.owner, lease_expires_at=until)
+                        or_(
+                            WorkflowRun.lease_owner == self.owner,
+                            WorkflowRun.lease_expires_at.is_(None),
+                            WorkflowRun.lease_expires_at < now,
+                        ),
+                    )
+                    .values(lease_owner=self.owner, lease_expires_at=until)
                 )
                 if result.rowcount == 1:
                     won.append(run_id)
@@ -168,7 +192,8 @@ class Engine:
     def _release(self) -> None:
         with self.db.session() as s:
             s.execute(
-                update(WorkflowRun).where(WorkflowRun.lease_owner == self.owner)
+                update(WorkflowRun)
+                .where(WorkflowRun.lease_owner == self.owner)
                 .values(lease_owner=None, lease_expires_at=None)
             )
             s.commit()
@@ -202,7 +227,9 @@ class Engine:
     async def _perform(self, a: queue.Assignment) -> Any:
         payload, config = a.payload, a.config
         if a.kind == "llm":
-            messages = payload.get("messages") or [{"role": "user", "content": str(payload.get("prompt", ""))}]
+            messages = payload.get("messages") or [
+                {"role": "user", "content": str(payload.get("prompt", ""))}
+            ]
             if config.get("system"):
                 messages = [{"role": "system", "content": config["system"]}, *messages]
             body: dict[str, Any] = {"messages": messages}
@@ -212,7 +239,9 @@ class Engine:
             for key in ("temperature", "max_tokens"):
                 if key in payload:
                     body[key] = payload[key]
-            answer = await self.caller.service("llm-query", "POST", "/v1/chat/completions", body=body)
+            answer = await self.caller.service(
+                "llm-query", "POST", "/v1/chat/completions", body=body
+            )
             choice = (answer or {}).get("choices", [{}])[0]
             return {
                 "content": choice.get("message", {}).get("content"),
@@ -224,7 +253,9 @@ class Engine:
             return await self.caller.url(config["url"], payload)
         if a.kind == "service":
             return await self.caller.service(
-                config["service"], config.get("method", "POST"), config["path"],
+                config["service"],
+                config.get("method", "POST"),
+                config["path"],
                 body=payload if config.get("method", "POST") not in ("GET", "DELETE") else None,
                 params=payload if config.get("method") == "GET" else None,
             )
@@ -248,9 +279,15 @@ class Engine:
             definition = s.get(WorkflowDefinition, run.definition_id)
             assert definition is not None
             spec = WorkflowSpec.model_validate({"steps": definition.spec["steps"]})
-            steps = {r.step_id: r for r in s.scalars(select(StepRun).where(StepRun.run_id == run_id))}
+            steps = {
+                r.step_id: r for r in s.scalars(select(StepRun).where(StepRun.run_id == run_id))
+            }
             task_ids = [r.task_id for r in steps.values() if r.task_id is not None]
-            tasks = {t.id: t for t in s.scalars(select(Task).where(Task.id.in_(task_ids)))} if task_ids else {}
+            tasks = (
+                {t.id: t for t in s.scalars(select(Task).where(Task.id.in_(task_ids)))}
+                if task_ids
+                else {}
+            )
             return Snapshot(run, spec, steps, tasks)
 
     async def advance(self, run_id: int) -> None:
@@ -269,8 +306,12 @@ class Engine:
             if status in DONE:
                 continue
             deps = [snap.steps.get(d) for d in step.needs]
-            if not all(d is not None and d.status in DONE and satisfied(d.status, snap.spec.step(d.step_id))
-                       for d in deps):
+            if not all(
+                d is not None
+                and d.status in DONE
+                and satisfied(d.status, snap.spec.step(d.step_id))
+                for d in deps
+            ):
                 continue
             if row is not None and status == StepStatus.pending and row.due_at and row.due_at > now:
                 continue  # waiting for its retry
@@ -280,7 +321,9 @@ class Engine:
                         await self._db(self._succeed, run_id, step.id, None)
                     continue
                 if step.type == "agent":
-                    await self._check_agent_step(run_id, step, row, snap.tasks.get(row.task_id or 0), now)
+                    await self._check_agent_step(
+                        run_id, step, row, snap.tasks.get(row.task_id or 0), now
+                    )
                     continue
                 # Any other running step was in flight when its pass stopped: run it again.
             work.append(self._run_step(run_id, step, names))
@@ -305,9 +348,13 @@ class Engine:
         if not started or step.type in ("wait", "agent"):
             return
         try:
-            output = await asyncio.wait_for(self._perform_step(step, prepared, names), step.timeout_seconds)
+            output = await asyncio.wait_for(
+                self._perform_step(step, prepared, names), step.timeout_seconds
+            )
         except TimeoutError:
-            await self._db(self._fail, run_id, step, f"timed out after {step.timeout_seconds:g} s", True)
+            await self._db(
+                self._fail, run_id, step, f"timed out after {step.timeout_seconds:g} s", True
+            )
         except CallFailed as exc:
             await self._db(self._fail, run_id, step, str(exc), exc.retryable)
         except expressions.ExpressionError as exc:
@@ -340,37 +387,70 @@ class Engine:
         call = prepared
         while True:
             response = await self.caller.service(
-                call["service"], call["method"], str(call["path"]), params=call["params"], body=call["body"]
+                call["service"],
+                call["method"],
+                str(call["path"]),
+                params=call["params"],
+                body=call["body"],
             )
-            if step.until is None or expressions.evaluate(step.until, {**names, "response": response}):
+            if step.until is None or expressions.evaluate(
+                step.until, {**names, "response": response}
+            ):
                 return response
             await asyncio.sleep(step.poll_seconds)  # bounded by the step's timeout
 
-    async def _check_agent_step(self, run_id: int, step: Step, row: StepRun, task: Task | None, now: dt.datetime) -> None:
+    async def _check_agent_step(
+        self, run_id: int, step: Step, row: StepRun, task: Task | None, now: dt.datetime
+    ) -> None:
         if task is None:
             await self._db(self._fail, run_id, step, "its task no longer exists", False, True)
         elif task.status == TaskStatus.succeeded:
             await self._db(self._succeed, run_id, step.id, task.result)
         elif task.status in (TaskStatus.failed, TaskStatus.cancelled):
-            await self._db(self._fail, run_id, step, f"task {task.id} {task.status.value}: {task.error or ''}".strip(), False, True)
+            await self._db(
+                self._fail,
+                run_id,
+                step,
+                f"task {task.id} {task.status.value}: {task.error or ''}".strip(),
+                False,
+                True,
+            )
         elif row.started_at and now > row.started_at + dt.timedelta(seconds=step.timeout_seconds):
+
             def cancel_and_fail() -> None:
                 with self.db.session() as s:
                     t = s.get(Task, task.id, with_for_update=True, populate_existing=True)
                     if t is not None:
                         queue.cancel(s, t)
                     s.commit()
+
             await self._db(cancel_and_fail)
-            await self._db(self._fail, run_id, step, f"task {task.id} timed out after {step.timeout_seconds:g} s", False, True)
+            await self._db(
+                self._fail,
+                run_id,
+                step,
+                f"task {task.id} timed out after {step.timeout_seconds:g} s",
+                False,
+                True,
+            )
 
     # --- transitions (each one transaction, history included) ----------------------------------
 
     def _row(self, s: Any, run_id: int, step: Step | str, type_: str | None = None) -> StepRun:
         step_id = step if isinstance(step, str) else step.id
-        row = s.scalar(select(StepRun).where(StepRun.run_id == run_id, StepRun.step_id == step_id).with_for_update())
+        row = s.scalar(
+            select(StepRun)
+            .where(StepRun.run_id == run_id, StepRun.step_id == step_id)
+            .with_for_update()
+        )
         if row is None:
-            row = StepRun(run_id=run_id, step_id=step_id, type=type_ or (step.type if isinstance(step, Step) else "?"),
-                          status=StepStatus.pending, attempts=0)
+            row = StepRun(
+                run_id=run_id,
+                step_id=step_id,
+                type=type_ or (step.type if isinstance(step, Step) else "?"),
+                status=StepStatus.pending,
+                attempts=0,
+            )
             s.add(row)
         return row
 
@@ -401,11 +481,19 @@ class Engine:
                 run = s.get(WorkflowRun, run_id)
                 enqueued = utcnow()
                 task = Task(
-                    capability=step.capability, priority=step.priority, payload=prepared,
-                    sort_key=queue.sort_key(enqueued, step.priority, self.settings.agents_aging_seconds),
-                    max_attempts=step.retry.max_attempts, timeout_seconds=step.timeout_seconds,
-                    workflow_run_id=run_id, step_id=step.id, enqueued_at=enqueued,
-                    submitted_by=run.started_by if run else None, status=TaskStatus.queued,
+                    capability=step.capability,
+                    priority=step.priority,
+                    payload=prepared,
+                    sort_key=queue.sort_key(
+                        enqueued, step.priority, self.settings.agents_aging_seconds
+                    ),
+                    max_attempts=step.retry.max_attempts,
+                    timeout_seconds=step.timeout_seconds,
+                    workflow_run_id=run_id,
+                    step_id=step.id,
+                    enqueued_at=enqueued,
+                    submitted_by=run.started_by if run else None,
+                    status=TaskStatus.queued,
                 )
                 s.add(task)
                 s.flush()
@@ -413,7 +501,9 @@ class Engine:
                 detail["task_id"] = task.id
             elif step.type == "service":
                 detail["request"] = {k: prepared[k] for k in ("service", "method", "path")}
-            s.add(RunEvent(run_id=run_id, step_id=step.id, kind="step_started", detail=detail, at=now))
+            s.add(
+                RunEvent(run_id=run_id, step_id=step.id, kind="step_started", detail=detail, at=now)
+            )
             s.commit()
             return True
 
@@ -430,8 +520,15 @@ class Engine:
             row.finished_at = now
             row.updated_at = now
             row.due_at = None
-            s.add(RunEvent(run_id=run_id, step_id=step_id, kind="step_succeeded", at=now,
-                           detail={"attempt": row.attempts}))
+            s.add(
+                RunEvent(
+                    run_id=run_id,
+                    step_id=step_id,
+                    kind="step_succeeded",
+                    at=now,
+                    detail={"attempt": row.attempts},
+                )
+            )
             s.commit()
 
     def _skip(self, run_id: int, step_id: str) -> None:
@@ -443,10 +540,14 @@ class Engine:
             row.status = StepStatus.skipped
             row.finished_at = now
             row.updated_at = now
-            s.add(RunEvent(run_id=run_id, step_id=step_id, kind="step_skipped", at=now, detail=None))
+            s.add(
+                RunEvent(run_id=run_id, step_id=step_id, kind="step_skipped", at=now, detail=None)
+            )
             s.commit()
 
-    def _fail(self, run_id: int, step: Step, error: str, retryable: bool, final: bool = False) -> None:
+    def _fail(
+        self, run_id: int, step: Step, error: str, retryable: bool, final: bool = False
+    ) -> None:
         now = utcnow()
         with self.db.session() as s:
             if not self._active(s, run_id):
@@ -458,18 +559,40 @@ class Engine:
             row.updated_at = now
             attempts = max(row.attempts, 1)
             if retryable and not final and attempts < step.retry.max_attempts:
-                policy = exponential(step.retry.initial_seconds, step.retry.backoff_coefficient, step.retry.max_seconds)
+                policy = exponential(
+                    step.retry.initial_seconds,
+                    step.retry.backoff_coefficient,
+                    step.retry.max_seconds,
+                )
                 delay = delay_after(policy, attempts)
                 row.status = StepStatus.pending
                 row.due_at = now + dt.timedelta(seconds=delay)
-                s.add(RunEvent(run_id=run_id, step_id=step.id, kind="step_retry_scheduled", at=now,
-                               detail={"attempt": attempts, "error": row.error, "retry_at": row.due_at.isoformat()}))
+                s.add(
+                    RunEvent(
+                        run_id=run_id,
+                        step_id=step.id,
+                        kind="step_retry_scheduled",
+                        at=now,
+                        detail={
+                            "attempt": attempts,
+                            "error": row.error,
+                            "retry_at": row.due_at.isoformat(),
+                        },
+                    )
+                )
             else:
                 row.status = StepStatus.failed
                 row.finished_at = now
                 row.due_at = None
-                s.add(RunEvent(run_id=run_id, step_id=step.id, kind="step_failed", at=now,
-                               detail={"attempt": attempts, "error": row.error, "on_error": step.on_error}))
+                s.add(
+                    RunEvent(
+                        run_id=run_id,
+                        step_id=step.id,
+                        kind="step_failed",
+                        at=now,
+                        detail={"attempt": attempts, "error": row.error, "on_error": step.on_error},
+                    )
+                )
             s.commit()
         self.wake.set()
 
@@ -484,15 +607,30 @@ class Engine:
             definition = s.get(WorkflowDefinition, run.definition_id)
             assert definition is not None
             spec = WorkflowSpec.model_validate({"steps": definition.spec["steps"]})
-            rows = {r.step_id: r for r in s.scalars(select(StepRun).where(StepRun.run_id == run_id))}
-            failed = [st for st in spec.steps if (r := rows.get(st.id)) and r.status == StepStatus.failed
-                      and st.on_error != "continue"]
+            rows = {
+                r.step_id: r for r in s.scalars(select(StepRun).where(StepRun.run_id == run_id))
+            }
+            failed = [
+                st
+                for st in spec.steps
+                if (r := rows.get(st.id))
+                and r.status == StepStatus.failed
+                and st.on_error != "continue"
+            ]
             if failed:
                 first = failed[0]
                 run.error = f"step {first.id} failed: {rows[first.id].error}"
                 if any(st.on_error == "compensate" for st in failed):
                     run.status = RunStatus.compensating
-                    s.add(RunEvent(run_id=run_id, step_id=first.id, kind="compensation_started", at=now, detail=None))
+                    s.add(
+                        RunEvent(
+                            run_id=run_id,
+                            step_id=first.id,
+                            kind="compensation_started",
+                            at=now,
+                            detail=None,
+                        )
+                    )
                 else:
                     self._finish(s, run, RunStatus.failed, now)
                 self._abandon(s, run_id, rows, now)
@@ -519,16 +657,27 @@ class Engine:
         run.finished_at = now
         run.lease_owner = None
         run.lease_expires_at = None
-        s.add(RunEvent(run_id=run.id, step_id=None, kind=f"run_{status.value}", at=now,
-                       detail={"error": run.error} if run.error else None))
+        s.add(
+            RunEvent(
+                run_id=run.id,
+                step_id=None,
+                kind=f"run_{status.value}",
+                at=now,
+                detail={"error": run.error} if run.error else None,
+            )
+        )
 
     # --- sagas ---------------------------------------------------------------------------
 
     async def _compensate(self, snap: Snapshot) -> None:
         """Run the compensations of completed steps, most recently completed first."""
         done = sorted(
-            (row for row in snap.steps.values()
-             if row.status == StepStatus.succeeded and snap.spec.step(row.step_id).compensate is not None),
+            (
+                row
+                for row in snap.steps.values()
+                if row.status == StepStatus.succeeded
+                and snap.spec.step(row.step_id).compensate is not None
+            ),
             key=lambda r: (r.finished_at or r.created_at, r.id),
             reverse=True,
         )
@@ -543,7 +692,8 @@ class Engine:
                     own = {**names, "output": row.output}
                     await asyncio.wait_for(
                         self.caller.service(
-                            step.compensate.service, step.compensate.method,
+                            step.compensate.service,
+                            step.compensate.method,
                             str(expressions.render(step.compensate.path, own)),
                             params=expressions.render(step.compensate.params, own),
                             body=expressions.render(step.compensate.body, own),
@@ -557,8 +707,11 @@ class Engine:
                     if isinstance(exc, CallFailed) and not exc.retryable:
                         break
                     if attempt < attempts:
-                        policy = exponential(step.retry.initial_seconds, step.retry.backoff_coefficient,
-                                             step.retry.max_seconds)
+                        policy = exponential(
+                            step.retry.initial_seconds,
+                            step.retry.backoff_coefficient,
+                            step.retry.max_seconds,
+                        )
                         await asyncio.sleep(delay_after(policy, attempt))
             await self._db(self._compensated, snap.run.id, row.step_id, error)
         await self._db(self._end_compensation, snap.run.id)
@@ -575,9 +728,15 @@ class Engine:
             row.updated_at = now
             if error:
                 row.error = f"compensation failed: {error}"[:4000]
-            s.add(RunEvent(run_id=run_id, step_id=step_id, at=now,
-                           kind="step_compensated" if error is None else "compensation_failed",
-                           detail={"error": error} if error else None))
+            s.add(
+                RunEvent(
+                    run_id=run_id,
+                    step_id=step_id,
+                    at=now,
+                    kind="step_compensated" if error is None else "compensation_failed",
+                    detail={"error": error} if error else None,
+                )
+            )
             s.commit()
 
     def _end_compensation(self, run_id: int) -> None:
@@ -586,8 +745,11 @@ class Engine:
             run = s.get(WorkflowRun, run_id, with_for_update=True, populate_existing=True)
             if run is None or run.status != RunStatus.compensating or run.lease_owner != self.owner:
                 return
-            broken = s.scalars(select(StepRun.step_id).where(
-                StepRun.run_id == run_id, StepRun.status == StepStatus.compensation_failed)).all()
+            broken = s.scalars(
+                select(StepRun.step_id).where(
+                    StepRun.run_id == run_id, StepRun.status == StepStatus.compensation_failed
+                )
+            ).all()
             if broken:
                 run.error = f"{run.error}; compensation failed for {', '.join(broken)}"
                 self._finish(s, run, RunStatus.failed, now)

@@ -65,23 +65,41 @@ def check(expression: str) -> None:
     except SyntaxError as exc:
         raise ExpressionError(f"invalid expression {expression!r}: {exc.msg}") from None
     for node in ast.walk(tree):
-        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id not in FUNCTIONS:
+        if (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id not in FUNCTIONS
+        ):
             raise ExpressionError(
                 f"invalid expression {expression!r}: {node.func.id}() is not available; "
                 f"functions: {', '.join(sorted(FUNCTIONS))}"
             )
         if isinstance(node, ast.Attribute) and node.attr.startswith("_"):
-            raise ExpressionError(f"invalid expression {expression!r}: private attribute {node.attr!r}")
+            raise ExpressionError(
+                f"invalid expression {expression!r}: private attribute {node.attr!r}"
+            )
         if isinstance(node, ast.Lambda | ast.NamedExpr | ast.Await | ast.Yield | ast.YieldFrom):
-            raise ExpressionError(f"invalid expression {expression!r}: {type(node).__name__} is not allowed")
+            raise ExpressionError(
+                f"invalid expression {expression!r}: {type(node).__name__} is not allowed"
+            )
 
 
 def evaluate(expression: str, names: dict[str, Any]) -> Any:
     evaluator = EvalWithCompoundTypes(names=names, functions=FUNCTIONS)
     try:
         return evaluator.eval(expression.strip())
-    except (InvalidExpression, SyntaxError, TypeError, ValueError, KeyError, IndexError,
-            AttributeError, ZeroDivisionError, OverflowError, MemoryError) as exc:
+    except (
+        InvalidExpression,
+        SyntaxError,
+        TypeError,
+        ValueError,
+        KeyError,
+        IndexError,
+        AttributeError,
+        ZeroDivisionError,
+        OverflowError,
+        MemoryError,
+    ) as exc:
         raise ExpressionError(f"{expression!r}: {type(exc).__name__}: {exc}") from None
 
 

@@ -52,7 +52,9 @@ class RunStatus(enum.StrEnum):
     cancelled = "cancelled"
 
 
-RUN_FINAL = frozenset({RunStatus.succeeded, RunStatus.failed, RunStatus.compensated, RunStatus.cancelled})
+RUN_FINAL = frozenset(
+    {RunStatus.succeeded, RunStatus.failed, RunStatus.compensated, RunStatus.cancelled}
+)
 
 
 class StepStatus(enum.StrEnum):
@@ -71,7 +73,9 @@ class Agent(Timestamps, Base):
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
     kind: Mapped[AgentKind] = mapped_column(string_enum(AgentKind, "agent_kind"))
-    status: Mapped[AgentStatus] = mapped_column(string_enum(AgentStatus, "agent_status"), default=AgentStatus.active)
+    status: Mapped[AgentStatus] = mapped_column(
+        string_enum(AgentStatus, "agent_status"), default=AgentStatus.active
+    )
     capabilities: Mapped[list[str]] = mapped_column(JSON, default=list)
     max_concurrency: Mapped[int] = mapped_column(Integer, default=1)
     config: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
@@ -91,8 +95,12 @@ class Task(Timestamps, Base):
     # low-priority task eventually precedes any newer one (no starvation).
     sort_key: Mapped[float] = mapped_column(Float)
     payload: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
-    status: Mapped[TaskStatus] = mapped_column(string_enum(TaskStatus, "task_status"), default=TaskStatus.queued)
-    agent_id: Mapped[int | None] = mapped_column(ForeignKey("agents.id", ondelete="SET NULL"), index=True)
+    status: Mapped[TaskStatus] = mapped_column(
+        string_enum(TaskStatus, "task_status"), default=TaskStatus.queued
+    )
+    agent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("agents.id", ondelete="SET NULL"), index=True
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     max_attempts: Mapped[int] = mapped_column(Integer, default=1)
     timeout_seconds: Mapped[float] = mapped_column(Float, default=60.0)
@@ -100,7 +108,9 @@ class Task(Timestamps, Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     result: Mapped[Any | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
-    workflow_run_id: Mapped[int | None] = mapped_column(ForeignKey("workflow_runs.id", ondelete="SET NULL"), index=True)
+    workflow_run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="SET NULL"), index=True
+    )
     step_id: Mapped[str | None] = mapped_column(String(64))
     submitted_by: Mapped[str | None] = mapped_column(String(200))
     enqueued_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -128,7 +138,9 @@ class WorkflowRun(Timestamps, Base):
     definition_id: Mapped[int] = mapped_column(ForeignKey("workflow_definitions.id"), index=True)
     workflow: Mapped[str] = mapped_column(String(100), index=True)
     version: Mapped[int] = mapped_column(Integer)
-    status: Mapped[RunStatus] = mapped_column(string_enum(RunStatus, "run_status"), default=RunStatus.running)
+    status: Mapped[RunStatus] = mapped_column(
+        string_enum(RunStatus, "run_status"), default=RunStatus.running
+    )
     input: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     error: Mapped[str | None] = mapped_column(Text)
     started_by: Mapped[str | None] = mapped_column(String(200))
@@ -143,10 +155,14 @@ class StepRun(Timestamps, Base):
     __table_args__ = (UniqueConstraint("run_id", "step_id", name="run_step"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True
+    )
     step_id: Mapped[str] = mapped_column(String(64))
     type: Mapped[str] = mapped_column(String(20))
-    status: Mapped[StepStatus] = mapped_column(string_enum(StepStatus, "step_status"), default=StepStatus.pending)
+    status: Mapped[StepStatus] = mapped_column(
+        string_enum(StepStatus, "step_status"), default=StepStatus.pending
+    )
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     output: Mapped[Any | None] = mapped_column(JSON)
     error: Mapped[str | None] = mapped_column(Text)
@@ -164,7 +180,9 @@ class RunEvent(Base):
     __tablename__ = "run_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    run_id: Mapped[int] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True)
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="CASCADE"), index=True
+    )
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     step_id: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(40))

@@ -28,7 +28,8 @@ def sort_key(enqueued_at: dt.datetime, priority: int, aging_seconds: float) -> f
 def loads(session: Session) -> dict[int, int]:
     """Running tasks per agent."""
     rows = session.execute(
-        select(Task.agent_id, func.count()).where(Task.status == TaskStatus.running, Task.agent_id.is_not(None))
+        select(Task.agent_id, func.count())
+        .where(Task.status == TaskStatus.running, Task.agent_id.is_not(None))
         .group_by(Task.agent_id)
     ).all()
     return {agent_id: n for agent_id, n in rows}
@@ -80,7 +81,9 @@ class Assignment:
 def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
     """Hand queued tasks to built-in agents, least-loaded first; commits."""
     agents = list(
-        session.scalars(select(Agent).where(Agent.status == AgentStatus.active, Agent.kind.in_(BUILTIN_KINDS)))
+        session.scalars(
+            select(Agent).where(Agent.status == AgentStatus.active, Agent.kind.in_(BUILTIN_KINDS))
+        )
     )
     if not agents:
         return []
@@ -88,8 +91,10 @@ def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
     load = loads(session)
     now = utcnow()
     queued = session.scalars(
-        select(Task).where(Task.status == TaskStatus.queued, Task.capability.in_(capabilities))
-        .order_by(Task.sort_key, Task.id).limit(batch)
+        select(Task)
+        .where(Task.status == TaskStatus.queued, Task.capability.in_(capabilities))
+        .order_by(Task.sort_key, Task.id)
+        .limit(batch)
     ).all()
     out: list[Assignment] = []
     for task in queued:
@@ -101,13 +106,25 @@ def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
         if session.execute(stmt).rowcount != 1:
             continue
         load[agent.id] = load.get(agent.id, 0) + 1
-        out.append(Assignment(task.id, token, agent.id, agent.name, agent.kind.value, dict(agent.config),
-                              dict(task.payload), task.timeout_seconds))
+        out.append(
+            Assignment(
+                task.id,
+                token,
+                agent.id,
+                agent.name,
+                agent.kind.value,
+                dict(agent.config),
+                dict(task.payload),
+                task.timeout_seconds,
+            )
+        )
     session.commit()
     return out
 
 
-def claim(session: Session, agent: Agent, max_tasks: int, lease_seconds: float) -> list[tuple[int, str]]:
+def claim(
+    session: Session, agent: Agent, max_tasks: int, lease_seconds: float
+) -> list[tuple[int, str]]:
     """Lease up to ``max_tasks`` queued tasks (within the agent's free capacity) to an external agent.
 
     The caller commits.
@@ -118,8 +135,10 @@ def claim(session: Session, agent: Agent, max_tasks: int, lease_seconds: float) 
     if want <= 0 or not agent.capabilities:
         return []
     candidates = session.scalars(
-        select(Task.id).where(Task.status == TaskStatus.queued, Task.capability.in_(agent.capabilities))
-        .order_by(Task.sort_key, Task.id).limit(want * 4)
+        select(Task.id)
+        .where(Task.status == TaskStatus.queued, Task.capability.in_(agent.capabilities))
+        .order_by(Task.sort_key, Task.id)
+        .limit(want * 4)
     ).all()
     won: list[tuple[int, str]] = []
     for task_id in candidates:
@@ -132,7 +151,12 @@ def claim(session: Session, agent: Agent, max_tasks: int, lease_seconds: float) 
 
 
 def finish(
-    session: Session, task_id: int, token: str, *, result: Any = None, error: str | None = None,
+    session: Session,
+    task_id: int,
+    token: str,
+    *,
+    result: Any = None,
+    error: str | None = None,
     retryable: bool = False,
 ) -> TaskStatus | None:
     """Record a leased task's outcome; None if the lease was lost (requeued, cancelled). The caller commits.
@@ -174,7 +198,9 @@ def expire_leases(session: Session) -> int:
     """Requeue (or fail, when out of attempts) running tasks whose lease has lapsed; commits."""
     now = utcnow()
     expired = session.scalars(
-        select(Task).where(Task.status == TaskStatus.running, Task.lease_expires_at < now).with_for_update()
+        select(Task)
+        .where(Task.status == TaskStatus.running, Task.lease_expires_at < now)
+        .with_for_update()
     ).all()
     for task in expired:
         message = f"lease expired on attempt {task.attempts} (agent {task.agent_id})"

@@ -37,18 +37,29 @@ class AgentCreate(_In):
         "external: pulls tasks over this API.",
         examples=["llm"],
     )
-    capabilities: list[Capability] = Field(min_length=1, max_length=50, description="What it can do.",
-                                           examples=[["text_generation"]])
-    max_concurrency: int = Field(1, ge=1, le=1000, description="Tasks it runs at once.", examples=[4])
+    capabilities: list[Capability] = Field(
+        min_length=1, max_length=50, description="What it can do.", examples=[["text_generation"]]
+    )
+    max_concurrency: int = Field(
+        1, ge=1, le=1000, description="Tasks it runs at once.", examples=[4]
+    )
     description: LongText | None = Field(None, examples=["Summarises support tickets"])
-    model: Text | None = Field(None, description="llm: the model alias to ask for.", examples=["gpt-x"])
+    model: Text | None = Field(
+        None, description="llm: the model alias to ask for.", examples=["gpt-x"]
+    )
     system_prompt: LongText | None = Field(None, description="llm: a system message sent first.")
-    url: HttpUrl | None = Field(None, description="http: where tasks are POSTed (admin only).",
-                                examples=["http://127.0.0.1:9000/work"])
-    service: ServiceName | None = Field(None, description="service: the BHIV service to call.", examples=["crm"])
+    url: HttpUrl | None = Field(
+        None,
+        description="http: where tasks are POSTed (admin only).",
+        examples=["http://127.0.0.1:9000/work"],
+    )
+    service: ServiceName | None = Field(
+        None, description="service: the BHIV service to call.", examples=["crm"]
+    )
     method: Method = Field("POST", description="service: the HTTP method.")
     path: Annotated[str, StringConstraints(pattern=r"^/\S{0,499}$")] | None = Field(
-        None, description="service: the path called with the task payload.", examples=["/customers"])
+        None, description="service: the path called with the task payload.", examples=["/customers"]
+    )
 
     @model_validator(mode="after")
     def _config_for_kind(self) -> AgentCreate:
@@ -60,7 +71,9 @@ class AgentCreate(_In):
 
     def config(self) -> dict[str, Any]:
         if self.kind == AgentKind.llm:
-            return {k: v for k, v in {"model": self.model, "system": self.system_prompt}.items() if v}
+            return {
+                k: v for k, v in {"model": self.model, "system": self.system_prompt}.items() if v
+            }
         if self.kind == AgentKind.http:
             return {"url": str(self.url)}
         if self.kind == AgentKind.service:
@@ -69,7 +82,9 @@ class AgentCreate(_In):
 
 
 class AgentUpdate(_In):
-    status: AgentStatus | None = Field(None, description="paused: takes no new tasks.", examples=["paused"])
+    status: AgentStatus | None = Field(
+        None, description="paused: takes no new tasks.", examples=["paused"]
+    )
     capabilities: list[Capability] | None = Field(None, min_length=1, max_length=50)
     max_concurrency: int | None = Field(None, ge=1, le=1000)
     description: LongText | None = None
@@ -95,12 +110,23 @@ class AgentRead(_Read):
 
 
 class TaskCreate(_In):
-    capability: Capability = Field(description="Routed to an agent with this capability.", examples=["text_generation"])
-    payload: Payload = Field(default_factory=dict, description="What the agent gets.",
-                             examples=[{"prompt": "Summarise: ..."}])
-    priority: int = Field(0, ge=-100, le=100, description="Higher first; waiting raises it (aging).", examples=[5])
-    max_attempts: int = Field(1, ge=1, le=20, description="Attempts before it fails (retryable errors, lost leases).")
-    timeout_seconds: float = Field(60.0, gt=0, le=86_400, description="Built-in agents: per attempt.")
+    capability: Capability = Field(
+        description="Routed to an agent with this capability.", examples=["text_generation"]
+    )
+    payload: Payload = Field(
+        default_factory=dict,
+        description="What the agent gets.",
+        examples=[{"prompt": "Summarise: ..."}],
+    )
+    priority: int = Field(
+        0, ge=-100, le=100, description="Higher first; waiting raises it (aging).", examples=[5]
+    )
+    max_attempts: int = Field(
+        1, ge=1, le=20, description="Attempts before it fails (retryable errors, lost leases)."
+    )
+    timeout_seconds: float = Field(
+        60.0, gt=0, le=86_400, description="Built-in agents: per attempt."
+    )
 
 
 class TaskRead(_Read):
@@ -125,8 +151,12 @@ class TaskRead(_Read):
 
 
 class ClaimRequest(_In):
-    max_tasks: int = Field(1, ge=1, le=100, description="At most this many (and no more than free capacity).")
-    lease_seconds: float | None = Field(None, ge=1, le=86_400, description="Default: the service's setting.")
+    max_tasks: int = Field(
+        1, ge=1, le=100, description="At most this many (and no more than free capacity)."
+    )
+    lease_seconds: float | None = Field(
+        None, ge=1, le=86_400, description="Default: the service's setting."
+    )
 
 
 class LeasedTask(TaskRead):
@@ -134,15 +164,21 @@ class LeasedTask(TaskRead):
 
 
 class LeaseRef(_In):
-    lease_token: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(examples=["0f" * 16])
+    lease_token: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{32}$")] = Field(
+        examples=["0f" * 16]
+    )
 
 
 class HeartbeatRequest(LeaseRef):
-    extend_seconds: float | None = Field(None, ge=1, le=86_400, description="New lease length from now.")
+    extend_seconds: float | None = Field(
+        None, ge=1, le=86_400, description="New lease length from now."
+    )
 
 
 class CompleteRequest(LeaseRef):
-    result: Any = Field(None, description="The task's result (any JSON).", examples=[{"summary": "..."}])
+    result: Any = Field(
+        None, description="The task's result (any JSON).", examples=[{"summary": "..."}]
+    )
 
 
 class FailRequest(LeaseRef):
@@ -154,10 +190,14 @@ class FailRequest(LeaseRef):
 
 
 class WorkflowCreate(_In):
-    name: Name = Field(description="Definitions with one name are versions of one workflow.",
-                       examples=["customer-order-processing"])
+    name: Name = Field(
+        description="Definitions with one name are versions of one workflow.",
+        examples=["customer-order-processing"],
+    )
     description: LongText | None = None
-    steps: list[Step] = Field(min_length=1, max_length=100, description="The DAG; see docs/agents.md.")
+    steps: list[Step] = Field(
+        min_length=1, max_length=100, description="The DAG; see docs/agents.md."
+    )
 
 
 class WorkflowRead(_Read):
@@ -201,7 +241,9 @@ class RunRead(_Read):
     started_by: str | None
     started_at: dt.datetime
     finished_at: dt.datetime | None
-    steps: list[StepRead] = Field(default_factory=list, description="Every step of the definition, in its order.")
+    steps: list[StepRead] = Field(
+        default_factory=list, description="Every step of the definition, in its order."
+    )
 
 
 class RunEventRead(_Read):
@@ -218,7 +260,9 @@ class RunEventRead(_Read):
 class Rates(BaseModel):
     succeeded: int
     failed: int
-    success_rate: float | None = Field(description="succeeded / (succeeded + failed); null before any.")
+    success_rate: float | None = Field(
+        description="succeeded / (succeeded + failed); null before any."
+    )
     latency_avg_seconds: float | None
     latency_p95_seconds: float | None
 

@@ -19,7 +19,8 @@ from bhiv.agents.models import Base, WorkflowDefinition
 from bhiv.agents.monitoring import OrchestrationCollector
 from bhiv.agents.routes import agents, stats, tasks, workflows
 from bhiv.agents.settings import AgentsSettings
-from bhiv.core import ServiceSpec, create_app as _create_app
+from bhiv.core import ServiceSpec
+from bhiv.core import create_app as _create_app
 from bhiv.core.db import Database
 
 log = logging.getLogger("bhiv.agents")
@@ -30,14 +31,28 @@ def install_builtin_workflows(db: Database) -> None:
     for wf in builtin_workflows():
         spec = {"steps": [s.model_dump(mode="json") for s in wf.steps]}
         with db.session() as s:
-            existing = s.scalar(select(WorkflowDefinition).where(
-                WorkflowDefinition.name == wf.name, WorkflowDefinition.version == wf.version))
+            existing = s.scalar(
+                select(WorkflowDefinition).where(
+                    WorkflowDefinition.name == wf.name, WorkflowDefinition.version == wf.version
+                )
+            )
             if existing is not None:
                 if existing.spec != spec:
-                    log.warning("workflow %s v%s differs from the stored one; bump its version", wf.name, wf.version)
+                    log.warning(
+                        "workflow %s v%s differs from the stored one; bump its version",
+                        wf.name,
+                        wf.version,
+                    )
                 continue
-            s.add(WorkflowDefinition(name=wf.name, version=wf.version, description=wf.description,
-                                     source="builtin", spec=spec))
+            s.add(
+                WorkflowDefinition(
+                    name=wf.name,
+                    version=wf.version,
+                    description=wf.description,
+                    source="builtin",
+                    spec=spec,
+                )
+            )
             try:
                 s.commit()
             except IntegrityError:  # another replica stored it first
@@ -63,7 +78,10 @@ SPEC = ServiceSpec(
     capabilities=catalog.get("agent-orchestration").capabilities,
     lifespan_hooks=(setup_hook, engine_hook),
     openapi_tags=[
-        {"name": "agents", "description": "Registration, status, heartbeats; external agents claim tasks."},
+        {
+            "name": "agents",
+            "description": "Registration, status, heartbeats; external agents claim tasks.",
+        },
         {"name": "tasks", "description": "Submit, route, lease, complete and cancel tasks."},
         {"name": "workflows", "description": "Versioned definitions and durable runs."},
         {"name": "monitoring", "description": "Success rates, latency and queue depth."},

@@ -26,22 +26,33 @@ class AgentsSettings(ServiceSettings):
         "(catalog ports on 127.0.0.1).",
     )
     agents_service_api_key: SecretStr | None = Field(
-        None, description="API key the engine presents to other services. Unset: a JWT signed with the shared secret."
+        None,
+        description="API key the engine presents to other services. Unset: a JWT signed with the shared secret.",
     )
-    agents_poll_interval_seconds: float = Field(0.2, gt=0, le=10, description="How often the engine looks for work.")
+    agents_poll_interval_seconds: float = Field(
+        0.2, gt=0, le=10, description="How often the engine looks for work."
+    )
     agents_run_lease_seconds: float = Field(
-        30.0, ge=1, le=3600, description="A replica driving a run holds it this long between renewals."
+        30.0,
+        ge=1,
+        le=3600,
+        description="A replica driving a run holds it this long between renewals.",
     )
     agents_task_lease_seconds: float = Field(
         60.0, ge=1, le=86_400, description="Default lease an external agent gets on a claimed task."
     )
     agents_aging_seconds: float = Field(
-        30.0, gt=0, le=86_400, description="Queued tasks gain one priority point per this many seconds of waiting."
+        30.0,
+        gt=0,
+        le=86_400,
+        description="Queued tasks gain one priority point per this many seconds of waiting.",
     )
     agents_heartbeat_timeout_seconds: float = Field(
         60.0, ge=1, le=86_400, description="An external agent silent this long is shown as offline."
     )
-    agents_llm_model: str | None = Field(None, description="Model alias LLM agents use when neither they nor the task name one.")
+    agents_llm_model: str | None = Field(
+        None, description="Model alias LLM agents use when neither they nor the task name one."
+    )
 
     @field_validator("agents_service_urls", mode="after")
     @classmethod

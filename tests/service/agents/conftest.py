@@ -29,8 +29,19 @@ def target() -> Iterator[FakeOpenAI]:
 
 
 @pytest.fixture(scope="module")
-def agents(backend: str, request: pytest.FixtureRequest, logistics: ServiceProcess) -> Iterator[ServiceProcess]:
-    urls = {"logistics": logistics.url, "crm": "http://127.0.0.1:9", "integrations": "http://127.0.0.1:9",
-            "llm-query": "http://127.0.0.1:9"}
-    yield from run_service("agent-orchestration", backend, request,
-                           BHIV_AGENTS_SERVICE_URLS=json.dumps(urls), **ENGINE_ENV)
+def agents(
+    backend: str, request: pytest.FixtureRequest, logistics: ServiceProcess
+) -> Iterator[ServiceProcess]:
+    urls = {
+        "logistics": logistics.url,
+        "crm": "http://127.0.0.1:9",
+        "integrations": "http://127.0.0.1:9",
+        "llm-query": "http://127.0.0.1:9",
+    }
+    yield from run_service(
+        "agent-orchestration",
+        backend,
+        request,
+        BHIV_AGENTS_SERVICE_URLS=json.dumps(urls),
+        **ENGINE_ENV,
+    )

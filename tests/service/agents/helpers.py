@@ -28,11 +28,15 @@ def wait_for(fetch: Any, done: Any, timeout: float = 30.0, interval: float = 0.1
 
 
 def wait_run(api: httpx.Client, run_id: int, timeout: float = 30.0) -> dict[str, Any]:
-    return wait_for(lambda: api.get(f"/runs/{run_id}").json(), lambda r: r["status"] in FINAL_RUN, timeout)
+    return wait_for(
+        lambda: api.get(f"/runs/{run_id}").json(), lambda r: r["status"] in FINAL_RUN, timeout
+    )
 
 
 def wait_task(api: httpx.Client, task_id: int, timeout: float = 30.0) -> dict[str, Any]:
-    return wait_for(lambda: api.get(f"/tasks/{task_id}").json(), lambda t: t["status"] in FINAL_TASK, timeout)
+    return wait_for(
+        lambda: api.get(f"/tasks/{task_id}").json(), lambda t: t["status"] in FINAL_TASK, timeout
+    )
 
 
 def steps(run: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -8,7 +8,7 @@ import time
 import httpx
 
 from tests.service.agents.helpers import unique, wait_for, wait_task
-from tests.support.fake_openai import FakeOpenAI, Fail, Reply
+from tests.support.fake_openai import Fail, FakeOpenAI, Reply
 from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
@@ -30,12 +30,21 @@ def test_register_get_list_pause_deregister(agents: ServiceProcess) -> None:
     api = agents.client("editor")
     cap = unique("cap").replace("-", "_")
     agent = register(api, kind="external", capabilities=[cap, cap, "other"], max_concurrency=3)
-    assert agent["capabilities"] == sorted({cap, "other"}) and agent["online"] and agent["running"] == 0
+    assert (
+        agent["capabilities"] == sorted({cap, "other"})
+        and agent["online"]
+        and agent["running"] == 0
+    )
     assert api.get(f"/agents/{agent['id']}").json()["name"] == agent["name"]
     listed = api.get("/agents", params={"capability": cap}).json()
     assert [a["id"] for a in listed["items"]] == [agent["id"]]
-    assert_problem(api.post("/agents", json={"name": agent["name"], "kind": "external", "capabilities": ["x"]}),
-                   409, field="name")
+    assert_problem(
+        api.post(
+            "/agents", json={"name": agent["name"], "kind": "external", "capabilities": ["x"]}
+        ),
+        409,
+        field="name",
+    )
     paused = api.patch(f"/agents/{agent['id']}", json={"status": "paused"}).json()
     assert paused["status"] == "paused"
     assert_problem(api.post(f"/agents/{agent['id']}/claim", json={}), 409, kind="conflict")
@@ -45,17 +54,41 @@ def test_register_get_list_pause_deregister(agents: ServiceProcess) -> None:
 
 def test_bad_agents_are_refused_naming_the_field(agents: ServiceProcess) -> None:
     api = agents.client("editor")
-    assert_problem(api.post("/agents", json={"name": "x", "kind": "robot", "capabilities": ["a"]}), 422, field="kind")
-    assert_problem(api.post("/agents", json={"name": "x", "kind": "external", "capabilities": []}), 422,
-                   field="capabilities")
-    assert_problem(api.post("/agents", json={"name": "x", "kind": "external", "capabilities": ["a"],
-                                             "max_concurrency": 0}), 422, field="max_concurrency")
-    assert_problem(api.post("/agents", json={"name": "x", "kind": "http", "capabilities": ["a"]}), 422)
+    assert_problem(
+        api.post("/agents", json={"name": "x", "kind": "robot", "capabilities": ["a"]}),
+        422,
+        field="kind",
+    )
+    assert_problem(
+        api.post("/agents", json={"name": "x", "kind": "external", "capabilities": []}),
+        422,
+        field="capabilities",
+    )
+    assert_problem(
+        api.post(
+            "/agents",
+            json={"name": "x", "kind": "external", "capabilities": ["a"], "max_concurrency": 0},
+        ),
+        422,
+        field="max_concurrency",
+    )
+    assert_problem(
+        api.post("/agents", json={"name": "x", "kind": "http", "capabilities": ["a"]}), 422
+    )
     # An http agent makes the service call any URL: admins only.
-    assert_problem(api.post("/agents", json={"name": "x", "kind": "http", "capabilities": ["a"],
-                                             "url": "http://127.0.0.1:9/"}), 403)
-    assert_problem(agents.client("viewer").post("/agents", json={"name": "x", "kind": "external",
-                                                                  "capabilities": ["a"]}), 403)
+    assert_problem(
+        api.post(
+            "/agents",
+            json={"name": "x", "kind": "http", "capabilities": ["a"], "url": "http://127.0.0.1:9/"},
+        ),
+        403,
+    )
+    assert_problem(
+        agents.client("viewer").post(
+            "/agents", json={"name": "x", "kind": "external", "capabilities": ["a"]}
+        ),
+        403,
+    )
 
 
 def test_external_agent_claims_by_priority_within_capacity(agents: ServiceProcess) -> None:
@@ -69,12 +102,20 @@ def test_external_agent_claims_by_priority_within_capacity(agents: ServiceProces
     assert claimed[0]["status"] == "running" and claimed[0]["agent_id"] == agent["id"]
     token = claimed[0]["lease_token"]
     assert api.post(f"/agents/{agent['id']}/claim", json={}).json() == []  # still full
-    done = api.post(f"/tasks/{high['id']}/complete", json={"lease_token": token, "result": {"ok": 1}}).json()
+    done = api.post(
+        f"/tasks/{high['id']}/complete", json={"lease_token": token, "result": {"ok": 1}}
+    ).json()
     assert done["status"] == "succeeded" and done["result"] == {"ok": 1}
-    assert_problem(api.post(f"/tasks/{high['id']}/complete", json={"lease_token": token}), 409, kind="lease-lost")
+    assert_problem(
+        api.post(f"/tasks/{high['id']}/complete", json={"lease_token": token}),
+        409,
+        kind="lease-lost",
+    )
     nxt = api.post(f"/agents/{agent['id']}/claim", json={}).json()
     assert [t["id"] for t in nxt] == [low["id"]]
-    failed = api.post(f"/tasks/{low['id']}/fail", json={"lease_token": nxt[0]["lease_token"], "error": "nope"}).json()
+    failed = api.post(
+        f"/tasks/{low['id']}/fail", json={"lease_token": nxt[0]["lease_token"], "error": "nope"}
+    ).json()
     assert failed["status"] == "failed" and failed["error"] == "nope"
 
 
@@ -97,14 +138,26 @@ def test_expired_lease_requeues_then_fails_when_out_of_attempts(agents: ServiceP
     first = api.post(f"/agents/{agent['id']}/claim", json={"lease_seconds": 1}).json()[0]
     # A heartbeat keeps the lease alive past its first expiry.
     time.sleep(0.6)
-    beat = api.post(f"/tasks/{task['id']}/heartbeat", json={"lease_token": first["lease_token"], "extend_seconds": 1})
+    beat = api.post(
+        f"/tasks/{task['id']}/heartbeat",
+        json={"lease_token": first["lease_token"], "extend_seconds": 1},
+    )
     assert beat.status_code == 200, beat.text
     time.sleep(0.6)
     assert api.get(f"/tasks/{task['id']}").json()["status"] == "running"
-    requeued = wait_for(lambda: api.get(f"/tasks/{task['id']}").json(), lambda t: t["status"] == "queued", 10)
-    assert requeued["attempts"] == 1 and "lease expired" in requeued["error"] and requeued["agent_id"] is None
-    assert_problem(api.post(f"/tasks/{task['id']}/heartbeat", json={"lease_token": first["lease_token"]}), 409,
-                   kind="lease-lost")
+    requeued = wait_for(
+        lambda: api.get(f"/tasks/{task['id']}").json(), lambda t: t["status"] == "queued", 10
+    )
+    assert (
+        requeued["attempts"] == 1
+        and "lease expired" in requeued["error"]
+        and requeued["agent_id"] is None
+    )
+    assert_problem(
+        api.post(f"/tasks/{task['id']}/heartbeat", json={"lease_token": first["lease_token"]}),
+        409,
+        kind="lease-lost",
+    )
     second = api.post(f"/agents/{agent['id']}/claim", json={"lease_seconds": 1}).json()[0]
     assert second["attempts"] == 2 and second["lease_token"] != first["lease_token"]
     final = wait_task(api, task["id"], 10)
@@ -117,11 +170,15 @@ def test_cancel_a_queued_task(agents: ServiceProcess) -> None:
     cancelled = api.post(f"/tasks/{task['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert_problem(api.post(f"/tasks/{task['id']}/cancel"), 409, kind="conflict")
-    assert_problem(api.post("/tasks", json={"capability": "x", "priority": 101}), 422, field="priority")
+    assert_problem(
+        api.post("/tasks", json={"capability": "x", "priority": 101}), 422, field="priority"
+    )
     assert_problem(api.post("/tasks", json={"capability": "Bad Cap"}), 422, field="capability")
 
 
-def test_builtin_http_agents_least_loaded_routing_and_retries(agents: ServiceProcess, target: FakeOpenAI) -> None:
+def test_builtin_http_agents_least_loaded_routing_and_retries(
+    agents: ServiceProcess, target: FakeOpenAI
+) -> None:
     admin = agents.client("admin")
     cap = unique("http").replace("-", "_")
     url = f"{target.base_url}/chat/completions"
@@ -131,8 +188,11 @@ def test_builtin_http_agents_least_loaded_routing_and_retries(agents: ServicePro
     body = {"model": "slow-model", "messages": [{"role": "user", "content": "hi"}]}
     t1, t2, t3 = (submit(admin, cap, payload=body) for _ in range(3))
     # Two run at once, one on each agent; the third waits for a free one.
-    running = wait_for(lambda: admin.get("/tasks", params={"capability": cap, "status": "running"}).json(),
-                       lambda p: p["total"] == 2, 10)
+    running = wait_for(
+        lambda: admin.get("/tasks", params={"capability": cap, "status": "running"}).json(),
+        lambda p: p["total"] == 2,
+        10,
+    )
     assert {t["agent_id"] for t in running["items"]} == {a["id"], b["id"]}
     assert admin.get(f"/tasks/{t3['id']}").json()["status"] == "queued"
     results = [wait_task(admin, t["id"]) for t in (t1, t2, t3)]
@@ -142,12 +202,20 @@ def test_builtin_http_agents_least_loaded_routing_and_retries(agents: ServicePro
 
     # A 5xx is retried while attempts remain; a 4xx is not.
     target.script("flaky", Fail(503), Reply("second time"))
-    retried = wait_task(admin, submit(admin, cap, payload={"model": "flaky", "messages": body["messages"]},
-                                      max_attempts=2)["id"])
+    retried = wait_task(
+        admin,
+        submit(
+            admin, cap, payload={"model": "flaky", "messages": body["messages"]}, max_attempts=2
+        )["id"],
+    )
     assert retried["status"] == "succeeded" and retried["attempts"] == 2
     target.script("refuses", Fail(400))
-    refused = wait_task(admin, submit(admin, cap, payload={"model": "refuses", "messages": body["messages"]},
-                                      max_attempts=3)["id"])
+    refused = wait_task(
+        admin,
+        submit(
+            admin, cap, payload={"model": "refuses", "messages": body["messages"]}, max_attempts=3
+        )["id"],
+    )
     assert refused["status"] == "failed" and refused["attempts"] == 1 and "400" in refused["error"]
 
     stats = admin.get("/stats").json()

@@ -19,10 +19,15 @@ from tests.service.integrations.peers import Receiver, Source, receiver, source
 from tests.support.fake_openai import FakeOpenAI, Reply
 from tests.support.servers import ServiceProcess, service_process
 
-PREFIXES = {"integrations": "/api/integrations", "llm-query": "/api/llm", "logistics": "/api/logistics",
-            "crm": "/api/crm", "agent-orchestration": "/api/agents"}
+PREFIXES = {
+    "integrations": "/api/integrations",
+    "llm-query": "/api/llm",
+    "logistics": "/api/logistics",
+    "crm": "/api/crm",
+    "agent-orchestration": "/api/agents",
+}
 LLM_KEY = "sk-e2e-0123456789abcdefghij"
-VENDOR_TOKEN = "vendor-token-e2e"
+VENDOR_TOKEN = "vendor-token-e2e"  # noqa: S105 - a test double's token
 
 
 @dataclass
@@ -40,8 +45,12 @@ class Platform:
         api = self.api()
         r = api.post("/api/agents/runs", json={"workflow": workflow, "input": input_})
         assert r.status_code == 201, r.text
-        return wait_for(lambda: api.get(f"/api/agents/runs/{r.json()['id']}").json(),
-                        lambda run: run["status"] not in ("running", "compensating"), timeout, 0.2)
+        return wait_for(
+            lambda: api.get(f"/api/agents/runs/{r.json()['id']}").json(),
+            lambda run: run["status"] not in ("running", "compensating"),
+            timeout,
+            0.2,
+        )
 
     def event(self, event_id: str) -> dict:
         r = self.api().get(f"/api/integrations/events/{event_id}")
@@ -62,21 +71,54 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
         try:
             logistics = service_process("logistics", tmp_path_factory.mktemp("logistics"))
             crm = service_process("crm", tmp_path_factory.mktemp("crm"))
-            integrations = up("integrations", BHIV_LOGISTICS_URL=logistics.url, BHIV_CRM_URL=crm.url,
-                              BHIV_CREDENTIALS_KEY="e2e-credentials-key", BHIV_WORKER_POLL_SECONDS="0.1",
-                              BHIV_DELIVERY_RETRY_INITIAL_SECONDS="0.3")
-            llm = up("llm-query", BHIV_LLM_KEY_FAKE=LLM_KEY, BHIV_LLM_PROVIDERS=json.dumps([
-                {"name": "fake", "kind": "openai", "base_url": fake.base_url, "api_key_env": "BHIV_LLM_KEY_FAKE"}]),
-                BHIV_LLM_MODELS=json.dumps([{"alias": "assistant", "provider": "fake", "model": "up-assistant"}]))
+            integrations = up(
+                "integrations",
+                BHIV_LOGISTICS_URL=logistics.url,
+                BHIV_CRM_URL=crm.url,
+                BHIV_CREDENTIALS_KEY="e2e-credentials-key",
+                BHIV_WORKER_POLL_SECONDS="0.1",
+                BHIV_DELIVERY_RETRY_INITIAL_SECONDS="0.3",
+            )
+            llm = up(
+                "llm-query",
+                BHIV_LLM_KEY_FAKE=LLM_KEY,
+                BHIV_LLM_PROVIDERS=json.dumps(
+                    [
+                        {
+                            "name": "fake",
+                            "kind": "openai",
+                            "base_url": fake.base_url,
+                            "api_key_env": "BHIV_LLM_KEY_FAKE",
+                        }
+                    ]
+                ),
+                BHIV_LLM_MODELS=json.dumps(
+                    [{"alias": "assistant", "provider": "fake", "model": "up-assistant"}]
+                ),
+            )
             for server in (logistics, crm):
-                server.env.update(BHIV_INTEGRATIONS_URL=integrations.url, BHIV_OUTBOX_RELAY_INTERVAL="0.2")
+                server.env.update(
+                    BHIV_INTEGRATIONS_URL=integrations.url, BHIV_OUTBOX_RELAY_INTERVAL="0.2"
+                )
                 started.append(server.start())
-            services = {"integrations": integrations, "llm-query": llm, "logistics": logistics, "crm": crm}
-            agents = up("agent-orchestration", BHIV_AGENTS_SERVICE_URLS=json.dumps({n: s.url for n, s in services.items()}),
-                        **ENGINE_ENV)
+            services = {
+                "integrations": integrations,
+                "llm-query": llm,
+                "logistics": logistics,
+                "crm": crm,
+            }
+            agents = up(
+                "agent-orchestration",
+                BHIV_AGENTS_SERVICE_URLS=json.dumps({n: s.url for n, s in services.items()}),
+                **ENGINE_ENV,
+            )
             services["agent-orchestration"] = agents
-            gateway = up("gateway", BHIV_GATEWAY_UPSTREAMS=json.dumps(
-                {n: {"urls": [s.url], "prefix": PREFIXES[n]} for n, s in services.items()}))
+            gateway = up(
+                "gateway",
+                BHIV_GATEWAY_UPSTREAMS=json.dumps(
+                    {n: {"urls": [s.url], "prefix": PREFIXES[n]} for n, s in services.items()}
+                ),
+            )
             yield Platform(services, gateway, fake, hooks, vendors)
         finally:
             for server in reversed(started):
@@ -84,7 +126,13 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
 
 
 def make_item(api: httpx.Client, **fields: object) -> dict:
-    body = {"sku": unique("SKU").upper(), "name": "Widget", "quantity": 10, "reorder_level": 2, "unit_cost": "2.50"}
+    body = {
+        "sku": unique("SKU").upper(),
+        "name": "Widget",
+        "quantity": 10,
+        "reorder_level": 2,
+        "unit_cost": "2.50",
+    }
     r = api.post("/api/logistics/inventory", json=body | fields)
     assert r.status_code == 201, r.text
     return r.json()
@@ -93,15 +141,21 @@ def make_item(api: httpx.Client, **fields: object) -> dict:
 def order_input(item: dict, email: str, quantity: int = 2) -> dict:
     return {
         "customer": {"name": "Asha Rao", "email": email, "company": "Acme"},
-        "order": {"reference": unique("SO"), "destination": "5 Park St, Kolkata", "carrier": "BlueDart",
-                  "lines": [{"sku": item["sku"], "quantity": quantity}]},
+        "order": {
+            "reference": unique("SO"),
+            "destination": "5 Park St, Kolkata",
+            "carrier": "BlueDart",
+            "lines": [{"sku": item["sku"], "quantity": quantity}],
+        },
     }
 
 
 def test_customer_order_processing(platform: Platform) -> None:
     api = platform.api("admin")
-    sub = api.post("/api/integrations/subscriptions",
-                   json={"url": f"{platform.hooks.url}/orders", "event_types": ["order.*"]})
+    sub = api.post(
+        "/api/integrations/subscriptions",
+        json={"url": f"{platform.hooks.url}/orders", "event_types": ["order.*"]},
+    )
     assert sub.status_code == 201, sub.text
     item = make_item(api)
     email = f"{unique('asha')}@acme.example"
@@ -123,7 +177,9 @@ def test_customer_order_processing(platform: Platform) -> None:
     assert delivered[-1].json["data"]["reference"] == first["order"]["reference"]
 
     # The same customer ordering again is found, not created twice.
-    again = platform.run("customer-order-processing", **order_input(item, email.upper(), quantity=1))
+    again = platform.run(
+        "customer-order-processing", **order_input(item, email.upper(), quantity=1)
+    )
     assert again["status"] == "succeeded", again
     assert steps(again)["create_customer"]["status"] == "skipped"
     assert steps(again)["customer"]["output"]["id"] == customer_id
@@ -136,7 +192,10 @@ def test_inventory_reorder_chooses_supplier_by_rating_then_lead_time(platform: P
     best_rated = [("slow", "5.0", 9), ("fast", "5.0", 2), ("cheap", "4.0", 1)]
     ids = {}
     for label, rating, lead in best_rated:
-        r = api.post("/api/logistics/suppliers", json={"name": f"{tag}-{label}", "rating": rating, "lead_time_days": lead})
+        r = api.post(
+            "/api/logistics/suppliers",
+            json={"name": f"{tag}-{label}", "rating": rating, "lead_time_days": lead},
+        )
         assert r.status_code == 201, r.text
         ids[label] = r.json()["id"]
     low = make_item(api, quantity=3, reorder_level=5, supplier_id=ids["cheap"])
@@ -157,40 +216,91 @@ def test_inventory_reorder_chooses_supplier_by_rating_then_lead_time(platform: P
 
 def test_ai_agent_task_through_the_llm_service(platform: Platform) -> None:
     api = platform.api("editor")
-    r = api.post("/api/agents/agents", json={"name": unique("writer"), "kind": "llm", "model": "assistant",
-                                             "capabilities": ["text_generation"], "max_concurrency": 2,
-                                             "system_prompt": "You are terse."})
+    r = api.post(
+        "/api/agents/agents",
+        json={
+            "name": unique("writer"),
+            "kind": "llm",
+            "model": "assistant",
+            "capabilities": ["text_generation"],
+            "max_concurrency": 2,
+            "system_prompt": "You are terse.",
+        },
+    )
     assert r.status_code == 201, r.text
     platform.fake.script("up-assistant", Reply("Order 42 ships Tuesday."))
     run = platform.run("ai-agent-task", prompt="When does order 42 ship?")
     assert run["status"] == "succeeded", run
     output = steps(run)["generate"]["output"]
-    assert output["content"] == "Order 42 ships Tuesday." and output["usage"]["completion_tokens"] == 4
+    assert (
+        output["content"] == "Order 42 ships Tuesday." and output["usage"]["completion_tokens"] == 4
+    )
     sent = platform.fake.calls_for("up-assistant")[-1].body
-    assert sent["messages"] == [{"role": "system", "content": "You are terse."},
-                                {"role": "user", "content": "When does order 42 ship?"}]
-    assert platform.event(f"agent-task-run-{run['id']}")["data"]["answer"] == "Order 42 ships Tuesday."
+    assert sent["messages"] == [
+        {"role": "system", "content": "You are terse."},
+        {"role": "user", "content": "When does order 42 ship?"},
+    ]
+    assert (
+        platform.event(f"agent-task-run-{run['id']}")["data"]["answer"] == "Order 42 ships Tuesday."
+    )
     task = api.get(f"/api/agents/tasks/{steps(run)['generate']['task_id']}").json()
     assert task["status"] == "succeeded" and task["agent_id"] == r.json()["id"]
     stats = api.get("/api/agents/stats").json()
-    assert next(a for a in stats["agents"] if a["agent_id"] == r.json()["id"])["success_rate"] == 1.0
+    assert (
+        next(a for a in stats["agents"] if a["agent_id"] == r.json()["id"])["success_rate"] == 1.0
+    )
 
 
 def test_external_integration_sync(platform: Platform) -> None:
     api = platform.api("admin")
     tag = unique("vendor")
-    platform.vendors.put(f"{tag}-1", company=f"{tag} Metals", contact={"email": "m@v.example"}, lead_days=4, score=4.2)
-    platform.vendors.put(f"{tag}-2", company=f"{tag} Plastics", contact={"email": "p@v.example"}, lead_days=6, score=3.1)
-    conn = api.post("/api/integrations/connections", json={
-        "name": unique("vendors"), "base_url": platform.vendors.url, "auth_type": "bearer",
-        "credentials": {"token": VENDOR_TOKEN}})
+    platform.vendors.put(
+        f"{tag}-1",
+        company=f"{tag} Metals",
+        contact={"email": "m@v.example"},
+        lead_days=4,
+        score=4.2,
+    )
+    platform.vendors.put(
+        f"{tag}-2",
+        company=f"{tag} Plastics",
+        contact={"email": "p@v.example"},
+        lead_days=6,
+        score=3.1,
+    )
+    conn = api.post(
+        "/api/integrations/connections",
+        json={
+            "name": unique("vendors"),
+            "base_url": platform.vendors.url,
+            "auth_type": "bearer",
+            "credentials": {"token": VENDOR_TOKEN},
+        },
+    )
     assert conn.status_code == 201, conn.text
-    job = api.post("/api/integrations/sync-jobs", json={
-        "name": unique("sync"), "connection_id": conn.json()["id"], "source_path": "/vendors",
-        "records_path": "data.vendors", "key_field": "vendor_id", "cursor_field": "updated_at",
-        "cursor_param": "updated_since", "page_param": "cursor", "next_page_path": "next",
-        "page_size_param": "limit", "page_size": 50, "target": "logistics.suppliers",
-        "field_map": {"name": "company", "email": "contact.email", "lead_time_days": "lead_days", "rating": "score"}})
+    job = api.post(
+        "/api/integrations/sync-jobs",
+        json={
+            "name": unique("sync"),
+            "connection_id": conn.json()["id"],
+            "source_path": "/vendors",
+            "records_path": "data.vendors",
+            "key_field": "vendor_id",
+            "cursor_field": "updated_at",
+            "cursor_param": "updated_since",
+            "page_param": "cursor",
+            "next_page_path": "next",
+            "page_size_param": "limit",
+            "page_size": 50,
+            "target": "logistics.suppliers",
+            "field_map": {
+                "name": "company",
+                "email": "contact.email",
+                "lead_time_days": "lead_days",
+                "rating": "score",
+            },
+        },
+    )
     assert job.status_code == 201, job.text
     run = platform.run("external-integration-sync", sync_job_id=job.json()["id"])
     assert run["status"] == "succeeded", run
@@ -207,7 +317,8 @@ def test_multi_service_data_flow(platform: Platform) -> None:
     s = steps(run)
     # The three reads ran side by side.
     assert max(s[k]["started_at"] for k in ("crm", "inventory", "reorder")) < min(
-        s[k]["finished_at"] for k in ("crm", "inventory", "reorder"))
+        s[k]["finished_at"] for k in ("crm", "inventory", "reorder")
+    )
     data = platform.event(f"snapshot-run-{run['id']}")["data"]
     assert set(data) == {"crm", "inventory", "reorder_skus"}
     assert "customers" in json.dumps(data["crm"])
@@ -219,7 +330,9 @@ def test_order_compensation_when_integrations_is_down(platform: Platform) -> Non
     integrations = platform.services["integrations"]
     integrations.stop()
     try:
-        run = platform.run("customer-order-processing", **order_input(item, f"{unique('bo')}@acme.example", 4))
+        run = platform.run(
+            "customer-order-processing", **order_input(item, f"{unique('bo')}@acme.example", 4)
+        )
     finally:
         integrations.start()
     assert run["status"] == "compensated", run
@@ -230,5 +343,9 @@ def test_order_compensation_when_integrations_is_down(platform: Platform) -> Non
     assert shipment["status"] == "cancelled"
     after = api.get(f"/api/logistics/inventory/{item['id']}").json()
     assert after["reserved"] == 0 and after["quantity"] == 5
-    wf = next(w for w in api.get("/api/agents/stats").json()["workflows"] if w["workflow"] == "customer-order-processing")
+    wf = next(
+        w
+        for w in api.get("/api/agents/stats").json()["workflows"]
+        if w["workflow"] == "customer-order-processing"
+    )
     assert wf["compensated"] >= 1

@@ -6,9 +6,6 @@ from __future__ import annotations
 
 import time
 
-import httpx
-import pytest
-
 from tests.service.agents.helpers import define, history, start, steps, unique, wait_for, wait_run
 from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
@@ -16,17 +13,33 @@ from tests.support.servers import ServiceProcess
 
 def make_item(logistics: ServiceProcess, quantity: int = 10) -> dict:
     sku = unique("SKU").upper()
-    r = logistics.client().post("/inventory", json={"sku": sku, "name": "Widget", "quantity": quantity,
-                                                    "reorder_level": 1, "unit_cost": "2.50"})
+    r = logistics.client().post(
+        "/inventory",
+        json={
+            "sku": sku,
+            "name": "Widget",
+            "quantity": quantity,
+            "reorder_level": 1,
+            "unit_cost": "2.50",
+        },
+    )
     assert r.status_code == 201, r.text
     return r.json()
 
 
 def test_builtin_definitions_are_installed(agents: ServiceProcess) -> None:
     api = agents.client("viewer")
-    names = {w["name"]: w for w in api.get("/workflows", params={"latest": True, "limit": 100}).json()["items"]}
-    for name in ("customer-order-processing", "inventory-reorder", "ai-agent-task", "external-integration-sync",
-                 "multi-service-data-flow"):
+    names = {
+        w["name"]: w
+        for w in api.get("/workflows", params={"latest": True, "limit": 100}).json()["items"]
+    }
+    for name in (
+        "customer-order-processing",
+        "inventory-reorder",
+        "ai-agent-task",
+        "external-integration-sync",
+        "multi-service-data-flow",
+    ):
         assert names[name]["source"] == "builtin" and names[name]["version"] >= 1
 
 
@@ -43,44 +56,112 @@ def test_versions_and_bad_definitions(agents: ServiceProcess) -> None:
     assert steps(old)["a"]["output"] == 1
 
     bad = [
-        ({"id": "a", "type": "set", "value": 1, "needs": ["ghost"]}, "steps.0.needs", "unknown step"),
-        ({"id": "a", "type": "condition", "expression": "1 +"}, "steps.0.expression", "invalid expression"),
+        (
+            {"id": "a", "type": "set", "value": 1, "needs": ["ghost"]},
+            "steps.0.needs",
+            "unknown step",
+        ),
+        (
+            {"id": "a", "type": "condition", "expression": "1 +"},
+            "steps.0.expression",
+            "invalid expression",
+        ),
         ({"id": "a", "type": "service"}, "steps.0", "needs `call`"),
-        ({"id": "a", "type": "set", "value": "{{ input. }}"}, "steps.0.value", "invalid expression"),
+        (
+            {"id": "a", "type": "set", "value": "{{ input. }}"},
+            "steps.0.value",
+            "invalid expression",
+        ),
         ({"id": "a", "type": "set", "when": "__import__('os')"}, "steps.0.when", "not available"),
-        ({"id": "a", "type": "set", "value": "{{ input.__class__ }}"}, "steps.0.value", "private attribute"),
+        (
+            {"id": "a", "type": "set", "value": "{{ input.__class__ }}"},
+            "steps.0.value",
+            "private attribute",
+        ),
     ]
     for step, field, message in bad:
-        body = assert_problem(api.post("/workflows", json={"name": name, "steps": [step]}), 422, field=field) \
-            if field != "steps.0" else assert_problem(api.post("/workflows", json={"name": name, "steps": [step]}), 422)
+        body = (
+            assert_problem(
+                api.post("/workflows", json={"name": name, "steps": [step]}), 422, field=field
+            )
+            if field != "steps.0"
+            else assert_problem(api.post("/workflows", json={"name": name, "steps": [step]}), 422)
+        )
         if message:
-            assert message in body["detail"] or any(message in e["message"] for e in body["errors"]), body
-    cycle = [{"id": "a", "type": "set", "value": 1, "needs": ["b"]}, {"id": "b", "type": "set", "value": 1, "needs": ["a"]}]
-    assert "cycle" in str(assert_problem(api.post("/workflows", json={"name": name, "steps": cycle}), 422))
-    assert_problem(api.post("/workflows", json={"name": "Bad Name", "steps": [{"id": "a", "type": "set"}]}), 422,
-                   field="name")
-    assert_problem(api.post("/workflows", json={"name": name, "steps": [{"id": "a", "type": "launch"}]}), 422,
-                   field="steps.0.type")
+            assert message in body["detail"] or any(
+                message in e["message"] for e in body["errors"]
+            ), body
+    cycle = [
+        {"id": "a", "type": "set", "value": 1, "needs": ["b"]},
+        {"id": "b", "type": "set", "value": 1, "needs": ["a"]},
+    ]
+    assert "cycle" in str(
+        assert_problem(api.post("/workflows", json={"name": name, "steps": cycle}), 422)
+    )
+    assert_problem(
+        api.post("/workflows", json={"name": "Bad Name", "steps": [{"id": "a", "type": "set"}]}),
+        422,
+        field="name",
+    )
+    assert_problem(
+        api.post("/workflows", json={"name": name, "steps": [{"id": "a", "type": "launch"}]}),
+        422,
+        field="steps.0.type",
+    )
     assert_problem(api.post("/runs", json={"workflow": unique("none")}), 422, field="workflow")
     assert_problem(api.post("/runs", json={"workflow": name, "version": 9}), 422, field="version")
     assert_problem(api.get("/runs/999999"), 404)
 
 
-def test_dag_parallel_branches_conditions_and_waits(agents: ServiceProcess, logistics: ServiceProcess) -> None:
+def test_dag_parallel_branches_conditions_and_waits(
+    agents: ServiceProcess, logistics: ServiceProcess
+) -> None:
     api = agents.client("editor")
     item = make_item(logistics)
     name = unique("dag")
     define(
-        api, name,
-        {"id": "item", "type": "service", "call": {"service": "logistics", "method": "GET",
-                                                   "path": "/inventory/sku/{{ input.sku }}"}},
+        api,
+        name,
+        {
+            "id": "item",
+            "type": "service",
+            "call": {
+                "service": "logistics",
+                "method": "GET",
+                "path": "/inventory/sku/{{ input.sku }}",
+            },
+        },
         {"id": "pause_a", "type": "wait", "seconds": 1, "needs": ["item"]},
         {"id": "pause_b", "type": "wait", "seconds": 1, "needs": ["item"]},
-        {"id": "plenty", "type": "condition", "needs": ["item"], "expression": "steps.item.output.quantity >= 5"},
-        {"id": "if_plenty", "type": "set", "needs": ["plenty"], "when": "steps.plenty.output", "value": "yes"},
-        {"id": "if_short", "type": "set", "needs": ["plenty"], "when": "not steps.plenty.output", "value": "no"},
-        {"id": "join", "type": "set", "needs": ["pause_a", "pause_b", "if_plenty", "if_short"],
-         "value": {"sku": "{{ steps.item.output.sku }}", "label": "Item {{ steps.item.output.id }} ok"}},
+        {
+            "id": "plenty",
+            "type": "condition",
+            "needs": ["item"],
+            "expression": "steps.item.output.quantity >= 5",
+        },
+        {
+            "id": "if_plenty",
+            "type": "set",
+            "needs": ["plenty"],
+            "when": "steps.plenty.output",
+            "value": "yes",
+        },
+        {
+            "id": "if_short",
+            "type": "set",
+            "needs": ["plenty"],
+            "when": "not steps.plenty.output",
+            "value": "no",
+        },
+        {
+            "id": "join",
+            "type": "set",
+            "needs": ["pause_a", "pause_b", "if_plenty", "if_short"],
+            "value": {
+                "sku": "{{ steps.item.output.sku }}",
+                "label": "Item {{ steps.item.output.id }} ok",
+            },
+        },
     )
     t0 = time.monotonic()
     run = wait_run(api, start(api, name, sku=item["sku"])["id"])
@@ -100,19 +181,34 @@ def test_retries_with_backoff_then_on_error_policies(agents: ServiceProcess) -> 
     name = unique("retry")
     # crm is configured at a closed port: every call fails as unreachable (retryable).
     define(
-        api, name,
-        {"id": "flaky", "type": "service", "on_error": "continue",
-         "retry": {"max_attempts": 3, "initial_seconds": 0.2, "backoff_coefficient": 2},
-         "call": {"service": "crm", "method": "GET", "path": "/customers"}},
-        {"id": "missing", "type": "service", "needs": ["flaky"],
-         "retry": {"max_attempts": 3, "initial_seconds": 0.2},
-         "call": {"service": "logistics", "method": "GET", "path": "/inventory/2147483000"}},
+        api,
+        name,
+        {
+            "id": "flaky",
+            "type": "service",
+            "on_error": "continue",
+            "retry": {"max_attempts": 3, "initial_seconds": 0.2, "backoff_coefficient": 2},
+            "call": {"service": "crm", "method": "GET", "path": "/customers"},
+        },
+        {
+            "id": "missing",
+            "type": "service",
+            "needs": ["flaky"],
+            "retry": {"max_attempts": 3, "initial_seconds": 0.2},
+            "call": {"service": "logistics", "method": "GET", "path": "/inventory/2147483000"},
+        },
         {"id": "never", "type": "set", "needs": ["missing"], "value": 1},
     )
     run = wait_run(api, start(api, name)["id"])
     s = steps(run)
-    assert s["flaky"]["status"] == "failed" and s["flaky"]["attempts"] == 3 and "unreachable" in s["flaky"]["error"]
-    assert s["missing"]["status"] == "failed" and s["missing"]["attempts"] == 1  # a 404 is not retried
+    assert (
+        s["flaky"]["status"] == "failed"
+        and s["flaky"]["attempts"] == 3
+        and "unreachable" in s["flaky"]["error"]
+    )
+    assert (
+        s["missing"]["status"] == "failed" and s["missing"]["attempts"] == 1
+    )  # a 404 is not retried
     assert "404" in s["missing"]["error"] and s["never"]["status"] == "pending"
     assert run["status"] == "failed" and "missing" in run["error"]
     events = history(api, run["id"])
@@ -125,34 +221,84 @@ def test_retries_with_backoff_then_on_error_policies(agents: ServiceProcess) -> 
 def test_step_timeout(agents: ServiceProcess) -> None:
     api = agents.client("editor")
     name = unique("timeout")
-    define(api, name, {"id": "poll", "type": "service", "timeout_seconds": 0.5, "poll_seconds": 0.1,
-                       "until": "False", "call": {"service": "logistics", "method": "GET", "path": "/inventory"}})
+    define(
+        api,
+        name,
+        {
+            "id": "poll",
+            "type": "service",
+            "timeout_seconds": 0.5,
+            "poll_seconds": 0.1,
+            "until": "False",
+            "call": {"service": "logistics", "method": "GET", "path": "/inventory"},
+        },
+    )
     run = wait_run(api, start(api, name)["id"])
     assert run["status"] == "failed" and "timed out after 0.5 s" in steps(run)["poll"]["error"]
 
 
-def test_saga_compensation_releases_the_reservation(agents: ServiceProcess, logistics: ServiceProcess) -> None:
+def test_saga_compensation_releases_the_reservation(
+    agents: ServiceProcess, logistics: ServiceProcess
+) -> None:
     api = agents.client("editor")
     item = make_item(logistics, quantity=10)
     name = unique("saga")
     define(
-        api, name,
-        {"id": "shipment", "type": "service",
-         "call": {"service": "logistics", "method": "POST", "path": "/shipments",
-                  "body": {"reference": "{{ input.ref }}", "destination": "1 Main St",
-                           "lines": [{"sku": "{{ input.sku }}", "quantity": 4}]}},
-         "compensate": {"service": "logistics", "method": "POST", "path": "/shipments/{{ output.id }}/transitions",
-                        "body": {"status": "cancelled", "note": "run {{ run.id }}"}}},
-        {"id": "reserve_more", "type": "service", "needs": ["shipment"],
-         "call": {"service": "logistics", "method": "POST", "path": "/inventory/{{ input.item_id }}/movements",
-                  "body": {"type": "reservation", "quantity": 2, "reference": "{{ input.ref }}-2"}},
-         "compensate": {"service": "logistics", "method": "POST", "path": "/inventory/{{ input.item_id }}/movements",
-                        "body": {"type": "release", "quantity": 2, "reference": "{{ input.ref }}-2"}}},
-        {"id": "charge", "type": "service", "needs": ["reserve_more"], "on_error": "compensate",
-         "call": {"service": "logistics", "method": "POST", "path": "/inventory/{{ input.item_id }}/movements",
-                  "body": {"type": "reservation", "quantity": 1000, "reference": "too-much"}}},
+        api,
+        name,
+        {
+            "id": "shipment",
+            "type": "service",
+            "call": {
+                "service": "logistics",
+                "method": "POST",
+                "path": "/shipments",
+                "body": {
+                    "reference": "{{ input.ref }}",
+                    "destination": "1 Main St",
+                    "lines": [{"sku": "{{ input.sku }}", "quantity": 4}],
+                },
+            },
+            "compensate": {
+                "service": "logistics",
+                "method": "POST",
+                "path": "/shipments/{{ output.id }}/transitions",
+                "body": {"status": "cancelled", "note": "run {{ run.id }}"},
+            },
+        },
+        {
+            "id": "reserve_more",
+            "type": "service",
+            "needs": ["shipment"],
+            "call": {
+                "service": "logistics",
+                "method": "POST",
+                "path": "/inventory/{{ input.item_id }}/movements",
+                "body": {"type": "reservation", "quantity": 2, "reference": "{{ input.ref }}-2"},
+            },
+            "compensate": {
+                "service": "logistics",
+                "method": "POST",
+                "path": "/inventory/{{ input.item_id }}/movements",
+                "body": {"type": "release", "quantity": 2, "reference": "{{ input.ref }}-2"},
+            },
+        },
+        {
+            "id": "charge",
+            "type": "service",
+            "needs": ["reserve_more"],
+            "on_error": "compensate",
+            "call": {
+                "service": "logistics",
+                "method": "POST",
+                "path": "/inventory/{{ input.item_id }}/movements",
+                "body": {"type": "reservation", "quantity": 1000, "reference": "too-much"},
+            },
+        },
     )
-    run = wait_run(api, start(api, name, sku=item["sku"], item_id=item["id"], ref=unique("SO"))["id"])
+    run = wait_run(
+        api, start(api, name, sku=item["sku"], item_id=item["id"], ref=unique("SO"))["id"]
+    )
     assert run["status"] == "compensated", run
     s = steps(run)
     assert s["charge"]["status"] == "failed" and "409" in s["charge"]["error"]
@@ -174,17 +320,36 @@ def test_agent_step_waits_for_an_external_agent(agents: ServiceProcess) -> None:
     cap = unique("review").replace("-", "_")
     name = unique("agentwf")
     define(
-        api, name,
-        {"id": "review", "type": "agent", "capability": cap, "priority": 10, "payload": {"doc": "{{ input.doc }}"}},
-        {"id": "verdict", "type": "condition", "needs": ["review"], "expression": "steps.review.output.approved"},
+        api,
+        name,
+        {
+            "id": "review",
+            "type": "agent",
+            "capability": cap,
+            "priority": 10,
+            "payload": {"doc": "{{ input.doc }}"},
+        },
+        {
+            "id": "verdict",
+            "type": "condition",
+            "needs": ["review"],
+            "expression": "steps.review.output.approved",
+        },
     )
     run = start(api, name, doc="contract.pdf")
-    agent = api.post("/agents", json={"name": unique("reviewer"), "kind": "external", "capabilities": [cap]}).json()
-    leased = wait_for(lambda: api.post(f"/agents/{agent['id']}/claim", json={}).json(), lambda x: len(x) == 1, 10)[0]
+    agent = api.post(
+        "/agents", json={"name": unique("reviewer"), "kind": "external", "capabilities": [cap]}
+    ).json()
+    leased = wait_for(
+        lambda: api.post(f"/agents/{agent['id']}/claim", json={}).json(), lambda x: len(x) == 1, 10
+    )[0]
     assert leased["payload"] == {"doc": "contract.pdf"} and leased["workflow_run_id"] == run["id"]
     assert leased["step_id"] == "review" and leased["priority"] == 10
     assert api.get(f"/runs/{run['id']}").json()["status"] == "running"
-    api.post(f"/tasks/{leased['id']}/complete", json={"lease_token": leased["lease_token"], "result": {"approved": True}})
+    api.post(
+        f"/tasks/{leased['id']}/complete",
+        json={"lease_token": leased["lease_token"], "result": {"approved": True}},
+    )
     done = wait_run(api, run["id"])
     assert done["status"] == "succeeded" and steps(done)["verdict"]["output"] is True
     assert steps(done)["review"]["task_id"] == leased["id"]
@@ -193,9 +358,13 @@ def test_agent_step_waits_for_an_external_agent(agents: ServiceProcess) -> None:
 def test_cancel_a_run_cancels_its_tasks(agents: ServiceProcess) -> None:
     api = agents.client("editor")
     name = unique("cancel")
-    define(api, name, {"id": "work", "type": "agent", "capability": unique("nobody").replace("-", "_")})
+    define(
+        api, name, {"id": "work", "type": "agent", "capability": unique("nobody").replace("-", "_")}
+    )
     run = start(api, name)
-    task_id = wait_for(lambda: steps(api.get(f"/runs/{run['id']}").json())["work"]["task_id"], bool, 10)
+    task_id = wait_for(
+        lambda: steps(api.get(f"/runs/{run['id']}").json())["work"]["task_id"], bool, 10
+    )
     cancelled = api.post(f"/runs/{run['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert api.get(f"/tasks/{task_id}").json()["status"] == "cancelled"
@@ -209,24 +378,53 @@ def test_restart_mid_run_resumes_without_repeating_completed_steps(
     sku = unique("RESTART").upper()
     name = unique("durable")
     define(
-        api, name,
+        api,
+        name,
         # Not idempotent: a second POST of the same SKU is a 409, which would fail the run.
-        {"id": "create", "type": "service",
-         "call": {"service": "logistics", "method": "POST", "path": "/inventory",
-                  "body": {"sku": "{{ input.sku }}", "name": "Durable", "quantity": 5, "unit_cost": "1.00"}}},
+        {
+            "id": "create",
+            "type": "service",
+            "call": {
+                "service": "logistics",
+                "method": "POST",
+                "path": "/inventory",
+                "body": {
+                    "sku": "{{ input.sku }}",
+                    "name": "Durable",
+                    "quantity": 5,
+                    "unit_cost": "1.00",
+                },
+            },
+        },
         {"id": "pause", "type": "wait", "seconds": 3, "needs": ["create"]},
-        {"id": "receive", "type": "service", "needs": ["pause"],
-         "call": {"service": "logistics", "method": "POST", "path": "/inventory/{{ steps.create.output.id }}/movements",
-                  "body": {"type": "receipt", "quantity": 7, "reference": "restock"}}},
+        {
+            "id": "receive",
+            "type": "service",
+            "needs": ["pause"],
+            "call": {
+                "service": "logistics",
+                "method": "POST",
+                "path": "/inventory/{{ steps.create.output.id }}/movements",
+                "body": {"type": "receipt", "quantity": 7, "reference": "restock"},
+            },
+        },
     )
     run = start(api, name, sku=sku)
-    wait_for(lambda: steps(api.get(f"/runs/{run['id']}").json())["pause"]["status"], lambda s: s == "running", 10)
+    wait_for(
+        lambda: steps(api.get(f"/runs/{run['id']}").json())["pause"]["status"],
+        lambda s: s == "running",
+        10,
+    )
     agents.restart()
     api = agents.client("editor")
     done = wait_run(api, run["id"])
     assert done["status"] == "succeeded", done
     s = steps(done)
-    assert s["create"]["attempts"] == 1 and s["pause"]["attempts"] == 1 and s["receive"]["attempts"] == 1
+    assert (
+        s["create"]["attempts"] == 1
+        and s["pause"]["attempts"] == 1
+        and s["receive"]["attempts"] == 1
+    )
     started = [e["step_id"] for e in history(api, run["id"]) if e["kind"] == "step_started"]
     assert started == ["create", "pause", "receive"]
     item = logistics.client().get(f"/inventory/sku/{sku}").json()

@@ -12,8 +12,24 @@ from sqlalchemy.orm import Session
 
 from bhiv.agents import queue
 from bhiv.agents.models import Agent, AgentKind, AgentStatus, Task, TaskStatus
-from bhiv.agents.schemas import AgentCreate, AgentRead, AgentUpdate, Capability, ClaimRequest, LeasedTask
-from bhiv.core import Identity, Page, PageParams, current_identity, get_session, page_params, paginate, utcnow
+from bhiv.agents.schemas import (
+    AgentCreate,
+    AgentRead,
+    AgentUpdate,
+    Capability,
+    ClaimRequest,
+    LeasedTask,
+)
+from bhiv.core import (
+    Identity,
+    Page,
+    PageParams,
+    current_identity,
+    get_session,
+    page_params,
+    paginate,
+    utcnow,
+)
 from bhiv.core.crud import apply_patch, get_or_404, unique_as_conflict
 from bhiv.core.errors import Problem, conflict
 
@@ -21,7 +37,9 @@ router = APIRouter(tags=["agents"])
 SessionDep = Annotated[Session, Depends(get_session)]
 AgentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Agent ID.")]
 
-agent_page = page_params({"id": Agent.id, "name": Agent.name, "created_at": Agent.created_at}, default_sort="id")
+agent_page = page_params(
+    {"id": Agent.id, "name": Agent.name, "created_at": Agent.created_at}, default_sort="id"
+)
 
 
 def read(agent: Agent, running: int, heartbeat_timeout: float) -> AgentRead:
@@ -29,8 +47,13 @@ def read(agent: Agent, running: int, heartbeat_timeout: float) -> AgentRead:
         agent.last_heartbeat_at is not None
         and utcnow() - agent.last_heartbeat_at < dt.timedelta(seconds=heartbeat_timeout)
     )
-    return AgentRead.model_validate({**{c: getattr(agent, c) for c in AgentRead.model_fields if hasattr(agent, c)},
-                                     "online": online, "running": running})
+    return AgentRead.model_validate(
+        {
+            **{c: getattr(agent, c) for c in AgentRead.model_fields if hasattr(agent, c)},
+            "online": online,
+            "running": running,
+        }
+    )
 
 
 def _timeout(request: Request) -> float:
@@ -43,8 +66,12 @@ def list_agents(
     session: SessionDep,
     params: Annotated[PageParams, Depends(agent_page)],
     kind: Annotated[AgentKind | None, Query(description="Only this kind.")] = None,
-    status_: Annotated[AgentStatus | None, Query(alias="status", description="Only this status.")] = None,
-    capability: Annotated[Capability | None, Query(description="Only agents with this capability.")] = None,
+    status_: Annotated[
+        AgentStatus | None, Query(alias="status", description="Only this status.")
+    ] = None,
+    capability: Annotated[
+        Capability | None, Query(description="Only agents with this capability.")
+    ] = None,
 ) -> Page[AgentRead]:
     stmt = select(Agent)
     if kind is not None:
@@ -58,19 +85,34 @@ def list_agents(
     return paginate(session, stmt, params, lambda a: read(a, load.get(a.id, 0), _timeout(request)))
 
 
-@router.post("/agents", response_model=AgentRead, status_code=status.HTTP_201_CREATED, summary="Register an agent",
-             responses={409: {"description": "The name is taken."}})
+@router.post(
+    "/agents",
+    response_model=AgentRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Register an agent",
+    responses={409: {"description": "The name is taken."}},
+)
 def register(
-    request: Request, body: AgentCreate, session: SessionDep, identity: Identity = Depends(current_identity)
+    request: Request,
+    body: AgentCreate,
+    session: SessionDep,
+    identity: Identity = Depends(current_identity),
 ) -> AgentRead:
     if body.kind == AgentKind.http and "admin" not in identity.roles:
         # An HTTP agent makes this service call any URL: that is an administrator's decision.
         raise Problem(403, "Registering an http agent needs the admin role.", kind="forbidden")
     now = utcnow()
     agent = Agent(
-        name=body.name, kind=body.kind, status=AgentStatus.active, capabilities=sorted(set(body.capabilities)),
-        max_concurrency=body.max_concurrency, config=body.config(), description=body.description,
-        last_heartbeat_at=now if body.kind == AgentKind.external else None, created_at=now, updated_at=now,
+        name=body.name,
+        kind=body.kind,
+        status=AgentStatus.active,
+        capabilities=sorted(set(body.capabilities)),
+        max_concurrency=body.max_concurrency,
+        config=body.config(),
+        description=body.description,
+        last_heartbeat_at=now if body.kind == AgentKind.external else None,
+        created_at=now,
+        updated_at=now,
     )
     session.add(agent)
     with unique_as_conflict(session, "agents", {"name": body.name}, "agent"):
@@ -86,8 +128,12 @@ def get_agent(request: Request, agent_id: AgentId, session: SessionDep) -> Agent
     return read(agent, queue.loads(session).get(agent.id, 0), _timeout(request))
 
 
-@router.patch("/agents/{agent_id}", response_model=AgentRead, summary="Pause, resume or resize an agent")
-def update_agent(request: Request, agent_id: AgentId, body: AgentUpdate, session: SessionDep) -> AgentRead:
+@router.patch(
+    "/agents/{agent_id}", response_model=AgentRead, summary="Pause, resume or resize an agent"
+)
+def update_agent(
+    request: Request, agent_id: AgentId, body: AgentUpdate, session: SessionDep
+) -> AgentRead:
     agent = get_or_404(session, Agent, agent_id, "Agent", lock=True)
     changes = apply_patch(agent, body)
     if "capabilities" in changes:
@@ -97,12 +143,18 @@ def update_agent(request: Request, agent_id: AgentId, body: AgentUpdate, session
     return answer
 
 
-@router.delete("/agents/{agent_id}", status_code=status.HTTP_204_NO_CONTENT, summary="Deregister an agent",
-               description="Its running tasks go back to the queue (or fail, when out of attempts).")
+@router.delete(
+    "/agents/{agent_id}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    summary="Deregister an agent",
+    description="Its running tasks go back to the queue (or fail, when out of attempts).",
+)
 def deregister(agent_id: AgentId, session: SessionDep) -> Response:
     agent = get_or_404(session, Agent, agent_id, "Agent", lock=True)
     now = utcnow()
-    for task in session.scalars(select(Task).where(Task.agent_id == agent.id, Task.status == TaskStatus.running)):
+    for task in session.scalars(
+        select(Task).where(Task.agent_id == agent.id, Task.status == TaskStatus.running)
+    ):
         task.lease_expires_at = now - dt.timedelta(seconds=1)  # the engine's next tick requeues it
         task.agent_id = None
     session.delete(agent)
@@ -110,7 +162,9 @@ def deregister(agent_id: AgentId, session: SessionDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.post("/agents/{agent_id}/heartbeat", response_model=AgentRead, summary="An external agent is alive")
+@router.post(
+    "/agents/{agent_id}/heartbeat", response_model=AgentRead, summary="An external agent is alive"
+)
 def heartbeat(request: Request, agent_id: AgentId, session: SessionDep) -> AgentRead:
     agent = get_or_404(session, Agent, agent_id, "Agent", lock=True)
     agent.last_heartbeat_at = utcnow()
@@ -127,7 +181,9 @@ def heartbeat(request: Request, agent_id: AgentId, session: SessionDep) -> Agent
     "Each task comes with a lease token; heartbeat before the lease expires or the task is requeued.",
     responses={409: {"description": "The agent is not external or is paused."}},
 )
-def claim(request: Request, agent_id: AgentId, body: ClaimRequest, session: SessionDep) -> list[LeasedTask]:
+def claim(
+    request: Request, agent_id: AgentId, body: ClaimRequest, session: SessionDep
+) -> list[LeasedTask]:
     agent = get_or_404(session, Agent, agent_id, "Agent", lock=True)
     if agent.kind != AgentKind.external:
         raise conflict(f"Agent {agent_id} is {agent.kind.value}; only external agents claim tasks.")
@@ -137,7 +193,11 @@ def claim(request: Request, agent_id: AgentId, body: ClaimRequest, session: Sess
     seconds = body.lease_seconds or request.app.state.settings.agents_task_lease_seconds
     won = dict(queue.claim(session, agent, body.max_tasks, seconds))
     session.flush()
-    tasks = session.scalars(select(Task).where(Task.id.in_(won)).order_by(Task.sort_key, Task.id)).all() if won else []
+    tasks = (
+        session.scalars(select(Task).where(Task.id.in_(won)).order_by(Task.sort_key, Task.id)).all()
+        if won
+        else []
+    )
     answer = [LeasedTask.model_validate({**_task_dict(t), "lease_token": won[t.id]}) for t in tasks]
     session.commit()
     return answer

@@ -12,8 +12,12 @@ from bhiv.core import get_session
 router = APIRouter(tags=["monitoring"])
 
 
-@router.get("/stats", response_model=Overview, summary="Success rate, latency and queue depth",
-            description="Per agent and per workflow: succeeded, failed, success rate, mean and p95 latency "
-            "(most recent 1000); per capability: queued, running and the oldest wait.")
+@router.get(
+    "/stats",
+    response_model=Overview,
+    summary="Success rate, latency and queue depth",
+    description="Per agent and per workflow: succeeded, failed, success rate, mean and p95 latency "
+    "(most recent 1000); per capability: queued, running and the oldest wait.",
+)
 def stats(session: Annotated[Session, Depends(get_session)]) -> Overview:
     return overview(session)

@@ -11,8 +11,24 @@ from sqlalchemy.orm import Session
 
 from bhiv.agents import queue
 from bhiv.agents.models import Task, TaskStatus
-from bhiv.agents.schemas import Capability, CompleteRequest, FailRequest, HeartbeatRequest, TaskCreate, TaskRead
-from bhiv.core import Identity, Page, PageParams, current_identity, get_session, page_params, paginate, utcnow
+from bhiv.agents.schemas import (
+    Capability,
+    CompleteRequest,
+    FailRequest,
+    HeartbeatRequest,
+    TaskCreate,
+    TaskRead,
+)
+from bhiv.core import (
+    Identity,
+    Page,
+    PageParams,
+    current_identity,
+    get_session,
+    page_params,
+    paginate,
+    utcnow,
+)
 from bhiv.core.crud import get_or_404
 from bhiv.core.errors import Problem, conflict
 
@@ -21,7 +37,12 @@ SessionDep = Annotated[Session, Depends(get_session)]
 TaskId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Task ID.")]
 
 task_page = page_params(
-    {"id": Task.id, "priority": Task.priority, "enqueued_at": Task.enqueued_at, "finished_at": Task.finished_at},
+    {
+        "id": Task.id,
+        "priority": Task.priority,
+        "enqueued_at": Task.enqueued_at,
+        "finished_at": Task.finished_at,
+    },
     default_sort="-id",
 )
 
@@ -35,16 +56,35 @@ def _lease_lost(task: Task) -> Problem:
     )
 
 
-@router.post("/tasks", response_model=TaskRead, status_code=status.HTTP_201_CREATED, summary="Submit a task",
-             description="Routed to the least-loaded active agent with the capability; queued until one is free.")
-def submit(request: Request, body: TaskCreate, session: SessionDep,
-           identity: Identity = Depends(current_identity)) -> TaskRead:
+@router.post(
+    "/tasks",
+    response_model=TaskRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Submit a task",
+    description="Routed to the least-loaded active agent with the capability; queued until one is free.",
+)
+def submit(
+    request: Request,
+    body: TaskCreate,
+    session: SessionDep,
+    identity: Identity = Depends(current_identity),
+) -> TaskRead:
     now = utcnow()
     task = Task(
-        capability=body.capability, priority=body.priority, payload=body.payload,
-        sort_key=queue.sort_key(now, body.priority, request.app.state.settings.agents_aging_seconds),
-        max_attempts=body.max_attempts, timeout_seconds=body.timeout_seconds, status=TaskStatus.queued,
-        attempts=0, submitted_by=identity.subject, enqueued_at=now, created_at=now, updated_at=now,
+        capability=body.capability,
+        priority=body.priority,
+        payload=body.payload,
+        sort_key=queue.sort_key(
+            now, body.priority, request.app.state.settings.agents_aging_seconds
+        ),
+        max_attempts=body.max_attempts,
+        timeout_seconds=body.timeout_seconds,
+        status=TaskStatus.queued,
+        attempts=0,
+        submitted_by=identity.subject,
+        enqueued_at=now,
+        created_at=now,
+        updated_at=now,
     )
     session.add(task)
     session.flush()
@@ -58,10 +98,16 @@ def submit(request: Request, body: TaskCreate, session: SessionDep,
 def list_tasks(
     session: SessionDep,
     params: Annotated[PageParams, Depends(task_page)],
-    status_: Annotated[TaskStatus | None, Query(alias="status", description="Only this status.")] = None,
+    status_: Annotated[
+        TaskStatus | None, Query(alias="status", description="Only this status.")
+    ] = None,
     capability: Annotated[Capability | None, Query(description="Only this capability.")] = None,
-    agent_id: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Only this agent's.")] = None,
-    workflow_run_id: Annotated[int | None, Query(ge=1, le=2**31 - 1, description="Only this run's.")] = None,
+    agent_id: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="Only this agent's.")
+    ] = None,
+    workflow_run_id: Annotated[
+        int | None, Query(ge=1, le=2**31 - 1, description="Only this run's.")
+    ] = None,
 ) -> Page[TaskRead]:
     stmt = select(Task)
     if status_ is not None:
@@ -80,21 +126,33 @@ def get_task(task_id: TaskId, session: SessionDep) -> TaskRead:
     return TaskRead.model_validate(get_or_404(session, Task, task_id, "Task"))
 
 
-@router.post("/tasks/{task_id}/cancel", response_model=TaskRead, summary="Cancel a queued or running task",
-             responses={409: {"description": "The task has already finished."}})
+@router.post(
+    "/tasks/{task_id}/cancel",
+    response_model=TaskRead,
+    summary="Cancel a queued or running task",
+    responses={409: {"description": "The task has already finished."}},
+)
 def cancel(task_id: TaskId, session: SessionDep) -> TaskRead:
     task = get_or_404(session, Task, task_id, "Task", lock=True)
     if not queue.cancel(session, task):
-        raise conflict(f"Task {task_id} is {task.status.value}; only queued or running tasks can be cancelled.",
-                       current=task.status.value)
+        raise conflict(
+            f"Task {task_id} is {task.status.value}; only queued or running tasks can be cancelled.",
+            current=task.status.value,
+        )
     answer = TaskRead.model_validate(task)
     session.commit()
     return answer
 
 
-@router.post("/tasks/{task_id}/heartbeat", response_model=TaskRead, summary="Extend a task's lease",
-             responses={409: {"description": "The lease was lost."}})
-def heartbeat(request: Request, task_id: TaskId, body: HeartbeatRequest, session: SessionDep) -> TaskRead:
+@router.post(
+    "/tasks/{task_id}/heartbeat",
+    response_model=TaskRead,
+    summary="Extend a task's lease",
+    responses={409: {"description": "The lease was lost."}},
+)
+def heartbeat(
+    request: Request, task_id: TaskId, body: HeartbeatRequest, session: SessionDep
+) -> TaskRead:
     task = get_or_404(session, Task, task_id, "Task", lock=True)
     if task.status != TaskStatus.running or task.lease_token != body.lease_token:
         raise _lease_lost(task)
@@ -107,19 +165,33 @@ def heartbeat(request: Request, task_id: TaskId, body: HeartbeatRequest, session
     return answer
 
 
-@router.post("/tasks/{task_id}/complete", response_model=TaskRead, summary="Report a leased task's result",
-             responses={409: {"description": "The lease was lost."}})
-def complete(request: Request, task_id: TaskId, body: CompleteRequest, session: SessionDep) -> TaskRead:
+@router.post(
+    "/tasks/{task_id}/complete",
+    response_model=TaskRead,
+    summary="Report a leased task's result",
+    responses={409: {"description": "The lease was lost."}},
+)
+def complete(
+    request: Request, task_id: TaskId, body: CompleteRequest, session: SessionDep
+) -> TaskRead:
     return _finish(request, session, task_id, body.lease_token, result=body.result)
 
 
-@router.post("/tasks/{task_id}/fail", response_model=TaskRead, summary="Report a leased task's failure",
-             responses={409: {"description": "The lease was lost."}})
+@router.post(
+    "/tasks/{task_id}/fail",
+    response_model=TaskRead,
+    summary="Report a leased task's failure",
+    responses={409: {"description": "The lease was lost."}},
+)
 def fail(request: Request, task_id: TaskId, body: FailRequest, session: SessionDep) -> TaskRead:
-    return _finish(request, session, task_id, body.lease_token, error=body.error, retryable=body.retryable)
+    return _finish(
+        request, session, task_id, body.lease_token, error=body.error, retryable=body.retryable
+    )
 
 
-def _finish(request: Request, session: Session, task_id: int, token: str, **outcome: object) -> TaskRead:
+def _finish(
+    request: Request, session: Session, task_id: int, token: str, **outcome: object
+) -> TaskRead:
     task = get_or_404(session, Task, task_id, "Task", lock=True)
     if queue.finish(session, task_id, token, **outcome) is None:  # type: ignore[arg-type]
         raise _lease_lost(task)

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Request, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
+from bhiv.agents import queue
 from bhiv.agents.definitions import Name, WorkflowSpec, dag_problem
 from bhiv.agents.models import (
     RUN_FINAL,
@@ -18,9 +19,24 @@ from bhiv.agents.models import (
     WorkflowDefinition,
     WorkflowRun,
 )
-from bhiv.agents import queue
-from bhiv.agents.schemas import RunCreate, RunEventRead, RunRead, StepRead, WorkflowCreate, WorkflowRead
-from bhiv.core import Identity, Page, PageParams, current_identity, get_session, page_params, paginate, utcnow
+from bhiv.agents.schemas import (
+    RunCreate,
+    RunEventRead,
+    RunRead,
+    StepRead,
+    WorkflowCreate,
+    WorkflowRead,
+)
+from bhiv.core import (
+    Identity,
+    Page,
+    PageParams,
+    current_identity,
+    get_session,
+    page_params,
+    paginate,
+    utcnow,
+)
 from bhiv.core.crud import get_or_404, unique_as_conflict
 from bhiv.core.errors import conflict, field_problem
 
@@ -30,32 +46,53 @@ DefinitionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Workflow def
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Run ID.")]
 
 definition_page = page_params(
-    {"id": WorkflowDefinition.id, "name": WorkflowDefinition.name, "version": WorkflowDefinition.version},
+    {
+        "id": WorkflowDefinition.id,
+        "name": WorkflowDefinition.name,
+        "version": WorkflowDefinition.version,
+    },
     default_sort="name,-version",
 )
 run_page = page_params(
-    {"id": WorkflowRun.id, "started_at": WorkflowRun.started_at, "finished_at": WorkflowRun.finished_at},
+    {
+        "id": WorkflowRun.id,
+        "started_at": WorkflowRun.started_at,
+        "finished_at": WorkflowRun.finished_at,
+    },
     default_sort="-id",
 )
 event_page = page_params({"id": RunEvent.id}, default_sort="id")
 
 
-@router.post("/workflows", response_model=WorkflowRead, status_code=status.HTTP_201_CREATED,
-             summary="Create a workflow definition (a new version when the name exists)",
-             description="Definitions are immutable: posting a name again creates its next version; "
-             "runs keep the version they started with.")
+@router.post(
+    "/workflows",
+    response_model=WorkflowRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Create a workflow definition (a new version when the name exists)",
+    description="Definitions are immutable: posting a name again creates its next version; "
+    "runs keep the version they started with.",
+)
 def create_definition(body: WorkflowCreate, session: SessionDep) -> WorkflowRead:
     if problem := dag_problem(body.steps):
         raise field_problem(*problem)
     spec = WorkflowSpec(steps=body.steps)
-    latest = session.scalar(select(func.max(WorkflowDefinition.version)).where(WorkflowDefinition.name == body.name))
+    latest = session.scalar(
+        select(func.max(WorkflowDefinition.version)).where(WorkflowDefinition.name == body.name)
+    )
     now = utcnow()
     definition = WorkflowDefinition(
-        name=body.name, version=(latest or 0) + 1, description=body.description, source="api",
-        spec=spec.model_dump(mode="json", exclude_defaults=False), created_at=now, updated_at=now,
+        name=body.name,
+        version=(latest or 0) + 1,
+        description=body.description,
+        source="api",
+        spec=spec.model_dump(mode="json", exclude_defaults=False),
+        created_at=now,
+        updated_at=now,
     )
     session.add(definition)
-    with unique_as_conflict(session, "workflow_definitions", {"name": body.name}, "workflow version"):
+    with unique_as_conflict(
+        session, "workflow_definitions", {"name": body.name}, "workflow version"
+    ):
         session.flush()
     answer = WorkflowRead.model_validate(definition)
     session.commit()
@@ -73,76 +110,138 @@ def list_definitions(
     if name is not None:
         stmt = stmt.where(WorkflowDefinition.name == name)
     if latest:
-        newest = (select(WorkflowDefinition.name, func.max(WorkflowDefinition.version).label("v"))
-                  .group_by(WorkflowDefinition.name).subquery())
-        stmt = stmt.join(newest, (newest.c.name == WorkflowDefinition.name) & (newest.c.v == WorkflowDefinition.version))
+        newest = (
+            select(WorkflowDefinition.name, func.max(WorkflowDefinition.version).label("v"))
+            .group_by(WorkflowDefinition.name)
+            .subquery()
+        )
+        stmt = stmt.join(
+            newest,
+            (newest.c.name == WorkflowDefinition.name) & (newest.c.v == WorkflowDefinition.version),
+        )
     return paginate(session, stmt, params, WorkflowRead.model_validate)
 
 
-@router.get("/workflows/{definition_id}", response_model=WorkflowRead, summary="Get a workflow definition")
+@router.get(
+    "/workflows/{definition_id}", response_model=WorkflowRead, summary="Get a workflow definition"
+)
 def get_definition(definition_id: DefinitionId, session: SessionDep) -> WorkflowRead:
-    return WorkflowRead.model_validate(get_or_404(session, WorkflowDefinition, definition_id, "Workflow definition"))
+    return WorkflowRead.model_validate(
+        get_or_404(session, WorkflowDefinition, definition_id, "Workflow definition")
+    )
 
 
 def run_read(session: Session, run: WorkflowRun) -> RunRead:
     definition = session.get(WorkflowDefinition, run.definition_id)
     rows = {r.step_id: r for r in session.scalars(select(StepRun).where(StepRun.run_id == run.id))}
     steps = []
-    for spec_step in (definition.spec["steps"] if definition else []):
+    for spec_step in definition.spec["steps"] if definition else []:
         row = rows.get(spec_step["id"])
         if row is not None:
             steps.append(StepRead.model_validate(row))
         else:
-            steps.append(StepRead(step_id=spec_step["id"], type=spec_step["type"], status="pending", attempts=0,
-                                  output=None, error=None, due_at=None, task_id=None, started_at=None,
-                                  finished_at=None, compensated_at=None))
-    return RunRead.model_validate({**{k: getattr(run, k) for k in RunRead.model_fields if k != "steps"},
-                                   "steps": steps})
+            steps.append(
+                StepRead(
+                    step_id=spec_step["id"],
+                    type=spec_step["type"],
+                    status="pending",
+                    attempts=0,
+                    output=None,
+                    error=None,
+                    due_at=None,
+                    task_id=None,
+                    started_at=None,
+                    finished_at=None,
+                    compensated_at=None,
+                )
+            )
+    return RunRead.model_validate(
+        {**{k: getattr(run, k) for k in RunRead.model_fields if k != "steps"}, "steps": steps}
+    )
 
 
-@router.post("/runs", response_model=RunRead, status_code=status.HTTP_201_CREATED, summary="Start a workflow run",
-             responses={422: {"description": "No such workflow or version (`workflow`, `version`)."}})
-def start_run(request: Request, body: RunCreate, session: SessionDep,
-              identity: Identity = Depends(current_identity)) -> RunRead:
+@router.post(
+    "/runs",
+    response_model=RunRead,
+    status_code=status.HTTP_201_CREATED,
+    summary="Start a workflow run",
+    responses={422: {"description": "No such workflow or version (`workflow`, `version`)."}},
+)
+def start_run(
+    request: Request,
+    body: RunCreate,
+    session: SessionDep,
+    identity: Identity = Depends(current_identity),
+) -> RunRead:
     stmt = select(WorkflowDefinition).where(WorkflowDefinition.name == body.workflow)
     if body.version is not None:
         stmt = stmt.where(WorkflowDefinition.version == body.version)
     definition = session.scalar(stmt.order_by(WorkflowDefinition.version.desc()).limit(1))
     if definition is None:
-        known = session.scalar(select(WorkflowDefinition.id).where(WorkflowDefinition.name == body.workflow).limit(1))
+        known = session.scalar(
+            select(WorkflowDefinition.id).where(WorkflowDefinition.name == body.workflow).limit(1)
+        )
         if known is not None and body.version is not None:
-            raise field_problem("version", f"workflow {body.workflow} has no version {body.version}")
+            raise field_problem(
+                "version", f"workflow {body.workflow} has no version {body.version}"
+            )
         raise field_problem("workflow", f"no workflow named {body.workflow!r}")
     now = utcnow()
     run = WorkflowRun(
-        definition_id=definition.id, workflow=definition.name, version=definition.version, status=RunStatus.running,
-        input=body.input, started_by=identity.subject, started_at=now, created_at=now, updated_at=now,
+        definition_id=definition.id,
+        workflow=definition.name,
+        version=definition.version,
+        status=RunStatus.running,
+        input=body.input,
+        started_by=identity.subject,
+        started_at=now,
+        created_at=now,
+        updated_at=now,
     )
     session.add(run)
     session.flush()
-    session.add(RunEvent(run_id=run.id, step_id=None, kind="run_started", at=now,
-                         detail={"workflow": run.workflow, "version": run.version, "by": identity.subject}))
+    session.add(
+        RunEvent(
+            run_id=run.id,
+            step_id=None,
+            kind="run_started",
+            at=now,
+            detail={"workflow": run.workflow, "version": run.version, "by": identity.subject},
+        )
+    )
     answer = run_read(session, run)
     session.commit()
     request.app.state.engine.wake.set()
     return answer
 
 
-@router.get("/runs", response_model=Page[RunRead], summary="List runs",
-            description="Steps are left out of list items; get a run for them.")
+@router.get(
+    "/runs",
+    response_model=Page[RunRead],
+    summary="List runs",
+    description="Steps are left out of list items; get a run for them.",
+)
 def list_runs(
     session: SessionDep,
     params: Annotated[PageParams, Depends(run_page)],
     workflow: Annotated[Name | None, Query(description="Only this workflow's runs.")] = None,
-    status_: Annotated[RunStatus | None, Query(alias="status", description="Only this status.")] = None,
+    status_: Annotated[
+        RunStatus | None, Query(alias="status", description="Only this status.")
+    ] = None,
 ) -> Page[RunRead]:
     stmt = select(WorkflowRun)
     if workflow is not None:
         stmt = stmt.where(WorkflowRun.workflow == workflow)
     if status_ is not None:
         stmt = stmt.where(WorkflowRun.status == status_)
-    return paginate(session, stmt, params,
-                    lambda r: RunRead.model_validate({k: getattr(r, k) for k in RunRead.model_fields if k != "steps"}))
+    return paginate(
+        session,
+        stmt,
+        params,
+        lambda r: RunRead.model_validate(
+            {k: getattr(r, k) for k in RunRead.model_fields if k != "steps"}
+        ),
+    )
 
 
 @router.get("/runs/{run_id}", response_model=RunRead, summary="Get a run with each step's status")
@@ -150,21 +249,38 @@ def get_run(run_id: RunId, session: SessionDep) -> RunRead:
     return run_read(session, get_or_404(session, WorkflowRun, run_id, "Run"))
 
 
-@router.get("/runs/{run_id}/history", response_model=Page[RunEventRead], summary="A run's history, oldest first")
-def run_history(run_id: RunId, session: SessionDep, params: Annotated[PageParams, Depends(event_page)]) -> Page[RunEventRead]:
+@router.get(
+    "/runs/{run_id}/history",
+    response_model=Page[RunEventRead],
+    summary="A run's history, oldest first",
+)
+def run_history(
+    run_id: RunId, session: SessionDep, params: Annotated[PageParams, Depends(event_page)]
+) -> Page[RunEventRead]:
     get_or_404(session, WorkflowRun, run_id, "Run")
-    return paginate(session, select(RunEvent).where(RunEvent.run_id == run_id), params, RunEventRead.model_validate)
+    return paginate(
+        session,
+        select(RunEvent).where(RunEvent.run_id == run_id),
+        params,
+        RunEventRead.model_validate,
+    )
 
 
-@router.post("/runs/{run_id}/cancel", response_model=RunRead, summary="Cancel a running run",
-             description="No further steps start; its queued or running agent tasks are cancelled. "
-             "Compensations do not run (start a compensating workflow if needed).",
-             responses={409: {"description": "The run has finished."}})
+@router.post(
+    "/runs/{run_id}/cancel",
+    response_model=RunRead,
+    summary="Cancel a running run",
+    description="No further steps start; its queued or running agent tasks are cancelled. "
+    "Compensations do not run (start a compensating workflow if needed).",
+    responses={409: {"description": "The run has finished."}},
+)
 def cancel_run(run_id: RunId, session: SessionDep) -> RunRead:
     run = get_or_404(session, WorkflowRun, run_id, "Run", lock=True)
     if run.status in RUN_FINAL:
-        raise conflict(f"Run {run_id} is {run.status.value}; only running runs can be cancelled.",
-                       current=run.status.value)
+        raise conflict(
+            f"Run {run_id} is {run.status.value}; only running runs can be cancelled.",
+            current=run.status.value,
+        )
     now = utcnow()
     run.status = RunStatus.cancelled
     run.finished_at = now
