@@ -82,7 +82,9 @@ def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
     """Hand queued tasks to built-in agents, least-loaded first; commits."""
     agents = list(
         session.scalars(
-            select(Agent).where(Agent.status == AgentStatus.active, Agent.kind.in_(BUILTIN_KINDS))
+            select(Agent)
+            .where(Agent.status == AgentStatus.active, Agent.kind.in_(BUILTIN_KINDS))
+            .order_by(Agent.id)
         )
     )
     if not agents:
