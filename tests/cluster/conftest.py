@@ -79,6 +79,17 @@ class KubeCluster:
     def kubectl_path(self) -> Path:
         return self.bin_dir / "kubectl"
 
+    def subprocess_env(self) -> dict[str, str]:
+        """Environment for any client tool (kubectl, helm, the operator) run
+        against this cluster: its kubeconfig, the tools first on PATH, and
+        kubectl/helm's discovery cache kept out of ~/.kube."""
+        return {
+            **os.environ,
+            "KUBECONFIG": str(self.kubeconfig),
+            "KUBECACHEDIR": str(KUBE_CACHE_DIR),
+            "PATH": f"{self.bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
+        }
+
     @property
     def is_kwok(self) -> bool:
         """The local kwok cluster (simulated nodes), as opposed to BHIV_TEST_KUBECONFIG."""
@@ -201,13 +212,8 @@ def kubectl(kube_cluster: KubeCluster) -> Kubectl:
     (``kubectl("apply", "-f", "-", input=yaml)``).
     """
     base = [str(kube_cluster.kubectl_path), "--kubeconfig", str(kube_cluster.kubeconfig)]
-    kubectl_env = {
-        **os.environ,
-        # Never fall back to ~/.kube/config or an ambient KUBECONFIG, and keep
-        # kubectl's discovery cache out of ~/.kube too.
-        "KUBECONFIG": str(kube_cluster.kubeconfig),
-        "KUBECACHEDIR": str(KUBE_CACHE_DIR),
-    }
+    # Never fall back to ~/.kube/config or an ambient KUBECONFIG.
+    kubectl_env = kube_cluster.subprocess_env()
 
     def run(
         *args: str, check: bool = True, input: str | None = None, timeout: float = 120
