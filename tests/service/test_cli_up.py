@@ -125,3 +125,59 @@ def test_unknown_service_names_are_refused(tmp_path: Path, args: list[str]) -> N
         [sys.executable, "-m", "bhiv", *args], env=_env(tmp_path), capture_output=True, text=True, timeout=60
     )
     assert result.returncode == 2 and "nope" in result.stderr
+
+
+def test_children_find_each_other_under_a_port_offset(tmp_path: Path) -> None:
+    """Under --port-offset no service is at its catalog port, so Logistics' outbox
+    relay reaches Integrations only if `bhiv up` told it where Integrations is."""
+    offset = _free_offset()
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [
+            sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path),
+            "--only", "integrations", "--only", "logistics",
+        ],
+        env={**_env(tmp_path), "BHIV_OUTBOX_RELAY_INTERVAL": "0.2"},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        integrations = f"http://127.0.0.1:{catalog.get('integrations').port + offset}"
+        logistics = f"http://127.0.0.1:{catalog.get('logistics').port + offset}"
+        for url in (integrations, logistics):
+            wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
+        token = subprocess.run(
+            [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
+            env=_env(tmp_path), capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
+        auth = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(
+            f"{logistics}/inventory", json={"sku": "OFFSET-1", "name": "Low", "quantity": 5, "reorder_level": 4},
+            headers=auth,
+        )
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{logistics}/inventory/{r.json()['id']}/movements",
+                       json={"type": "reservation", "quantity": 2}, headers=auth)
+        assert r.status_code == 201, r.text
+
+        deadline = time.monotonic() + 30
+        events: list[dict] = []
+        while not events and time.monotonic() < deadline:
+            r = httpx.get(f"{integrations}/events", params={"type": "inventory.low_stock"}, headers=auth)
+            assert r.status_code == 200, r.text
+            events = [e for e in r.json()["items"] if e["data"]["sku"] == "OFFSET-1"]
+            time.sleep(0.2)
+        assert len(events) == 1, (tmp_path / "up.log").read_text()[-3000:]
+        assert events[0]["source"] == "logistics"
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            # SIGTERM first: killing `bhiv up` outright would orphan its children.
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+        log.close()
