@@ -85,6 +85,8 @@ def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
             select(Agent)
             .where(Agent.status == AgentStatus.active, Agent.kind.in_(BUILTIN_KINDS))
             .order_by(Agent.id)
+            # Replicas dispatching at once take turns, so none overfills an agent.
+            .with_for_update()
         )
     )
     if not agents:

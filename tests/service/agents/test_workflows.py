@@ -429,3 +429,36 @@ def test_restart_mid_run_resumes_without_repeating_completed_steps(
     assert started == ["create", "pause", "receive"]
     item = logistics.client().get(f"/inventory/sku/{sku}").json()
     assert item["quantity"] == 12
+
+
+def test_restart_while_an_agent_step_waits_for_its_task(agents: ServiceProcess) -> None:
+    api = agents.client("editor")
+    cap = unique("slowjob").replace("-", "_")
+    name = unique("durable_agent")
+    define(
+        api,
+        name,
+        {"id": "job", "type": "agent", "capability": cap, "payload": {"n": "{{ input.n }}"}},
+        {"id": "double", "type": "set", "needs": ["job"], "value": "{{ steps.job.output.n * 2 }}"},
+    )
+    run = start(api, name, n=21)
+    agent = api.post(
+        "/agents", json={"name": unique("worker"), "kind": "external", "capabilities": [cap]}
+    ).json()
+    leased = wait_for(
+        lambda: api.post(f"/agents/{agent['id']}/claim", json={"lease_seconds": 60}).json(),
+        lambda x: len(x) == 1,
+        10,
+    )[0]
+    agents.restart()
+    api = agents.client("editor")
+    # The lease and the run both survive the restart; the task is not submitted twice.
+    beat = api.post(f"/tasks/{leased['id']}/heartbeat", json={"lease_token": leased["lease_token"]})
+    assert beat.status_code == 200, beat.text
+    api.post(
+        f"/tasks/{leased['id']}/complete",
+        json={"lease_token": leased["lease_token"], "result": {"n": 21}},
+    )
+    done = wait_run(api, run["id"])
+    assert done["status"] == "succeeded" and steps(done)["double"]["output"] == 42
+    assert api.get("/tasks", params={"workflow_run_id": run["id"]}).json()["total"] == 1
