@@ -143,11 +143,25 @@ class Engine:
         await self._db(self._release)
         await self.caller.aclose()
 
+    # Each step first looks with a read transaction and takes the write lock
+    # (SQLite: BEGIN IMMEDIATE) only when there is something to do, so an idle
+    # engine never competes with the API's writers.
+
     def _expire(self) -> None:
-        with self.db.session() as s:
-            queue.expire_leases(s)
+        with self.db.session(write=False) as s:
+            due = s.scalar(
+                select(Task.id)
+                .where(Task.status == TaskStatus.running, Task.lease_expires_at < utcnow())
+                .limit(1)
+            )
+        if due is not None:
+            with self.db.session() as s:
+                queue.expire_leases(s)
 
     def _dispatch(self) -> list[queue.Assignment]:
+        with self.db.session(write=False) as s:
+            if s.scalar(select(Task.id).where(Task.status == TaskStatus.queued).limit(1)) is None:
+                return []
         with self.db.session() as s:
             return queue.dispatch_builtin(s)
 
@@ -155,33 +169,26 @@ class Engine:
         now = utcnow()
         until = now + dt.timedelta(seconds=self.settings.agents_run_lease_seconds)
         active = (RunStatus.running, RunStatus.compensating)
-        with self.db.session() as s:
+        claimable = or_(
+            WorkflowRun.lease_owner == self.owner,
+            WorkflowRun.lease_expires_at.is_(None),
+            WorkflowRun.lease_expires_at < now,
+        )
+        with self.db.session(write=False) as s:
             ids = s.scalars(
                 select(WorkflowRun.id)
-                .where(
-                    WorkflowRun.status.in_(active),
-                    or_(
-                        WorkflowRun.lease_owner == self.owner,
-                        WorkflowRun.lease_expires_at.is_(None),
-                        WorkflowRun.lease_expires_at < now,
-                    ),
-                )
+                .where(WorkflowRun.status.in_(active), claimable)
                 .order_by(WorkflowRun.id)
                 .limit(100)
             ).all()
-            won = []
+        if not ids:
+            return []
+        won = []
+        with self.db.session() as s:
             for run_id in ids:
                 result = s.execute(
                     update(WorkflowRun)
-                    .where(
-                        WorkflowRun.id == run_id,
-                        WorkflowRun.status.in_(active),
-                        or_(
-                            WorkflowRun.lease_owner == self.owner,
-                            WorkflowRun.lease_expires_at.is_(None),
-                            WorkflowRun.lease_expires_at < now,
-                        ),
-                    )
+                    .where(WorkflowRun.id == run_id, WorkflowRun.status.in_(active), claimable)
                     .values(lease_owner=self.owner, lease_expires_at=until)
                 )
                 if result.rowcount == 1:
