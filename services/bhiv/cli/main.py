@@ -13,6 +13,7 @@ import typer
 from rich.console import Console
 
 from bhiv import __version__, catalog
+from bhiv.cli.wait import wait_modules
 
 app = typer.Typer(
     name="bhiv",
@@ -195,6 +196,9 @@ def operator_command(
         listen_host=listen_host,
         verbose=verbose,
     )
+
+
+app.command("wait-modules")(wait_modules)
 
 
 @app.command()
