@@ -1,0 +1,135 @@
+{{/* Chart name. */}}
+{{- define "bhiv.name" -}}
+{{- default .Chart.Name .Values.nameOverride | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Prefix of every resource name the chart owns (modules keep their service names). */}}
+{{- define "bhiv.fullname" -}}
+{{- if .Values.fullnameOverride -}}
+{{- .Values.fullnameOverride | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- $name := default .Chart.Name .Values.nameOverride -}}
+{{- if contains $name .Release.Name -}}
+{{- .Release.Name | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-%s" .Release.Name $name | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bhiv.chart" -}}
+{{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* Labels every resource carries; pass (dict "ctx" $ "component" "x"). */}}
+{{- define "bhiv.labels" -}}
+helm.sh/chart: {{ include "bhiv.chart" .ctx }}
+app.kubernetes.io/name: {{ default (include "bhiv.name" .ctx) .name }}
+app.kubernetes.io/instance: {{ .ctx.Release.Name }}
+app.kubernetes.io/version: {{ include "bhiv.tag" .ctx | quote }}
+app.kubernetes.io/managed-by: {{ .ctx.Release.Service }}
+app.kubernetes.io/part-of: bhiv-core
+{{- with .component }}
+app.kubernetes.io/component: {{ . }}
+{{- end }}
+{{- with .ctx.Values.commonLabels }}
+{{ toYaml . }}
+{{- end }}
+{{- end -}}
+
+{{/* The operator's pods: name + instance only (selectors are immutable).
+     Its own name, so it can never select a module's pods (name=bhiv, instance=<module>). */}}
+{{- define "bhiv.operator.labels" -}}
+{{ include "bhiv.labels" (dict "ctx" . "component" "operator" "name" (printf "%s-operator" (include "bhiv.name" .))) }}
+{{- end -}}
+
+{{- define "bhiv.operator.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bhiv.name" . }}-operator
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{- define "bhiv.tag" -}}
+{{- default .Chart.AppVersion .Values.image.tag -}}
+{{- end -}}
+
+{{- define "bhiv.image" -}}
+{{- printf "%s:%s" .Values.image.repository (include "bhiv.tag" .) -}}
+{{- end -}}
+
+{{- define "bhiv.operator.serviceAccountName" -}}
+{{- if .Values.operator.serviceAccount.create -}}
+{{- default (printf "%s-operator" (include "bhiv.fullname" .)) .Values.operator.serviceAccount.name -}}
+{{- else -}}
+{{- default "default" .Values.operator.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{- define "bhiv.jwtSecretName" -}}
+{{- default (printf "%s-jwt" (include "bhiv.fullname" .)) .Values.auth.existingSecret -}}
+{{- end -}}
+
+{{- define "bhiv.databaseSecretName" -}}
+{{- default (printf "%s-database" (include "bhiv.fullname" .)) .Values.database.existingSecret -}}
+{{- end -}}
+
+{{/* The seed's startup stages, in order (a JSON list of lists of service names). */}}
+{{- define "bhiv.seedStages" -}}
+[["integrations"], ["llm-query"], ["logistics", "crm"], ["agent-orchestration"], ["gateway"]]
+{{- end -}}
+
+{{/* The stages that have an enabled service, each a list of the enabled ones:
+     {"stages": [[...], ...]} as JSON. */}}
+{{- define "bhiv.stages" -}}
+{{- $stages := list -}}
+{{- range $stage := include "bhiv.seedStages" . | fromJsonArray -}}
+{{- $enabled := list -}}
+{{- range $name := $stage -}}
+{{- if (index $.Values.services $name).enabled -}}
+{{- $enabled = append $enabled $name -}}
+{{- end -}}
+{{- end -}}
+{{- if $enabled -}}
+{{- $stages = append $stages $enabled -}}
+{{- end -}}
+{{- end -}}
+{{- dict "stages" $stages | toJson -}}
+{{- end -}}
+
+{{- define "bhiv.servicePort" -}}
+{{- $defaults := dict "logistics" 8001 "crm" 8002 "agent-orchestration" 8003 "llm-query" 8004 "integrations" 8005 "gateway" 8000 -}}
+{{- $svc := index .ctx.Values.services .name -}}
+{{- default (index $defaults .name) $svc.port -}}
+{{- end -}}
+
+{{/* Restricted Pod Security: pod level. */}}
+{{- define "bhiv.podSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+fsGroup: 10001
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Restricted Pod Security: container level. */}}
+{{- define "bhiv.containerSecurityContext" -}}
+runAsNonRoot: true
+runAsUser: 10001
+runAsGroup: 10001
+allowPrivilegeEscalation: false
+readOnlyRootFilesystem: true
+capabilities:
+  drop: [ALL]
+seccompProfile:
+  type: RuntimeDefault
+{{- end -}}
+
+{{/* Name of the operator's Role/ClusterRole, its binding and its (Cluster)KopfPeering:
+     cluster-scoped names carry the namespace so two releases never collide. */}}
+{{- define "bhiv.operator.rbacName" -}}
+{{- if .Values.operator.clusterWide -}}
+{{- printf "%s-%s-operator" .Release.Namespace (include "bhiv.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- else -}}
+{{- printf "%s-operator" (include "bhiv.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+{{- end -}}
