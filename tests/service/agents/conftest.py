@@ -38,10 +38,14 @@ def agents(
         "integrations": "http://127.0.0.1:9",
         "llm-query": "http://127.0.0.1:9",
     }
-    yield from run_service(
+    for server in run_service(
         "agent-orchestration",
         backend,
         request,
         BHIV_AGENTS_SERVICE_URLS=json.dumps(urls),
         **ENGINE_ENV,
-    )
+    ):
+        yield server
+        # The engine works in the background: its failures would not reach a test's answer.
+        errors = [line for line in server.log().splitlines() if '"level": "ERROR"' in line]
+        assert not errors, "agent-orchestration logged errors:\n" + "\n".join(errors[:5])

@@ -462,3 +462,47 @@ def test_restart_while_an_agent_step_waits_for_its_task(agents: ServiceProcess) 
     done = wait_run(api, run["id"])
     assert done["status"] == "succeeded" and steps(done)["double"]["output"] == 42
     assert api.get("/tasks", params={"workflow_run_id": run["id"]}).json()["total"] == 1
+
+
+def test_many_runs_at_once_all_finish(agents: ServiceProcess, logistics: ServiceProcess) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    item = make_item(logistics)
+    api = agents.client("editor")
+    name = unique("burst")
+    define(
+        api,
+        name,
+        {
+            "id": "read",
+            "type": "service",
+            "call": {
+                "service": "logistics",
+                "method": "GET",
+                "path": "/inventory/{{ input.item }}",
+            },
+        },
+        {
+            "id": "a",
+            "type": "set",
+            "needs": ["read"],
+            "value": "{{ steps.read.output.quantity + input.k }}",
+        },
+        {"id": "b", "type": "set", "needs": ["read"], "value": "{{ input.k }}"},
+        {
+            "id": "c",
+            "type": "set",
+            "needs": ["a", "b"],
+            "value": "{{ steps.a.output - steps.b.output }}",
+        },
+    )
+    with ThreadPoolExecutor(8) as pool:
+        started = list(
+            pool.map(
+                lambda k: start(agents.client("editor"), name, item=item["id"], k=k), range(30)
+            )
+        )
+    finished = [wait_run(api, r["id"], 60) for r in started]
+    assert all(r["status"] == "succeeded" for r in finished), [r["error"] for r in finished]
+    assert {steps(r)["c"]["output"] for r in finished} == {10}
+    assert agents.client().get("/stats").json()  # figures still answer under the burst
