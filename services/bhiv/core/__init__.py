@@ -9,7 +9,7 @@ IDs, JSON logs, health/info/metrics endpoints and an inter-service client.
 from bhiv.core.app import ServiceSpec, create_app
 from bhiv.core.auth import Identity, current_identity, require
 from bhiv.core.client import ServiceClient
-from bhiv.core.db import Database, UTCDateTime, get_session, new_metadata, utcnow
+from bhiv.core.db import Database, SessionDep, UTCDateTime, get_session, new_metadata, utcnow
 from bhiv.core.errors import Problem, conflict, field_problem, not_found
 from bhiv.core.pagination import Page, PageParams, page_params, paginate
 from bhiv.core.settings import ServiceSettings
@@ -23,6 +23,7 @@ __all__ = [
     "ServiceClient",
     "ServiceSettings",
     "ServiceSpec",
+    "SessionDep",
     "UTCDateTime",
     "conflict",
     "create_app",

@@ -13,11 +13,11 @@ import datetime as dt
 import enum
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Annotated, Any
 
 import anyio
 import anyio.to_thread
-from fastapi import Request
+from fastapi import Depends, Request
 from sqlalchemy import DateTime, Engine, Enum, MetaData, create_engine, event, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -199,3 +199,7 @@ async def get_session(request: Request) -> AsyncIterator[Session]:
         yield session
     finally:
         await anyio.to_thread.run_sync(session.close, limiter=_CLOSE_LIMITER)
+
+
+# A handler's session: ``def handler(session: SessionDep) -> ...``.
+SessionDep = Annotated[Session, Depends(get_session)]

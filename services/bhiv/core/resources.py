@@ -16,11 +16,10 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from bhiv.core.crud import apply_patch, get_or_404, require_reference, unique_as_conflict
-from bhiv.core.db import get_session
+from bhiv.core.db import SessionDep
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import Page, PageParams, like_pattern, page_params, paginate
 
-SessionDep = Annotated[Session, Depends(get_session)]
 # Returns extra WHERE clauses from an endpoint's own query parameters.
 FilterDependency = Callable[..., list[ColumnElement[bool]]]
 

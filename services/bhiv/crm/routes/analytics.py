@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import enum
 from decimal import Decimal
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from bhiv.core import get_session, utcnow
+from bhiv.core import utcnow
+from bhiv.core.db import SessionDep
 from bhiv.crm.models import (
     UNRESOLVED,
     Customer,
@@ -24,7 +25,6 @@ from bhiv.crm.models import (
 from bhiv.crm.schemas import CrmAnalytics, CustomerStats, PipelineStats, StageTotals, TicketStats
 
 router = APIRouter(tags=["analytics"])
-SessionDep = Annotated[Session, Depends(get_session)]
 OPEN_STAGES = (LeadStage.new, LeadStage.contacted, LeadStage.qualified, LeadStage.proposal)
 
 

@@ -6,26 +6,24 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import ColumnElement, select
-from sqlalchemy.orm import Session
 
 from bhiv.core import (
     Identity,
     Page,
     PageParams,
     current_identity,
-    get_session,
     page_params,
     paginate,
     utcnow,
 )
 from bhiv.core.crud import get_or_404
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.core.fields import UTCTimestamp
 from bhiv.crm.models import Customer, Interaction, InteractionKind
 from bhiv.crm.schemas import InteractionCreate, InteractionRead, Principal
 
 router = APIRouter(tags=["interactions"])
-SessionDep = Annotated[Session, Depends(get_session)]
 CustomerId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Customer ID.")]
 InteractionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Interaction ID.")]
 

@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import case, delete, or_, select
-from sqlalchemy.orm import Session
 
-from bhiv.core import Page, PageParams, get_session, page_params, paginate
+from bhiv.core import Page, PageParams, page_params, paginate
 from bhiv.core.crud import apply_patch, get_or_404
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
@@ -27,7 +27,6 @@ from bhiv.crm.schemas import (
 )
 
 router = APIRouter(tags=["leads"])
-SessionDep = Annotated[Session, Depends(get_session)]
 LeadId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Lead ID.")]
 AmountQuery = Annotated[Decimal | None, Query(ge=0, max_digits=12, decimal_places=2)]
 

@@ -6,19 +6,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from sqlalchemy import case, or_, select
-from sqlalchemy.orm import Session
 
 from bhiv.core import (
     Identity,
     Page,
     PageParams,
     current_identity,
-    get_session,
     page_params,
     paginate,
     utcnow,
 )
 from bhiv.core.crud import apply_patch, get_or_404, require_reference
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
@@ -43,7 +42,6 @@ from bhiv.crm.schemas import (
 from bhiv.crm.settings import TicketSla
 
 router = APIRouter(tags=["tickets"])
-SessionDep = Annotated[Session, Depends(get_session)]
 TicketId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Ticket ID.")]
 
 

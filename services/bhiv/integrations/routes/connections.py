@@ -6,11 +6,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from sqlalchemy import or_, select
-from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bhiv.core import Page, PageParams, get_session, page_params, paginate, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import get_or_404, unique_as_conflict
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, field_problem
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
@@ -35,7 +35,6 @@ from bhiv.integrations.schemas import (
 )
 
 router = APIRouter(tags=["connections"])
-SessionDep = Annotated[Session, Depends(get_session)]
 ConnectionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Connection ID.")]
 ADMIN = [Depends(require("admin"))]
 

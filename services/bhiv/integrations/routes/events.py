@@ -9,7 +9,8 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bhiv.core import Page, PageParams, get_session, page_params, paginate, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, utcnow
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import not_found
 from bhiv.core.fields import UTCTimestamp
 from bhiv.integrations.catalogue import EVENT_TYPES
@@ -18,7 +19,6 @@ from bhiv.integrations.models import Event
 from bhiv.integrations.schemas import EventAccepted, EventIn, EventRead, EventTypeInfo
 
 router = APIRouter(tags=["events"])
-SessionDep = Annotated[Session, Depends(get_session)]
 pages = page_params({"id": Event.id, "occurred_at": Event.occurred_at}, default_sort="-id")
 
 

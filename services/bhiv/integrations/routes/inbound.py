@@ -19,9 +19,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bhiv.core import Page, PageParams, get_session, page_params, paginate, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import apply_patch, get_or_404, unique_as_conflict
-from bhiv.core.db import Database
+from bhiv.core.db import Database, SessionDep
 from bhiv.core.errors import Problem, field_problem, not_found
 from bhiv.core.fields import StorableText
 from bhiv.integrations import signing
@@ -39,7 +39,6 @@ from bhiv.integrations.schemas import (
 
 sources = APIRouter(tags=["inbound webhooks"])
 receiver = APIRouter(tags=["inbound webhooks"])
-SessionDep = Annotated[Session, Depends(get_session)]
 SourceId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Webhook source ID.")]
 ADMIN = [Depends(require("admin"))]
 

@@ -8,8 +8,9 @@ from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from bhiv.core import Page, PageParams, get_session, page_params, paginate, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import get_or_404
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.integrations import delivery as deliveries
 from bhiv.integrations import egress, signing
@@ -28,7 +29,6 @@ from bhiv.integrations.schemas import (
 )
 
 router = APIRouter(tags=["outbound webhooks"])
-SessionDep = Annotated[Session, Depends(get_session)]
 SubscriptionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Subscription ID.")]
 DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Delivery ID.")]
 ADMIN = [Depends(require("admin"))]

@@ -6,10 +6,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
-from bhiv.core import Page, PageParams, get_session, page_params, paginate, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import get_or_404, require_reference, unique_as_conflict
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.integrations.models import (
     Connection,
@@ -25,7 +25,6 @@ from bhiv.integrations.sync import queue_run
 from bhiv.integrations.targets import TARGETS
 
 router = APIRouter(tags=["sync"])
-SessionDep = Annotated[Session, Depends(get_session)]
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sync job ID.")]
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sync run ID.")]
 ADMIN = [Depends(require("admin"))]

@@ -5,13 +5,12 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import Depends, Request
-from sqlalchemy.orm import Session
 
-from bhiv.core import Identity, current_identity, get_session
+from bhiv.core import Identity, current_identity
+from bhiv.core.db import SessionDep as SessionDep
 from bhiv.llm.pipeline import Caller, Engine
 from bhiv.llm.settings import LlmSettings
 
-SessionDep = Annotated[Session, Depends(get_session)]
 IdentityDep = Annotated[Identity, Depends(current_identity)]
 
 

@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 from decimal import Decimal
-from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter
 from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 
-from bhiv.core import get_session
+from bhiv.core.db import SessionDep
 from bhiv.logistics.models import Item, Shipment, Warehouse
 from bhiv.logistics.schemas import GroupTotals, InventoryAnalytics
 
 router = APIRouter(tags=["analytics"])
-SessionDep = Annotated[Session, Depends(get_session)]
 
 _units = func.coalesce(func.sum(Item.quantity), 0)
 _value = func.coalesce(func.sum(Item.quantity * Item.unit_cost), 0)

@@ -13,11 +13,11 @@ from bhiv.core import (
     Page,
     PageParams,
     current_identity,
-    get_session,
     page_params,
     paginate,
 )
 from bhiv.core.crud import apply_patch, get_or_404, require_reference, unique_as_conflict
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, not_found
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
@@ -43,7 +43,6 @@ from bhiv.logistics.schemas import (
 
 router = APIRouter(tags=["inventory"])
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Item ID.")]
-SessionDep = Annotated[Session, Depends(get_session)]
 
 item_page = page_params(
     {

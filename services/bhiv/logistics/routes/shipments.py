@@ -7,19 +7,18 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
 
 from bhiv.core import (
     Identity,
     Page,
     PageParams,
     current_identity,
-    get_session,
     page_params,
     paginate,
     utcnow,
 )
 from bhiv.core.crud import get_or_404, require_reference, unique_as_conflict
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, field_problem
 from bhiv.core.fields import StorableText
 from bhiv.core.workflow import Workflow
@@ -44,7 +43,6 @@ from bhiv.logistics.schemas import (
 
 router = APIRouter(tags=["shipments"])
 ShipmentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Shipment ID.")]
-SessionDep = Annotated[Session, Depends(get_session)]
 
 S = ShipmentStatus
 SHIPMENT_WORKFLOW: Workflow[ShipmentStatus] = Workflow(
