@@ -52,6 +52,14 @@ class ServiceCall(_Spec):
     body: Any = Field(None, description="JSON body (a template).")
 
 
+class ConflictLookup(_Spec):
+    call: ServiceCall = Field(description="Made instead when the step's call answers 409.")
+    output: Any = Field(
+        "{{ response }}",
+        description="The step's output, a template over `response` (the lookup's answer); null: the step fails.",
+    )
+
+
 class Step(_Spec):
     id: StepId = Field(description="Unique within the workflow.", examples=["shipment"])
     type: Literal["service", "agent", "condition", "set", "wait"] = Field(examples=["service"])
@@ -80,6 +88,11 @@ class Step(_Spec):
     compensate: ServiceCall | None = Field(
         None, description="Undo this step (saga); may refer to its own output."
     )
+    on_conflict: ConflictLookup | None = Field(
+        None,
+        description="type=service: create-or-get. When the call answers 409 (e.g. it is repeated after a "
+        "restart and the first attempt did create the resource), look the resource up instead.",
+    )
     # agent
     capability: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,99}$")] | None = None
     payload: Any = Field(None, description="type=agent: the task payload (a template).")
@@ -107,6 +120,8 @@ class Step(_Spec):
             raise ValueError(f"a {self.type} step needs `{need}`")
         if self.compensate is not None and self.type != "service":
             raise ValueError("only service steps can have a compensation")
+        if self.on_conflict is not None and self.type != "service":
+            raise ValueError("only service steps can have on_conflict")
         return self
 
 
@@ -131,6 +146,7 @@ def dag_problem(steps: list[Step]) -> tuple[str, str] | None:
             ("payload", step.payload, True),
             ("call", step.call and step.call.model_dump(), True),
             ("compensate", step.compensate and step.compensate.model_dump(), True),
+            ("on_conflict", step.on_conflict and step.on_conflict.model_dump(), True),
         ]
         for field, value, is_template in checks:
             try:

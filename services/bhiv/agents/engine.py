@@ -392,19 +392,42 @@ class Engine:
         if step.type in ("condition", "set"):
             return prepared
         call = prepared
+        first = True
         while True:
-            response = await self.caller.service(
-                call["service"],
-                call["method"],
-                str(call["path"]),
-                params=call["params"],
-                body=call["body"],
-            )
+            try:
+                response = await self.caller.service(
+                    call["service"],
+                    call["method"],
+                    str(call["path"]),
+                    params=call["params"],
+                    body=call["body"],
+                )
+            except CallFailed as exc:
+                if first and exc.status == 409 and step.on_conflict is not None:
+                    return await self._lookup(step, names, exc)
+                raise
+            first = False
             if step.until is None or expressions.evaluate(
                 step.until, {**names, "response": response}
             ):
                 return response
             await asyncio.sleep(step.poll_seconds)  # bounded by the step's timeout
+
+    async def _lookup(self, step: Step, names: dict[str, Any], conflict: CallFailed) -> Any:
+        """Create-or-get: the resource exists already; find it and make it this step's output."""
+        assert step.on_conflict is not None
+        lookup = step.on_conflict.call
+        response = await self.caller.service(
+            lookup.service,
+            lookup.method,
+            str(expressions.render(lookup.path, names)),
+            params=expressions.render(lookup.params, names),
+            body=expressions.render(lookup.body, names),
+        )
+        output = expressions.render(step.on_conflict.output, {**names, "response": response})
+        if output is None:
+            raise CallFailed(f"{conflict}; and on_conflict found nothing", retryable=False)
+        return output
 
     async def _check_agent_step(
         self, run_id: int, step: Step, row: StepRun, task: Task | None, now: dt.datetime

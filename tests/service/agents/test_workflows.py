@@ -506,3 +506,40 @@ def test_many_runs_at_once_all_finish(agents: ServiceProcess, logistics: Service
     assert all(r["status"] == "succeeded" for r in finished), [r["error"] for r in finished]
     assert {steps(r)["c"]["output"] for r in finished} == {10}
     assert agents.client().get("/stats").json()  # figures still answer under the burst
+
+
+def test_on_conflict_adopts_what_an_earlier_attempt_created(
+    agents: ServiceProcess, logistics: ServiceProcess
+) -> None:
+    """Create-or-get: a step repeated after a restart finds the shipment its first attempt made."""
+    item = make_item(logistics)
+    ref = unique("SO")
+    body = {
+        "reference": ref,
+        "destination": "1 Main St",
+        "lines": [{"sku": item["sku"], "quantity": 1}],
+    }
+    existing = logistics.client().post("/shipments", json=body).json()
+    api = agents.client("editor")
+    call = {"service": "logistics", "method": "POST", "path": "/shipments", "body": body}
+    lookup = {
+        "call": {
+            "service": "logistics",
+            "method": "GET",
+            "path": "/shipments",
+            "params": {"reference": "{{ input.ref }}"},
+        },
+        "output": "{{ response['items'][0] if response['total'] else None }}",
+    }
+    name = unique("createorget")
+    define(api, name, {"id": "shipment", "type": "service", "call": call, "on_conflict": lookup})
+    run = wait_run(api, start(api, name, ref=ref)["id"])
+    assert run["status"] == "succeeded", run
+    assert steps(run)["shipment"]["output"]["id"] == existing["id"]
+    assert logistics.client().get("/shipments", params={"reference": ref}).json()["total"] == 1
+    assert logistics.client().get(f"/inventory/{item['id']}").json()["reserved"] == 1
+
+    plain = unique("plain")
+    define(api, plain, {"id": "shipment", "type": "service", "call": call})
+    failed = wait_run(api, start(api, plain)["id"])
+    assert failed["status"] == "failed" and "409" in steps(failed)["shipment"]["error"]

@@ -64,6 +64,7 @@ def test_dag_problems_name_the_field(raw: list[dict], field: str) -> None:
         {"id": "a", "type": "service", "call": {"service": "gateway", "path": "/x"}},
         {"id": "a", "type": "set", "retry": {"max_attempts": 0}},
         {"id": "a", "type": "set", "surprise": 1},
+        {"id": "a", "type": "set", "on_conflict": {"call": {"service": "crm", "path": "/x"}}},
     ],
 )
 def test_step_shapes_are_checked(raw: dict) -> None:
