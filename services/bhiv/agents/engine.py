@@ -101,6 +101,9 @@ class Engine:
         self.owner = uuid.uuid4().hex
         self.drivers: dict[int, asyncio.Task[None]] = {}
         self.executions: set[asyncio.Task[None]] = set()
+        # Steps being executed by this process, so a pass neither starts one twice nor
+        # mistakes one for a step orphaned by a restart.
+        self.inflight: set[tuple[int, str]] = set()
         self.wake = asyncio.Event()
 
     async def _db(self, fn: Any, *args: Any) -> Any:
@@ -306,8 +309,9 @@ class Engine:
             return
         now = utcnow()
         names = snap.names()
-        work = []
         for step in snap.spec.steps:
+            if (run_id, step.id) in self.inflight:
+                continue
             row = snap.steps.get(step.id)
             status = row.status if row else StepStatus.pending
             if status in DONE:
@@ -332,16 +336,35 @@ class Engine:
                         run_id, step, row, snap.tasks.get(row.task_id or 0), now
                     )
                     continue
-                # Any other running step was in flight when its pass stopped: run it again.
-            work.append(self._run_step(run_id, step, names))
-        if work:
-            await asyncio.gather(*work)
+                # Any other running step was in flight when its process stopped: run it again.
+            # Each ready step runs on its own, so a slow branch never holds back another.
+            self.inflight.add((run_id, step.id))
+            t = asyncio.create_task(self._step_then_settle(run_id, step, names))
+            self.executions.add(t)
+            t.add_done_callback(self.executions.discard)
         await self._db(self._settle, run_id)
+
+    async def _step_then_settle(self, run_id: int, step: Step, names: dict[str, Any]) -> None:
+        try:
+            await self._run_step(run_id, step, names)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # A bug, not a failed call: record it on the step rather than retry it forever.
+            log.exception("run %s: step %s failed unexpectedly", run_id, step.id)
+            await self._db(self._fail, run_id, step, f"internal error: {type(exc).__name__}", False)
+        finally:
+            self.inflight.discard((run_id, step.id))
+        try:
+            await self._db(self._settle, run_id)
+        except Exception:
+            log.exception("run %s: settling failed", run_id)
+        self.wake.set()
 
     async def _run_step(self, run_id: int, step: Step, names: dict[str, Any]) -> None:
         try:
             if step.when is not None and not expressions.evaluate(step.when, names):
-                await self._db(self._skip, run_id, step.id)
+                await self._db(self._skip, run_id, step)
                 return
         except expressions.ExpressionError as exc:
             await self._db(self._fail, run_id, step, f"when: {exc}", False)
@@ -561,12 +584,13 @@ class Engine:
             )
             s.commit()
 
-    def _skip(self, run_id: int, step_id: str) -> None:
+    def _skip(self, run_id: int, step: Step) -> None:
+        step_id = step.id
         now = utcnow()
         with self.db.session() as s:
             if not self._active(s, run_id):
                 return
-            row = self._row(s, run_id, step_id, "skipped")
+            row = self._row(s, run_id, step)
             row.status = StepStatus.skipped
             row.finished_at = now
             row.updated_at = now

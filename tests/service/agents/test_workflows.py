@@ -543,3 +543,30 @@ def test_on_conflict_adopts_what_an_earlier_attempt_created(
     define(api, plain, {"id": "shipment", "type": "service", "call": call})
     failed = wait_run(api, start(api, plain)["id"])
     assert failed["status"] == "failed" and "409" in steps(failed)["shipment"]["error"]
+
+
+def test_a_slow_branch_does_not_hold_back_another(agents: ServiceProcess) -> None:
+    api = agents.client("editor")
+    name = unique("branches")
+    define(
+        api,
+        name,
+        # Polls for 2 s, then gives up (and the run goes on).
+        {
+            "id": "slow",
+            "type": "service",
+            "timeout_seconds": 2,
+            "poll_seconds": 0.2,
+            "until": "False",
+            "on_error": "continue",
+            "call": {"service": "logistics", "method": "GET", "path": "/inventory"},
+        },
+        {"id": "quick", "type": "wait", "seconds": 0.2},
+        {"id": "after_quick", "type": "set", "needs": ["quick"], "value": 1},
+        {"id": "end", "type": "set", "needs": ["slow", "after_quick"], "value": 2},
+    )
+    run = wait_run(api, start(api, name)["id"])
+    assert run["status"] == "succeeded", run
+    s = steps(run)
+    assert s["slow"]["status"] == "failed" and s["end"]["status"] == "succeeded"
+    assert s["after_quick"]["finished_at"] < s["slow"]["finished_at"]
