@@ -185,7 +185,7 @@ class LocalOperator:
     """`bhiv operator` for one namespace, authenticated as the chart's operator
     ServiceAccount (so the chart's Role is what it runs with)."""
 
-    namespace: str
+    namespace: str | None  # None: every namespace (cluster-wide mode)
     peering: str
     kubeconfig: Path
     log_path: Path
@@ -200,8 +200,7 @@ class LocalOperator:
                 "-m",
                 "bhiv",
                 "operator",
-                "--namespace",
-                self.namespace,
+                *(["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]),
                 "--peering",
                 self.peering,
                 "--liveness-port",
@@ -268,7 +267,7 @@ def service_account_kubeconfig(kubectl: Kubectl, namespace: str, account: str, p
 def local_operator(tmp_path: Path) -> Iterator[Callable[..., LocalOperator]]:
     started: list[LocalOperator] = []
 
-    def start(namespace: str, peering: str, kubeconfig: Path) -> LocalOperator:
+    def start(namespace: str | None, peering: str, kubeconfig: Path) -> LocalOperator:
         op = LocalOperator(
             namespace, peering, kubeconfig, tmp_path / f"operator-{len(started)}.log"
         ).start()

@@ -495,3 +495,68 @@ def test_crd_upgrade_path_documented() -> None:
     text = (CHART / "README.md").read_text()
     assert "kubectl apply --server-side" in text and "charts/bhiv/crds/" in text
     assert yaml.safe_load(CRD_FILE.read_text())["metadata"]["name"] == "bhivmodules.bhiv.io"
+
+
+def test_cluster_wide_install(
+    helm: Tool,
+    kubectl: Kubectl,
+    namespace: str,
+    chart_crds: None,
+    local_operator: Any,
+    eventually: Any,
+    tmp_path: Path,
+) -> None:
+    """operator.clusterWide=true: the operator runs with the chart's ClusterRole (and
+    ClusterKopfPeering) only, watching every namespace, and still brings the modules up."""
+    _restricted(kubectl, namespace)
+    helm(
+        "install",
+        RELEASE,
+        str(CHART),
+        "-n",
+        namespace,
+        "--wait",
+        "--timeout",
+        "5m",
+        "--set",
+        "operator.clusterWide=true",
+        "--set",
+        "hooks.enabled=false",
+        timeout=400,
+    )
+    peering = f"{namespace}-bhiv-operator"
+    kubectl("get", "clusterkopfpeering", peering)
+    kubectl("get", "clusterrole", peering)
+    sa = service_account_kubeconfig(
+        kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig"
+    )
+    operator = local_operator(None, peering, sa)
+    eventually(
+        lambda: (
+            (m := _modules(kubectl, namespace))
+            and len(m) == len(DEFAULT_MODULES)
+            and all(map(_ready, m.values()))
+        ),
+        timeout=120,
+        what="every BhivModule Ready (cluster-wide operator)",
+    )
+    operator.stop()
+    errors = [
+        line
+        for line in operator.log().splitlines()
+        if '"severity": "error"' in line and "onflict" not in line
+    ]
+    assert not errors, "\n".join(errors[-5:])
+    helm("uninstall", RELEASE, "-n", namespace, "--wait", timeout=200)
+    # Cluster-scoped objects go too (CRDs apart).
+    assert (
+        kubectl(
+            "get",
+            "clusterrole,clusterrolebinding,clusterkopfpeering",
+            peering,
+            "--ignore-not-found",
+            "-o",
+            "name",
+        ).stdout.strip()
+        == ""
+    )
