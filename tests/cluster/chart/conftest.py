@@ -182,11 +182,12 @@ def _free_port() -> int:
 
 @dataclass
 class LocalOperator:
-    """`bhiv operator` for one namespace, authenticated as the chart's operator
-    ServiceAccount (so the chart's Role is what it runs with)."""
+    """The chart's operator container, run here: the exact args of the Deployment
+    Helm installed (`$(POD_NAMESPACE)` expanded), authenticated as the chart's
+    operator ServiceAccount, so the chart's Role or ClusterRole is what it runs with.
+    Only the liveness and metrics ports are moved to free local ones."""
 
-    namespace: str | None  # None: every namespace (cluster-wide mode)
-    peering: str
+    args: list[str]
     kubeconfig: Path
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
@@ -194,20 +195,9 @@ class LocalOperator:
     def start(self) -> LocalOperator:
         liveness, metrics = _free_port(), _free_port()
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig)}
+        ports = ["--liveness-port", str(liveness), "--metrics-port", str(metrics)]
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "bhiv",
-                "operator",
-                *(["--namespace", self.namespace] if self.namespace else ["--all-namespaces"]),
-                "--peering",
-                self.peering,
-                "--liveness-port",
-                str(liveness),
-                "--metrics-port",
-                str(metrics),
-            ],
+            [sys.executable, "-m", "bhiv", *self.args, *ports],
             env=env,
             stdout=self.log_path.open("ab"),
             stderr=subprocess.STDOUT,
@@ -267,10 +257,8 @@ def service_account_kubeconfig(kubectl: Kubectl, namespace: str, account: str, p
 def local_operator(tmp_path: Path) -> Iterator[Callable[..., LocalOperator]]:
     started: list[LocalOperator] = []
 
-    def start(namespace: str | None, peering: str, kubeconfig: Path) -> LocalOperator:
-        op = LocalOperator(
-            namespace, peering, kubeconfig, tmp_path / f"operator-{len(started)}.log"
-        ).start()
+    def start(args: list[str], kubeconfig: Path) -> LocalOperator:
+        op = LocalOperator(args, kubeconfig, tmp_path / f"operator-{len(started)}.log").start()
         started.append(op)
         return op
 
@@ -293,6 +281,22 @@ def chart_crds(kubectl: Kubectl) -> None:
         "crd/kopfpeerings.kopf.dev",
         "crd/clusterkopfpeerings.kopf.dev",
     )
+
+
+def deployed_operator_args(
+    kubectl: Kubectl, namespace: str, name: str = "bhiv-operator"
+) -> list[str]:
+    """The operator container's args as installed, ``$(POD_NAMESPACE)`` expanded."""
+    deployment = json.loads(
+        kubectl("get", "deployment", name, "-n", namespace, "-o", "json").stdout
+    )
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    assert [
+        e["valueFrom"]["fieldRef"]["fieldPath"]
+        for e in container["env"]
+        if e["name"] == "POD_NAMESPACE"
+    ] == ["metadata.namespace"]
+    return [a.replace("$(POD_NAMESPACE)", namespace) for a in container["args"]]
 
 
 def render(

@@ -24,6 +24,7 @@ from tests.cluster.chart.conftest import (
     MANIFESTS,
     VALUES_FULL,
     Tool,
+    deployed_operator_args,
     render,
     service_account_kubeconfig,
 )
@@ -314,7 +315,17 @@ def test_install_upgrade_test_uninstall(
     sa = service_account_kubeconfig(
         kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig"
     )
-    operator = local_operator(namespace, "bhiv-operator", sa)
+    args = deployed_operator_args(kubectl, namespace)
+    assert args == [
+        "operator",
+        "--namespace",
+        namespace,
+        "--peering",
+        "bhiv-operator",
+        "--cluster-domain",
+        "cluster.local",
+    ]
+    operator = local_operator(args, sa)
     modules = eventually(
         lambda: (m := _modules(kubectl, namespace)) and all(_ready(x) for x in m.values()) and m,
         timeout=120,
@@ -530,7 +541,9 @@ def test_cluster_wide_install(
     sa = service_account_kubeconfig(
         kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig"
     )
-    operator = local_operator(None, peering, sa)
+    args = deployed_operator_args(kubectl, namespace)
+    assert args[:4] == ["operator", "--all-namespaces", "--peering", peering]
+    operator = local_operator(args, sa)
     eventually(
         lambda: (
             (m := _modules(kubectl, namespace))

@@ -271,3 +271,56 @@ def test_gateway_check_script_of_helm_test(tmp_path: Path) -> None:
     finally:
         gateway.terminate()
         gateway.wait(30)
+
+
+def test_the_rendered_stage_job_command(
+    helm: Tool, kubectl: Kubectl, namespace: str, wait_kubeconfig: Path
+) -> None:
+    """Exactly what the chart's stage-3 hook Job runs (its container args)."""
+    import yaml
+
+    jobs = [
+        doc
+        for doc in yaml.safe_load_all(
+            helm(
+                "template",
+                "bhiv",
+                str(CHART),
+                "--namespace",
+                namespace,
+                "--set",
+                "hooks.timeoutSeconds=4",
+                "--show-only",
+                "templates/wait-jobs.yaml",
+            ).stdout
+        )
+        if doc
+    ]
+    stage3 = next(j for j in jobs if j["metadata"]["name"] == "bhiv-wait-stage-3")
+    assert stage3["metadata"]["annotations"]["helm.sh/hook-weight"] == "3"
+    args = stage3["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args == ["wait-modules", "--namespace", namespace, "--timeout", "4", "logistics", "crm"]
+    _module(kubectl, namespace, "logistics")
+    _module(kubectl, namespace, "crm")
+    _set_ready(kubectl, namespace, "logistics", True)
+    _set_ready(
+        kubectl, namespace, "crm", False, reason="DependenciesNotReady", waiting_for=["llm-query"]
+    )
+
+    def run() -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "KUBECONFIG": str(wait_kubeconfig)}
+        return subprocess.run(
+            [sys.executable, "-m", "bhiv", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    stuck = run()
+    assert stuck.returncode == 1 and "not Ready: crm: DependenciesNotReady" in stuck.stderr, (
+        stuck.stderr
+    )
+    _set_ready(kubectl, namespace, "crm", True)
+    done = run()
+    assert done.returncode == 0, done.stderr
