@@ -573,3 +573,26 @@ def test_cluster_wide_install(
         ).stdout.strip()
         == ""
     )
+
+
+def test_full_render_accepted_by_the_api_server(
+    helm: Tool, kubectl: Kubectl, namespace: str, chart_crds: None
+) -> None:
+    """Server-side dry run of everything the full-featured values render (the
+    BhivModules' CEL rules, the Ingress, RBAC, Secrets), beyond what kubeconform sees."""
+    docs = render(helm, "-f", str(VALUES_FULL), namespace=namespace)
+    result = kubectl(
+        "apply",
+        "--dry-run=server",
+        "-f",
+        "-",
+        input="\n---\n".join(json.dumps(d) for d in docs),
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.strip().splitlines()) == len(docs)
+    # And the API server does refuse a module that breaks the CRD's rules.
+    bad = next(d for d in docs if d["kind"] == "BhivModule" and d["metadata"]["name"] == "crm")
+    bad["spec"]["dependsOn"] = ["crm"]
+    refused = kubectl("apply", "--dry-run=server", "-f", "-", input=json.dumps(bad), check=False)
+    assert refused.returncode != 0 and "must not name the module itself" in refused.stderr
