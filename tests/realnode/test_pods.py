@@ -1,0 +1,195 @@
+"""Pods that really run: the project image on a real kubelet + containerd."""
+
+from __future__ import annotations
+
+import json
+import os
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests.realnode.conftest import NODE_IP, RealNode, eventually
+
+LOGISTICS_PORT = 8001
+
+
+def _deployment(namespace: str, image: str) -> dict:
+    labels = {"app": "logistics"}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "logistics", "namespace": namespace},
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": labels},
+            "template": {
+                "metadata": {"labels": labels},
+                "spec": {
+                    "automountServiceAccountToken": False,
+                    "containers": [
+                        {
+                            "name": "logistics",
+                            "image": image,
+                            # Only what was loaded into the node: never a pull.
+                            "imagePullPolicy": "Never",
+                            "args": ["serve", "logistics"],
+                            "ports": [{"containerPort": LOGISTICS_PORT, "name": "http"}],
+                            "readinessProbe": {
+                                "httpGet": {"path": "/health", "port": "http"},
+                                "periodSeconds": 2,
+                            },
+                            "securityContext": {
+                                "allowPrivilegeEscalation": False,
+                                "runAsNonRoot": True,
+                                "capabilities": {"drop": ["ALL"]},
+                            },
+                        }
+                    ],
+                },
+            },
+        },
+    }
+
+
+def _service(namespace: str) -> dict:
+    return {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": "logistics", "namespace": namespace},
+        "spec": {
+            "selector": {"app": "logistics"},
+            "ports": [{"port": 80, "targetPort": "http", "name": "http"}],
+        },
+    }
+
+
+def _get(url: str) -> tuple[int, dict]:
+    with urllib.request.urlopen(url, timeout=5) as resp:  # noqa: S310 - local addresses only
+        return resp.status, json.loads(resp.read())
+
+
+def test_node_is_real(real_node: RealNode) -> None:
+    node = real_node.get_json("node", "bhiv-realnode")
+    info = node["status"]["nodeInfo"]
+    assert info["kubeletVersion"] == "v1.36.3"
+    assert info["containerRuntimeVersion"].startswith("containerd://")
+    addresses = {a["type"]: a["address"] for a in node["status"]["addresses"]}
+    assert addresses["InternalIP"] == NODE_IP
+
+
+@dataclass(frozen=True)
+class Deployed:
+    namespace: str
+    pod: dict
+    cluster_ip: str
+
+
+@pytest.fixture(scope="module")
+def logistics(real_node: RealNode, node_image: str) -> Iterator[Deployed]:
+    """`bhiv serve logistics` as a 1-replica Deployment behind a ClusterIP Service."""
+    namespace = f"t-realnode-{os.getpid() % 100000}"
+    real_node.kubectl("create", "namespace", namespace)
+    try:
+        eventually(
+            lambda: (
+                real_node.kubectl("get", "sa", "default", "-n", namespace, check=False).returncode
+                == 0
+            ),
+            timeout=60,
+            what=f"the default ServiceAccount in {namespace}",
+        )
+        manifests = {
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [_deployment(namespace, node_image), _service(namespace)],
+        }
+        real_node.kubectl("apply", "-f", "-", input=json.dumps(manifests))
+        rollout = real_node.kubectl(
+            "rollout",
+            "status",
+            "deployment/logistics",
+            "-n",
+            namespace,
+            "--timeout=180s",
+            check=False,
+        )
+        if rollout.returncode != 0:
+            pods = real_node.kubectl(
+                "get", "pods", "-n", namespace, "-o", "wide", check=False
+            ).stdout
+            events = real_node.kubectl("get", "events", "-n", namespace, check=False).stdout
+            raise AssertionError(f"rollout failed: {rollout.stderr}\n{pods}\n{events}")
+        pod = real_node.get_json("pods", "-n", namespace, "-l", "app=logistics")["items"][0]
+        cluster_ip = real_node.get_json("service", "logistics", "-n", namespace)["spec"][
+            "clusterIP"
+        ]
+        yield Deployed(namespace=namespace, pod=pod, cluster_ip=cluster_ip)
+    finally:
+        real_node.kubectl(
+            "delete", "namespace", namespace, "--wait=true", "--timeout=120s", check=False
+        )
+
+
+def test_logistics_pod_serves_health(real_node: RealNode, logistics: Deployed) -> None:
+    pod = logistics.pod
+    assert pod["status"]["phase"] == "Running"
+    status = pod["status"]["containerStatuses"][0]
+    assert status["ready"] and status["containerID"].startswith("containerd://")
+    pod_ip = pod["status"]["podIP"]
+    assert pod_ip.startswith("10.244.0."), pod_ip
+
+    # A real process on this host, in the pod's cgroup, running the service.
+    container_id = status["containerID"].removeprefix("containerd://")
+    procs = [
+        p
+        for p in Path("/sys/fs/cgroup/pids/kubepods").rglob("cgroup.procs")
+        if container_id in str(p)
+    ]
+    assert procs, f"no cgroup for container {container_id}"
+    pids = procs[0].read_text().split()
+    cmdlines = [Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ") for pid in pids]
+    assert any(b"serve logistics" in c for c in cmdlines), cmdlines
+
+    # From the host: the pod IP (bridge), then the Service's ClusterIP (kube-proxy).
+    code, body = _get(f"http://{pod_ip}:{LOGISTICS_PORT}/health")
+    assert code == 200, body
+    code, body = eventually(
+        lambda: _get(f"http://{logistics.cluster_ip}/health"),
+        timeout=30,
+        what=f"the Service {logistics.cluster_ip}:80 answering through kube-proxy",
+    )
+    assert code == 200, body
+
+    # The API server reaches the kubelet (logs go API server -> kubelet -> containerd).
+    logs = real_node.kubectl("logs", "deployment/logistics", "-n", logistics.namespace).stdout
+    assert "/health" in logs or "uvicorn" in logs.lower(), logs[-2000:]
+
+
+# Run inside the pod (kubectl exec: API server -> kubelet -> containerd's stream server).
+_IN_POD_PROBE = """
+import json, socket, ssl, urllib.request
+out = {n: socket.gethostbyname(n) for n in ("logistics", "kubernetes.default.svc.cluster.local")}
+ctx = ssl.create_default_context(); ctx.check_hostname = False; ctx.verify_mode = ssl.CERT_NONE
+with urllib.request.urlopen("https://kubernetes.default.svc/version", context=ctx, timeout=5) as r:
+    out["version"] = json.loads(r.read())["gitVersion"]
+with urllib.request.urlopen("http://logistics/health", timeout=5) as r:
+    out["health"] = r.status
+print(json.dumps(out))
+"""
+
+
+def test_pod_uses_cluster_dns_and_services(real_node: RealNode, logistics: Deployed) -> None:
+    result = real_node.kubectl(
+        "exec", "-n", logistics.namespace, "deployment/logistics", "--",
+        "python3", "-c", _IN_POD_PROBE,
+    )  # fmt: skip
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    # CoreDNS (a pod) answers for Services; kube-proxy routes to them from a pod.
+    assert seen["logistics"] == logistics.cluster_ip
+    assert seen["kubernetes.default.svc.cluster.local"] == "10.96.0.1"
+    # The `kubernetes` Service leads back to the API server on the node address.
+    assert seen["version"] == "v1.36.3"
+    assert seen["health"] == 200
