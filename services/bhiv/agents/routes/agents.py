@@ -8,7 +8,6 @@ from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
 from sqlalchemy import select
-from sqlalchemy.orm import Session
 
 from bhiv.agents import queue
 from bhiv.agents.models import Agent, AgentKind, AgentStatus, Task, TaskStatus
@@ -25,16 +24,15 @@ from bhiv.core import (
     Page,
     PageParams,
     current_identity,
-    get_session,
     page_params,
     paginate,
     utcnow,
 )
 from bhiv.core.crud import apply_patch, get_or_404, unique_as_conflict
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, conflict
 
 router = APIRouter(tags=["agents"])
-SessionDep = Annotated[Session, Depends(get_session)]
 AgentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Agent ID.")]
 
 agent_page = page_params(

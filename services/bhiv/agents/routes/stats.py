@@ -1,13 +1,10 @@
 """Monitoring over the API (the same figures are on /metrics)."""
 
-from typing import Annotated
-
-from fastapi import APIRouter, Depends
-from sqlalchemy.orm import Session
+from fastapi import APIRouter
 
 from bhiv.agents.monitoring import overview
 from bhiv.agents.schemas import Overview
-from bhiv.core import get_session
+from bhiv.core.db import SessionDep
 
 router = APIRouter(tags=["monitoring"])
 
@@ -19,5 +16,5 @@ router = APIRouter(tags=["monitoring"])
     description="Per agent and per workflow: succeeded, failed, success rate, mean and p95 latency "
     "(most recent 1000); per capability: queued, running and the oldest wait.",
 )
-def stats(session: Annotated[Session, Depends(get_session)]) -> Overview:
+def stats(session: SessionDep) -> Overview:
     return overview(session)

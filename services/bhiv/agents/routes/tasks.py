@@ -24,16 +24,15 @@ from bhiv.core import (
     Page,
     PageParams,
     current_identity,
-    get_session,
     page_params,
     paginate,
     utcnow,
 )
 from bhiv.core.crud import get_or_404
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, conflict
 
 router = APIRouter(tags=["tasks"])
-SessionDep = Annotated[Session, Depends(get_session)]
 TaskId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Task ID.")]
 
 task_page = page_params(

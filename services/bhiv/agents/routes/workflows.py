@@ -32,16 +32,15 @@ from bhiv.core import (
     Page,
     PageParams,
     current_identity,
-    get_session,
     page_params,
     paginate,
     utcnow,
 )
 from bhiv.core.crud import get_or_404, unique_as_conflict
+from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, field_problem
 
 router = APIRouter(tags=["workflows"])
-SessionDep = Annotated[Session, Depends(get_session)]
 DefinitionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Workflow definition ID.")]
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Run ID.")]
 
