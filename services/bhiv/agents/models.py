@@ -11,6 +11,7 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, Un
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bhiv.core.db import Timestamps, UTCDateTime, new_metadata, string_enum, utcnow
+from bhiv.core.workflow import Workflow
 
 
 class Base(DeclarativeBase):
@@ -54,6 +55,32 @@ class RunStatus(enum.StrEnum):
 
 RUN_FINAL = frozenset(
     {RunStatus.succeeded, RunStatus.failed, RunStatus.compensated, RunStatus.cancelled}
+)
+
+
+_T, _R = TaskStatus, RunStatus
+# The status changes each allows; the API's 409 for any other comes from bhiv.core.workflow.
+TASK_FLOW = Workflow(
+    "Task",
+    {
+        _T.queued: {_T.running, _T.cancelled},
+        _T.running: {_T.succeeded, _T.failed, _T.queued, _T.cancelled},
+        _T.succeeded: (),
+        _T.failed: (),
+        _T.cancelled: (),
+    },
+)
+# A compensating run finishes its saga: it cannot be cancelled half-way.
+RUN_FLOW = Workflow(
+    "Run",
+    {
+        _R.running: {_R.compensating, _R.succeeded, _R.failed, _R.cancelled},
+        _R.compensating: {_R.compensated, _R.failed},
+        _R.succeeded: (),
+        _R.failed: (),
+        _R.compensated: (),
+        _R.cancelled: (),
+    },
 )
 
 

@@ -169,7 +169,8 @@ def test_cancel_a_queued_task(agents: ServiceProcess) -> None:
     task = submit(api, unique("nobody").replace("-", "_"))
     cancelled = api.post(f"/tasks/{task['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
-    assert_problem(api.post(f"/tasks/{task['id']}/cancel"), 409, kind="conflict")
+    body = assert_problem(api.post(f"/tasks/{task['id']}/cancel"), 409, kind="illegal-transition")
+    assert body["current"] == "cancelled" and body["allowed"] == []
     assert_problem(
         api.post("/tasks", json={"capability": "x", "priority": 101}), 422, field="priority"
     )

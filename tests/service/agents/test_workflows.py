@@ -368,7 +368,7 @@ def test_cancel_a_run_cancels_its_tasks(agents: ServiceProcess) -> None:
     cancelled = api.post(f"/runs/{run['id']}/cancel").json()
     assert cancelled["status"] == "cancelled"
     assert api.get(f"/tasks/{task_id}").json()["status"] == "cancelled"
-    assert_problem(api.post(f"/runs/{run['id']}/cancel"), 409)
+    assert_problem(api.post(f"/runs/{run['id']}/cancel"), 409, kind="illegal-transition")
 
 
 def test_restart_mid_run_resumes_without_repeating_completed_steps(

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bhiv.agents import queue
-from bhiv.agents.models import Task, TaskStatus
+from bhiv.agents.models import TASK_FLOW, Task, TaskStatus
 from bhiv.agents.schemas import (
     Capability,
     CompleteRequest,
@@ -30,7 +30,7 @@ from bhiv.core import (
 )
 from bhiv.core.crud import get_or_404
 from bhiv.core.db import SessionDep
-from bhiv.core.errors import Problem, conflict
+from bhiv.core.errors import Problem
 
 router = APIRouter(tags=["tasks"])
 TaskId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Task ID.")]
@@ -133,11 +133,8 @@ def get_task(task_id: TaskId, session: SessionDep) -> TaskRead:
 )
 def cancel(task_id: TaskId, session: SessionDep) -> TaskRead:
     task = get_or_404(session, Task, task_id, "Task", lock=True)
-    if not queue.cancel(session, task):
-        raise conflict(
-            f"Task {task_id} is {task.status.value}; only queued or running tasks can be cancelled.",
-            current=task.status.value,
-        )
+    TASK_FLOW.check(task_id, task.status, TaskStatus.cancelled)
+    queue.cancel(session, task)
     answer = TaskRead.model_validate(task)
     session.commit()
     return answer

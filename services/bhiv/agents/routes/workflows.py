@@ -11,7 +11,7 @@ from sqlalchemy.orm import Session
 from bhiv.agents import queue
 from bhiv.agents.definitions import Name, WorkflowSpec, dag_problem
 from bhiv.agents.models import (
-    RUN_FINAL,
+    RUN_FLOW,
     RunEvent,
     RunStatus,
     StepRun,
@@ -38,7 +38,7 @@ from bhiv.core import (
 )
 from bhiv.core.crud import get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
-from bhiv.core.errors import conflict, field_problem
+from bhiv.core.errors import field_problem
 
 router = APIRouter(tags=["workflows"])
 DefinitionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Workflow definition ID.")]
@@ -275,11 +275,7 @@ def run_history(
 )
 def cancel_run(run_id: RunId, session: SessionDep) -> RunRead:
     run = get_or_404(session, WorkflowRun, run_id, "Run", lock=True)
-    if run.status in RUN_FINAL:
-        raise conflict(
-            f"Run {run_id} is {run.status.value}; only running runs can be cancelled.",
-            current=run.status.value,
-        )
+    RUN_FLOW.check(run_id, run.status, RunStatus.cancelled)
     now = utcnow()
     run.status = RunStatus.cancelled
     run.finished_at = now
