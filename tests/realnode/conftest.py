@@ -126,7 +126,10 @@ def node_image(real_node: RealNode) -> str:
     if started_docker:
         up = _run(str(HACK_DIR / "docker"), "up")
         if up.returncode != 0:
-            pytest.fail(f"hack/docker up failed:\n{_tail(up.stdout + up.stderr)}")
+            # Another session may have started one at the same moment: use it, not own it.
+            if _run(str(HACK_DIR / "docker"), "status").returncode != 0:
+                pytest.fail(f"hack/docker up failed:\n{_tail(up.stdout + up.stderr)}")
+            started_docker = False
     try:
         image = os.environ.get("BHIV_TEST_IMAGE", "")
         if not image:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -193,3 +194,55 @@ def test_pod_uses_cluster_dns_and_services(real_node: RealNode, logistics: Deplo
     # The `kubernetes` Service leads back to the API server on the node address.
     assert seen["version"] == "v1.36.3"
     assert seen["health"] == 200
+
+
+# An address routed out of a non-bridge interface that still never leaves this machine:
+# bhivnode1 is the far end of the veth pair that carries the node address.
+_TRAP_IP = "198.51.100.99"
+_TRAP_IF = "bhivnode1"
+_FW_RULE = [
+    "-t", "mangle", "FORWARD", "-s", "10.244.0.0/24", "!", "-o", "bhivbr0",
+    "-m", "comment", "--comment", "bhiv-realnode: pod traffic never leaves the machine",
+    "-j", "DROP",
+]  # fmt: skip
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True)  # noqa: S603, S607
+
+
+def _drops() -> int:
+    out = subprocess.run(  # noqa: S603
+        ["iptables", "-w", "-t", "mangle", "-L", "FORWARD", "-v", "-x", "-n"],  # noqa: S607
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout
+    lines = [ln for ln in out.splitlines() if "pod traffic never leaves" in ln]
+    assert len(lines) == 1, out
+    return int(lines[0].split()[0])
+
+
+def test_pod_traffic_is_dropped_before_leaving_the_bridge(
+    real_node: RealNode, logistics: Deployed
+) -> None:
+    # The guard rule is in place (exact match: -C fails otherwise).
+    subprocess.run(["iptables", "-w", "-t", "mangle", "-C", *_FW_RULE[2:]], check=True)  # noqa: S603, S607
+    tx = Path(f"/sys/class/net/{_TRAP_IF}/statistics/tx_packets")
+    _ip("route", "add", f"{_TRAP_IP}/32", "dev", _TRAP_IF)
+    try:
+        before_drops, before_tx = _drops(), int(tx.read_text())
+        probe = (
+            "import socket; s = socket.socket(); s.settimeout(2)\n"
+            f"try: s.connect(('{_TRAP_IP}', 80)); print('connected')\n"
+            "except OSError as e: print(type(e).__name__)"
+        )
+        out = real_node.kubectl(
+            "exec", "-n", logistics.namespace, "deployment/logistics", "--", "python3", "-c", probe
+        ).stdout.strip()
+        assert out in {"TimeoutError", "timeout"}, out
+        assert _drops() > before_drops, "the guard rule did not count the pod's packets"
+        # Nothing went out of the non-bridge interface (not even an ARP request).
+        assert int(tx.read_text()) == before_tx
+    finally:
+        _ip("route", "del", f"{_TRAP_IP}/32", "dev", _TRAP_IF)
