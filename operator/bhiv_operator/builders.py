@@ -69,8 +69,11 @@ def _env(module: Module) -> list[dict[str, Any]]:
     if module.database_secret:
         name, key = module.database_secret
         env.append({"name": "BHIV_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
-    # The user's variables come last so they can override the defaults above.
-    return env + [dict(e) for e in module.env]
+    # The user's variables win: a default of the same name is replaced in place
+    # (server-side apply refuses two entries of one name), the rest come last.
+    user = {e["name"]: dict(e) for e in module.env}
+    merged = [user.pop(e["name"], e) for e in env]
+    return merged + list(user.values())
 
 
 def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:

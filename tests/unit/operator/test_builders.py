@@ -115,3 +115,14 @@ def test_only_the_gateway_gets_an_api_token_and_discovers_from_modules() -> None
     env = {e["name"]: e for e in gw["containers"][0]["env"]}
     assert env["BHIV_GATEWAY_DISCOVERY"]["value"] == "kubernetes"
     assert env["BHIV_GATEWAY_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+
+
+def test_user_env_overrides_a_default_of_the_same_name_once() -> None:
+    # Server-side apply refuses a list with two entries of one name.
+    m = Module.from_body(body(service="gateway", env=[{"name": "BHIV_GATEWAY_DISCOVERY", "value": "local"},
+                                                      {"name": "EXTRA", "value": "1"}]))
+    env = builders.build_deployment(m, replicas=1)["spec"]["template"]["spec"]["containers"][0]["env"]
+    names = [e["name"] for e in env]
+    assert len(names) == len(set(names))
+    assert next(e for e in env if e["name"] == "BHIV_GATEWAY_DISCOVERY")["value"] == "local"
+    assert names[-1] == "EXTRA"
