@@ -11,7 +11,8 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv up test test-deps tools test-unit test-service test-cluster test-container \
-	cluster-up cluster-down cluster-status image bench bench-gateway bench-operator lint clean
+	test-chart test-kind chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
+	bench-operator lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -54,6 +55,15 @@ test-cluster: venv tools ## the cluster tier: a real API server with kwok nodes
 
 test-container: venv ## the container tier: build the image, run every service from it
 	$(BIN)/python -m pytest -m container $(PYTEST_ARGS)
+
+test-chart: venv tools ## the Helm chart: lint, kubeconform, install/upgrade/test/uninstall on the local cluster
+	$(BIN)/python -m pytest tests/cluster/chart $(PYTEST_ARGS)
+
+test-kind: venv ## end to end on kind (needs Docker with privileged containers, kind, internet)
+	$(BIN)/python -m pytest tests/e2e_kind -m kind -v $(PYTEST_ARGS)
+
+chart-lint: tools ## helm lint --strict
+	"$$(hack/k8s-tools --print-bin-dir)/helm" lint --strict charts/bhiv
 
 cluster-up: tools ## start the local cluster (control plane + kwok nodes); prints its kubeconfig
 	hack/kwok-cluster up
