@@ -246,3 +246,56 @@ def test_pod_traffic_is_dropped_before_leaving_the_bridge(
         assert int(tx.read_text()) == before_tx
     finally:
         _ip("route", "del", f"{_TRAP_IP}/32", "dev", _TRAP_IF)
+
+
+def _get_with_host(url: str, host: str) -> tuple[int, dict]:
+    req = urllib.request.Request(url, headers={"Host": host})  # noqa: S310 - local address
+    with urllib.request.urlopen(req, timeout=5) as resp:  # noqa: S310
+        return resp.status, json.loads(resp.read())
+
+
+def test_ingress_through_traefik(real_node: RealNode, logistics: Deployed) -> None:
+    host = "logistics.realnode.test"
+    ingress = {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "Ingress",
+        "metadata": {"name": "logistics", "namespace": logistics.namespace},
+        "spec": {
+            "ingressClassName": "traefik",
+            "rules": [
+                {
+                    "host": host,
+                    "http": {
+                        "paths": [
+                            {
+                                "path": "/",
+                                "pathType": "Prefix",
+                                "backend": {
+                                    "service": {"name": "logistics", "port": {"name": "http"}}
+                                },
+                            }
+                        ]
+                    },
+                }
+            ],
+        },
+    }
+    real_node.kubectl("apply", "-f", "-", input=json.dumps(ingress))
+    # Traefik on the host, on the node address, port 80.
+    code, body = eventually(
+        lambda: _get_with_host(f"http://{NODE_IP}/health", host),
+        timeout=60,
+        what=f"GET http://{NODE_IP}/health (Host: {host}) through Traefik",
+    )
+    assert code == 200, body
+    # Traefik publishes the node address in the Ingress status.
+    status = eventually(
+        lambda: (
+            real_node.get_json("ingress", "logistics", "-n", logistics.namespace)["status"]
+            .get("loadBalancer", {})
+            .get("ingress")
+        ),
+        timeout=30,
+        what="the Ingress status",
+    )
+    assert status[0]["ip"] == NODE_IP
