@@ -36,4 +36,38 @@ EVENT_TYPES: tuple[EventTypeInfo, ...] = (
         description="A won lead was converted into a customer (published once; converting again is a no-op).",
         example={"lead_id": 12, "customer_id": 40, "name": "Ravi Menon", "email": "ravi@example.com", "company": None},
     ),
+    # Published by the agent-orchestration service's shipped workflows.
+    EventTypeInfo(
+        type="order.placed",
+        source="agent-orchestration",
+        description="The customer-order-processing workflow reserved stock for an order (its shipment exists).",
+        example={"reference": "SO-1001", "customer_id": 40, "customer_email": "ravi@example.com", "shipment_id": 3,
+                 "lines": [{"sku": "WIDGET-001", "quantity": 2}]},
+    ),
+    EventTypeInfo(
+        type="inventory.reorder_requested",
+        source="agent-orchestration",
+        description="The inventory-reorder workflow chose a supplier (best rating, then shortest lead time) for "
+        "the items at or below their reorder level.",
+        example={"supplier": {"id": 2, "name": "Acme Components", "rating": "4.5", "lead_time_days": 5},
+                 "items": [{"sku": "WIDGET-001", "available": 4, "shortfall": 2}]},
+    ),
+    EventTypeInfo(
+        type="agent.task_completed",
+        source="agent-orchestration",
+        description="The ai-agent-task workflow's LLM agent answered a prompt.",
+        example={"prompt": "Summarise today's low-stock items", "answer": "Two items are low: ..."},
+    ),
+    EventTypeInfo(
+        type="integration.sync_completed",
+        source="agent-orchestration",
+        description="The external-integration-sync workflow ran a sync job to completion.",
+        example={"sync_job_id": 1, "sync_run": {"id": 9, "status": "succeeded", "created": 3, "updated": 1}},
+    ),
+    EventTypeInfo(
+        type="analytics.snapshot",
+        source="agent-orchestration",
+        description="The multi-service-data-flow workflow combined Logistics and CRM analytics into one snapshot.",
+        example={"inventory_value": "850.00", "low_stock_count": 2, "customers": 40},
+    ),
 )
