@@ -185,12 +185,13 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
                 return 1
 
         table = Table(title="BHIV Core is up", title_justify="left")
-        for column in ("service", "url", "docs", "gateway prefix"):
-            table.add_column(column)
+        # Three columns fit an 80-column log without truncating a URL.
+        for column in ("service", "url", "gateway prefix"):
+            table.add_column(column, no_wrap=True)
         for child in children:
-            table.add_row(child.entry.name, child.url, f"{child.url}/docs", child.entry.prefix)
+            table.add_row(child.entry.name, child.url, child.entry.prefix or "—")
         console.print(table)
-        console.print("Get a token: [bold]bhiv token --role admin[/]   Stop: Ctrl-C")
+        console.print("API docs: <url>/docs   Get a token: [bold]bhiv token --role admin[/]   Stop: Ctrl-C")
 
         while not stop.wait(0.5):
             for child in children:
