@@ -101,7 +101,7 @@ def test_token_minted_with_the_release_secret(e2e: E2ECluster) -> None:
 
 
 def test_helm_test_passes(e2e: E2ECluster) -> None:
-    out = e2e.h(
-        "test", "bhiv", "--namespace", e2e.namespace, "--logs", "--timeout", "5m", timeout=400
-    ).stdout
-    assert "Phase:          Succeeded" in out and "gateway healthy" in out, out
+    # No --logs: the chart's test pod is deleted once it succeeds (hook-succeeded),
+    # so asking for its logs would fail a passing test. Its exit code is the verdict.
+    out = e2e.h("test", "bhiv", "--namespace", e2e.namespace, "--timeout", "5m", timeout=400).stdout
+    assert "Phase:          Succeeded" in out, out
