@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv up test test-deps tools test-unit test-service test-cluster test-container \
-	test-chart test-kind chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
+	test-chart test-kind test-realnode chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
 	bench-operator lint clean
 
 help: ## list the targets
@@ -61,6 +61,10 @@ test-chart: venv tools ## the Helm chart: lint, kubeconform, install/upgrade/tes
 
 test-kind: venv ## end to end on kind (needs Docker with privileged containers, kind, internet)
 	$(BIN)/python -m pytest tests/e2e_kind -m kind -v $(PYTEST_ARGS)
+
+test-realnode: venv ## a real single node (containerd, kubelet, Traefik) with pods that run; root only
+	-hack/k8s-tools --with-node
+	BHIV_TEST_REAL_NODE=1 $(BIN)/python -m pytest tests/realnode $(PYTEST_ARGS)
 
 chart-lint: tools ## helm lint --strict
 	"$$(hack/k8s-tools --print-bin-dir)/helm" lint --strict charts/bhiv
