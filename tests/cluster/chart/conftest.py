@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import REPO_ROOT, KubeCluster, Kubectl
+from tests.support.kube import service_account_kubeconfig
 
 CHART = REPO_ROOT / "charts" / "bhiv"
 MANIFESTS = REPO_ROOT / "manifests"
@@ -225,32 +226,6 @@ class LocalOperator:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
-
-
-def service_account_kubeconfig(kubectl: Kubectl, namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as ``namespace/account`` with a bound token."""
-    token = kubectl("create", "token", account, "-n", namespace, "--duration", "2h").stdout.strip()
-    config = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    cluster = config["clusters"][0]
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": cluster["cluster"]}],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [
-                    {
-                        "name": "sa",
-                        "context": {"cluster": "c", "user": account, "namespace": namespace},
-                    }
-                ],
-                "current-context": "sa",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture

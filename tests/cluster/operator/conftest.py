@@ -18,6 +18,7 @@ import httpx
 import pytest
 import yaml
 
+from tests.support.kube import service_account_kubeconfig
 from tests.support.net import free_port, wait_http
 
 REPO = Path(__file__).resolve().parents[3]
@@ -78,27 +79,6 @@ class OperatorProcess:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
-
-
-def service_account_kubeconfig(kubectl: Callable[..., Any], namespace: str, account: str, path: Path) -> Path:
-    """A kubeconfig that authenticates as ``namespace/account`` with a bound token."""
-    token = kubectl("create", "token", account, "-n", namespace, "--duration", "2h").stdout.strip()
-    config = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
-    cluster = config["clusters"][0]
-    path.write_text(
-        yaml.safe_dump(
-            {
-                "apiVersion": "v1",
-                "kind": "Config",
-                "clusters": [{"name": "c", "cluster": cluster["cluster"]}],
-                "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account, "namespace": namespace}}],
-                "current-context": "sa",
-            }
-        )
-    )
-    path.chmod(0o600)
-    return path
 
 
 @pytest.fixture
