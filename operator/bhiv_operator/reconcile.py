@@ -11,6 +11,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from bhiv_operator import builders
 from bhiv_operator.graph import DependencyState, Node, cycles, dependency_state
 from bhiv_operator.kube import Kube, applies_field
@@ -167,7 +169,12 @@ class Reconciler:
         if old == status:
             return
         meta = body["metadata"]
-        await self.kube.merge_patch("BhivModule", meta["namespace"], meta["name"], {"status": status}, sub="status")
+        try:
+            await self.kube.merge_patch("BhivModule", meta["namespace"], meta["name"], {"status": status}, sub="status")
+        except ApiException as exc:
+            if exc.status == 404:
+                return  # deleted while we reconciled it: nothing left to report on
+            raise
         for cond in transitions(old.get("conditions") or [], status["conditions"]):
             if cond["type"] in ("Ready", "DependenciesReady") or cond["reason"] in WARNING_REASONS:
                 kind = "Warning" if cond["reason"] in WARNING_REASONS else "Normal"

@@ -1,0 +1,54 @@
+"""The gateway in Kubernetes mode: it routes to the BhivModules of its namespace, as the
+operator reports them, watched with its own read-only ServiceAccount."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+from tests.cluster.operator.conftest import MANIFESTS, OperatorProcess, condition, get_json, wait_for
+from tests.support.kube import service_account_kubeconfig
+from tests.support.servers import service_process
+
+
+def test_routes_follow_the_modules_of_its_namespace(
+    kubectl: Callable[..., Any], namespace: str, operator: OperatorProcess, modules: Any, tmp_path: Path
+) -> None:
+    kubectl("apply", "-n", namespace, "-f", str(MANIFESTS / "gateway" / "rbac.yaml"))
+    config = service_account_kubeconfig(kubectl, namespace, "bhiv-gateway", tmp_path / "gateway.kubeconfig")
+    modules("logistics", service="logistics")
+    wait_for(lambda: condition(get_json(kubectl, "bm", "logistics", "-n", namespace), "Ready").get("status") == "True",
+             "logistics Ready")
+
+    gateway = service_process(
+        "gateway", tmp_path, None,
+        BHIV_GATEWAY_DISCOVERY="kubernetes", BHIV_GATEWAY_NAMESPACE=namespace, KUBECONFIG=str(config),
+    ).start()
+    try:
+        api = gateway.client("viewer")
+
+        def routed() -> dict[str, list[str]]:
+            services = api.get("/services").json()["services"]
+            return {s["name"]: [i["url"] for i in s["instances"]] for s in services}
+
+        found = wait_for(lambda: (r := routed()) and "logistics" in r and r, "logistics discovered")
+        assert found["logistics"] == [f"http://logistics.{namespace}.svc.cluster.local:8001"]
+        assert "crm" not in found
+
+        # A module added later is routed without a restart; a deleted one goes away.
+        modules("crm", service="crm")
+        wait_for(lambda: "crm" in routed(), "crm discovered after it was created")
+        kubectl("delete", "bm", "crm", "-n", namespace)
+        wait_for(lambda: "crm" not in routed(), "crm gone after it was deleted")
+        # Routed, but its pods are simulated: the gateway answers for it, never hangs.
+        r = api.get("/api/logistics/health", timeout=30)
+        assert r.status_code in (502, 503, 504), r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        # Its ServiceAccount reads modules and nothing else.
+        sa = f"system:serviceaccount:{namespace}:bhiv-gateway"
+        assert kubectl("auth", "can-i", "watch", "bhivmodules", "-n", namespace, "--as", sa, check=False).stdout.strip() == "yes"
+        assert kubectl("auth", "can-i", "get", "secrets", "-n", namespace, "--as", sa, check=False).stdout.strip() == "no"
+    finally:
+        gateway.stop()
