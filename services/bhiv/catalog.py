@@ -41,7 +41,7 @@ SERVICES: dict[str, ServiceEntry] = {
     for entry in (
         ServiceEntry(
             name="integrations",
-            port=8005,
+            port=DEFAULT_PORTS["integrations"],
             prefix="/api/integrations",
             stage=1,
             app_factory="bhiv.integrations.service:create_app",
@@ -49,7 +49,7 @@ SERVICES: dict[str, ServiceEntry] = {
         ),
         ServiceEntry(
             name="logistics",
-            port=8001,
+            port=DEFAULT_PORTS["logistics"],
             prefix="/api/logistics",
             stage=3,
             app_factory="bhiv.logistics.service:create_app",
@@ -57,7 +57,7 @@ SERVICES: dict[str, ServiceEntry] = {
         ),
         ServiceEntry(
             name="crm",
-            port=8002,
+            port=DEFAULT_PORTS["crm"],
             prefix="/api/crm",
             stage=3,
             app_factory="bhiv.crm.service:create_app",
@@ -65,7 +65,7 @@ SERVICES: dict[str, ServiceEntry] = {
         ),
         ServiceEntry(
             name="agent-orchestration",
-            port=8003,
+            port=DEFAULT_PORTS["agent-orchestration"],
             prefix="/api/agents",
             stage=4,
             app_factory="bhiv.agents.service:create_app",
@@ -73,7 +73,7 @@ SERVICES: dict[str, ServiceEntry] = {
         ),
         ServiceEntry(
             name="llm-query",
-            port=8004,
+            port=DEFAULT_PORTS["llm-query"],
             prefix="/api/llm",
             stage=2,
             app_factory="bhiv.llm.service:create_app",
@@ -81,7 +81,7 @@ SERVICES: dict[str, ServiceEntry] = {
         ),
         ServiceEntry(
             name="gateway",
-            port=8000,
+            port=DEFAULT_PORTS["gateway"],
             prefix="",  # the gateway owns the root; every other prefix routes through it
             stage=5,
             app_factory="bhiv.gateway.service:create_app",
