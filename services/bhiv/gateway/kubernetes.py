@@ -43,10 +43,19 @@ MAX_BACKOFF_SECONDS = 30.0
 log = logging.getLogger("bhiv.gateway.kubernetes")
 
 
-def ready_condition(status: dict[str, Any]) -> bool | None:
-    for cond in status.get("conditions") or ():
-        if isinstance(cond, dict) and cond.get("type") == "Ready":
-            return cond.get("status") == "True"
+def serving(status: dict[str, Any]) -> bool | None:
+    """Does the module have pods that serve? None when its status does not say yet.
+
+    The operator's ``Available`` condition (the Deployment's minimum availability)
+    answers that; ``Ready`` also demands that every pod runs the current spec, so it
+    is False during every rollout while the old pods still serve.
+    """
+    conditions = {
+        c.get("type"): c.get("status") for c in status.get("conditions") or () if isinstance(c, dict)
+    }
+    for kind in ("Available", "Ready"):
+        if kind in conditions:
+            return conditions[kind] == "True"
     return None
 
 
@@ -115,7 +124,7 @@ class ModuleIndex:
             return None  # the gateway itself, or a workload this build does not know
         url = status.get("url")
         url = url.rstrip("/") if isinstance(url, str) and url.startswith(("http://", "https://")) else None
-        return service, url, ready_condition(status)
+        return service, url, serving(status)
 
 
 def _named(obj: dict[str, Any]) -> bool:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from bhiv.gateway.kubernetes import ModuleIndex, ready_condition
+from bhiv.gateway.kubernetes import ModuleIndex, serving
 
 
 def module(name: str, service: str, url: str | None = None, ready: str | None = "True", rv: str = "1",
@@ -89,7 +89,19 @@ def test_several_modules_of_one_service_are_its_instances() -> None:
     assert ready == {"http://blue:8001": True, "http://green:8001": False}
 
 
-def test_ready_condition() -> None:
-    assert ready_condition({}) is None
-    assert ready_condition({"conditions": [{"type": "Ready", "status": "Unknown"}]}) is False
-    assert ready_condition({"conditions": [{"type": "Available", "status": "True"}]}) is None
+def test_serving_follows_available_then_ready() -> None:
+    assert serving({}) is None
+    assert serving({"conditions": [{"type": "Ready", "status": "Unknown"}]}) is False
+    assert serving({"conditions": [{"type": "Ready", "status": "True"}]}) is True
+    # A rollout: not Ready (not every pod runs the new spec) but Available (enough
+    # pods serve). Taking it out of rotation would fail every request of the rollout.
+    rolling = [
+        {"type": "Ready", "status": "False", "reason": "RollingOut"},
+        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
+    ]
+    assert serving({"conditions": rolling}) is True
+    down = [
+        {"type": "Ready", "status": "False", "reason": "RollingOut"},
+        {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+    ]
+    assert serving({"conditions": down}) is False
