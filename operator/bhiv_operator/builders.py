@@ -14,6 +14,7 @@ from bhiv_operator.model import Module
 
 PART_OF = "bhiv-core"
 MANAGED_BY = "bhiv-operator"
+PRE_STOP_SECONDS = 5
 DATA_DIR = "/tmp/bhiv"  # the only writable path: the root filesystem is read-only
 RUN_AS_USER = 10001
 # The gateway discovers services from the BhivModules of its namespace, with
@@ -100,6 +101,11 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
             "seccompProfile": {"type": "RuntimeDefault"},
         },
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        # Endpoint removal is asynchronous: kube-proxy and the ingress controller keep
+        # sending new requests for a moment after the pod is marked terminating. It
+        # keeps serving meanwhile, then SIGTERM lets uvicorn drain (up to 20 s, hence a
+        # grace period of 30). The sleep action needs no binary in the image.
+        "lifecycle": {"preStop": {"sleep": {"seconds": PRE_STOP_SECONDS}}},
     }
     if module.env_from:
         container["envFrom"] = [dict(e) for e in module.env_from]

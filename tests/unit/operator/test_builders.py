@@ -49,6 +49,15 @@ class TestDeployment:
         assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
         assert c["ports"] == [{"name": "http", "containerPort": 8001, "protocol": "TCP"}]
 
+    def test_pod_keeps_serving_until_endpoints_forget_it(self) -> None:
+        # A rollout without failed requests: the pod answers for a few seconds after
+        # it is marked terminating (kube-proxy and the ingress controller drop it from
+        # their endpoints meanwhile), then uvicorn drains for up to 20 s.
+        pod = builders.build_deployment(module(), replicas=1)["spec"]["template"]["spec"]
+        sleep = pod["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert 3 <= sleep <= 10
+        assert pod["terminationGracePeriodSeconds"] >= sleep + 20
+
     def test_labels_selector_and_owner(self) -> None:
         d = builders.build_deployment(module(), replicas=1)
         assert d["spec"]["selector"]["matchLabels"] == {
