@@ -36,10 +36,13 @@ test-deps: venv ## install the system packages the tests use (PostgreSQL, Redis,
 	hack/test-deps
 
 # Builds the pinned Kubernetes tools from Go modules into ~/.cache/bhiv/tools
-# (tens of minutes cold, seconds warm). If that fails, the cluster tier skips
-# and says why; the other tiers still run.
-tools: ## build the pinned Kubernetes tools (kube-apiserver, kwok, helm, ...) once
-	-hack/k8s-tools
+# (tens of minutes cold, seconds warm). If that fails, the cluster tiers skip
+# and say why; the other tiers still run. As root on Linux, where a real node can
+# run (tests/realnode, tests/e2e), its tools too: kubelet, kube-proxy, CoreDNS,
+# crictl, Traefik and the pause binary.
+NODE_TOOLS := $(shell [ "$$(uname -s)" = Linux ] && [ "$$(id -u)" = 0 ] && echo --with-node)
+tools: ## build the pinned Kubernetes tools (kube-apiserver, kwok, helm, kubelet, ...) once
+	-hack/k8s-tools $(NODE_TOOLS)
 
 test: test-deps tools ## run every test tier (installs and builds what is missing first)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -59,12 +62,12 @@ test-container: venv ## the container tier: build the image, run every service f
 test-chart: venv tools ## the Helm chart: lint, kubeconform, install/upgrade/test/uninstall on the local cluster
 	$(BIN)/python -m pytest tests/cluster/chart $(PYTEST_ARGS)
 
-test-kind: venv ## end to end on kind (needs Docker with privileged containers, kind, internet)
-	$(BIN)/python -m pytest tests/e2e_kind -m kind -v $(PYTEST_ARGS)
+test-kind: venv ## the e2e suite on a kind cluster (needs Docker with privileged containers, kind, internet)
+	BHIV_E2E_CLUSTER=kind $(BIN)/python -m pytest tests/e2e -v $(PYTEST_ARGS)
 
-test-realnode: venv ## a real single node (containerd, kubelet, Traefik) with pods that run; root only
+test-realnode: test-deps ## the real node here (containerd, kubelet, Traefik) and the e2e suite on it; root only
 	-hack/k8s-tools --with-node
-	BHIV_TEST_REAL_NODE=1 $(BIN)/python -m pytest tests/realnode $(PYTEST_ARGS)
+	$(BIN)/python -m pytest tests/realnode tests/e2e $(PYTEST_ARGS)
 
 chart-lint: tools ## helm lint --strict
 	"$$(hack/k8s-tools --print-bin-dir)/helm" lint --strict charts/bhiv

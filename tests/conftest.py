@@ -8,10 +8,15 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import realnode
 from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.servers import ServiceProcess, service_process
 
-_TIER_BY_FOLDER = {"unit": "unit", "service": "service"}
+_TIER_BY_FOLDER = {"unit": "unit", "service": "service", "realnode": "realnode", "e2e": "e2e"}
+# Tiers that bring up a whole cluster run last: the node's daemons and pods would
+# otherwise share the two cores with every service test, and its session-wide
+# teardown comes right after them.
+_LAST = ("realnode", "e2e")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -21,6 +26,35 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         for folder, marker in _TIER_BY_FOLDER.items():
             if folder in parts:
                 item.add_marker(marker)
+    items.sort(key=lambda item: any(item.get_closest_marker(m) for m in _LAST))
+
+
+@pytest.fixture(scope="session")
+def real_node() -> Iterator[realnode.RealNode]:
+    """The real single-node cluster (tests/support/realnode.py), up for the session."""
+    try:
+        with realnode.running_node() as node:
+            yield node
+    except realnode.Unavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def docker_for_images() -> Iterator[None]:
+    """dockerd to build and save images into the real node (stopped if started here)."""
+    with realnode.dockerd():
+        yield
+
+
+@pytest.fixture(scope="session")
+def node_image(real_node: realnode.RealNode, docker_for_images: None) -> str:
+    """The project image, built with hack/build-image and loaded into the real node."""
+    image = os.environ.get("BHIV_TEST_IMAGE", "")
+    if not image:
+        image = "bhiv-core:realnode"
+        realnode.build_image(image)
+    real_node.load_image(image)
+    return image
 
 
 @pytest.fixture(scope="session")
@@ -35,12 +69,16 @@ def postgres() -> Iterator[PostgresServer]:
         pytest.skip(str(exc))
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(
+    scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+)
 def backend(request: pytest.FixtureRequest) -> str:
     return request.param
 
 
-def run_service(name: str, backend: str, request: pytest.FixtureRequest, **env: str) -> Iterator[ServiceProcess]:
+def run_service(
+    name: str, backend: str, request: pytest.FixtureRequest, **env: str
+) -> Iterator[ServiceProcess]:
     """Start service ``name`` on ``backend`` for a fixture; stops it afterwards.
 
     Use from a service's own conftest:

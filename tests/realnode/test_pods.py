@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.realnode.conftest import NODE_IP, RealNode, eventually
+from tests.support.realnode import NODE_IP, RealNode, eventually
 
 LOGISTICS_PORT = 8001
 

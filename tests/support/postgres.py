@@ -20,6 +20,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
+import psycopg.sql
 
 from tests.support.net import free_port
 
@@ -33,10 +34,13 @@ def find_bindir() -> Path | None:
 
 
 class PostgresServer:
-    def __init__(self, bindir: Path, root: Path, port: int) -> None:
+    def __init__(self, bindir: Path, root: Path, port: int, extra_listen: str = "") -> None:
         self.bindir, self.root, self.port = bindir, root, port
         self.datadir = root / "data"
         self.user = "postgres"
+        # Another address to listen on besides loopback (e.g. a test node's address,
+        # for pods); clients arriving there need a password (see add_remote_login).
+        self.extra_listen = extra_listen
 
     def _run(self, *args: str) -> None:
         cmd = list(args)
@@ -58,14 +62,40 @@ class PostgresServer:
         )
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.root / "server.log"), "-w", "-t", "60",
-            "-o", f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off "
+            "-o", f"-p {self.port} -k {self.root} -c listen_addresses={self._listen} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             "start",
         )
 
+    @property
+    def _listen(self) -> str:
+        return ",".join(filter(None, ["127.0.0.1", self.extra_listen]))
+
+    def add_remote_login(self, user: str, password: str, cidr: str) -> None:
+        """A password login for clients from ``cidr`` (scram-sha-256; trust stays loopback-only)."""
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(
+                    psycopg.sql.Identifier(user), psycopg.sql.Literal(password)
+                )
+            )
+        with (self.datadir / "pg_hba.conf").open("a") as hba:
+            hba.write(f"host all {user} {cidr} scram-sha-256\n")
+        self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "reload")
+
+    def create_owned_database(self, name: str, owner: str) -> None:
+        with psycopg.connect(self._dsn("postgres"), autocommit=True) as conn:
+            conn.execute(
+                psycopg.sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                    psycopg.sql.Identifier(name), psycopg.sql.Identifier(owner)
+                )
+            )
+
     def stop(self) -> None:
         if (self.datadir / "postmaster.pid").exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop")
+            self._run(
+                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"
+            )
 
     def create_database(self) -> str:
         """A fresh database; returns its SQLAlchemy URL."""
@@ -79,13 +109,13 @@ class PostgresServer:
 
 
 @contextmanager
-def postgres_server() -> Iterator[PostgresServer]:
+def postgres_server(extra_listen: str = "") -> Iterator[PostgresServer]:
     bindir = find_bindir()
     if bindir is None:
         raise FileNotFoundError("PostgreSQL server binaries not found; run `make test-deps` to install them")
     root = Path(tempfile.mkdtemp(prefix="bhiv-pg-"))
     root.chmod(0o755)
-    server = PostgresServer(bindir, root, free_port())
+    server = PostgresServer(bindir, root, free_port(), extra_listen)
     try:
         server.start()
         yield server
