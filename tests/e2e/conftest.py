@@ -293,7 +293,18 @@ def _postgres_in_cluster(cluster: E2ECluster) -> dict[str, str]:
                                 "ports": [{"containerPort": 5432, "name": "postgres"}],
                                 "readinessProbe": {
                                     "exec": {
-                                        "command": ["pg_isready", "-U", DB_USER, "-d", "postgres"]
+                                        "command": [
+                                            # over TCP: the image's init server listens
+                                            # on its socket only, and is not the one
+                                            # services will reach
+                                            "pg_isready",
+                                            "-h",
+                                            "127.0.0.1",
+                                            "-U",
+                                            DB_USER,
+                                            "-d",
+                                            "postgres",
+                                        ]
                                     },
                                     "periodSeconds": 2,
                                 },
