@@ -146,6 +146,16 @@ def running_node() -> Iterator[RealNode]:
 
 @contextmanager
 def _up_and_down() -> Iterator[RealNode]:
+    keep = os.environ.get("BHIV_TEST_KEEP_REAL_NODE") == "1"
+    if not keep:
+        # Whatever a session that died left running (we hold the session lock), whole
+        # or in part: its releases and Ingresses would share the node with ours.
+        # Start from a fresh cluster (down is quick when nothing runs).
+        down = run_hack("real-node", "down")
+        if down.returncode != 0:
+            raise AssertionError(
+                f"hack/real-node down (a stale node) failed:\n{tail(down.stdout + down.stderr)}"
+            )
     up = run_hack("real-node", "up")
     if up.returncode != 0:
         down = run_hack("real-node", "down")
@@ -158,7 +168,7 @@ def _up_and_down() -> Iterator[RealNode]:
     try:
         yield RealNode(kubeconfig=kubeconfig, bin_dir=bin_dir)
     finally:
-        if os.environ.get("BHIV_TEST_KEEP_REAL_NODE") != "1":
+        if not keep:
             down = run_hack("real-node", "down")
             assert down.returncode == 0, (
                 f"hack/real-node down left something behind:\n{down.stdout}\n{down.stderr}"
