@@ -94,8 +94,11 @@ def test_rs256_with_public_key() -> None:
     s = ServiceSettings(jwt_public_key=public)
     token = mint_token(s, subject="svc", roles=["viewer"], private_key=private)
     assert Authenticator(s).authenticate(request_with(bearer(token))).subject == "svc"
-    # An HS256 token signed with the public key as secret (key confusion) is refused.
-    forged = jwt.encode({"sub": "x", "roles": ["admin"], "exp": time.time() + 60}, "anything", algorithm="HS256")
+    # An HS256 token is refused when a public key is configured (algorithm confusion).
+    # (PyJWT will not sign with a PEM public key, so any long-enough secret stands in.)
+    forged = jwt.encode(
+        {"sub": "x", "roles": ["admin"], "exp": time.time() + 60}, "forged-" * 6, algorithm="HS256"
+    )
     _reject(bearer(forged), s)
 
 
