@@ -44,9 +44,11 @@ def test_role_permissions(role: str, perms: set[str]) -> None:
     assert Identity(subject="x", roles=(role,), method="jwt").permissions == perms
 
 
-def _reject(headers: dict[str, str], s: ServiceSettings | None = None) -> Problem:
+def _reject(
+    headers: dict[str, str], s: ServiceSettings | None = None, auth: Authenticator | None = None
+) -> Problem:
     with pytest.raises(Problem) as info:
-        Authenticator(s or settings()).authenticate(request_with(headers))
+        (auth or Authenticator(s or settings())).authenticate(request_with(headers))
     assert info.value.status == 401
     assert info.value.headers and info.value.headers["WWW-Authenticate"].startswith("Bearer")
     return info.value
@@ -108,3 +110,29 @@ def test_api_keys() -> None:
     assert (who.subject, who.roles, who.method) == ("apikey:ci", ("editor",), "api_key")
     problem = _reject({"X-API-Key": "k-124"}, s)
     assert "k-124" not in problem.detail
+
+
+def test_a_verified_token_is_checked_once_until_it_expires(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = settings()
+    token = mint_token(s, subject="ana", roles=["viewer"], ttl_seconds=1)
+    exp = jwt.decode(token, options={"verify_signature": False})["exp"]
+    auth = Authenticator(s)
+    decodes: list[str] = []
+    real_decode = jwt.decode
+    monkeypatch.setattr(
+        jwt, "decode", lambda t, *a, **kw: decodes.append(t) or real_decode(t, *a, **kw)
+    )
+    for _ in range(3):
+        assert auth.authenticate(request_with(bearer(token))).subject == "ana"
+    assert len(decodes) == 1  # the signature was verified once
+    # Once past its exp the cached identity is not used: the token is checked again, and refused.
+    while time.time() < exp:
+        time.sleep(0.05)
+    problem = _reject(bearer(token), s, auth)
+    assert "expired" in problem.detail and len(decodes) == 2
+    # A bad token is never cached: each attempt is checked (and refused) again.
+    other = ServiceSettings(jwt_secret="another-secret-another-secret-0123")  # noqa: S106
+    tampered = mint_token(other, subject="x", roles=["admin"])
+    for _ in range(2):
+        _reject(bearer(tampered), s, auth)
+    assert len(decodes) == 4

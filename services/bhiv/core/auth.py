@@ -80,14 +80,29 @@ def hash_api_key(key: str) -> str:
     return hashlib.sha256(key.encode()).hexdigest()
 
 
+# Verified tokens remembered per Authenticator (a client reuses its token for many
+# requests); the oldest are forgotten first beyond this many.
+VERIFIED_TOKEN_CACHE_SIZE = 10_000
+
+
 class Authenticator:
-    """Resolves the caller of a request from its headers, for one service's settings."""
+    """Resolves the caller of a request from its headers, for one service's settings.
+
+    A token that verified is remembered until its ``exp``, so a client reusing it costs
+    a dictionary lookup instead of a signature check and claim validation. Only valid
+    tokens are remembered, keyed by the whole token; the key, issuer and audience are
+    fixed for the Authenticator's life, so the same token always gets the same answer
+    until it expires (a cached one is dropped at its ``exp`` and checked again: refused).
+    """
 
     def __init__(self, settings: ServiceSettings) -> None:
         self._algorithm, self._key = settings.jwt_verification_key()
         self._issuer = settings.jwt_issuer
         self._audience = settings.jwt_audience
         self._api_keys: list[ApiKeySpec] = list(settings.api_keys)
+        # Plain dict (insertion-ordered): every operation on it is atomic under the
+        # GIL, so handlers on worker threads may share it without a lock.
+        self._verified: dict[str, tuple[Identity, float]] = {}
 
     def authenticate(self, request: Request) -> Identity:
         api_key = request.headers.get(API_KEY_HEADER)
@@ -102,6 +117,24 @@ class Authenticator:
         return self._from_jwt(token.strip())
 
     def _from_jwt(self, token: str) -> Identity:
+        cached = self._verified.get(token)
+        if cached is not None:
+            identity, expires = cached
+            if time.time() < expires:  # PyJWT's rule too: expired once now >= exp
+                return identity
+            self._verified.pop(token, None)
+        identity = self._verify(token)
+        exp = identity.claims.get("exp")
+        if isinstance(exp, int | float):
+            self._verified[token] = (identity, float(exp))
+            if len(self._verified) > VERIFIED_TOKEN_CACHE_SIZE:
+                try:
+                    self._verified.pop(next(iter(self._verified)), None)
+                except (RuntimeError, StopIteration):  # another thread changed it meanwhile
+                    pass
+        return identity
+
+    def _verify(self, token: str) -> Identity:
         try:
             claims = jwt.decode(
                 token,

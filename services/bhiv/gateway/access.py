@@ -1,8 +1,7 @@
 """Authentication and authorization at the edge, and the identity sent upstream.
 
 Credentials are checked with ``bhiv.core.auth`` (the same JWT and API-key rules
-as every service). Verified JWTs are cached until they expire, so a client
-reusing its token costs one dictionary lookup instead of a signature check.
+as every service, and its cache of verified tokens).
 
 Services always receive a JWT: a caller's own token is passed unchanged; a
 caller with an API key is sent upstream with a short-lived token minted for
@@ -14,7 +13,6 @@ for logs; any such header from a client is dropped.
 from __future__ import annotations
 
 import time
-from collections import OrderedDict
 from urllib.parse import quote
 
 from bhiv.core.auth import Authenticator, Identity, mint_token
@@ -23,7 +21,6 @@ from bhiv.gateway.settings import GatewaySettings, RoutePolicy
 
 ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-TOKEN_CACHE_SIZE = 10_000
 # Tokens minted for API-key callers live this long, and are reused until
 # they have less than a third of it left.
 FORWARDED_TOKEN_TTL = 300
@@ -42,31 +39,16 @@ class EdgeAuth:
     def __init__(self, settings: GatewaySettings, authenticator: Authenticator) -> None:
         self._settings = settings
         self._authenticator = authenticator
-        self._verified: OrderedDict[str, tuple[Identity, float]] = OrderedDict()
         self._minted: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
 
     def authenticate(self, authorization: str | None, api_key: str | None) -> Identity:
         """The caller, or a 401 problem."""
-        if api_key is None and authorization and authorization[:7].lower() == "bearer ":
-            cached = self._verified.get(authorization)
-            if cached is not None:
-                identity, expires = cached
-                if time.time() < expires:
-                    return identity
-                del self._verified[authorization]
         headers = {}
         if authorization is not None:
             headers["Authorization"] = authorization
         if api_key is not None:
             headers["X-API-Key"] = api_key
-        identity = self._authenticator.authenticate(_HeaderView(headers))  # type: ignore[arg-type]
-        if identity.method == "jwt" and authorization is not None:
-            exp = identity.claims.get("exp")
-            if isinstance(exp, int | float):
-                self._verified[authorization] = (identity, float(exp))
-                if len(self._verified) > TOKEN_CACHE_SIZE:
-                    self._verified.popitem(last=False)
-        return identity
+        return self._authenticator.authenticate(_HeaderView(headers))  # type: ignore[arg-type]
 
     @staticmethod
     def required_role(policy: RoutePolicy, method: str, path: str) -> str:
