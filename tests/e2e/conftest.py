@@ -58,6 +58,7 @@ import yaml
 from bhiv import catalog
 
 from tests.support import realnode
+from tests.support.commands import run_tool
 from tests.support.postgres import postgres_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -95,16 +96,7 @@ def _tool(name: str) -> str | None:
 def _run(
     *args: str, env: dict[str, str] | None = None, timeout: float = 600, check: bool = True
 ) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(
-        list(args), capture_output=True, text=True, env=env, timeout=timeout, check=False
-    )  # noqa: S603
-    if check and result.returncode != 0:
-        pytest.fail(
-            f"{' '.join(args)} exited {result.returncode}:\n"
-            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}",
-            pytrace=False,
-        )
-    return result
+    return run_tool(args, env=env, timeout=timeout, check=check)
 
 
 @dataclass

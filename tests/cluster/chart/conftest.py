@@ -21,6 +21,7 @@ import pytest
 import yaml
 
 from tests.cluster.conftest import REPO_ROOT, KubeCluster, Kubectl
+from tests.support.commands import run_tool
 from tests.support.kube import service_account_kubeconfig
 
 CHART = REPO_ROOT / "charts" / "bhiv"
@@ -37,21 +38,13 @@ class Tool:
     def __call__(
         self, *args: str, check: bool = True, timeout: float = 300
     ) -> subprocess.CompletedProcess[str]:
-        result = subprocess.run(
+        return run_tool(
             [str(self.path), *args],
-            capture_output=True,
-            text=True,
             env=self.env,
             timeout=timeout,
-            check=False,
+            check=check,
+            shown_as=self.path.name,
         )
-        if check and result.returncode != 0:
-            pytest.fail(
-                f"{self.path.name} {' '.join(args)} exited {result.returncode}:\n"
-                f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}",
-                pytrace=False,
-            )
-        return result
 
 
 @pytest.fixture(scope="session")
