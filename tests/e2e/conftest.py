@@ -42,7 +42,6 @@ import hashlib
 import os
 import secrets
 import shutil
-import socket
 import subprocess
 import time
 import uuid
@@ -59,6 +58,7 @@ from bhiv import catalog
 
 from tests.support import realnode
 from tests.support.commands import run_tool
+from tests.support.net import free_port
 from tests.support.postgres import postgres_server
 
 REPO = Path(__file__).resolve().parents[2]
@@ -157,12 +157,6 @@ class E2ECluster:
         if self.load_image:
             self.load_image(upgraded)
         return upgraded
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _helm_env(work: Path, kubeconfig: Path) -> dict[str, str]:
@@ -364,7 +358,7 @@ def _kind_or_external_cluster(work: Path) -> Iterator[E2ECluster]:
             _run("docker", "build", "-t", image, str(REPO), timeout=1800)
         ingress_url = os.environ.get("BHIV_E2E_INGRESS_URL", "")
         if kind:
-            host_port = _free_port()
+            host_port = free_port()
             (work / "kind.yaml").write_text(_kind_config(host_port))
             _run(
                 kind, "create", "cluster", "--name", cluster_name,
