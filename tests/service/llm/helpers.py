@@ -84,9 +84,15 @@ def sse_events(r: httpx.Response) -> list[dict | str]:
     return out
 
 
+# Letters only: a run of hex digits can look like a phone number or a card to the
+# safety filter, which then redacts the prompt under one policy and not another
+# (a cache test flaked on exactly that: two callers, two keys, MISS).
+_NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
+
+
 def unique(text: str = "q") -> str:
     """A prompt no earlier test sent, so the cache cannot answer it."""
-    return f"{text} {uuid.uuid4().hex[:10]}"
+    return f"{text} {uuid.uuid4().hex[:10].translate(_NO_DIGITS)}"
 
 
 def keyed(server: ServiceProcess, tenant: str | None = None, **policy: object) -> httpx.Client:
