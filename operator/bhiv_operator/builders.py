@@ -15,7 +15,10 @@ from bhiv_operator.model import Module
 PART_OF = "bhiv-core"
 MANAGED_BY = "bhiv-operator"
 PRE_STOP_SECONDS = 5
-DATA_DIR = "/tmp/bhiv"  # the only writable path: the root filesystem is read-only
+# BHIV_DATA_DIR (SQLite files): the "data" volume, a PersistentVolumeClaim or an
+# emptyDir (see build_data_claim); the root filesystem is read-only.
+DATA_DIR = "/var/lib/bhiv"
+DATA_VOLUME = "data"
 RUN_AS_USER = 10001
 # The gateway discovers services from the BhivModules of its namespace, with
 # this ServiceAccount's read-only access (manifests/gateway/rbac.yaml, the chart).
@@ -77,6 +80,44 @@ def _env(module: Module) -> list[dict[str, Any]]:
     return merged + list(user.values())
 
 
+def data_claim_name(module: Module) -> str:
+    return f"{module.name}-data"
+
+
+def build_data_claim(module: Module) -> dict[str, Any] | None:
+    """The PersistentVolumeClaim holding the module's SQLite files, when it keeps
+    them on one (no database, not ephemeral). Owned by the module: deleting the
+    BhivModule deletes the claim (and, with reclaim policy Delete, the data)."""
+    if not module.keeps_data_on_claim:
+        return None
+    spec: dict[str, Any] = {
+        "accessModes": ["ReadWriteOnce"],
+        "resources": {"requests": {"storage": module.storage.size}},
+    }
+    if module.storage.storage_class:
+        spec["storageClassName"] = module.storage.storage_class
+    metadata = {**_metadata(module), "name": data_claim_name(module)}
+    return {"apiVersion": "v1", "kind": "PersistentVolumeClaim", "metadata": metadata, "spec": spec}
+
+
+def _data_volume(module: Module) -> dict[str, Any]:
+    if module.keeps_data_on_claim:
+        claim = {"claimName": data_claim_name(module)}
+        return {"name": DATA_VOLUME, "persistentVolumeClaim": claim}
+    # A database holds the data (or the user opted out): the directory only
+    # holds what a pod may lose.
+    return {"name": DATA_VOLUME, "emptyDir": {"sizeLimit": module.storage.size}}
+
+
+def _strategy(module: Module) -> dict[str, Any]:
+    if module.keeps_data_on_claim:
+        # Never two pods on one SQLite file (nor a new pod waiting forever for a
+        # ReadWriteOnce claim the old one holds on another node): the old pod
+        # stops before the new one starts.
+        return {"type": "Recreate"}
+    return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
+
+
 def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
     """The Deployment; ``replicas=None`` leaves the count to the autoscaler."""
     probe_common = {"periodSeconds": 10, "timeoutSeconds": 2}
@@ -100,7 +141,10 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
             "capabilities": {"drop": ["ALL"]},
             "seccompProfile": {"type": "RuntimeDefault"},
         },
-        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+        "volumeMounts": [
+            {"name": "tmp", "mountPath": "/tmp"},
+            {"name": DATA_VOLUME, "mountPath": DATA_DIR},
+        ],
         # Endpoint removal is asynchronous: kube-proxy and the ingress controller keep
         # sending new requests for a moment after the pod is marked terminating. It
         # keeps serving meanwhile, then SIGTERM lets uvicorn drain (up to 20 s, hence a
@@ -112,7 +156,7 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "selector": {"matchLabels": selector_labels(module)},
         "revisionHistoryLimit": 5,
-        "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
+        "strategy": _strategy(module),
         "template": {
             "metadata": {"labels": labels(module)},
             "spec": {
@@ -127,7 +171,10 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
                 },
                 "terminationGracePeriodSeconds": 30,
                 "containers": [container],
-                "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}}],
+                "volumes": [
+                    {"name": "tmp", "emptyDir": {"sizeLimit": "256Mi"}},
+                    _data_volume(module),
+                ],
             },
         },
     }

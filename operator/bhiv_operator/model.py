@@ -22,6 +22,15 @@ class Autoscaling:
 
 
 @dataclass(frozen=True)
+class Storage:
+    """Where a module without a database keeps its SQLite files (spec.storage)."""
+
+    size: str = "1Gi"
+    storage_class: str | None = None  # None: the cluster's default StorageClass
+    ephemeral: bool = False  # the opt-out: a throwaway emptyDir per pod
+
+
+@dataclass(frozen=True)
 class Module:
     name: str
     namespace: str
@@ -40,12 +49,14 @@ class Module:
     database_secret: tuple[str, str] | None
     paused: bool
     labels: dict[str, str] = field(default_factory=dict)
+    storage: Storage = field(default_factory=Storage)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Module:
         meta, spec = body["metadata"], body.get("spec") or {}
         scaling = spec.get("autoscaling") or {}
         secret = (spec.get("database") or {}).get("secretRef")
+        storage = spec.get("storage") or {}
         service = spec["service"]
         return cls(
             name=meta["name"],
@@ -70,7 +81,19 @@ class Module:
             database_secret=(secret["name"], secret.get("key") or "url") if secret else None,
             paused=bool(spec.get("paused", False)),
             labels=dict(meta.get("labels") or {}),
+            storage=Storage(
+                size=str(storage.get("size") or Storage.size),
+                storage_class=storage.get("storageClassName") or None,
+                ephemeral=bool(storage.get("ephemeral", False)),
+            ),
         )
+
+    @property
+    def keeps_data_on_claim(self) -> bool:
+        """SQLite on a PersistentVolumeClaim: a service with data (the gateway keeps
+        none), no database, no ephemeral opt-out. One pod at a time may use it."""
+        has_data = self.service != "gateway"
+        return has_data and self.database_secret is None and not self.storage.ephemeral
 
     @property
     def min_pods(self) -> int:

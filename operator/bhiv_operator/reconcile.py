@@ -107,6 +107,15 @@ class Reconciler:
 
     async def _apply_workloads(self, module: Module, deployment: dict[str, Any] | None) -> dict[str, Any]:
         ns, name = module.namespace, module.name
+        claim = builders.build_data_claim(module)
+        # Created once, before the pods that mount it, and then left alone: a claim's
+        # spec is immutable but for growing, which its class may refuse, so a later
+        # change of spec.storage must not fail every reconcile (resize the claim
+        # itself). Never deleted here either: switching to a database keeps the old
+        # SQLite data until the module is deleted.
+        if claim is not None:
+            if await self.kube.get("PersistentVolumeClaim", ns, claim["metadata"]["name"]) is None:
+                await self.kube.apply(claim)
         hpa = builders.build_hpa(module)
         if hpa is not None:
             if deployment is not None and applies_field(deployment, "spec", "replicas"):

@@ -13,6 +13,10 @@ import yaml
 from tests.cluster.operator.conftest import REPO, OperatorProcess, condition, get_json, wait_for
 
 Kubectl = Callable[..., Any]
+# The CEL rule's message (manifests/crd): what to do instead of several pods on SQLite.
+ONE_POD_ON_SQLITE = "spec.replicas > 1 and spec.autoscaling need a database"
+# Several pods need a shared database (the Secret need not exist: kwok runs no pods).
+ON_A_DATABASE: dict[str, Any] = {"database": {"secretRef": {"name": "shop-db"}}}
 
 
 def ready(kubectl: Kubectl, ns: str, name: str) -> bool:
@@ -37,6 +41,14 @@ class TestValidation:
             ({"service": "crm", "image": "x", "port": 70000}, "spec.port"),
             ({"service": "crm", "image": "x", "replicas": -1}, "spec.replicas"),
             ({"service": "crm"}, "spec.image: Required value"),
+            ({"service": "crm", "image": "x", "replicas": 2}, ONE_POD_ON_SQLITE),
+            ({"service": "crm", "image": "x", "autoscaling": {"enabled": True}}, ONE_POD_ON_SQLITE),
+            (
+                {"service": "crm", "image": "x", "replicas": 3, "storage": {"ephemeral": False}},
+                ONE_POD_ON_SQLITE,
+            ),
+            ({"service": "crm", "image": "x", "database": {}, "replicas": 2}, ONE_POD_ON_SQLITE),
+            ({"service": "crm", "image": "x", "storage": {"size": "lots"}}, "spec.storage.size"),
         ],
     )
     def test_bad_specs_are_rejected(self, kubectl: Kubectl, namespace: str, crds: None, spec: dict, message: str) -> None:
@@ -44,6 +56,36 @@ class TestValidation:
         result = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert kubectl("get", "bm", "-n", namespace, "-o", "name").stdout.strip() == ""
+
+    @pytest.mark.parametrize(
+        "spec",
+        [
+            {"service": "crm", "image": "x", "replicas": 3,
+             "database": {"secretRef": {"name": "d"}}},
+            {"service": "crm", "image": "x", "autoscaling": {"enabled": True},
+             "storage": {"ephemeral": True}},
+            {"service": "gateway", "image": "x", "replicas": 2},
+            {"service": "crm", "image": "x", "replicas": 0},
+        ],
+        ids=["database", "ephemeral-opt-out", "gateway", "scaled-to-zero"],
+    )
+    def test_several_pods_with_a_database_or_the_opt_out(
+        self, kubectl: Kubectl, namespace: str, crds: None, spec: dict
+    ) -> None:
+        body = {"apiVersion": "bhiv.io/v1alpha1", "kind": "BhivModule",
+                "metadata": {"name": "ok"}, "spec": spec}
+        kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
+
+    def test_scaling_up_a_module_on_sqlite_is_refused(
+        self, kubectl: Kubectl, namespace: str, crds: None, modules: Any
+    ) -> None:
+        # The scale subresource (kubectl scale, an HPA aimed at the module) goes
+        # through the same validation as an edit of the spec.
+        modules("one", service="crm")
+        result = kubectl("scale", "bm/one", "-n", namespace, "--replicas=2", check=False)
+        assert result.returncode != 0 and ONE_POD_ON_SQLITE in result.stderr, result.stderr
+        body = get_json(kubectl, "bm", "one", "-n", namespace)
+        assert body is not None and body["spec"]["replicas"] == 1
 
     def test_explain_documents_every_field(self, kubectl: Kubectl, crds: None) -> None:
         out = kubectl("explain", "bm.spec.autoscaling").stdout
@@ -53,6 +95,53 @@ class TestValidation:
         modules("x", service="crm")
         spec = get_json(kubectl, "bm", "x", "-n", namespace)["spec"]  # type: ignore[index]
         assert spec["replicas"] == 1 and spec["paused"] is False and spec["imagePullPolicy"] == "IfNotPresent"
+        assert spec["storage"] == {"size": "1Gi", "ephemeral": False}
+
+
+class TestDataClaim:
+    """A module without a database keeps SQLite on a claim of its own, one pod at a time."""
+
+    def test_claim_mounted_and_recreate(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        modules("logistics", service="logistics", storage={"size": "2Gi"})
+        wait_for(lambda: ready(kubectl, namespace, "logistics"), "logistics Ready", timeout=90)
+        claim = get_json(kubectl, "pvc", "logistics-data", "-n", namespace)
+        assert claim is not None
+        assert claim["spec"]["resources"]["requests"]["storage"] == "2Gi"
+        assert claim["spec"]["accessModes"] == ["ReadWriteOnce"]
+        module_body = get_json(kubectl, "bm", "logistics", "-n", namespace)
+        assert module_body is not None
+        owner = claim["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["uid"]) == ("BhivModule", module_body["metadata"]["uid"])
+        # The cluster's default class provisioned it (no pod is scheduled before that).
+        assert claim["status"]["phase"] == "Bound"
+        dep = deployment(kubectl, namespace, "logistics")
+        assert dep is not None and dep["spec"]["strategy"] == {"type": "Recreate"}
+        pod = dep["spec"]["template"]["spec"]
+        claim_ref = {"claimName": "logistics-data"}
+        assert {"name": "data", "persistentVolumeClaim": claim_ref} in pod["volumes"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {"name": "data", "mountPath": env["BHIV_DATA_DIR"]} in container["volumeMounts"]
+
+        # Deleting the module deletes its claim (garbage collection, owner reference).
+        kubectl("delete", "bm", "logistics", "-n", namespace, "--wait=true", "--timeout=60s")
+
+        def claim_gone() -> bool:
+            left = get_json(kubectl, "pvc", "logistics-data", "-n", namespace)
+            return left is None or bool(left["metadata"].get("deletionTimestamp"))
+
+        wait_for(claim_gone, "the claim to go with its module")
+
+    def test_database_means_no_claim_and_rolling_updates(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        database = {"secretRef": {"name": "crm-db"}}
+        modules("crm", service="crm", replicas=2, database=database)
+        dep = wait_for(lambda: deployment(kubectl, namespace, "crm"), "the crm Deployment")
+        assert dep["spec"]["strategy"]["type"] == "RollingUpdate"
+        assert get_json(kubectl, "pvc", "crm-data", "-n", namespace) is None
 
 
 class TestStartupOrder:
@@ -123,7 +212,7 @@ class TestStartupOrder:
 class TestWorkloads:
     def test_children_labels_owner_and_restricted_pods(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
         kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
-        modules("shop", service="logistics", replicas=2)
+        modules("shop", service="logistics", replicas=2, **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready in a restricted namespace")
         for kind in ("deployment", "service", "pdb"):
             obj = get_json(kubectl, kind, "shop", "-n", namespace)
@@ -150,7 +239,7 @@ class TestWorkloads:
         wait_for(lambda: get_json(kubectl, "service", "shop", "-n", namespace), "Service recreated", timeout=5)
 
     def test_scale_and_autoscaling_toggle(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
-        modules("shop")
+        modules("shop", **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
         kubectl("scale", "bm/shop", "-n", namespace, "--replicas=3")
         wait_for(lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 3, "Deployment scaled to 3")
@@ -174,7 +263,7 @@ class TestWorkloads:
         wait_for(lambda: get_json(kubectl, "pdb", "shop", "-n", namespace) is None, "PDB removed with one pod")
 
     def test_image_change_rolls_the_deployment(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
-        modules("shop", replicas=2)
+        modules("shop", replicas=2, **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
         kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p", '{"spec": {"image": "bhiv-core:next"}}')
         body = wait_for(
@@ -189,7 +278,7 @@ class TestWorkloads:
         assert condition(body, "Ready")["observedGeneration"] == body["metadata"]["generation"]
 
     def test_delete_removes_children_and_never_sticks(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
-        modules("shop", replicas=2)
+        modules("shop", replicas=2, **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
         assert not get_json(kubectl, "bm", "shop", "-n", namespace)["metadata"].get("finalizers")
         kubectl("delete", "bm", "shop", "-n", namespace, "--timeout=30s")

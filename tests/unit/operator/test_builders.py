@@ -135,3 +135,62 @@ def test_user_env_overrides_a_default_of_the_same_name_once() -> None:
     assert len(names) == len(set(names))
     assert next(e for e in env if e["name"] == "BHIV_GATEWAY_DISCOVERY")["value"] == "local"
     assert names[-1] == "EXTRA"
+
+
+class TestDataStorage:
+    """Without a database, SQLite lives on a claim of the module's, one pod at a time."""
+
+    @staticmethod
+    def pod(m: Module) -> dict[str, Any]:
+        return builders.build_deployment(m, replicas=1)["spec"]["template"]["spec"]
+
+    def test_claim_defaults_owned_by_the_module(self) -> None:
+        claim = builders.build_data_claim(module())
+        assert claim is not None and claim["kind"] == "PersistentVolumeClaim"
+        meta = claim["metadata"]
+        assert (meta["name"], meta["namespace"]) == ("logistics-data", "shop")
+        owner = claim["metadata"]["ownerReferences"][0]
+        assert (owner["kind"], owner["name"], owner["uid"]) == ("BhivModule", "logistics", "u-1")
+        assert claim["spec"] == {
+            "accessModes": ["ReadWriteOnce"],
+            "resources": {"requests": {"storage": "1Gi"}},
+        }
+
+    def test_claim_size_and_class(self) -> None:
+        m = module(storage={"size": "5Gi", "storageClassName": "fast"})
+        claim = builders.build_data_claim(m)
+        assert claim is not None
+        assert claim["spec"]["resources"]["requests"]["storage"] == "5Gi"
+        assert claim["spec"]["storageClassName"] == "fast"
+
+    def test_claim_mounted_at_the_data_dir_with_recreate(self) -> None:
+        m = module()
+        d = builders.build_deployment(m, replicas=1)
+        pod = d["spec"]["template"]["spec"]
+        container = pod["containers"][0]
+        env = {e["name"]: e.get("value") for e in container["env"]}
+        assert {"name": "data", "mountPath": env["BHIV_DATA_DIR"]} in container["volumeMounts"]
+        claim_ref = {"claimName": "logistics-data"}
+        assert {"name": "data", "persistentVolumeClaim": claim_ref} in pod["volumes"]
+        assert d["spec"]["strategy"] == {"type": "Recreate"}
+
+    @pytest.mark.parametrize(
+        "m",
+        [
+            Module.from_body(body(database={"secretRef": {"name": "db"}})),
+            Module.from_body(body(storage={"ephemeral": True, "size": "2Gi"})),
+            Module.from_body(body(service="gateway")),
+        ],
+        ids=["database", "ephemeral", "gateway"],
+    )
+    def test_no_claim_with_a_database_the_opt_out_or_for_the_gateway(self, m: Module) -> None:
+        assert builders.build_data_claim(m) is None
+        volume = next(v for v in self.pod(m)["volumes"] if v["name"] == "data")
+        assert "emptyDir" in volume and "persistentVolumeClaim" not in volume
+        strategy = builders.build_deployment(m, replicas=2)["spec"]["strategy"]
+        rolling = {"maxUnavailable": 0, "maxSurge": 1}
+        assert strategy == {"type": "RollingUpdate", "rollingUpdate": rolling}
+
+    def test_ephemeral_size_limits_the_empty_dir(self) -> None:
+        pod = self.pod(module(storage={"ephemeral": True, "size": "2Gi"}))
+        assert {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
