@@ -34,6 +34,10 @@ class ServiceProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self) -> ServiceProcess:
+        return self.launch().wait_ready()
+
+    def launch(self) -> ServiceProcess:
+        """Start the process without waiting for it (see :meth:`wait_ready`)."""
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "bhiv", "serve", self.name, "--port", str(self.port)],
@@ -42,6 +46,10 @@ class ServiceProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
+        return self
+
+    def wait_ready(self) -> ServiceProcess:
+        assert self.process is not None, "launch() first"
         try:
             wait_http(f"{self.url}/health/ready", timeout=60, alive=lambda: self.process.poll() is None)
         except Exception:

@@ -30,7 +30,7 @@ def alembic_config(service: str, script_location: str) -> Config:
     return cfg
 
 
-def _lock_key(service: str) -> int:
+def lock_key(service: str) -> int:
     # A stable signed 32-bit key per service for pg_advisory_xact_lock.
     return zlib.crc32(f"bhiv-migrate:{service}".encode()) - 2**31
 
@@ -42,7 +42,7 @@ def upgrade(service: str, script_location: str, url: str, revision: str = "head"
             engine = engine.execution_options(sqlite_begin="IMMEDIATE")
         with engine.begin() as conn:
             if conn.dialect.name == "postgresql":
-                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (_lock_key(service),))
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(%s)", (lock_key(service),))
             cfg = alembic_config(service, script_location)
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, revision)
