@@ -66,6 +66,9 @@ def _env(module: Module) -> list[dict[str, Any]]:
         {"name": "BHIV_HOST", "value": "0.0.0.0"},
         {"name": "BHIV_PORT", "value": str(module.port)},
         {"name": "BHIV_DATA_DIR", "value": DATA_DIR},
+        # Said outright rather than left to KUBERNETES_SERVICE_HOST: a pod never
+        # makes its own JWT secret or credentials key (the others would not share it).
+        {"name": "BHIV_REQUIRE_SHARED_SECRETS", "value": "true"},
     ]
     if module.service == "gateway":
         env.append({"name": "BHIV_GATEWAY_DISCOVERY", "value": "kubernetes"})

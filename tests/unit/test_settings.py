@@ -3,10 +3,12 @@ from __future__ import annotations
 import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bhiv.core.settings import ServiceSettings, load_or_create_local_secret
+from bhiv.core.settings import MissingSharedSecret, ServiceSettings, load_or_create_local_secret
+from bhiv.integrations.settings import IntegrationsSettings
 from bhiv.logistics.settings import LogisticsSettings
 
 
@@ -46,3 +48,53 @@ def test_bad_port_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BHIV_PORT", "70000")
     with pytest.raises(ValueError, match="port"):
         LogisticsSettings()
+
+
+class TestSharedSecretsInKubernetes:
+    """In a cluster no pod makes its own JWT secret or credentials key: each pod's
+    would differ, so tokens and stored credentials would work on one pod only."""
+
+    @pytest.fixture(autouse=True)
+    def _no_secrets(self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        for name in ("BHIV_JWT_SECRET", "BHIV_CREDENTIALS_KEY", "BHIV_REQUIRE_SHARED_SECRETS"):
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+        monkeypatch.setenv("BHIV_DATA_DIR", str(tmp_path))
+
+    def test_required_in_kubernetes_only(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        assert LogisticsSettings().require_shared_secrets is False
+        monkeypatch.setenv("KUBERNETES_SERVICE_HOST", "10.96.0.1")
+        assert LogisticsSettings().require_shared_secrets is True
+        monkeypatch.setenv("BHIV_REQUIRE_SHARED_SECRETS", "false")
+        assert LogisticsSettings().require_shared_secrets is False
+
+    @pytest.mark.parametrize(
+        ("make", "variable", "file"),
+        [
+            (lambda: LogisticsSettings().jwt_signing_secret(), "BHIV_JWT_SECRET", "jwt-secret"),
+            (
+                lambda: IntegrationsSettings().credential_secrets(),
+                "BHIV_CREDENTIALS_KEY",
+                "credentials-key",
+            ),
+        ],
+        ids=["jwt-secret", "credentials-key"],
+    )
+    def test_missing_secret_is_an_error_not_a_new_file(
+        self, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, make: Any, variable: str, file: str
+    ) -> None:
+        monkeypatch.setenv("BHIV_REQUIRE_SHARED_SECRETS", "true")
+        with pytest.raises(MissingSharedSecret, match=variable):
+            make()
+        assert not (tmp_path / file).exists()
+        # Outside a cluster the local run keeps making it once, in the data directory.
+        monkeypatch.setenv("BHIV_REQUIRE_SHARED_SECRETS", "false")
+        made = make()
+        assert (tmp_path / file).exists() and made
+
+    def test_given_secrets_are_used_as_they_are(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch.setenv("BHIV_REQUIRE_SHARED_SECRETS", "true")
+        monkeypatch.setenv("BHIV_JWT_SECRET", "shared-jwt-secret-0123456789abcdef")
+        monkeypatch.setenv("BHIV_CREDENTIALS_KEY", "new-key,old-key")
+        assert LogisticsSettings().jwt_signing_secret() == "shared-jwt-secret-0123456789abcdef"
+        assert IntegrationsSettings().credential_secrets() == ["new-key", "old-key"]

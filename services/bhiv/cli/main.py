@@ -58,7 +58,13 @@ def serve(
     settings = spec.settings_class(**overrides)
     configure_logging(spec.name, settings.log_level)
     module, _, factory = _entry(service).app_factory.partition(":")
-    application = getattr(importlib.import_module(module), factory)(settings)
+    from bhiv.core.settings import MissingSharedSecret
+
+    try:
+        application = getattr(importlib.import_module(module), factory)(settings)
+    except MissingSharedSecret as exc:
+        err.print(f"[red]error:[/] {spec.name} cannot start: {exc}")
+        raise typer.Exit(78) from None  # EX_CONFIG: the pod's configuration, not the code
     uvicorn.run(
         application,
         host=settings.host,

@@ -141,6 +141,9 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
 
     env = dict(os.environ, BHIV_DATA_DIR=str(data_dir), BHIV_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
     env.pop("BHIV_PORT", None)  # each child gets its own port
+    # One process per service, all on this data directory: secrets made there are
+    # shared by construction, even where KUBERNETES_SERVICE_HOST is set (a dev pod).
+    env.setdefault("BHIV_REQUIRE_SHARED_SECRETS", "false")
     # Every child learns where every service started here runs (BHIV_INTEGRATIONS_URL
     # for outbox relays, BHIV_LOGISTICS_URL and BHIV_CRM_URL for sync jobs, ...): the
     # settings' defaults are the catalog ports, wrong under --port-offset. A URL

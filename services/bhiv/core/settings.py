@@ -18,6 +18,15 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 Role = Literal["admin", "editor", "viewer"]
 
 
+class MissingSharedSecret(RuntimeError):
+    """A secret every replica must share was not given (see ``require_shared_secrets``)."""
+
+
+def running_in_kubernetes() -> bool:
+    # The kubelet sets this in every container, whatever enableServiceLinks says.
+    return bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+
+
 def default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "bhiv"
@@ -54,6 +63,13 @@ class ServiceSettings(BaseSettings):
         None, description="HS256 shared secret. Unset (and no public key): <data_dir>/jwt-secret, created once."
     )
     jwt_public_key: str | None = Field(None, description="PEM public key: verify RS256 tokens instead of HS256.")
+    require_shared_secrets: bool = Field(
+        default_factory=running_in_kubernetes,
+        description="A missing shared secret (BHIV_JWT_SECRET, BHIV_CREDENTIALS_KEY) is a "
+        "start-up error instead of one made in data_dir: every replica must use the same. "
+        "Default: true in Kubernetes (KUBERNETES_SERVICE_HOST set), false elsewhere; the "
+        "operator sets it true.",
+    )
     jwt_issuer: str = "bhiv"
     jwt_audience: str = "bhiv"
     api_keys: list[ApiKeySpec] = Field(default_factory=list, description="JSON list of API keys.")
@@ -98,7 +114,20 @@ class ServiceSettings(BaseSettings):
     def jwt_signing_secret(self) -> str:
         if self.jwt_secret is not None:
             return self.jwt_secret.get_secret_value()
-        return load_or_create_local_secret(self.data_dir / "jwt-secret")
+        return self.local_secret("jwt-secret", "BHIV_JWT_SECRET")
+
+    def local_secret(self, name: str, variable: str) -> str:
+        """A shared secret that was not given: made once in data_dir for a local run;
+        refused where replicas must share it, since each pod would make its own."""
+        if self.require_shared_secrets:
+            raise MissingSharedSecret(
+                f"{variable} is not set, and every replica of every service must share it, "
+                f"so no pod may make its own. Give it from a Secret: the Helm chart does; "
+                f"with `kubectl apply -k manifests/` the operator creates the Secret "
+                f"bhiv-shared-secrets (docs/helm.md, 'Shared secrets'). Set "
+                f"BHIV_REQUIRE_SHARED_SECRETS=false only for a single local process."
+            )
+        return load_or_create_local_secret(self.data_dir / name)
 
 
 def load_or_create_local_secret(path: Path) -> str:

@@ -6,7 +6,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from bhiv import catalog
-from bhiv.core.settings import ServiceSettings, load_or_create_local_secret
+from bhiv.core.settings import ServiceSettings
 
 
 def _local_url(service: str) -> str:
@@ -23,7 +23,8 @@ class IntegrationsSettings(ServiceSettings):
     credentials_key: SecretStr | None = Field(
         None,
         description="Comma-separated secrets; the first encrypts stored credentials and webhook secrets, "
-        "all of them decrypt (key rotation). Unset: <data_dir>/credentials-key, created once.",
+        "all of them decrypt (key rotation). Unset: <data_dir>/credentials-key, created once "
+        "(a start-up error where shared secrets are required, see require_shared_secrets).",
     )
     egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["localhost", "127.0.0.0/8", "::1"],
@@ -69,4 +70,4 @@ class IntegrationsSettings(ServiceSettings):
             keys = [k.strip() for k in self.credentials_key.get_secret_value().split(",") if k.strip()]
             if keys:
                 return keys
-        return [load_or_create_local_secret(self.data_dir / "credentials-key")]
+        return [self.local_secret("credentials-key", "BHIV_CREDENTIALS_KEY")]

@@ -191,6 +191,10 @@ class TestDataStorage:
         rolling = {"maxUnavailable": 0, "maxSurge": 1}
         assert strategy == {"type": "RollingUpdate", "rollingUpdate": rolling}
 
+    def test_pods_never_make_their_own_shared_secrets(self) -> None:
+        env = self.pod(module())["containers"][0]["env"]
+        assert {"name": "BHIV_REQUIRE_SHARED_SECRETS", "value": "true"} in env
+
     def test_ephemeral_size_limits_the_empty_dir(self) -> None:
         pod = self.pod(module(storage={"ephemeral": True, "size": "2Gi"}))
         assert {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
