@@ -27,6 +27,8 @@ _PATHS = {
     "Deployment": ("/apis/apps/v1", "deployments"),
     "Service": ("/api/v1", "services"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
+    "Secret": ("/api/v1", "secrets"),
+    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
     "BhivModule": (f"/apis/{GROUP}/{VERSION}", PLURAL),
@@ -97,6 +99,18 @@ class Kube:
             query=[("fieldManager", manager), ("force", "true")],
             content_type="application/apply-patch+yaml",
         )
+
+    async def create(self, obj: dict[str, Any]) -> bool:
+        """Create ``obj``; False when one of that name exists (it is left as it is)."""
+        meta = obj["metadata"]
+        try:
+            path = self._path(obj["kind"], meta["namespace"])
+            await asyncio.to_thread(self._call, "POST", path, body=obj)
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+        return True
 
     async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None) -> Any:
         return await asyncio.to_thread(

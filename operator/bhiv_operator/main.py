@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from pathlib import Path
 
 import kopf
 from prometheus_client import start_http_server
@@ -23,6 +24,8 @@ def run(
     cluster_domain: str,
     listen_host: str = "0.0.0.0",  # noqa: S104 - probes and scrapes come from outside the pod
     verbose: bool = False,
+    shared_secret: str | None = None,
+    bootstrap_dir: Path | None = None,
 ) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -31,9 +34,20 @@ def run(
     from bhiv_operator.kube import load_config
 
     load_config(kubeconfig)
+    if bootstrap_dir is not None:
+        # Before Kopf starts: the KopfPeering it joins may be among these.
+        from bhiv_operator.bootstrap import apply_manifests, load_manifests
+        from bhiv_operator.kube import Kube
+
+        asyncio.run(apply_manifests(Kube(), namespaces[0], load_manifests(bootstrap_dir)))
     if metrics_port:
         start_http_server(metrics_port, addr=listen_host, registry=metrics.registry)
-    memo = kopf.Memo(standalone=peering is None, cluster_domain=cluster_domain, clusterwide=clusterwide)
+    memo = kopf.Memo(
+        standalone=peering is None,
+        cluster_domain=cluster_domain,
+        clusterwide=clusterwide,
+        shared_secret=shared_secret,
+    )
     asyncio.run(
         kopf.operator(
             clusterwide=clusterwide,

@@ -14,6 +14,7 @@ from typing import Any
 from kubernetes.client.exceptions import ApiException
 
 from bhiv_operator import builders
+from bhiv_operator.bootstrap import ensure_shared_secret
 from bhiv_operator.graph import DependencyState, Node, cycles, dependency_state
 from bhiv_operator.kube import Kube, applies_field
 from bhiv_operator.model import Module
@@ -69,10 +70,20 @@ def _deployment_conditions(deployment: dict[str, Any]) -> tuple[Condition, Condi
 
 
 class Reconciler:
-    def __init__(self, kube: Kube, events: EventSink, cluster_domain: str = "cluster.local") -> None:
+    def __init__(
+        self,
+        kube: Kube,
+        events: EventSink,
+        cluster_domain: str = "cluster.local",
+        shared_secret: str | None = None,
+    ) -> None:
         self.kube = kube
         self.events = events
         self.cluster_domain = cluster_domain
+        # --shared-secret: the Secret of shared secrets to create in each namespace
+        # with modules (manifests/ users; the chart makes its own and leaves it unset).
+        self.shared_secret = shared_secret
+        self._secret_namespaces: set[str] = set()
 
     async def reconcile(self, body: dict[str, Any], nodes: Mapping[str, Node]) -> Outcome | None:
         """Bring one module's children and status in line with its spec.
@@ -90,6 +101,10 @@ class Reconciler:
         deployment = await self.kube.get("Deployment", module.namespace, module.name)
 
         if not module.paused:
+            if self.shared_secret and module.namespace not in self._secret_namespaces:
+                # Once per namespace and operator process, before any pod that reads it.
+                await ensure_shared_secret(self.kube, module.namespace, self.shared_secret)
+                self._secret_namespaces.add(module.namespace)
             await self.kube.apply(builders.build_service(module))
             # Startup order: no Deployment (hence no pods, HPA or PDB) until every
             # dependency is Ready. Creating nothing, rather than a Deployment at 0

@@ -126,6 +126,34 @@ def token(
     print(mint_token(settings, subject=subject, roles=[role], ttl_seconds=ttl, tenant=tenant, private_key=key))
 
 
+@app.command("reencrypt-credentials")
+def reencrypt_credentials() -> None:
+    """Re-encrypt the integrations service's stored secrets with the first key of
+    BHIV_CREDENTIALS_KEY, so an old key can be dropped (run where the service runs:
+    same BHIV_DATABASE_URL and BHIV_CREDENTIALS_KEY, e.g. `kubectl exec`)."""
+    from bhiv.core.db import Database
+    from bhiv.integrations.crypto import SecretBox, UnreadableSecret
+    from bhiv.integrations.reencrypt import reencrypt_all
+    from bhiv.integrations.settings import IntegrationsSettings
+
+    settings = IntegrationsSettings()
+    keys = settings.credential_secrets() if settings.credentials_key is not None else []
+    if not keys:
+        err.print("[red]error:[/] set BHIV_CREDENTIALS_KEY: the new key first, then the old")
+        raise typer.Exit(2)
+    db = Database(settings.sqlalchemy_url())
+    try:
+        counts = reencrypt_all(db, SecretBox(keys))
+    except UnreadableSecret as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+    finally:
+        db.dispose()
+    for table, n in counts.items():
+        err.print(f"re-encrypted {n} secret(s) in {table}")
+    err.print("[green]done:[/] all stored secrets use the first key; drop the older ones")
+
+
 @app.command("api-key")
 def api_key(
     name: Annotated[str, typer.Option(help="Who holds the key.")],
@@ -179,6 +207,23 @@ def operator_command(
     cluster_domain: Annotated[str, typer.Option(help="DNS domain of the cluster, for status.url.")] = "cluster.local",
     listen_host: Annotated[str, typer.Option(help="Interface of the liveness and metrics endpoints.")] = "0.0.0.0",  # noqa: S104
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each handler call.")] = False,
+    shared_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Create this Secret (BHIV_JWT_SECRET, BHIV_CREDENTIALS_KEY, random) in each "
+            "namespace with modules unless it exists; never read, changed or deleted. For "
+            "manifests/; the chart makes its own."
+        ),
+    ] = None,
+    bootstrap: Annotated[
+        Path | None,
+        typer.Option(
+            help="Before watching, apply the BhivModules and KopfPeering in this directory's YAML "
+            "files to the watched namespace (kubectl cannot, in the run that makes their CRDs).",
+            exists=True,
+            file_okay=False,
+        ),
+    ] = None,
 ) -> None:
     """Run the Kubernetes operator: BhivModules become Deployments, Services, HPAs, PDBs."""
     if kubeconfig:
@@ -189,6 +234,9 @@ def operator_command(
 
     if bool(namespace) == all_namespaces:
         err.print("[red]error:[/] give --namespace NAME (repeatable) or --all-namespaces, not both or neither")
+        raise typer.Exit(2)
+    if bootstrap is not None and len(namespace or []) != 1:
+        err.print("[red]error:[/] --bootstrap applies into one namespace: give one --namespace")
         raise typer.Exit(2)
     run(
         namespaces=namespace or [],
@@ -201,6 +249,8 @@ def operator_command(
         cluster_domain=cluster_domain,
         listen_host=listen_host,
         verbose=verbose,
+        shared_secret=shared_secret,
+        bootstrap_dir=bootstrap,
     )
 
 

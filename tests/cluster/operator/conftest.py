@@ -37,6 +37,7 @@ class OperatorProcess:
     kubeconfig: Path
     log_path: Path
     priority: int = 0
+    extra_args: tuple[str, ...] = ()
     liveness_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
@@ -53,6 +54,7 @@ class OperatorProcess:
                 "--listen-host", "127.0.0.1",
                 "--liveness-port", str(self.liveness_port),
                 "--metrics-port", str(self.metrics_port),
+                *self.extra_args,
             ],
             env=env,
             stdout=self.log_path.open("ab"),

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
 import json
 import signal
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -320,23 +322,52 @@ class TestOperations:
             assert kubectl(*args, check=False).stdout.strip() == "no", (verb, resource)
 
 
-def test_kustomization_brings_all_six_modules_up_in_order(kubectl: Kubectl, namespace: str, crds: None, tmp_path: Any) -> None:
-    """`kubectl apply -k manifests/` (with the namespace swapped for the test's), operator run locally as its SA."""
-    from tests.cluster.operator.conftest import OperatorProcess, service_account_kubeconfig
+def test_kustomization_applies_in_one_run_on_a_fresh_cluster(
+    kubectl: Kubectl, kube_cluster: Any, namespace: str, tmp_path: Path
+) -> None:
+    """`kubectl apply -k manifests/` once, with no CRD installed yet (namespace swapped
+    for the test's; the operator runs here as its ServiceAccount, with the arguments
+    and the bootstrap ConfigMap its Deployment would mount): all six modules come up
+    in order, reading one generated Secret of shared secrets."""
+    from tests.cluster.operator.conftest import service_account_kubeconfig
+
+    if not kube_cluster.managed:
+        pytest.skip("deletes the BhivModule and KopfPeering CRDs: needs a cluster of this session")
+    crd_dir = str(REPO / "manifests" / "crd")
+    kubectl("delete", "-f", crd_dir, "--ignore-not-found", "--wait=true", "--timeout=120s")
 
     rendered = kubectl("kustomize", str(REPO / "manifests")).stdout
-    keep = []
+    keep, operator_args = [], []
     for doc in yaml.safe_load_all(rendered):
         kind, name = doc["kind"], doc["metadata"]["name"]
-        if kind in ("Namespace", "CustomResourceDefinition") or (kind == "Deployment" and name == "bhiv-operator"):
-            continue  # the test namespace exists; CRDs are applied; the operator runs here, not as a pod
-        doc["metadata"]["namespace"] = namespace
+        if kind == "Namespace":
+            continue  # the test's namespace exists
+        if kind == "Deployment" and name == "bhiv-operator":
+            operator_args = doc["spec"]["template"]["spec"]["containers"][0]["args"]
+            continue  # the operator runs here, not as a pod
+        if kind != "CustomResourceDefinition":
+            doc["metadata"]["namespace"] = namespace
         for subject in doc.get("subjects", ()):
             subject["namespace"] = namespace
         keep.append(doc)
-    kubectl("apply", "-f", "-", input=yaml.safe_dump_all(keep))
-    config = service_account_kubeconfig(kubectl, namespace, "bhiv-operator", tmp_path / "sa.kubeconfig")
-    proc = OperatorProcess(namespace, config, tmp_path / "op.log").start()
+    result = kubectl("apply", "-f", "-", input=yaml.safe_dump_all(keep), check=False)
+    assert result.returncode == 0, result.stderr
+
+    # What the Deployment mounts at /etc/bhiv/bootstrap, and its own arguments.
+    listed = kubectl("get", "configmaps", "-n", namespace, "-o", "json").stdout
+    configmaps = json.loads(listed)["items"]
+    bootstrap = next(c for c in configmaps if c["metadata"]["name"].startswith("bhiv-bootstrap-"))
+    folder = tmp_path / "bootstrap"
+    folder.mkdir()
+    for file, text in bootstrap["data"].items():
+        (folder / file).write_text(text)
+    args = operator_args[operator_args.index("--bootstrap") :]
+    args[1] = str(folder)
+    assert "--shared-secret" in args
+
+    config = service_account_kubeconfig(kubectl, namespace, "bhiv-operator", tmp_path / "sa.kc")
+    proc = OperatorProcess(namespace, config, tmp_path / "op.log", extra_args=tuple(args))
+    proc.start()
     try:
         names = ["integrations", "llm-query", "logistics", "crm", "agent-orchestration", "gateway"]
         for name in names:
@@ -344,5 +375,23 @@ def test_kustomization_brings_all_six_modules_up_in_order(kubectl: Kubectl, name
         became = {n: condition(get_json(kubectl, "bm", n, "-n", namespace), "Ready")["lastTransitionTime"] for n in names}
         assert became["integrations"] <= became["llm-query"] <= min(became["logistics"], became["crm"])
         assert max(became["logistics"], became["crm"]) <= became["agent-orchestration"] <= became["gateway"]
+
+        secret = get_json(kubectl, "secret", "bhiv-shared-secrets", "-n", namespace)
+        assert secret is not None
+        assert sorted(secret["data"]) == ["BHIV_CREDENTIALS_KEY", "BHIV_JWT_SECRET"]
+        assert len({base64.b64decode(v) for v in secret["data"].values()}) == 2
+        dep = deployment(kubectl, namespace, "integrations")
+        assert dep is not None
+        env = dep["spec"]["template"]["spec"]["containers"][0]["env"]
+        refs = {e["name"]: e["valueFrom"].get("secretKeyRef") for e in env if "valueFrom" in e}
+        for key in ("BHIV_JWT_SECRET", "BHIV_CREDENTIALS_KEY"):
+            assert refs[key] == {"name": "bhiv-shared-secrets", "key": key}
+
+        # A restarted operator never replaces the Secret (pods would stop agreeing).
+        proc.stop()
+        proc.start()
+        wait_for(lambda: ready(kubectl, namespace, "gateway"), "gateway Ready after the restart")
+        again = get_json(kubectl, "secret", "bhiv-shared-secrets", "-n", namespace)
+        assert again is not None and again["data"] == secret["data"]
     finally:
         proc.stop()
