@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -29,6 +31,16 @@ def _fernet(secret: str) -> Fernet:
     return Fernet(base64.urlsafe_b64encode(key))
 
 
+@contextmanager
+def _readable() -> Iterator[None]:
+    try:
+        yield
+    except InvalidToken:
+        raise UnreadableSecret(
+            "a stored secret cannot be decrypted with the configured credentials key"
+        ) from None
+
+
 class SecretBox:
     def __init__(self, secrets: list[str]) -> None:
         if not secrets:
@@ -39,12 +51,14 @@ class SecretBox:
         return self._fernet.encrypt(plaintext.encode()).decode()
 
     def open(self, token: str) -> str:
-        try:
+        with _readable():
             return self._fernet.decrypt(token.encode()).decode()
-        except InvalidToken:
-            raise UnreadableSecret(
-                "a stored secret cannot be decrypted with the configured credentials key"
-            ) from None
+
+    def reseal(self, token: str) -> str:
+        """The same secret sealed with the first key (MultiFernet.rotate): after a
+        key rotation, what was sealed with an old key no longer needs it."""
+        with _readable():
+            return self._fernet.rotate(token.encode()).decode()
 
     def seal_json(self, value: dict[str, Any]) -> str:
         return self.seal(json.dumps(value, separators=(",", ":")))

@@ -94,6 +94,13 @@ class TestSecretBox:
         with pytest.raises(UnreadableSecret):
             SecretBox(["new-key"]).open(token)
 
+    def test_reseal_moves_a_secret_to_the_first_key(self) -> None:
+        token = SecretBox(["old-key"]).seal("whsec-value")
+        resealed = SecretBox(["new-key", "old-key"]).reseal(token)
+        assert resealed != token and SecretBox(["new-key"]).open(resealed) == "whsec-value"
+        with pytest.raises(UnreadableSecret):
+            SecretBox(["other-key"]).reseal(token)
+
 
 class TestRetrySchedule:
     def test_exponential_then_capped(self) -> None:
