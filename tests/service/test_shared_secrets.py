@@ -32,7 +32,12 @@ def _serve(service: str, data_dir: Path, **env: str) -> subprocess.CompletedProc
     [
         ("logistics", {}, "BHIV_JWT_SECRET", "jwt-secret"),
         ("gateway", {}, "BHIV_JWT_SECRET", "jwt-secret"),
-        ("integrations", {"BHIV_JWT_SECRET": TEST_JWT_SECRET}, "BHIV_CREDENTIALS_KEY", "credentials-key"),
+        (
+            "integrations",
+            {"BHIV_JWT_SECRET": TEST_JWT_SECRET},
+            "BHIV_CREDENTIALS_KEY",
+            "credentials-key",
+        ),
     ],
 )
 def test_missing_shared_secret_stops_the_pod(
