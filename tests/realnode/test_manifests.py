@@ -1,0 +1,116 @@
+"""`kubectl apply -k manifests/` on the real node, as a user runs it: one run on a
+cluster without the CRDs, the operator as a pod, the six modules on SQLite, each on a
+PersistentVolumeClaim of its own (the node's local-path provisioner), all reading the
+shared secrets the operator made. Data written to Logistics survives its pod."""
+
+from __future__ import annotations
+
+import base64
+import json
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from bhiv.core.auth import mint_token
+from bhiv.core.settings import ServiceSettings
+from tests.support.realnode import RealNode, eventually
+
+REPO = Path(__file__).resolve().parents[2]
+NAMESPACE = "bhiv"  # fixed by manifests/kustomization.yaml
+MODULES = ["integrations", "llm-query", "logistics", "crm", "agent-orchestration", "gateway"]
+# The tag manifests/ names; the image built from this tree is loaded under it.
+MANIFESTS_IMAGE = "bhiv-core:0.1.0"
+
+
+def _ready(node: RealNode, name: str) -> bool:
+    body = node.get_json("bm", name, "-n", NAMESPACE)
+    conditions = {c["type"]: c["status"] for c in body.get("status", {}).get("conditions", [])}
+    return conditions.get("Ready") == "True"
+
+
+def _logistics_pod(node: RealNode) -> dict:
+    pods = node.get_json("pods", "-n", NAMESPACE, "-l", "app.kubernetes.io/instance=logistics")
+    running = [p for p in pods["items"] if not p["metadata"].get("deletionTimestamp")]
+    assert len(running) == 1, [p["metadata"]["name"] for p in pods["items"]]
+    return running[0]
+
+
+@pytest.fixture(scope="module")
+def applied(real_node: RealNode, node_image: str) -> Iterator[None]:
+    subprocess.run(["docker", "tag", node_image, MANIFESTS_IMAGE], check=True, timeout=60)  # noqa: S607
+    real_node.load_image(MANIFESTS_IMAGE)
+    assert real_node.kubectl("get", "crd", "bhivmodules.bhiv.io", check=False).returncode != 0, (
+        "the CRD is already installed: this test wants a cluster without it"
+    )
+    try:
+        result = real_node.kubectl("apply", "-k", str(REPO / "manifests"), check=False)
+        assert result.returncode == 0, result.stderr
+        assert "ensure CRDs are installed first" not in result.stderr
+        try:
+            for name in MODULES:
+                eventually(
+                    lambda n=name: _ready(real_node, n), timeout=300, what=f"module {name} Ready"
+                )
+        except AssertionError:
+            pods = real_node.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False)
+            logs = real_node.kubectl(
+                "logs", "-n", NAMESPACE, "deploy/bhiv-operator", "--tail=40", check=False
+            )
+            raise AssertionError(f"{pods.stdout}\n{logs.stdout}") from None
+        yield
+    finally:
+        real_node.kubectl(
+            "delete", "-k", str(REPO / "manifests"), "--wait=true", "--timeout=180s", check=False
+        )
+
+
+def test_one_apply_brings_every_module_up_on_its_claim(real_node: RealNode, applied: None) -> None:
+    for name in MODULES:
+        if name == "gateway":
+            continue  # keeps no data: no claim
+        claim = real_node.get_json("pvc", f"{name}-data", "-n", NAMESPACE)
+        assert claim["status"]["phase"] == "Bound"
+        assert claim["spec"]["storageClassName"] == "local-path"
+        deployment = real_node.get_json("deployment", name, "-n", NAMESPACE)
+        assert deployment["spec"]["strategy"]["type"] == "Recreate"
+    secret = real_node.get_json("secret", "bhiv-shared-secrets", "-n", NAMESPACE)
+    assert sorted(secret["data"]) == ["BHIV_CREDENTIALS_KEY", "BHIV_JWT_SECRET"]
+
+
+def test_logistics_data_survives_its_pod(real_node: RealNode, applied: None) -> None:
+    secret = real_node.get_json("secret", "bhiv-shared-secrets", "-n", NAMESPACE)
+    jwt_secret = base64.b64decode(secret["data"]["BHIV_JWT_SECRET"]).decode()
+    token = mint_token(
+        ServiceSettings(jwt_secret=jwt_secret), subject="realnode", roles=["admin"], ttl_seconds=600
+    )
+    headers = {"Authorization": f"Bearer {token}"}
+    sku = f"SKU-{uuid.uuid4().hex[:10]}"
+
+    pod = _logistics_pod(real_node)
+    url = f"http://{pod['status']['podIP']}:8001"
+    created = httpx.post(
+        f"{url}/inventory",
+        json={"sku": sku, "name": "Kept", "quantity": 7, "unit_cost": "1.25"},
+        headers=headers,
+        timeout=30,
+    )
+    assert created.status_code == 201, created.text
+
+    real_node.kubectl("delete", "pod", pod["metadata"]["name"], "-n", NAMESPACE, "--wait=true")
+
+    def new_pod_ready() -> dict | None:
+        fresh = _logistics_pod(real_node)
+        if fresh["metadata"]["uid"] == pod["metadata"]["uid"]:
+            return None
+        statuses = fresh.get("status", {}).get("containerStatuses") or []
+        return fresh if statuses and all(s.get("ready") for s in statuses) else None
+
+    fresh = eventually(new_pod_ready, timeout=180, what="a new, ready logistics pod")
+    url = f"http://{fresh['status']['podIP']}:8001"
+    got = httpx.get(f"{url}/inventory/sku/{sku}", headers=headers, timeout=30)
+    assert got.status_code == 200, got.text
+    assert json.loads(got.text)["quantity"] == 7
