@@ -87,13 +87,15 @@ async def batch(
     client = request.client.host if request.client else "unknown"
     scheme = request.url.scheme
     rid = request_id_var.get() or "batch"
+    # A JWT caller's own token goes upstream unchanged, as for a single request.
+    authorization = request.headers.get("authorization") if identity.method == "jwt" else None
 
     async def run(n: int, item: BatchItem) -> BatchResult:
         async with slots:
             # Tasks copy the context: this ID is the sub-request's alone.
             request_id_var.set(f"{rid}.{n}")
             try:
-                return await _one(edge, item, identity, client, scheme)
+                return await _one(edge, item, identity, client, scheme, authorization)
             except Problem as problem:
                 return BatchResult(
                     id=item.id,
@@ -107,7 +109,9 @@ async def batch(
     return BatchResponse(results=list(results))
 
 
-async def _one(edge: Edge, item: BatchItem, identity: Identity, client: str, scheme: str) -> BatchResult:
+async def _one(
+    edge: Edge, item: BatchItem, identity: Identity, client: str, scheme: str, authorization: str | None
+) -> BatchResult:
     parts = urlsplit(item.path)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in item.headers.items()]
     data = None
@@ -117,7 +121,7 @@ async def _one(edge: Edge, item: BatchItem, identity: Identity, client: str, sch
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     admitted = await edge.admit(
         item.method, unquote(parts.path), parts.path.encode(), parts.query.encode(), headers, client, scheme,
-        identity=identity,
+        identity=identity, caller_authorization=authorization,
     )
     forwarded = await edge.forwarder.forward(admitted.upstream, item.method, admitted.target, admitted.headers,
                                              RequestBody(data))

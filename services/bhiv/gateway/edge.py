@@ -112,6 +112,7 @@ class Edge:
         scheme: str,
         identity: Identity | None = None,
         scope: Scope | None = None,
+        caller_authorization: str | None = None,
     ) -> Admitted:
         limits: list[Decision] = []
         if self.limiter.enabled("ip"):
@@ -132,7 +133,9 @@ class Edge:
             scope["route"] = RouteLabel(upstream.route_template)
             scope[ACCESS_LOG_EXTRA] = {"upstream": upstream.name}
 
-        authorization = api_key = host = forwarded_for = None
+        # A batch's sub-requests run as the batch's caller, with its credential.
+        authorization = caller_authorization
+        api_key = host = forwarded_for = None
         connection_tokens: set[bytes] = set()
         for name, value in headers:
             if name == b"authorization":

@@ -6,8 +6,10 @@ knew about instances that stay (health, counters), so a routine update never
 forgets that an instance is down. Health has two inputs, as in Envoy:
 
 - *active*: the health checker's periodic ``/health/ready`` probes;
-- *passive* (outlier detection): consecutive gateway failures seen while
-  proxying (502/503/504, timeouts, resets) eject an instance for a while.
+- *passive* (outlier detection): consecutive instance faults seen while
+  proxying (timeouts, resets, 502/503/504 that are not the service's own
+  problem answers) eject an instance for a while; never the last available
+  one for faults it answered (see ``bhiv.gateway.forwarder``).
 
 A refused connection is both: nobody listens, so the instance is marked down at
 once and the next successful probe brings it back.
@@ -191,11 +193,17 @@ class Registry:
         inst.last_error = error
         self._changed(inst, before)
 
-    def gateway_failure(self, inst: Instance, error: str, eject_after: int, ejection_seconds: float) -> bool:
-        """Count a failure seen while proxying; returns True if it ejected the instance."""
+    def gateway_failure(
+        self, inst: Instance, error: str, eject_after: int, ejection_seconds: float, *, eject: bool = True
+    ) -> bool:
+        """Count a failure seen while proxying; returns True if it ejected the instance.
+
+        With ``eject`` False the failure is counted and remembered, but the
+        instance stays in rotation.
+        """
         inst.gateway_failures += 1
         inst.last_error = error
-        if inst.gateway_failures >= eject_after:
+        if eject and inst.gateway_failures >= eject_after:
             before = inst.available(time.monotonic())
             inst.gateway_failures = 0
             inst.ejected_until = time.monotonic() + ejection_seconds

@@ -174,3 +174,29 @@ def test_openapi_merge_renames_schemas_and_refs() -> None:
     assert out["paths"]["/api/crm/"]["get"]["tags"] == ["crm"]
     assert {"name": "logistics: inventory"} in out["tags"] and "/services" in out["paths"]
     assert base["paths"] == {"/services": {}}  # the base document is not changed
+
+
+def test_minted_tokens_carry_the_whole_identity_and_never_outlive_the_caller(tmp_path) -> None:  # noqa: ANN001
+    import time
+
+    import jwt
+
+    settings = GatewaySettings(jwt_secret="unit-secret-0123456789abcdef0123456789", data_dir=tmp_path)
+    auth = EdgeAuth(settings, None)  # type: ignore[arg-type]
+    soon = int(time.time()) + 40
+
+    def claims(identity: Identity) -> dict:
+        header = dict(auth.upstream_credentials(identity, None))[b"authorization"].decode()
+        return jwt.decode(header.removeprefix("Bearer "), settings.jwt_signing_secret(), algorithms=["HS256"],
+                          audience="bhiv")
+
+    acme = Identity("dev", ("editor",), "api_key", tenant="acme")
+    globex = Identity("dev", ("editor",), "api_key", tenant="globex")
+    assert claims(acme)["tenant"] == "acme" and claims(globex)["tenant"] == "globex"
+    assert claims(acme) == claims(acme)  # reused while fresh
+    short = Identity("dev", ("editor",), "jwt", tenant="acme", claims={"exp": soon})
+    assert claims(short)["exp"] <= soon
+    expired = Identity("dev", ("editor",), "jwt", claims={"exp": int(time.time()) - 1})
+    with pytest.raises(Problem) as caught:
+        auth.upstream_credentials(expired, None)
+    assert caught.value.status == 401

@@ -1,0 +1,137 @@
+"""Issue 16's attacks on the edge, reproduced over real HTTP against real services.
+
+One gateway (`bhiv serve gateway`) routes to a real llm-query (whose models
+include one behind a dead provider), a real integrations service and the echo
+upstreams; each test is one attack and the platform's answer to it.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from bhiv.core.auth import mint_token
+from bhiv.core.settings import ServiceSettings
+
+from tests.service.gateway.conftest import start_gateway
+from tests.service.gateway.upstream import Upstream
+from tests.service.llm.helpers import registry_env
+from tests.support.fake_openai import FakeOpenAI
+from tests.support.net import free_port
+from tests.support.servers import TEST_JWT_SECRET, ServiceProcess, service_process
+
+pytestmark = pytest.mark.service
+
+INTEGRATIONS_KEY = "integrations-test-key-not-a-real-secret"
+
+
+def llm_env(fake: FakeOpenAI) -> dict[str, str]:
+    """The test registry plus a model whose provider nobody listens for: every query to it fails."""
+    env = registry_env(fake)
+    providers = json.loads(env["BHIV_LLM_PROVIDERS"])
+    providers.append({"name": "dead", "kind": "openai", "base_url": f"http://127.0.0.1:{free_port()}/v1",
+                      "api_key_env": "BHIV_LLM_KEY_FAKE", "timeout_seconds": 2, "max_retries": 0})
+    models = json.loads(env["BHIV_LLM_MODELS"])
+    models.append({"alias": "broken", "provider": "dead", "model": "nothing"})
+    return {**env, "BHIV_LLM_PROVIDERS": json.dumps(providers), "BHIV_LLM_MODELS": json.dumps(models)}
+
+
+@pytest.fixture(scope="module")
+def fake_server() -> Iterator[FakeOpenAI]:
+    with FakeOpenAI(api_key="sk-fake-0123456789abcdefghijklmnop") as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def llm(fake_server: FakeOpenAI, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    server = service_process("llm-query", tmp_path_factory.mktemp("llm"), **llm_env(fake_server)).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def integrations(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    server = service_process("integrations", tmp_path_factory.mktemp("integrations"),
+                             BHIV_CREDENTIALS_KEY=INTEGRATIONS_KEY).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def edge(llm: ServiceProcess, integrations: ServiceProcess, echo_a: Upstream,
+         tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
+    """The gateway with default policies for the real services (ejection after 3 failures)."""
+    server = start_gateway(
+        tmp_path_factory.mktemp("edge"),
+        {
+            "llm-query": [llm.url],
+            "integrations": [integrations.url],
+            "echo": {"urls": [echo_a.url], "prefix": "/api/echo"},
+        },
+    )
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def bearer(subject: str, role: str, tenant: str | None = None, ttl: int = 600) -> dict[str, str]:
+    settings = ServiceSettings(jwt_secret=TEST_JWT_SECRET, data_dir=Path("/nonexistent"))
+    token = mint_token(settings, subject=subject, roles=[role], ttl_seconds=ttl, tenant=tenant)
+    return {"Authorization": f"Bearer {token}"}
+
+
+def batch(edge: ServiceProcess, headers: dict[str, str], *items: dict) -> list[dict]:
+    r = httpx.post(f"{edge.url}/batch", json={"requests": list(items)}, headers=headers, timeout=30)
+    assert r.status_code == 200, r.text
+    return r.json()["results"]
+
+
+class TestBatchIdentity:
+    def test_a_batch_never_acts_as_another_tenant(self, edge: ServiceProcess) -> None:
+        # Same subject (bhiv token's default is "dev"), same role, two tenants.
+        subject = f"dev-{uuid.uuid4().hex[:6]}"
+        acme, globex = bearer(subject, "editor", "acme"), bearer(subject, "editor", "globex")
+        created = batch(edge, acme, {"method": "POST", "path": "/api/llm/conversations",
+                                     "body": {"title": "acme secrets"}})[0]
+        assert created["status"] == 201, created
+        # Globex asks within the minted token's reuse window.
+        listed = batch(edge, globex, {"path": "/api/llm/conversations"})[0]
+        assert listed["status"] == 200, listed
+        assert [c["title"] for c in listed["body"]["items"]] == []
+        own = batch(edge, acme, {"path": "/api/llm/conversations"})[0]
+        assert [c["title"] for c in own["body"]["items"]] == ["acme secrets"]
+
+    def test_sub_requests_carry_exactly_the_callers_identity(self, edge: ServiceProcess) -> None:
+        headers = bearer("ident-check", "viewer", "initech", ttl=45)
+        seen = batch(edge, headers, {"path": "/api/echo/who"})[0]
+        forwarded = dict((k, v) for k, v in seen["body"]["headers"])
+        # The caller's own token, unchanged: it cannot outlive itself.
+        assert forwarded["authorization"] == headers["Authorization"]
+
+
+class TestPassiveEjection:
+    def test_a_broken_model_does_not_make_llm_query_unreachable(self, edge: ServiceProcess) -> None:
+        editor = bearer("ejector", "editor")
+        for _ in range(5):
+            r = httpx.post(f"{edge.url}/api/llm/query", json={"prompt": "hello", "model": "broken"},
+                           headers=editor, timeout=30)
+            # llm-query's own answer about its provider, passed on as it is.
+            assert r.status_code in (502, 503), r.text
+            assert r.headers["content-type"].startswith("application/problem+json")
+            assert "model" in r.json()["detail"].lower() or "provider" in r.json()["detail"].lower(), r.text
+        # Everyone else still reaches the service.
+        other = httpx.get(f"{edge.url}/api/llm/conversations", headers=bearer("bystander", "viewer"), timeout=10)
+        assert other.status_code == 200, other.text
+        services = httpx.get(f"{edge.url}/services", headers=editor, timeout=10).json()["services"]
+        llm = next(s for s in services if s["name"] == "llm-query")
+        assert llm["status"] == "up" and not llm["instances"][0]["ejected"], llm
+        assert llm["breaker"]["state"] == "closed", llm
