@@ -1,8 +1,10 @@
 """The edge pipeline every routed request goes through, single or in a batch.
 
 In order: the per-IP rate limit (before anything else, so scanning and
-credential guessing are limited too), the route (longest prefix; 404 when
-none), authentication and the route's role (401/403), the per-caller rate
+credential guessing are limited too), the path's shape (400 for a path that
+could mean two things: dot segments, empty segments, encoded slashes, so the
+path the rules were checked on is exactly the one the service routes on), the
+route (longest prefix; 404 when none), authentication and the route's role (401/403), the per-caller rate
 limit, then the forwarder. The request is rewritten for the service on the
 way: hop-by-hop headers dropped (RFC 9110 §7.6.1), ``X-Forwarded-For``/
 ``-Proto``/``-Host``/``-Prefix`` and the request ID set, credentials replaced
@@ -122,6 +124,10 @@ class Edge:
             if not decision.allowed:
                 raise limited(_too_many("your address"), limits)
 
+        try:
+            check_path(path, raw_path)
+        except Problem as problem:
+            raise limited(problem, limits) from None
         match = self.registry.match(path)
         if match is None:
             raise limited(
@@ -306,6 +312,35 @@ def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
     if forwarded.body is not None and not bodiless:
         out.append((b"content-length", str(len(forwarded.body)).encode()))
     return out
+
+
+# Percent-encoded '/', '\\' and NUL: decoded, they would change the path's segments.
+_ENCODED_SEPARATORS = ("%2f", "%5c", "%00")
+
+
+def check_path(path: str, raw_path: bytes) -> None:
+    """A 400 problem unless ``path`` has one meaning for the gateway and the service alike.
+
+    Role rules and public paths are matched on the decoded path while the raw
+    one is forwarded, and services and proxies differ on dot segments, doubled
+    slashes and encoded separators (``/public/../admin``, ``//admin``,
+    ``/public%2F..%2Fadmin``): rather than guess, such a path is refused.
+    """
+    raw = raw_path.decode("latin-1").lower()
+    reason = None
+    if any(sep in raw for sep in _ENCODED_SEPARATORS):
+        reason = "an encoded '/', '\\' or NUL"
+    elif "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        reason = "a backslash or a control character"
+    else:
+        segments = path.split("/")[1:]
+        if any(s in (".", "..") for s in segments):
+            reason = "a '.' or '..' segment"
+        elif "" in segments[:-1]:
+            reason = "an empty segment ('//')"
+    if reason is not None:
+        raise Problem(400, f"The request path contains {reason}; send the normalised path.", kind="bad-request",
+                      errors=[{"field": "path", "location": "path", "message": f"contains {reason}"}])
 
 
 def _too_many(whose: str) -> Problem:

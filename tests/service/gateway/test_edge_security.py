@@ -7,6 +7,7 @@ upstreams; each test is one attack and the platform's answer to it.
 
 from __future__ import annotations
 
+import http.client
 import json
 import uuid
 from collections.abc import Iterator
@@ -135,3 +136,43 @@ class TestPassiveEjection:
         llm = next(s for s in services if s["name"] == "llm-query")
         assert llm["status"] == "up" and not llm["instances"][0]["ejected"], llm
         assert llm["breaker"]["state"] == "closed", llm
+
+
+def raw_get(server: ServiceProcess, target: str, headers: dict[str, str] | None = None) -> tuple[int, dict]:
+    """GET with the request target exactly as written (httpx would normalise dot segments)."""
+    conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        conn.request("GET", target, headers=headers or {})
+        response = conn.getresponse()
+        return response.status, json.loads(response.read() or b"null")
+    finally:
+        conn.close()
+
+
+class TestPathConfusion:
+    AMBIGUOUS = (
+        "/api/echo//admin", "/api/echo/./admin", "/api/echo/public/../admin", "/api/echo/public/%2e%2e/admin",
+        "/api/echo/public%2F..%2Fadmin", "/api/echo/public/..%2fadmin", "/api/echo/public/%2E%2E%5Cadmin",
+        "/api/echo/public/..",
+    )
+
+    def test_ambiguous_paths_are_refused_before_any_rule(self, edge: ServiceProcess, echo_a: Upstream) -> None:
+        viewer = bearer("path-viewer", "viewer")
+        before = dict(echo_a.hits)
+        for target in self.AMBIGUOUS:
+            for headers in ({}, viewer):
+                status, body = raw_get(edge, target, headers)
+                assert status == 400, (target, status, body)
+                assert body["errors"][0]["field"] == "path", body
+        assert echo_a.hits == before  # nothing reached the service
+
+    def test_the_checked_path_is_the_forwarded_path(self, edge: ServiceProcess) -> None:
+        status, body = raw_get(edge, "/api/echo/public/a%20b/")
+        assert status == 200 and body["path"] == "/public/a b/" and body["raw_path"] == "/public/a%20b/"
+        status, body = raw_get(edge, "/api/echo/admin", bearer("path-viewer", "viewer"))
+        assert status == 403, body
+
+    def test_batch_paths_are_checked_alike(self, edge: ServiceProcess) -> None:
+        viewer = bearer("path-viewer", "viewer")
+        results = batch(edge, viewer, {"path": "/api/echo/public/../admin"}, {"path": "/api/echo//admin"})
+        assert [r["status"] for r in results] == [400, 400], results
