@@ -2,8 +2,8 @@
 
 In order: the per-IP rate limit (before anything else, so scanning and
 credential guessing are limited too), the path's shape (400 for a path that
-could mean two things: dot segments, empty segments, encoded slashes, so the
-path the rules were checked on is exactly the one the service routes on), the
+could mean two things, dot or empty segments once decoded, so the path the
+rules were checked on is exactly the one the service routes on), the
 route (longest prefix; 404 when none), authentication and the route's role (401/403), the per-caller rate
 limit, then the forwarder. The request is rewritten for the service on the
 way: hop-by-hop headers dropped (RFC 9110 §7.6.1), ``X-Forwarded-For``/
@@ -125,7 +125,7 @@ class Edge:
                 raise limited(_too_many("your address"), limits)
 
         try:
-            check_path(path, raw_path)
+            check_path(path)
         except Problem as problem:
             raise limited(problem, limits) from None
         match = self.registry.match(path)
@@ -314,23 +314,18 @@ def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
     return out
 
 
-# Percent-encoded '/', '\\' and NUL: decoded, they would change the path's segments.
-_ENCODED_SEPARATORS = ("%2f", "%5c", "%00")
-
-
-def check_path(path: str, raw_path: bytes) -> None:
-    """A 400 problem unless ``path`` has one meaning for the gateway and the service alike.
+def check_path(path: str) -> None:
+    """A 400 problem unless the decoded ``path`` has one meaning for the gateway and the service alike.
 
     Role rules and public paths are matched on the decoded path while the raw
-    one is forwarded, and services and proxies differ on dot segments, doubled
-    slashes and encoded separators (``/public/../admin``, ``//admin``,
-    ``/public%2F..%2Fadmin``): rather than guess, such a path is refused.
+    one is forwarded, and servers and proxies differ on dot segments and
+    doubled slashes (``/public/../admin``, ``//admin``, ``/public%2F..%2Fadmin``
+    decoded): rather than guess, such a path is refused. An encoded slash in a
+    segment (an ID like ``a%2Fb``) passes on untouched: services decode it as
+    the gateway does, into the path the rules were checked on.
     """
-    raw = raw_path.decode("latin-1").lower()
     reason = None
-    if any(sep in raw for sep in _ENCODED_SEPARATORS):
-        reason = "an encoded '/', '\\' or NUL"
-    elif "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
         reason = "a backslash or a control character"
     else:
         segments = path.split("/")[1:]
