@@ -65,8 +65,8 @@ def serve(
         port=settings.port,
         log_config=None,  # the framework's JSON logging stays in charge
         access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*" if settings.host != "127.0.0.1" else "127.0.0.1",
+        # Proxy headers are the app's, from BHIV_TRUSTED_PROXIES (bhiv.core.app).
+        proxy_headers=False,
         timeout_graceful_shutdown=20,
         limit_concurrency=settings.max_concurrency,
     )

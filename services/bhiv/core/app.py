@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import MetaData
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from bhiv import __version__
 from bhiv.core import health, migrations
@@ -21,7 +22,7 @@ from bhiv.core.auth import Authenticator, authorize_by_method
 from bhiv.core.db import Database
 from bhiv.core.errors import ProblemDetail, install_problem_handlers
 from bhiv.core.metrics import HttpMetrics
-from bhiv.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from bhiv.core.middleware import BodyLimitMiddleware, PeerMiddleware, RequestContextMiddleware
 from bhiv.core.settings import ServiceSettings
 
 log = logging.getLogger("bhiv.app")
@@ -129,4 +130,10 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
             expose_headers=["X-Request-ID", *spec.cors_expose_headers],
         )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # Outermost: the client's address (uvicorn's middleware: the rightmost
+    # X-Forwarded-For entry not a trusted proxy) is settled before anything
+    # reads it (logs, rate limits), and only from the configured proxies.
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+    app.add_middleware(PeerMiddleware)
     return app

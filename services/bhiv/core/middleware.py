@@ -26,6 +26,9 @@ from bhiv.core.errors import INTERNAL_ERROR_DETAIL, PROBLEM_JSON, problem_body
 from bhiv.core.metrics import UNMATCHED_ROUTE, HttpMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
+# Scope key holding the socket's peer (host, port), before trusted proxy
+# headers replace ``client`` with the address they name.
+PEER = "bhiv.peer"
 # Scope key an app may fill with fields for its request's access-log line
 # (e.g. the gateway's upstream); never put a secret in it.
 ACCESS_LOG_EXTRA = "bhiv.access_log"
@@ -119,6 +122,41 @@ class RequestContextMiddleware:
             )
             request_id_var.reset(rid_token)
             credentials_var.reset(cred_token)
+
+
+class PeerMiddleware:
+    """Keeps the socket's peer in the scope (as :data:`PEER`) before proxy headers rewrite ``client``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[PEER] = scope.get("client")
+        await self.app(scope, receive, send)
+
+
+def forwarded_chain(scope: Scope) -> str:
+    """The X-Forwarded-For to send on: the client, the trusted proxies after it, and the peer.
+
+    Entries left of the client were written by the client (or by proxies not
+    trusted) and are dropped: only the part of the chain this server can vouch
+    for travels on.
+    """
+    client = (scope.get("client") or ("unknown",))[0]
+    peer = (scope.get(PEER) or scope.get("client") or ("unknown",))[0]
+    if peer == client:
+        return client
+    entries = [
+        e.strip() for name, value in scope["headers"] if name == b"x-forwarded-for"
+        for e in value.decode("latin-1").split(",")
+    ]
+    chain: list[str] = []
+    for entry in reversed(entries):
+        chain.append(entry)
+        if entry == client or entry.startswith((client + ":", f"[{client}]")):
+            break
+    return ", ".join([*reversed(chain), peer])
 
 
 def _route_template(scope: Scope) -> str:

@@ -7,6 +7,7 @@ line or an error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -72,11 +73,27 @@ class ServiceSettings(BaseSettings):
         description="Requests in flight before the server answers 503; bounds database connections too.",
     )
 
-    @field_validator("cors_origins", mode="before")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For/-Proto are believed; "
+        "the client is the rightmost address not in them. Default: loopback only. Empty: none.",
+    )
+
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
         return value
 
     @field_validator("log_level", mode="before")

@@ -21,6 +21,7 @@ from pydantic import BaseModel, Field
 from bhiv.core.auth import Identity, current_identity
 from bhiv.core.context import request_id_var
 from bhiv.core.errors import Problem, field_problem, problem_body
+from bhiv.core.middleware import forwarded_chain
 from bhiv.gateway.edge import HOP_BY_HOP, Edge
 from bhiv.gateway.forwarder import RequestBody
 from bhiv.gateway.ratelimit import rate_limit_headers
@@ -85,6 +86,7 @@ async def batch(
                 raise field_problem(f"requests.{n}.headers", f"The header {name!r} cannot be set on a sub-request.")
     slots = asyncio.Semaphore(settings.gateway_batch_concurrency)
     client = request.client.host if request.client else "unknown"
+    forwarded_for = forwarded_chain(request.scope)
     scheme = request.url.scheme
     rid = request_id_var.get() or "batch"
     # A JWT caller's own token goes upstream unchanged, as for a single request.
@@ -95,7 +97,7 @@ async def batch(
             # Tasks copy the context: this ID is the sub-request's alone.
             request_id_var.set(f"{rid}.{n}")
             try:
-                return await _one(edge, item, identity, client, scheme, authorization)
+                return await _one(edge, item, identity, client, scheme, authorization, forwarded_for)
             except Problem as problem:
                 return BatchResult(
                     id=item.id,
@@ -110,7 +112,8 @@ async def batch(
 
 
 async def _one(
-    edge: Edge, item: BatchItem, identity: Identity, client: str, scheme: str, authorization: str | None
+    edge: Edge, item: BatchItem, identity: Identity, client: str, scheme: str, authorization: str | None,
+    forwarded_for: str,
 ) -> BatchResult:
     parts = urlsplit(item.path)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in item.headers.items()]
@@ -121,7 +124,7 @@ async def _one(
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     admitted = await edge.admit(
         item.method, unquote(parts.path), parts.path.encode(), parts.query.encode(), headers, client, scheme,
-        identity=identity, caller_authorization=authorization,
+        identity=identity, caller_authorization=authorization, forwarded_for=forwarded_for,
     )
     forwarded = await edge.forwarder.forward(admitted.upstream, item.method, admitted.target, admitted.headers,
                                              RequestBody(data))

@@ -25,7 +25,7 @@ from starlette.types import Receive, Scope, Send
 from bhiv.core.auth import Identity
 from bhiv.core.context import request_id_var
 from bhiv.core.errors import Problem
-from bhiv.core.middleware import ACCESS_LOG_EXTRA, send_problem
+from bhiv.core.middleware import ACCESS_LOG_EXTRA, forwarded_chain, send_problem
 from bhiv.gateway.access import EdgeAuth
 from bhiv.gateway.forwarder import BodyTooLarge, ClientGone, Forwarded, Forwarder, RequestBody
 from bhiv.gateway.ratelimit import Decision, RateLimiter, rate_limit_headers
@@ -115,6 +115,7 @@ class Edge:
         identity: Identity | None = None,
         scope: Scope | None = None,
         caller_authorization: str | None = None,
+        forwarded_for: str | None = None,
     ) -> Admitted:
         limits: list[Decision] = []
         if self.limiter.enabled("ip"):
@@ -122,7 +123,7 @@ class Edge:
             assert decision is not None
             limits.append(decision)
             if not decision.allowed:
-                raise limited(_too_many("your address"), limits)
+                raise limited(too_many("your address"), limits)
 
         try:
             check_path(path)
@@ -141,7 +142,7 @@ class Edge:
 
         # A batch's sub-requests run as the batch's caller, with its credential.
         authorization = caller_authorization
-        api_key = host = forwarded_for = None
+        api_key = host = None
         connection_tokens: set[bytes] = set()
         for name, value in headers:
             if name == b"authorization":
@@ -150,8 +151,6 @@ class Edge:
                 api_key = value.decode("latin-1")
             elif name == b"host":
                 host = value
-            elif name == b"x-forwarded-for":
-                forwarded_for = value
             elif name == b"connection":
                 connection_tokens.update(t.strip().lower() for t in value.split(b","))
 
@@ -169,7 +168,7 @@ class Edge:
             assert decision is not None
             limits.append(decision)
             if not decision.allowed:
-                raise limited(_too_many("your credential"), limits)
+                raise limited(too_many("your credential"), limits)
 
         out: list[tuple[bytes, bytes]] = []
         for name, value in headers:
@@ -178,14 +177,8 @@ class Edge:
             if identity is not None and name in _CREDENTIALS:
                 continue
             out.append((name, value))
-        client = client_ip.encode("latin-1")
-        if not forwarded_for:
-            forwarded_for = client
-        elif forwarded_for.rsplit(b",", 1)[-1].strip() != client:
-            # When the peer is a trusted proxy, the server already took the
-            # client's address from this header: it is the last entry.
-            forwarded_for += b", " + client
-        out.append((b"x-forwarded-for", forwarded_for))
+        # The client and what the trusted proxies vouch for (bhiv.core.middleware.forwarded_chain).
+        out.append((b"x-forwarded-for", (forwarded_for or client_ip).encode("latin-1")))
         out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
         if host:
             out.append((b"x-forwarded-host", host))
@@ -219,6 +212,7 @@ class Edge:
             client[0] if client else "unknown",
             scope.get("scheme", "http"),
             scope=scope,
+            forwarded_for=forwarded_chain(scope),
         )
         body = await self._body(headers, receive, admitted)
         try:
@@ -338,7 +332,7 @@ def check_path(path: str) -> None:
                       errors=[{"field": "path", "location": "path", "message": f"contains {reason}"}])
 
 
-def _too_many(whose: str) -> Problem:
+def too_many(whose: str) -> Problem:
     return Problem(429, f"Too many requests from {whose}; slow down and retry after Retry-After seconds.",
                    kind="rate-limited")
 

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from bhiv import catalog
 from bhiv.core import ServiceSpec, create_app as _create_app
@@ -142,6 +142,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url]
     # Routed traffic is matched first: it is most of what the gateway serves.
     app.router.routes.insert(0, ProxyRoute(edge))
-    app.include_router(routes.router)
-    app.include_router(batch.router)
+    # Limited per address before their own credential checks, like routed requests.
+    app.include_router(routes.router, dependencies=[Depends(routes.limit_by_address)])
+    app.include_router(batch.router, dependencies=[Depends(routes.limit_by_address)])
     return app

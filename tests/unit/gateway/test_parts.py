@@ -200,3 +200,20 @@ def test_minted_tokens_carry_the_whole_identity_and_never_outlive_the_caller(tmp
     with pytest.raises(Problem) as caught:
         auth.upstream_credentials(expired, None)
     assert caught.value.status == 401
+
+
+def test_memory_buckets_stay_bounded_under_address_spraying(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
+    spec = RateSpec(rate=1, burst=2)
+    buckets = MemoryBuckets(capacity=1000)
+    assert [buckets.take("victim", spec, 1)[0] for _ in range(3)] == [True, True, False]
+    for n in range(999):  # a sprayer fills the table
+        buckets.take(f"spray-{n}", spec, 1)
+    assert len(buckets) == 1000
+    for n in range(999, 50_000):
+        buckets.take(f"spray-{n}", spec, 1)
+    assert len(buckets) == 1000  # never more, however many addresses
+    now[0] += 2  # idle long enough to be full: expired, the same as a fresh bucket
+    buckets.take("new", spec, 1)
+    assert len(buckets) == 1
