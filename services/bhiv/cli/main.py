@@ -49,8 +49,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: BHIV_PORT or the service's own).")] = None,
 ) -> None:
     """Run one service in the foreground, as a container runs it."""
-    import uvicorn
-
+    from bhiv.core import server
     from bhiv.core.logging import configure_logging
 
     spec = load_spec(service)
@@ -59,17 +58,7 @@ def serve(
     configure_logging(spec.name, settings.log_level)
     module, _, factory = _entry(service).app_factory.partition(":")
     application = getattr(importlib.import_module(module), factory)(settings)
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # the framework's JSON logging stays in charge
-        access_log=False,
-        # Proxy headers are the app's, from BHIV_TRUSTED_PROXIES (bhiv.core.app).
-        proxy_headers=False,
-        timeout_graceful_shutdown=20,
-        limit_concurrency=settings.max_concurrency,
-    )
+    server.run(application, settings)
 
 
 @app.command()

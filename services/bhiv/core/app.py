@@ -22,7 +22,12 @@ from bhiv.core.auth import Authenticator, authorize_by_method
 from bhiv.core.db import Database
 from bhiv.core.errors import ProblemDetail, install_problem_handlers
 from bhiv.core.metrics import HttpMetrics
-from bhiv.core.middleware import BodyLimitMiddleware, PeerMiddleware, RequestContextMiddleware
+from bhiv.core.middleware import (
+    BodyLimitMiddleware,
+    LoadShedMiddleware,
+    PeerMiddleware,
+    RequestContextMiddleware,
+)
 from bhiv.core.settings import ServiceSettings
 
 log = logging.getLogger("bhiv.app")
@@ -129,6 +134,14 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", *spec.cors_expose_headers],
         )
+    # Inside the request context, so a shed request still has an ID and a log line.
+    app.add_middleware(
+        LoadShedMiddleware,
+        limit=settings.max_concurrency,
+        queue=settings.max_queued_requests,
+        wait=settings.queue_timeout_seconds,
+        exempt_paths=("/health", "/health/ready"),
+    )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
     # Outermost: the client's address (uvicorn's middleware: the rightmost
     # X-Forwarded-For entry not a trusted proxy) is settled before anything

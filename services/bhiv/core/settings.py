@@ -70,8 +70,25 @@ class ServiceSettings(BaseSettings):
         200,
         ge=1,
         le=10_000,
-        description="Requests in flight before the server answers 503; bounds database connections too.",
+        description="Requests handled at once (more wait in the queue); bounds database connections too.",
     )
+    max_queued_requests: int = Field(
+        1000, ge=0, le=100_000, description="Requests waiting for a turn; beyond them the server answers 503."
+    )
+    queue_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="Longest wait for a turn before a queued request is answered 503."
+    )
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="Open connections (and requests) before every new request is answered 503: "
+        "a guard for file descriptors, far above max_concurrency.",
+    )
+    header_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="Time a connection has to send a request's line and headers; then closed."
+    )
+    keep_alive_seconds: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after this.")
 
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
