@@ -14,6 +14,7 @@ ones kept so that a retry can resend them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from urllib.parse import quote
@@ -155,10 +156,16 @@ class Edge:
                 connection_tokens.update(t.strip().lower() for t in value.split(b","))
 
         policy = upstream.policy
+        public = self.auth.is_public(policy, below) or upstream.declares_public(method, below)
         try:
-            if identity is None and not self.auth.is_public(policy, below):
+            if identity is None and not public:
                 identity = self.auth.authenticate(authorization, api_key)
-            if identity is not None:
+            elif identity is None and (authorization is not None or api_key is not None):
+                # On a public path a credential is optional: a valid one makes the
+                # caller known to the service (as a JWT), an invalid one is ignored.
+                with contextlib.suppress(Problem):
+                    identity = self.auth.authenticate(authorization, api_key)
+            if identity is not None and not public:
                 self.auth.authorize(identity, self.auth.required_role(policy, method, below))
         except Problem as problem:
             raise limited(problem, limits) from None
@@ -174,7 +181,7 @@ class Edge:
         for name, value in headers:
             if name in _REQUEST_DROP or name in connection_tokens or name == b"x-forwarded-for":
                 continue
-            if identity is not None and name in _CREDENTIALS:
+            if name in _CREDENTIALS:  # never forwarded raw: replaced by the caller's identity, if any
                 continue
             out.append((name, value))
         # The client and what the trusted proxies vouch for (bhiv.core.middleware.forwarded_chain).

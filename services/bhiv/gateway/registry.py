@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -77,6 +78,27 @@ class Instance:
         }
 
 
+@dataclass(frozen=True)
+class PublicOperation:
+    """An operation the service declares reachable without a credential (``x-bhiv-public`` in its OpenAPI)."""
+
+    method: str
+    template: str  # e.g. /webhooks/{source}
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def of(cls, method: str, template: str) -> PublicOperation:
+        # Each {parameter} is exactly one segment; everything else is literal.
+        parts = re.split(r"(\{[^/{}]+\})", template)
+        regex = "".join("[^/]+" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts)
+        return cls(method.upper(), template, re.compile(f"^{regex}$"))
+
+    def matches(self, method: str, path: str) -> bool:
+        return (method == self.method or (method == "HEAD" and self.method == "GET")) and bool(
+            self.pattern.match(path)
+        )
+
+
 @dataclass
 class Upstream:
     """One routed service: its prefix, instances and how to pick among them."""
@@ -86,7 +108,14 @@ class Upstream:
     policy: RoutePolicy
     instances: list[Instance] = field(default_factory=list)
     capabilities: tuple[str, ...] = ()
+    # Learned from the service's OpenAPI (bhiv.gateway.openapi.PublicOperationsLearner);
+    # None until first learned: nothing is public on the service's word before then.
+    public_operations: tuple[PublicOperation, ...] = ()
+    public_learned_at: float | None = None
     _turn: itertools.count = field(default_factory=itertools.count, repr=False)
+
+    def declares_public(self, method: str, path: str) -> bool:
+        return any(op.matches(method, path) for op in self.public_operations)
 
     @property
     def route_template(self) -> str:

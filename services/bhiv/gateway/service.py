@@ -82,6 +82,7 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
     checker = HealthChecker(settings, gateway.registry, gateway.metrics)
     stop = asyncio.Event()
     probing = asyncio.create_task(checker.run(stop), name="gateway-health-checks")
+    learning = asyncio.create_task(_learn_public_operations(gateway, stop), name="gateway-public-operations")
     try:
         yield
     finally:
@@ -89,10 +90,23 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.stop()
         await probing
+        await learning
         await checker.aclose()
         await gateway.openapi.aclose()
         await gateway.forwarder.aclose()
         await gateway.limiter.aclose()
+
+
+async def _learn_public_operations(gateway: Gateway, stop: asyncio.Event) -> None:
+    """Keep each service's public operations (declared in its OpenAPI) up to date."""
+    settings = gateway.settings
+    while not stop.is_set():
+        try:
+            await gateway.openapi.learn_public_operations(settings.gateway_openapi_max_age_seconds)
+        except Exception:  # never let one bad document stop the learning
+            log.exception("learning public operations failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.gateway_health_interval_seconds)
 
 
 async def discovery_synced(app: FastAPI) -> None:

@@ -7,14 +7,17 @@ upstreams; each test is one attack and the platform's answer to it.
 
 from __future__ import annotations
 
+import datetime as dt
 import http.client
 import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
+from standardwebhooks import Webhook
 from bhiv.core.auth import mint_token
 from bhiv.core.settings import ServiceSettings
 
@@ -176,3 +179,51 @@ class TestPathConfusion:
         viewer = bearer("path-viewer", "viewer")
         results = batch(edge, viewer, {"path": "/api/echo/public/../admin"}, {"path": "/api/echo//admin"})
         assert [r["status"] for r in results] == [400, 400], results
+
+
+def signed(secret: str, body: bytes) -> dict[str, str]:
+    """Standard Webhooks headers, as the reference library signs them."""
+    msg_id, at = f"msg_{uuid.uuid4().hex}", int(time.time())
+    signature = Webhook(secret).sign(msg_id, dt.datetime.fromtimestamp(at, tz=dt.UTC), body.decode())
+    return {"webhook-id": msg_id, "webhook-timestamp": str(at), "webhook-signature": signature,
+            "content-type": "application/json"}
+
+
+class TestPublicOperations:
+    def test_a_signed_webhook_reaches_integrations_through_the_gateway(self, edge: ServiceProcess) -> None:
+        admin = bearer("hook-admin", "admin")
+        r = httpx.post(f"{edge.url}/api/integrations/webhook-sources", headers=admin,
+                       json={"name": f"src-{uuid.uuid4().hex[:8]}"}, timeout=10)
+        assert r.status_code == 201, r.text
+        source = r.json()
+        body = b'{"type": "payment.succeeded", "amount": 10}'
+        url = f"{edge.url}/api/integrations/webhooks/{source['name']}"
+        # The gateway learns integrations' public operations from its OpenAPI soon after it starts.
+        deadline = time.monotonic() + 20
+        while True:
+            r = httpx.post(url, content=body, headers=signed(source["secret"], body), timeout=10)
+            if r.status_code != 401 or time.monotonic() > deadline:
+                break
+            time.sleep(0.2)
+        assert r.status_code == 202, r.text  # no bearer token: the signature is the sender's proof
+        messages = httpx.get(f"{edge.url}/api/integrations/webhook-sources/{source['id']}/messages",
+                             headers=admin, timeout=10).json()
+        assert messages["total"] == 1
+        # A bad signature is still the service's to refuse; other paths still need a credential.
+        assert httpx.post(url, content=body, headers=signed("whsec_" + "A" * 32, body), timeout=10).status_code == 401
+        closed = httpx.get(f"{edge.url}/api/integrations/webhook-sources", timeout=10)
+        assert closed.status_code == 401 and closed.json()["type"].endswith("/unauthorized")
+        wrong_method = httpx.get(url, timeout=10)
+        assert wrong_method.status_code == 401
+
+    def test_credentials_are_never_forwarded_raw_on_public_paths(self, edge: ServiceProcess) -> None:
+        from tests.service.gateway.conftest import EDITOR_KEY
+
+        echo = httpx.get(f"{edge.url}/api/echo/public/x", headers={"X-API-Key": "wrong-key",
+                                                                     "Authorization": "Bearer forged"}).json()
+        names = {k for k, _ in echo["headers"]}
+        assert not names & {"x-api-key", "authorization"}, names  # an invalid credential is dropped
+        echo = httpx.get(f"{edge.url}/api/echo/public/x", headers={"X-API-Key": EDITOR_KEY}).json()
+        headers = dict(echo["headers"])
+        assert "x-api-key" not in headers and EDITOR_KEY not in json.dumps(echo)
+        assert headers["authorization"].startswith("Bearer ") and headers["x-bhiv-subject"] == "apikey:ci-editor"

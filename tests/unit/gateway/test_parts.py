@@ -217,3 +217,21 @@ def test_memory_buckets_stay_bounded_under_address_spraying(monkeypatch: pytest.
     now[0] += 2  # idle long enough to be full: expired, the same as a fresh bucket
     buckets.take("new", spec, 1)
     assert len(buckets) == 1
+
+
+def test_public_operations_come_from_the_services_openapi() -> None:
+    from bhiv.gateway.openapi import public_operations
+
+    doc = {"paths": {
+        "/webhooks/{source}": {"post": {"x-bhiv-public": True}, "get": {}},
+        "/webhook-sources": {"get": {"x-bhiv-public": "yes"}},  # only a literal true counts
+        "/a.b/{x}/c": {"get": {"x-bhiv-public": True}, "parameters": []},
+    }}
+    ops = public_operations(doc)
+    up = registry().upstreams["a"]
+    up.public_operations = ops
+    assert up.declares_public("POST", "/webhooks/acme") and not up.declares_public("GET", "/webhooks/acme")
+    assert not up.declares_public("POST", "/webhooks/acme/x") and not up.declares_public("POST", "/webhooks/")
+    assert not up.declares_public("GET", "/webhook-sources")
+    assert up.declares_public("HEAD", "/a.b/1/c") and not up.declares_public("GET", "/aXb/1/c")
+    assert public_operations({"paths": ["junk"]}) == () and public_operations({}) == ()

@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, public_operation, require, utcnow
 from bhiv.core.crud import apply_patch, get_or_404, unique_as_conflict
 from bhiv.core.db import Database, SessionDep
 from bhiv.core.errors import Problem, field_problem, not_found
@@ -248,13 +248,14 @@ def _at(seconds: int) -> dt.datetime:
         404: {"description": "No such source."},
         410: {"description": "The source is inactive: stop sending."},
     },
-    openapi_extra={
+    # Public: the gateway lets senders through without a bearer token.
+    openapi_extra=public_operation({
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
         "parameters": [
             {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
             for name in signing.HEADERS
         ],
-    },
+    }),
 )
 async def receive(
     source: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="The source's name.")],
