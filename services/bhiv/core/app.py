@@ -91,6 +91,10 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
         # pooled connections would only queue on the pool, and every extra
         # thread adds GIL contention.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        # Built once now: generating it stalls the event loop for a moment, and the
+        # gateway reads it soon after start (public operations, the aggregated
+        # document), which must not make the health probes time out.
+        app.openapi()
         app.state.started_monotonic = time.monotonic()
         async with AsyncExitStack() as stack:
             for hook in spec.lifespan_hooks:

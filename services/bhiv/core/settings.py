@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Role = Literal["admin", "editor", "viewer"]
+MetricsAccess = Literal["public", "admin", "off"]
 
 
 def default_data_dir() -> Path:
@@ -90,6 +91,9 @@ class ServiceSettings(BaseSettings):
     )
     keep_alive_seconds: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after this.")
 
+    metrics_access: MetricsAccess = Field(
+        "public", description="Who may read /metrics: public (anyone who reaches the port), admin, or off."
+    )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For/-Proto are believed; "

@@ -22,7 +22,7 @@ from bhiv.core.auth import Identity, current_identity
 from bhiv.core.context import request_id_var
 from bhiv.core.errors import Problem, field_problem, problem_body
 from bhiv.core.middleware import forwarded_chain
-from bhiv.gateway.edge import HOP_BY_HOP, Edge
+from bhiv.gateway.edge import HOP_BY_HOP, Edge, public_location
 from bhiv.gateway.forwarder import RequestBody
 from bhiv.gateway.ratelimit import rate_limit_headers
 
@@ -140,6 +140,8 @@ async def _one(
         await forwarded.aclose()
     raw = b"".join(chunks)
     kept = {k: v for k in ("content-type", "location", "etag", "retry-after") if (v := forwarded.header(k))}
+    if "location" in kept:
+        kept["location"] = public_location(kept["location"], forwarded.upstream)
     kept.update((k.decode(), v.decode()) for k, v in rate_limit_headers(admitted.limits))
     kind = kept.get("content-type", "")
     result = BatchResult(id=item.id, status=forwarded.status, headers=kept)

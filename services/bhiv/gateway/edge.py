@@ -17,7 +17,7 @@ from __future__ import annotations
 import contextlib
 import logging
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from starlette.routing import BaseRoute, Match, NoMatchFound
@@ -294,6 +294,28 @@ async def _receive_body(receive: Receive, limit: int):  # noqa: ANN202 - an asyn
             return
 
 
+def public_location(location: str, upstream: Upstream) -> str:
+    """A service's ``Location`` as the client must follow it: through the gateway, never to an internal address.
+
+    Services see themselves at their root: a path-absolute ``/conversations/7``
+    is ``<prefix>/conversations/7`` at the gateway, and an absolute URL naming
+    one of the service's instances (``http://10.0.0.5:8001/x``) becomes
+    ``<prefix>/x``. Anything else (another site, a relative reference) is left
+    as the service wrote it.
+    """
+    parts = urlsplit(location)
+    if parts.scheme or parts.netloc:
+        origins = {urlsplit(i.url)[:2] for i in upstream.instances}
+        if (parts.scheme.lower(), parts.netloc.lower()) not in {(a.lower(), b.lower()) for a, b in origins}:
+            return location
+    elif not location.startswith("/") or location.startswith("//"):
+        return location
+    path = parts.path or "/"
+    if not (path == upstream.prefix or path.startswith(upstream.prefix + "/")):
+        path = upstream.prefix + path
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
+
+
 def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
     out = []
     # No body may follow these, whatever length the service announced (RFC 9110 §8.6).
@@ -309,6 +331,8 @@ def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
             continue
         if lower == b"content-length" and (forwarded.body is not None or bodiless):
             continue
+        if lower == b"location":
+            value = public_location(value.decode("latin-1"), forwarded.upstream).encode("latin-1")
         out.append((lower, value))
     if forwarded.body is not None and not bodiless:
         out.append((b"content-length", str(len(forwarded.body)).encode()))

@@ -227,3 +227,33 @@ class TestPublicOperations:
         headers = dict(echo["headers"])
         assert "x-api-key" not in headers and EDITOR_KEY not in json.dumps(echo)
         assert headers["authorization"].startswith("Bearer ") and headers["x-bhiv-subject"] == "apikey:ci-editor"
+
+
+class TestInternalAddresses:
+    def test_metrics_at_the_edge_need_an_admin(self, edge: ServiceProcess, llm: ServiceProcess) -> None:
+        anonymous = httpx.get(f"{edge.url}/metrics", timeout=10)
+        assert anonymous.status_code == 401 and "127.0.0.1" not in anonymous.text
+        assert httpx.get(f"{edge.url}/metrics", headers=bearer("m", "viewer"), timeout=10).status_code == 403
+        scraped = httpx.get(f"{edge.url}/metrics", headers=bearer("m", "admin"), timeout=10)
+        assert scraped.status_code == 200 and "bhiv_gateway_instance_available" in scraped.text
+        # Inner services keep theirs open to whoever reaches their port (in-cluster).
+        assert httpx.get(f"{llm.url}/metrics", timeout=10).status_code == 200
+
+    def test_redirects_point_through_the_gateway(self, edge: ServiceProcess, echo_a: Upstream) -> None:
+        viewer = bearer("redirected", "viewer")
+
+        def location(to: str) -> str:
+            r = httpx.get(f"{edge.url}/api/echo/redirect", params={"to": to}, headers=viewer, timeout=10)
+            assert r.status_code == 302, r.text
+            return r.headers["location"]
+
+        assert location(f"{echo_a.url}/elsewhere?x=1") == "/api/echo/elsewhere?x=1"
+        assert location("/inner/path") == "/api/echo/inner/path"
+        assert location("/api/echo/already") == "/api/echo/already"
+        assert location("https://example.com/x") == "https://example.com/x"
+        assert location("relative") == "relative"
+        editor = bearer("redirected", "editor")
+        created = httpx.post(f"{edge.url}/api/llm/conversations", json={"title": "t"}, headers=editor, timeout=10)
+        assert created.headers["location"] == f"/api/llm/conversations/{created.json()['id']}"
+        item = batch(edge, editor, {"path": "/api/echo/redirect?to=" + echo_a.url + "/x"})[0]
+        assert item["headers"]["location"] == "/api/echo/x"

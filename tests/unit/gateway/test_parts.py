@@ -235,3 +235,14 @@ def test_public_operations_come_from_the_services_openapi() -> None:
     assert not up.declares_public("GET", "/webhook-sources")
     assert up.declares_public("HEAD", "/a.b/1/c") and not up.declares_public("GET", "/aXb/1/c")
     assert public_operations({"paths": ["junk"]}) == () and public_operations({}) == ()
+
+
+def test_metrics_can_be_turned_off(tmp_path) -> None:  # noqa: ANN001
+    from fastapi.testclient import TestClient
+
+    from bhiv.gateway.service import create_app
+
+    app = create_app(GatewaySettings(metrics_access="off", jwt_secret="unit-secret-0123456789abcdef012345",
+                                     data_dir=tmp_path))
+    answer = TestClient(app).get("/metrics")
+    assert answer.status_code == 404 and answer.json()["type"].endswith("/not-found")
