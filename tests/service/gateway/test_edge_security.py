@@ -18,6 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 from standardwebhooks import Webhook
+
 from bhiv.core.auth import mint_token
 from bhiv.core.settings import ServiceSettings
 

@@ -17,6 +17,8 @@ from bhiv.gateway.ratelimit import Decision, MemoryBuckets, rate_limit_headers
 from bhiv.gateway.registry import DiscoveredService, Health, Registry
 from bhiv.gateway.settings import GatewaySettings, RateSpec, RoutePolicy
 
+from tests.support.servers import TEST_JWT_SECRET
+
 
 def registry(lb: str = "round_robin") -> Registry:
     reg = Registry(lambda name: RoutePolicy(load_balancer=lb))
@@ -181,7 +183,7 @@ def test_minted_tokens_carry_the_whole_identity_and_never_outlive_the_caller(tmp
 
     import jwt
 
-    settings = GatewaySettings(jwt_secret="unit-secret-0123456789abcdef0123456789", data_dir=tmp_path)
+    settings = GatewaySettings(jwt_secret=TEST_JWT_SECRET, data_dir=tmp_path)
     auth = EdgeAuth(settings, None)  # type: ignore[arg-type]
     soon = int(time.time()) + 40
 
@@ -242,7 +244,7 @@ def test_metrics_can_be_turned_off(tmp_path) -> None:  # noqa: ANN001
 
     from bhiv.gateway.service import create_app
 
-    app = create_app(GatewaySettings(metrics_access="off", jwt_secret="unit-secret-0123456789abcdef012345",
+    app = create_app(GatewaySettings(metrics_access="off", jwt_secret=TEST_JWT_SECRET,
                                      data_dir=tmp_path))
     answer = TestClient(app).get("/metrics")
     assert answer.status_code == 404 and answer.json()["type"].endswith("/not-found")
