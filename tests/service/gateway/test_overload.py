@@ -61,7 +61,8 @@ def test_idle_sockets_and_a_burst_leave_liveness_answering_and_lose_nothing(plai
         # a bounded client timeout: liveness answers within a second or the test fails.
         probes = []
         while runner.is_alive() or not probes:
-            probes.append(httpx.get(f"{plain.url}/health", timeout=1.0).status_code)
+            for probe in ("/health", "/health/ready"):
+                probes.append(httpx.get(f"{plain.url}{probe}", timeout=1.0).status_code)
             time.sleep(0.05)
         runner.join()
     finally:
