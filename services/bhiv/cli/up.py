@@ -64,11 +64,6 @@ def _pump(child: Child) -> None:
         console.print(prefix + line.replace("[", r"\["), soft_wrap=True)
 
 
-def url_variable(name: str) -> str:
-    """The environment variable naming where service ``name`` runs: ``BHIV_LLM_QUERY_URL``."""
-    return f"BHIV_{name.upper().replace('-', '_')}_URL"
-
-
 def _start(entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: str) -> Child:
     process = subprocess.Popen(
         [sys.executable, "-m", "bhiv", "serve", entry.name, "--port", str(port), "--host", "127.0.0.1"],
@@ -146,7 +141,7 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
     # settings' defaults are the catalog ports, wrong under --port-offset. A URL
     # the caller exported wins, as for the gateway's upstreams below.
     for entry, port in planned:
-        env.setdefault(url_variable(entry.name), f"http://127.0.0.1:{port}")
+        env.setdefault(catalog.url_variable(entry.name), f"http://127.0.0.1:{port}")
     # The gateway routes to exactly the services started here, at their ports.
     env.setdefault(
         "BHIV_GATEWAY_UPSTREAMS",

@@ -155,11 +155,10 @@ class RateLimited(Exception):
 class ConnectionCaller:
     """One pooled HTTP client and one rate limiter per connection, for this process."""
 
-    def __init__(self, db: Database, egress_rules: list[str]) -> None:
+    def __init__(self, db: Database, policy: egress.EgressPolicy) -> None:
         self._db = db
-        self._rules = egress_rules
-        # Redirects are not followed: a redirect could lead past the egress allowlist.
-        self._http = httpx.AsyncClient(follow_redirects=False)
+        self._policy = policy
+        self._http = egress.guarded_client(policy)
         self._limiters: dict[tuple[int, int], AsyncLimiter] = {}
 
     def _limiter(self, ep: Endpoint) -> AsyncLimiter | None:
@@ -180,8 +179,9 @@ class ConnectionCaller:
             # Checked when the path was saved or sent; a row written before that check
             # existed still never carries the credential elsewhere.
             raise CallFailed(f"path {exc}") from None
-        if not egress.allowed(url, self._rules):
-            raise CallFailed(egress.refusal(url))
+        refused = self._policy.url_refusal(url)
+        if refused:
+            raise CallFailed(refused)
         limiter = self._limiter(ep)
         if limiter is not None:
             if not wait and not limiter.has_capacity():
@@ -197,6 +197,9 @@ class ConnectionCaller:
             reason = f"{type(exc).__name__}: could not reach {egress.host_of(url)}"
             await self._record(ep.id, start, None, reason)
             raise CallFailed(reason) from None
+        except egress.EgressRefused as exc:
+            await self._record(ep.id, start, None, str(exc))
+            raise CallFailed(str(exc)) from None
         error = None if response.status_code < 400 else f"HTTP {response.status_code}"
         await self._record(ep.id, start, response.status_code, error)
         return response

@@ -29,6 +29,8 @@ FAST = {
     "BHIV_DELIVERY_TIMEOUT_SECONDS": "1",
     "BHIV_WORKER_POLL_SECONDS": "0.1",
     "BHIV_OUTBOX_RELAY_INTERVAL": "0.2",
+    # The test peers (receivers, source APIs) listen on loopback, which egress blocks unless allowed.
+    "BHIV_EGRESS_ALLOWED_NETWORKS": "127.0.0.0/8,::1",
     "BHIV_API_KEYS": json.dumps(
         [{"name": "service:crm", "role": "editor", "sha256": hash_api_key(CRM_SERVICE_API_KEY)}]
     ),
