@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bhiv import catalog
+from bhiv.core.private_files import private_dir
 from bhiv.core.settings import default_data_dir, load_or_create_local_secret
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -134,6 +135,7 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
             )
             return 1
 
+    private_dir(data_dir)  # every service's database and the local secrets live here
     env = dict(os.environ, BHIV_DATA_DIR=str(data_dir), BHIV_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
     env.pop("BHIV_PORT", None)  # each child gets its own port
     # Every child learns where every service started here runs (BHIV_INTEGRATIONS_URL

@@ -174,7 +174,11 @@ def make_engine(
     if parsed.database and parsed.database != ":memory:":
         from pathlib import Path
 
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        from bhiv.core.private_files import private_file
+
+        # Created 0600 before SQLite opens it: its journal, WAL and shared-memory
+        # files take the database file's mode.
+        private_file(Path(parsed.database))
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
