@@ -251,8 +251,13 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         local_address: str | None = None,
         socket_options: Iterable[Any] | None = None,
     ) -> httpcore.AsyncNetworkStream:
+        # Resolution counts against the connect timeout, as it would inside httpcore.
+        with anyio.move_on_after(timeout) as deadline:
+            addresses = await self._policy.addresses(host, port)
+        if deadline.cancelled_caught:
+            raise httpcore.ConnectTimeout(f"resolving '{host}' took longer than {timeout}s")
         last: Exception | None = None
-        for address in await self._policy.addresses(host, port):
+        for address in addresses:
             try:
                 # The checked address, never the name: a second lookup could answer differently.
                 return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 import anyio
+import httpcore
 import pytest
 
 from bhiv.integrations import egress
@@ -125,3 +126,17 @@ class TestUrlsAsSaved:
     def test_bad_networks_name_the_entry(self) -> None:
         with pytest.raises(ValueError, match="'10.0.0.0/33'"):
             egress.parse_networks(["10.0.0.0/33"])
+
+
+def test_a_slow_resolver_counts_against_the_connect_timeout() -> None:
+    async def slow(host: str, port: int) -> list[str]:
+        await anyio.sleep(30)
+        return ["93.184.215.14"]
+
+    backend = egress.GuardedBackend(EgressPolicy(["*"], (), frozenset(), slow))
+
+    async def connect() -> None:
+        await backend.connect_tcp("slow.example", 443, timeout=0.05)
+
+    with pytest.raises(httpcore.ConnectTimeout):
+        anyio.run(connect)
