@@ -159,8 +159,8 @@ class Reconciler:
                 progressing = Condition("Progressing", False, "Paused", "the operator leaves this module's workloads as they are")
             conditions = [ready_cond, dep_cond, available, progressing]
         if image_refused and not module.paused:
-            conditions = [c if c.type not in ("Ready", "Progressing") else Condition(c.type, False, images.REASON, image_refused)
-                          for c in conditions]
+            refused = {t: Condition(t, False, images.REASON, image_refused) for t in ("Ready", "Progressing")}
+            conditions = [refused.get(c.type, c) for c in conditions]
         previous = (body.get("status") or {}).get("conditions") or []
         replicas = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
         return {

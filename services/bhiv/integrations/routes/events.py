@@ -13,8 +13,8 @@ from bhiv.core import Page, PageParams, page_params, paginate, utcnow
 from bhiv.core.auth import Identity, current_identity
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, not_found
-from bhiv.core.service_auth import service_of
 from bhiv.core.fields import UTCTimestamp
+from bhiv.core.service_auth import service_of
 from bhiv.integrations.catalogue import EVENT_TYPES
 from bhiv.integrations.delivery import fan_out
 from bhiv.integrations.models import Event
