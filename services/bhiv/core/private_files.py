@@ -20,9 +20,9 @@ def private_dir(path: Path) -> Path:
     """``path`` as a directory only its owner can enter (created with its parents)."""
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     # mkdir's mode is masked by the umask, and an existing directory keeps its
-    # mode. A directory we do not own (a volume's root) cannot be changed: its
-    # owner chose its mode, and that is left to them.
-    with contextlib.suppress(PermissionError):
+    # mode. A directory we do not own (a volume's root) or on a read-only mount
+    # cannot be changed: its owner chose its mode, and that is left to them.
+    with contextlib.suppress(OSError):
         if path.stat().st_mode & 0o777 != DIR_MODE:
             path.chmod(DIR_MODE)
     return path
@@ -36,8 +36,8 @@ def private_file(path: Path) -> Path:
 
 
 def tighten(path: Path) -> Path:
-    """An existing file made 0600 (when we own it)."""
-    with contextlib.suppress(PermissionError):
+    """An existing file made 0600 (when we own it and may change it)."""
+    with contextlib.suppress(OSError):
         if path.stat().st_mode & 0o777 != FILE_MODE:
             path.chmod(FILE_MODE)
     return path
