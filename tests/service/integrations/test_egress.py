@@ -5,12 +5,21 @@ reachable as delivery targets."""
 
 from __future__ import annotations
 
+import datetime as dt
+import ssl
+import threading
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from urllib.parse import urlsplit
 
 import anyio
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from bhiv.integrations import egress
 from bhiv.integrations.egress import EgressPolicy, EgressRefused
@@ -155,3 +164,85 @@ def test_an_explicitly_allowed_network_is_called(integrations: ServiceProcess, v
     assert api.post(f"/connections/{conn['id']}/test").json() == {
         "ok": True, "status_code": 200, "latency_ms": pytest.approx(0, abs=60_000), "error": None,
     }
+
+
+# --- TLS: the pinned address, the URL's name --------------------------------------------
+
+
+def _tls_material(tmp: Path) -> tuple[Path, Path, Path]:
+    """A test CA (its certificate) and a server certificate for partner.test only, signed by it."""
+    now = dt.datetime.now(dt.UTC)
+
+    def cert(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Name, signer: ec.EllipticCurvePrivateKey,
+             ca: bool, san: list[str]) -> x509.Certificate:
+        builder = (
+            x509.CertificateBuilder()
+            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+            .issuer_name(issuer).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - dt.timedelta(minutes=5)).not_valid_after(now + dt.timedelta(hours=1))
+            .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+        )
+        if san:
+            builder = builder.add_extension(x509.SubjectAlternativeName([x509.DNSName(n) for n in san]), critical=False)
+        return builder.sign(signer, hashes.SHA256())
+
+    ca_key, server_key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "bhiv test CA")])
+    ca_cert = cert("bhiv test CA", ca_key, ca_name, ca_key, True, [])
+    server_cert = cert("partner.test", server_key, ca_name, ca_key, False, ["partner.test"])
+    paths = tmp / "ca.pem", tmp / "server.pem", tmp / "server.key"
+    paths[0].write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(server_key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
+    ))
+    return paths
+
+
+@pytest.fixture
+def tls_server(tmp_path: Path) -> Iterator[tuple[int, Path]]:
+    ca, server_cert, server_key = _tls_material(tmp_path)
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *_: object) -> None:
+            pass
+
+        def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            body = self.headers.get("Host", "").encode()
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(server_cert, server_key)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server.server_address[1], ca
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_tls_verifies_the_url_name_on_the_pinned_address(
+    tls_server: tuple[int, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port, ca = tls_server
+    monkeypatch.setenv("SSL_CERT_FILE", str(ca))  # the guarded transport trusts this CA bundle
+
+    async def resolve(host: str, _port: int) -> list[str]:
+        return ["127.0.0.1"]  # both names point at the same server
+
+    async def get(host: str) -> httpx.Response:
+        policy = EgressPolicy(["*.test"], egress.parse_networks(["127.0.0.0/8"]), frozenset(), resolve)
+        async with egress.guarded_client(policy) as client:
+            return await client.get(f"https://{host}:{port}/")
+
+    r = anyio.run(get, "partner.test")
+    assert r.status_code == 200 and r.text == f"partner.test:{port}"  # SNI and Host: the name, not 127.0.0.1
+    # Another name at the same address: the certificate is checked against that name, and fails.
+    with pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY_FAILED|certificate"):
+        anyio.run(get, "other.test")
