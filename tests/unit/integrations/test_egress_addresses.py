@@ -23,7 +23,7 @@ from bhiv.integrations.egress import EgressPolicy, EgressRefused
         ("::ffff:10.1.2.3", "private"),
         ("64:ff9b::a9fe:a9fe", "link-local (cloud metadata)"),  # NAT64 of 169.254.169.254
         ("2002:7f00:1::", "loopback"),  # 6to4 of 127.0.0.1
-        ("0.0.0.0", "unspecified"),
+        ("0.0.0.0", "unspecified"),  # noqa: S104 - an address under test, not a bind
         ("::", "unspecified"),
         ("10.0.0.1", "private"),
         ("172.16.5.4", "private"),
