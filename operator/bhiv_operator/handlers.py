@@ -75,7 +75,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     async def events(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         await post_event(kube, body, kind, reason, message)
 
-    reconciler = Reconciler(kube, events, getattr(memo, "cluster_domain", "cluster.local"))
+    reconciler = Reconciler(
+        kube, events, getattr(memo, "cluster_domain", "cluster.local"), tuple(getattr(memo, "allowed_images", ()))
+    )
     # Kopf gives each object's handlers a shallow copy of this memo: state the
     # handlers must share with the workers lives in one mutable object.
     memo.shared = types.SimpleNamespace(index=None)

@@ -23,6 +23,7 @@ def run(
     cluster_domain: str,
     listen_host: str = "0.0.0.0",  # noqa: S104 - probes and scrapes come from outside the pod
     verbose: bool = False,
+    allowed_images: tuple[str, ...] = (),
 ) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
@@ -33,7 +34,10 @@ def run(
     load_config(kubeconfig)
     if metrics_port:
         start_http_server(metrics_port, addr=listen_host, registry=metrics.registry)
-    memo = kopf.Memo(standalone=peering is None, cluster_domain=cluster_domain, clusterwide=clusterwide)
+    memo = kopf.Memo(
+        standalone=peering is None, cluster_domain=cluster_domain, clusterwide=clusterwide,
+        allowed_images=allowed_images,
+    )
     asyncio.run(
         kopf.operator(
             clusterwide=clusterwide,

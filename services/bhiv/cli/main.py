@@ -162,6 +162,14 @@ def operator_command(
     cluster_domain: Annotated[str, typer.Option(help="DNS domain of the cluster, for status.url.")] = "cluster.local",
     listen_host: Annotated[str, typer.Option(help="Interface of the liveness and metrics endpoints.")] = "0.0.0.0",  # noqa: S104
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each handler call.")] = False,
+    allowed_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-image",
+            help="Registry or repository prefix a BhivModule's image must start with, e.g. "
+            "'registry.example.com/bhiv/' (repeatable; none: any image).",
+        ),
+    ] = None,
 ) -> None:
     """Run the Kubernetes operator: BhivModules become Deployments, Services, HPAs, PDBs."""
     if kubeconfig:
@@ -184,6 +192,7 @@ def operator_command(
         cluster_domain=cluster_domain,
         listen_host=listen_host,
         verbose=verbose,
+        allowed_images=tuple(allowed_image or ()),
     )
 
 

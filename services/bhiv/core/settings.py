@@ -16,6 +16,8 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bhiv.core.private_files import private_dir, tighten
+
 Role = Literal["admin", "editor", "viewer"]
 MetricsAccess = Literal["public", "admin", "off"]
 
@@ -145,9 +147,9 @@ def load_or_create_local_secret(path: Path) -> str:
     Written to a temporary file and hard-linked into place, so concurrent first
     starts agree on one complete secret: whoever loses the race reads the winner's.
     """
+    private_dir(path.parent)
     if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return tighten(path).read_text().strip()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

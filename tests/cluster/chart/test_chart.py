@@ -210,6 +210,18 @@ def test_cluster_wide_mode_uses_cluster_scoped_rbac(helm: Tool) -> None:
     assert not {"ClusterRole", "ClusterRoleBinding"} & {d["kind"] for d in namespaced}
 
 
+def test_allowed_images_become_operator_arguments(helm: Tool) -> None:
+    def operator_args(*values: str) -> list[str]:
+        docs = render(helm, *values)
+        return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+
+    args = operator_args("--set", "operator.allowedImages={registry.example.com/bhiv/,ghcr.io/acme/core}")
+    assert args[args.index("--allowed-image"):][:4] == [
+        "--allowed-image", "registry.example.com/bhiv/", "--allowed-image", "ghcr.io/acme/core",
+    ]
+    assert "--allowed-image" not in operator_args()
+
+
 # --- on the cluster ----------------------------------------------------------
 
 
