@@ -79,7 +79,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         kube,
         events,
         getattr(memo, "cluster_domain", "cluster.local"),
-        getattr(memo, "shared_secret", None),
+        tuple(getattr(memo, "allowed_images", ())),
+        shared_secret=getattr(memo, "shared_secret", None),
     )
     # Kopf gives each object's handlers a shallow copy of this memo: state the
     # handlers must share with the workers lives in one mutable object.

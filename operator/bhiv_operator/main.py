@@ -24,6 +24,7 @@ def run(
     cluster_domain: str,
     listen_host: str = "0.0.0.0",  # noqa: S104 - probes and scrapes come from outside the pod
     verbose: bool = False,
+    allowed_images: tuple[str, ...] = (),
     shared_secret: str | None = None,
     bootstrap_dir: Path | None = None,
 ) -> None:
@@ -46,6 +47,7 @@ def run(
         standalone=peering is None,
         cluster_domain=cluster_domain,
         clusterwide=clusterwide,
+        allowed_images=allowed_images,
         shared_secret=shared_secret,
     )
     asyncio.run(

@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bhiv_operator import builders
+from bhiv_operator import builders, images
 from bhiv_operator.bootstrap import ensure_shared_secret
 from bhiv_operator.graph import DependencyState, Node, cycles, dependency_state
 from bhiv_operator.kube import Kube, applies_field
@@ -23,7 +23,7 @@ from bhiv_operator.status import Condition, merge_conditions, transitions
 log = logging.getLogger("bhiv_operator.reconcile")
 
 HANDOFF_MANAGER = "bhiv-operator-handoff"
-WARNING_REASONS = frozenset({"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded"})
+WARNING_REASONS = frozenset({"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded", images.REASON})
 EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]  # (body, type, reason, message)
 
 
@@ -75,11 +75,13 @@ class Reconciler:
         kube: Kube,
         events: EventSink,
         cluster_domain: str = "cluster.local",
+        allowed_images: tuple[str, ...] = (),
         shared_secret: str | None = None,
     ) -> None:
         self.kube = kube
         self.events = events
         self.cluster_domain = cluster_domain
+        self.allowed_images = allowed_images
         # --shared-secret: the Secret of shared secrets to create in each namespace
         # with modules (manifests/ users; the chart makes its own and leaves it unset).
         self.shared_secret = shared_secret
@@ -99,6 +101,9 @@ class Reconciler:
             not module.depends_on, "Unknown", "not indexed yet", ()
         )
         deployment = await self.kube.get("Deployment", module.namespace, module.name)
+        # An image outside the allow-list never reaches a Deployment: none is
+        # created, and an existing one keeps the pods (and image) it has.
+        image_refused = images.refusal(module.image, self.allowed_images)
 
         if not module.paused:
             if self.shared_secret and module.namespace not in self._secret_namespaces:
@@ -112,10 +117,10 @@ class Reconciler:
             # can scale it up early, and `kubectl get deploy` shows only what runs.
             # Once started, a module keeps running even if a dependency later
             # becomes unready; that is reported in DependenciesReady, not acted on.
-            if deps.satisfied or deployment is not None:
+            if image_refused is None and (deps.satisfied or deployment is not None):
                 deployment = await self._apply_workloads(module, deployment)
 
-        status = self._status(body, module, deps, deployment)
+        status = self._status(body, module, deps, deployment, image_refused)
         await self._write_status(body, status)
         ready_cond = next(c for c in status["conditions"] if c["type"] == "Ready")
         return Outcome(ready_cond["status"] == "True", ready_cond["reason"], cycle_map.get(module.name, ()))
@@ -157,7 +162,8 @@ class Reconciler:
         return deployment
 
     def _status(
-        self, body: dict[str, Any], module: Module, deps: DependencyState, deployment: dict[str, Any] | None
+        self, body: dict[str, Any], module: Module, deps: DependencyState, deployment: dict[str, Any] | None,
+        image_refused: str | None = None,
     ) -> dict[str, Any]:
         dep_cond = Condition("DependenciesReady", deps.satisfied, deps.reason, deps.message)
         if deployment is None:
@@ -175,6 +181,9 @@ class Reconciler:
             if module.paused:
                 progressing = Condition("Progressing", False, "Paused", "the operator leaves this module's workloads as they are")
             conditions = [ready_cond, dep_cond, available, progressing]
+        if image_refused and not module.paused:
+            refused = {t: Condition(t, False, images.REASON, image_refused) for t in ("Ready", "Progressing")}
+            conditions = [refused.get(c.type, c) for c in conditions]
         previous = (body.get("status") or {}).get("conditions") or []
         replicas = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
         return {

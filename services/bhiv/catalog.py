@@ -99,6 +99,11 @@ def get(name: str) -> ServiceEntry:
         raise KeyError(f"unknown service {name!r}; known services: {known}") from None
 
 
+def url_variable(name: str) -> str:
+    """The environment variable naming where service ``name`` runs: ``BHIV_LLM_QUERY_URL``."""
+    return f"BHIV_{name.upper().replace('-', '_')}_URL"
+
+
 def in_startup_order() -> list[list[ServiceEntry]]:
     """Services grouped by stage, earliest stage first."""
     stages: dict[int, list[ServiceEntry]] = {}

@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from stat import S_IMODE
 
 import httpx
 import pytest
@@ -86,6 +87,11 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
         )
         assert r.status_code == 201, r.text
         assert (tmp_path / "logistics.db").exists()
+        # The data directory, every database file and the local secrets are the user's alone.
+        assert S_IMODE(tmp_path.stat().st_mode) == 0o700
+        private = [p for p in tmp_path.iterdir() if ".db" in p.name or p.name in ("jwt-secret", "credentials-key")]
+        assert {"logistics.db", "integrations.db", "jwt-secret", "credentials-key"} <= {p.name for p in private}
+        assert {p.name: S_IMODE(p.stat().st_mode) for p in private} == {p.name: 0o600 for p in private}
 
         children = _children(up.pid)
         assert len(children) == len(catalog.SERVICES)

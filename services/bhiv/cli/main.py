@@ -49,8 +49,7 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Port (default: BHIV_PORT or the service's own).")] = None,
 ) -> None:
     """Run one service in the foreground, as a container runs it."""
-    import uvicorn
-
+    from bhiv.core import server
     from bhiv.core.logging import configure_logging
 
     spec = load_spec(service)
@@ -65,17 +64,7 @@ def serve(
     except MissingSharedSecret as exc:
         err.print(f"[red]error:[/] {spec.name} cannot start: {exc}")
         raise typer.Exit(78) from None  # EX_CONFIG: the pod's configuration, not the code
-    uvicorn.run(
-        application,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,  # the framework's JSON logging stays in charge
-        access_log=False,
-        proxy_headers=True,
-        forwarded_allow_ips="*" if settings.host != "127.0.0.1" else "127.0.0.1",
-        timeout_graceful_shutdown=20,
-        limit_concurrency=settings.max_concurrency,
-    )
+    server.run(application, settings)
 
 
 @app.command()
@@ -207,6 +196,14 @@ def operator_command(
     cluster_domain: Annotated[str, typer.Option(help="DNS domain of the cluster, for status.url.")] = "cluster.local",
     listen_host: Annotated[str, typer.Option(help="Interface of the liveness and metrics endpoints.")] = "0.0.0.0",  # noqa: S104
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each handler call.")] = False,
+    allowed_image: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allowed-image",
+            help="Registry or repository prefix a BhivModule's image must start with, e.g. "
+            "'registry.example.com/bhiv/' (repeatable; none: any image).",
+        ),
+    ] = None,
     shared_secret: Annotated[
         str | None,
         typer.Option(
@@ -249,6 +246,7 @@ def operator_command(
         cluster_domain=cluster_domain,
         listen_host=listen_host,
         verbose=verbose,
+        allowed_images=tuple(allowed_image or ()),
         shared_secret=shared_secret,
         bootstrap_dir=bootstrap,
     )

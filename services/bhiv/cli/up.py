@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from bhiv import catalog
+from bhiv.core.private_files import private_dir
 from bhiv.core.settings import default_data_dir, load_or_create_local_secret
 
 READY_TIMEOUT_SECONDS = 60.0
@@ -62,11 +63,6 @@ def _pump(child: Child) -> None:
     for raw in child.process.stdout:
         line = raw.decode("utf-8", "replace").rstrip()
         console.print(prefix + line.replace("[", r"\["), soft_wrap=True)
-
-
-def url_variable(name: str) -> str:
-    """The environment variable naming where service ``name`` runs: ``BHIV_LLM_QUERY_URL``."""
-    return f"BHIV_{name.upper().replace('-', '_')}_URL"
 
 
 def _start(entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: str) -> Child:
@@ -139,6 +135,7 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
             )
             return 1
 
+    private_dir(data_dir)  # every service's database and the local secrets live here
     env = dict(os.environ, BHIV_DATA_DIR=str(data_dir), BHIV_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
     env.pop("BHIV_PORT", None)  # each child gets its own port
     # One process per service, all on this data directory: secrets made there are
@@ -149,7 +146,7 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
     # settings' defaults are the catalog ports, wrong under --port-offset. A URL
     # the caller exported wins, as for the gateway's upstreams below.
     for entry, port in planned:
-        env.setdefault(url_variable(entry.name), f"http://127.0.0.1:{port}")
+        env.setdefault(catalog.url_variable(entry.name), f"http://127.0.0.1:{port}")
     # The gateway routes to exactly the services started here, at their ports.
     env.setdefault(
         "BHIV_GATEWAY_UPSTREAMS",

@@ -7,7 +7,7 @@ IDs, JSON logs, health/info/metrics endpoints and an inter-service client.
 """
 
 from bhiv.core.app import ServiceSpec, create_app
-from bhiv.core.auth import Identity, current_identity, require
+from bhiv.core.auth import Identity, current_identity, public_operation, require
 from bhiv.core.client import ServiceClient
 from bhiv.core.db import Database, SessionDep, UTCDateTime, get_session, new_metadata, utcnow
 from bhiv.core.errors import Problem, conflict, field_problem, not_found
@@ -34,6 +34,7 @@ __all__ = [
     "not_found",
     "page_params",
     "paginate",
+    "public_operation",
     "require",
     "utcnow",
 ]

@@ -14,6 +14,7 @@ from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import MetaData
 from starlette.concurrency import run_in_threadpool
+from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from bhiv import __version__
 from bhiv.core import health, migrations
@@ -21,7 +22,12 @@ from bhiv.core.auth import Authenticator, authorize_by_method
 from bhiv.core.db import Database
 from bhiv.core.errors import ProblemDetail, install_problem_handlers
 from bhiv.core.metrics import HttpMetrics
-from bhiv.core.middleware import BodyLimitMiddleware, RequestContextMiddleware
+from bhiv.core.middleware import (
+    BodyLimitMiddleware,
+    LoadShedMiddleware,
+    PeerMiddleware,
+    RequestContextMiddleware,
+)
 from bhiv.core.settings import ServiceSettings
 
 log = logging.getLogger("bhiv.app")
@@ -85,6 +91,10 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
         # pooled connections would only queue on the pool, and every extra
         # thread adds GIL contention.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        # Built once now: generating it stalls the event loop for a moment, and the
+        # gateway reads it soon after start (public operations, the aggregated
+        # document), which must not make the health probes time out.
+        app.openapi()
         app.state.started_monotonic = time.monotonic()
         async with AsyncExitStack() as stack:
             for hook in spec.lifespan_hooks:
@@ -128,5 +138,19 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
             allow_headers=["Authorization", "Content-Type", "X-API-Key", "X-Request-ID"],
             expose_headers=["X-Request-ID", *spec.cors_expose_headers],
         )
+    # Inside the request context, so a shed request still has an ID and a log line.
+    app.add_middleware(
+        LoadShedMiddleware,
+        limit=settings.max_concurrency,
+        queue=settings.max_queued_requests,
+        wait=settings.queue_timeout_seconds,
+        exempt_paths=("/health", "/health/ready"),
+    )
     app.add_middleware(RequestContextMiddleware, metrics=app.state.metrics)
+    # Outermost: the client's address (uvicorn's middleware: the rightmost
+    # X-Forwarded-For entry not a trusted proxy) is settled before anything
+    # reads it (logs, rate limits), and only from the configured proxies.
+    if settings.trusted_proxies:
+        app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
+    app.add_middleware(PeerMiddleware)
     return app

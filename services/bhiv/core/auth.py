@@ -13,7 +13,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 import jwt
 from fastapi import Depends, Request
@@ -30,6 +30,16 @@ ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
 }
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_KEY_HEADER = "X-API-Key"
+# OpenAPI extension marking an operation that needs no credential (it proves
+# its caller some other way, e.g. a webhook signature). The gateway reads it
+# from each service's /openapi.json and lets such requests through without
+# one, so a service declares its own public operations.
+PUBLIC_OPERATION = "x-bhiv-public"
+
+
+def public_operation(openapi_extra: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``openapi_extra`` for a route reachable without a credential (the route itself must not require one)."""
+    return {**(openapi_extra or {}), PUBLIC_OPERATION: True}
 
 
 @dataclass(frozen=True)

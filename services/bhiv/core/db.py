@@ -11,11 +11,12 @@ needs none of these tricks.
 
 from __future__ import annotations
 
+
 import datetime as dt
 import enum
 import threading
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Annotated, Any
 
 import anyio
@@ -174,7 +175,13 @@ def make_engine(
     if parsed.database and parsed.database != ":memory:":
         from pathlib import Path
 
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+        from bhiv.core.private_files import private_file
+
+        # Created 0600 before SQLite opens it: its journal, WAL and shared-memory
+        # files take the database file's mode. A path that cannot be a file is
+        # left for SQLite to report (readiness says the database is unreachable).
+        with suppress(IsADirectoryError, NotADirectoryError, FileNotFoundError):
+            private_file(Path(parsed.database))
     engine = create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},

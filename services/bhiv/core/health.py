@@ -9,7 +9,7 @@ from typing import Any
 from fastapi import APIRouter, Depends, Request, Response
 from pydantic import BaseModel, Field
 
-from bhiv.core.auth import Identity, current_identity
+from bhiv.core.auth import Identity, current_identity, require
 from bhiv.core.errors import Problem
 
 router = APIRouter(tags=["platform"])
@@ -102,7 +102,21 @@ async def verify(identity: Identity = Depends(current_identity)) -> Caller:
     )
 
 
-@router.get("/metrics", summary="Prometheus metrics", response_class=Response)
+@router.get(
+    "/metrics",
+    summary="Prometheus metrics",
+    response_class=Response,
+    responses={
+        401: {"description": "Metrics need an admin credential here (BHIV_METRICS_ACCESS=admin)."},
+        403: {"description": "The credential is not an admin's."},
+        404: {"description": "Metrics are not served (BHIV_METRICS_ACCESS=off)."},
+    },
+)
 async def metrics(request: Request) -> Response:
+    access = request.app.state.settings.metrics_access
+    if access == "off":
+        raise Problem(404, "Metrics are not served here (BHIV_METRICS_ACCESS=off).", kind="not-found")
+    if access == "admin":
+        await require("admin")(await current_identity(request))
     m = request.app.state.metrics
     return Response(m.render(), media_type=m.content_type)

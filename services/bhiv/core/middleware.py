@@ -3,6 +3,8 @@
 :class:`RequestContextMiddleware` gives each request an ID, records the caller's
 credential headers for propagation, writes one access-log line, records metrics
 and turns an unexpected crash into a 500 problem body carrying the request ID.
+:class:`LoadShedMiddleware` limits the requests in the app at once, queueing
+then shedding the excess with 503 problems (liveness and readiness exempt).
 :class:`BodyLimitMiddleware` answers 413 to bodies over the configured size,
 whether announced by Content-Length or streamed in chunks; paths a service
 declares as streaming are left to their handler, which reads the body as it
@@ -11,6 +13,7 @@ arrives and enforces its own limit.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -26,6 +29,9 @@ from bhiv.core.errors import INTERNAL_ERROR_DETAIL, PROBLEM_JSON, problem_body
 from bhiv.core.metrics import UNMATCHED_ROUTE, HttpMetrics
 
 REQUEST_ID_HEADER = "x-request-id"
+# Scope key holding the socket's peer (host, port), before trusted proxy
+# headers replace ``client`` with the address they name.
+PEER = "bhiv.peer"
 # Scope key an app may fill with fields for its request's access-log line
 # (e.g. the gateway's upstream); never put a secret in it.
 ACCESS_LOG_EXTRA = "bhiv.access_log"
@@ -38,7 +44,9 @@ access_log = logging.getLogger("bhiv.access")
 error_log = logging.getLogger("bhiv.errors")
 
 
-async def send_problem(send: Send, status: int, detail: str, *, instance: str, kind: str) -> None:
+async def send_problem(
+    send: Send, status: int, detail: str, *, instance: str, kind: str, headers: list[tuple[bytes, bytes]] = ()
+) -> None:
     body = json.dumps(problem_body(status, detail, instance=instance, kind=kind)).encode()
     await send(
         {
@@ -47,6 +55,7 @@ async def send_problem(send: Send, status: int, detail: str, *, instance: str, k
             "headers": [
                 (b"content-type", PROBLEM_JSON.encode()),
                 (b"content-length", str(len(body)).encode()),
+                *headers,
             ],
         }
     )
@@ -121,9 +130,94 @@ class RequestContextMiddleware:
             credentials_var.reset(cred_token)
 
 
+class PeerMiddleware:
+    """Keeps the socket's peer in the scope (as :data:`PEER`) before proxy headers rewrite ``client``."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] in ("http", "websocket"):
+            scope[PEER] = scope.get("client")
+        await self.app(scope, receive, send)
+
+
+def forwarded_chain(scope: Scope) -> str:
+    """The X-Forwarded-For to send on: the client, the trusted proxies after it, and the peer.
+
+    Entries left of the client were written by the client (or by proxies not
+    trusted) and are dropped: only the part of the chain this server can vouch
+    for travels on.
+    """
+    client = (scope.get("client") or ("unknown",))[0]
+    peer = (scope.get(PEER) or scope.get("client") or ("unknown",))[0]
+    if peer == client:
+        return client
+    entries = [
+        e.strip() for name, value in scope["headers"] if name == b"x-forwarded-for"
+        for e in value.decode("latin-1").split(",")
+    ]
+    chain: list[str] = []
+    for entry in reversed(entries):
+        chain.append(entry)
+        if entry == client or entry.startswith((client + ":", f"[{client}]")):
+            break
+    return ", ".join([*reversed(chain), peer])
+
+
 def _route_template(scope: Scope) -> str:
     route: Any = scope.get("route")
     return getattr(route, "path", None) or UNMATCHED_ROUTE
+
+
+class LoadShedMiddleware:
+    """At most ``limit`` requests in the app at once; the next wait their turn, the rest get 503.
+
+    Up to ``queue`` requests wait (first come, first served) for at most
+    ``wait`` seconds; a request that finds the queue full, or waits too long,
+    is answered 503 ``overloaded`` with Retry-After. The limit is per request,
+    never per socket, and ``exempt_paths`` (liveness, readiness) are always
+    answered, so probes see a busy server as alive.
+    """
+
+    def __init__(
+        self, app: ASGIApp, limit: int, queue: int, wait: float, exempt_paths: tuple[str, ...] = ()
+    ) -> None:
+        self.app = app
+        self.queue = queue
+        self.wait = wait
+        self.exempt_paths = frozenset(exempt_paths)
+        self._slots = asyncio.Semaphore(limit)
+        self._waiting = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in self.exempt_paths:
+            await self.app(scope, receive, send)
+            return
+        if self._slots.locked():
+            if self._waiting >= self.queue:
+                await self._shed(scope, send)
+                return
+            self._waiting += 1
+            try:
+                await asyncio.wait_for(self._slots.acquire(), self.wait)
+            except TimeoutError:
+                await self._shed(scope, send)
+                return
+            finally:
+                self._waiting -= 1
+        else:
+            await self._slots.acquire()
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self._slots.release()
+
+    async def _shed(self, scope: Scope, send: Send) -> None:
+        await send_problem(
+            send, 503, "The service is at capacity; retry after Retry-After seconds.",
+            instance=scope["path"], kind="overloaded", headers=[(b"retry-after", b"1")],
+        )
 
 
 class BodyLimitMiddleware:

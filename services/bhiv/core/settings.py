@@ -7,6 +7,7 @@ line or an error.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import secrets
 from pathlib import Path
@@ -15,7 +16,10 @@ from typing import Annotated, ClassVar, Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from bhiv.core.private_files import private_dir, tighten
+
 Role = Literal["admin", "editor", "viewer"]
+MetricsAccess = Literal["public", "admin", "off"]
 
 
 class MissingSharedSecret(RuntimeError):
@@ -85,14 +89,50 @@ class ServiceSettings(BaseSettings):
         200,
         ge=1,
         le=10_000,
-        description="Requests in flight before the server answers 503; bounds database connections too.",
+        description="Requests handled at once (more wait in the queue); bounds database connections too.",
+    )
+    max_queued_requests: int = Field(
+        1000, ge=0, le=100_000, description="Requests waiting for a turn; beyond them the server answers 503."
+    )
+    queue_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="Longest wait for a turn before a queued request is answered 503."
+    )
+    max_connections: int = Field(
+        4096,
+        ge=16,
+        le=1_000_000,
+        description="Open connections (and requests) before every new request is answered 503: "
+        "a guard for file descriptors, far above max_concurrency.",
+    )
+    header_timeout_seconds: float = Field(
+        5.0, gt=0, le=300, description="Time a connection has to send a request's line and headers; then closed."
+    )
+    keep_alive_seconds: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after this.")
+
+    metrics_access: MetricsAccess = Field(
+        "public", description="Who may read /metrics: public (anyone who reaches the port), admin, or off."
+    )
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["127.0.0.0/8", "::1/128"],
+        description="Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For/-Proto are believed; "
+        "the client is the rightmost address not in them. Default: loopback only. Empty: none.",
     )
 
-    @field_validator("cors_origins", mode="before")
+    @field_validator("cors_origins", "trusted_proxies", mode="before")
     @classmethod
     def _split_origins(cls, value: object) -> object:
         if isinstance(value, str):
             return [o.strip() for o in value.split(",") if o.strip()]
+        return value
+
+    @field_validator("trusted_proxies")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        for entry in value:
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
         return value
 
     @field_validator("log_level", mode="before")
@@ -136,9 +176,9 @@ def load_or_create_local_secret(path: Path) -> str:
     Written to a temporary file and hard-linked into place, so concurrent first
     starts agree on one complete secret: whoever loses the race reads the winner's.
     """
+    private_dir(path.parent)
     if path.exists():
-        return path.read_text().strip()
-    path.parent.mkdir(parents=True, exist_ok=True)
+        return tighten(path).read_text().strip()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as f:

@@ -6,14 +6,20 @@ as every service, and its cache of verified tokens).
 Services always receive a JWT: a caller's own token is passed unchanged; a
 caller with an API key is sent upstream with a short-lived token minted for
 it, so the key itself never leaves the edge and services need only the JWT
-verification key. ``X-BHIV-Subject`` and ``X-BHIV-Roles`` describe the caller
+verification key. A minted token carries exactly the caller's identity
+(subject, roles, tenant) and never outlives the caller's own credential; the
+cache of minted tokens is keyed on all of that, so two callers who share a
+subject but not a tenant never share a token. ``X-BHIV-Subject`` and ``X-BHIV-Roles`` describe the caller
 for logs; any such header from a client is dropped.
 """
 
 from __future__ import annotations
 
+import math
 import time
 from urllib.parse import quote
+
+from cachetools import TTLCache
 
 from bhiv.core.auth import Authenticator, Identity, mint_token
 from bhiv.core.errors import Problem
@@ -24,6 +30,8 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Tokens minted for API-key callers live this long, and are reused until
 # they have less than a third of it left.
 FORWARDED_TOKEN_TTL = 300
+# Minted tokens remembered at once (the oldest are dropped first beyond this).
+MINTED_CACHE_SIZE = 10_000
 
 
 class _HeaderView:
@@ -39,7 +47,10 @@ class EdgeAuth:
     def __init__(self, settings: GatewaySettings, authenticator: Authenticator) -> None:
         self._settings = settings
         self._authenticator = authenticator
-        self._minted: dict[tuple[str, tuple[str, ...]], tuple[str, float]] = {}
+        # Keyed on everything the token says plus the caller's own expiry.
+        self._minted: TTLCache[tuple[object, ...], tuple[str, float]] = TTLCache(
+            MINTED_CACHE_SIZE, FORWARDED_TOKEN_TTL
+        )
 
     def authenticate(self, authorization: str | None, api_key: str | None) -> Identity:
         """The caller, or a 401 problem."""
@@ -89,13 +100,24 @@ class EdgeAuth:
         ]
 
     def _forwarded_token(self, identity: Identity) -> str:
-        key = (identity.subject, identity.roles)
-        cached = self._minted.get(key)
         now = time.time()
+        # A JWT caller's own expiry bounds the minted token (an API key has none).
+        caller_exp = identity.claims.get("exp") if identity.method == "jwt" else None
+        if caller_exp is not None and not isinstance(caller_exp, int | float):
+            caller_exp = None
+        key = (identity.method, identity.subject, identity.roles, identity.tenant, caller_exp)
+        cached = self._minted.get(key)
         if cached is not None and cached[1] - now > FORWARDED_TOKEN_TTL / 3:
             return cached[0]
-        token = self.mint(identity, FORWARDED_TOKEN_TTL)
-        self._minted[key] = (token, now + FORWARDED_TOKEN_TTL)
+        ttl = FORWARDED_TOKEN_TTL
+        if caller_exp is not None:
+            ttl = min(ttl, math.floor(caller_exp - now))
+            if ttl < 1:
+                raise Problem(401, "The token has expired.", kind="unauthorized",
+                              headers={"WWW-Authenticate": 'Bearer realm="bhiv", error="invalid_token"'})
+        token = self.mint(identity, ttl)
+        if ttl > FORWARDED_TOKEN_TTL / 3:
+            self._minted[key] = (token, now + ttl)
         return token
 
     def mint(self, identity: Identity, ttl_seconds: int) -> str:

@@ -21,7 +21,8 @@ from pydantic import BaseModel, Field
 from bhiv.core.auth import Identity, current_identity
 from bhiv.core.context import request_id_var
 from bhiv.core.errors import Problem, field_problem, problem_body
-from bhiv.gateway.edge import HOP_BY_HOP, Edge
+from bhiv.core.middleware import forwarded_chain
+from bhiv.gateway.edge import HOP_BY_HOP, Edge, public_location
 from bhiv.gateway.forwarder import RequestBody
 from bhiv.gateway.ratelimit import rate_limit_headers
 
@@ -85,15 +86,18 @@ async def batch(
                 raise field_problem(f"requests.{n}.headers", f"The header {name!r} cannot be set on a sub-request.")
     slots = asyncio.Semaphore(settings.gateway_batch_concurrency)
     client = request.client.host if request.client else "unknown"
+    forwarded_for = forwarded_chain(request.scope)
     scheme = request.url.scheme
     rid = request_id_var.get() or "batch"
+    # A JWT caller's own token goes upstream unchanged, as for a single request.
+    authorization = request.headers.get("authorization") if identity.method == "jwt" else None
 
     async def run(n: int, item: BatchItem) -> BatchResult:
         async with slots:
             # Tasks copy the context: this ID is the sub-request's alone.
             request_id_var.set(f"{rid}.{n}")
             try:
-                return await _one(edge, item, identity, client, scheme)
+                return await _one(edge, item, identity, client, scheme, authorization, forwarded_for)
             except Problem as problem:
                 return BatchResult(
                     id=item.id,
@@ -107,7 +111,10 @@ async def batch(
     return BatchResponse(results=list(results))
 
 
-async def _one(edge: Edge, item: BatchItem, identity: Identity, client: str, scheme: str) -> BatchResult:
+async def _one(
+    edge: Edge, item: BatchItem, identity: Identity, client: str, scheme: str, authorization: str | None,
+    forwarded_for: str,
+) -> BatchResult:
     parts = urlsplit(item.path)
     headers = [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in item.headers.items()]
     data = None
@@ -117,7 +124,7 @@ async def _one(edge: Edge, item: BatchItem, identity: Identity, client: str, sch
         headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
     admitted = await edge.admit(
         item.method, unquote(parts.path), parts.path.encode(), parts.query.encode(), headers, client, scheme,
-        identity=identity,
+        identity=identity, caller_authorization=authorization, forwarded_for=forwarded_for,
     )
     forwarded = await edge.forwarder.forward(admitted.upstream, item.method, admitted.target, admitted.headers,
                                              RequestBody(data))
@@ -133,6 +140,8 @@ async def _one(edge: Edge, item: BatchItem, identity: Identity, client: str, sch
         await forwarded.aclose()
     raw = b"".join(chunks)
     kept = {k: v for k in ("content-type", "location", "etag", "retry-after") if (v := forwarded.header(k))}
+    if "location" in kept:
+        kept["location"] = public_location(kept["location"], forwarded.upstream)
     kept.update((k.decode(), v.decode()) for k, v in rate_limit_headers(admitted.limits))
     kind = kept.get("content-type", "")
     result = BatchResult(id=item.id, status=forwarded.status, headers=kept)

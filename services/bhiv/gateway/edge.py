@@ -1,8 +1,10 @@
 """The edge pipeline every routed request goes through, single or in a batch.
 
 In order: the per-IP rate limit (before anything else, so scanning and
-credential guessing are limited too), the route (longest prefix; 404 when
-none), authentication and the route's role (401/403), the per-caller rate
+credential guessing are limited too), the path's shape (400 for a path that
+could mean two things, dot or empty segments once decoded, so the path the
+rules were checked on is exactly the one the service routes on), the
+route (longest prefix; 404 when none), authentication and the route's role (401/403), the per-caller rate
 limit, then the forwarder. The request is rewritten for the service on the
 way: hop-by-hop headers dropped (RFC 9110 §7.6.1), ``X-Forwarded-For``/
 ``-Proto``/``-Host``/``-Prefix`` and the request ID set, credentials replaced
@@ -12,9 +14,10 @@ ones kept so that a retry can resend them.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
 from starlette.routing import BaseRoute, Match, NoMatchFound
@@ -23,7 +26,7 @@ from starlette.types import Receive, Scope, Send
 from bhiv.core.auth import Identity
 from bhiv.core.context import request_id_var
 from bhiv.core.errors import Problem
-from bhiv.core.middleware import ACCESS_LOG_EXTRA, send_problem
+from bhiv.core.middleware import ACCESS_LOG_EXTRA, forwarded_chain, send_problem
 from bhiv.gateway.access import EdgeAuth
 from bhiv.gateway.forwarder import BodyTooLarge, ClientGone, Forwarded, Forwarder, RequestBody
 from bhiv.gateway.ratelimit import Decision, RateLimiter, rate_limit_headers
@@ -112,6 +115,8 @@ class Edge:
         scheme: str,
         identity: Identity | None = None,
         scope: Scope | None = None,
+        caller_authorization: str | None = None,
+        forwarded_for: str | None = None,
     ) -> Admitted:
         limits: list[Decision] = []
         if self.limiter.enabled("ip"):
@@ -119,8 +124,12 @@ class Edge:
             assert decision is not None
             limits.append(decision)
             if not decision.allowed:
-                raise limited(_too_many("your address"), limits)
+                raise limited(too_many("your address"), limits)
 
+        try:
+            check_path(path)
+        except Problem as problem:
+            raise limited(problem, limits) from None
         match = self.registry.match(path)
         if match is None:
             raise limited(
@@ -132,7 +141,9 @@ class Edge:
             scope["route"] = RouteLabel(upstream.route_template)
             scope[ACCESS_LOG_EXTRA] = {"upstream": upstream.name}
 
-        authorization = api_key = host = forwarded_for = None
+        # A batch's sub-requests run as the batch's caller, with its credential.
+        authorization = caller_authorization
+        api_key = host = None
         connection_tokens: set[bytes] = set()
         for name, value in headers:
             if name == b"authorization":
@@ -141,16 +152,20 @@ class Edge:
                 api_key = value.decode("latin-1")
             elif name == b"host":
                 host = value
-            elif name == b"x-forwarded-for":
-                forwarded_for = value
             elif name == b"connection":
                 connection_tokens.update(t.strip().lower() for t in value.split(b","))
 
         policy = upstream.policy
+        public = self.auth.is_public(policy, below) or upstream.declares_public(method, below)
         try:
-            if identity is None and not self.auth.is_public(policy, below):
+            if identity is None and not public:
                 identity = self.auth.authenticate(authorization, api_key)
-            if identity is not None:
+            elif identity is None and (authorization is not None or api_key is not None):
+                # On a public path a credential is optional: a valid one makes the
+                # caller known to the service (as a JWT), an invalid one is ignored.
+                with contextlib.suppress(Problem):
+                    identity = self.auth.authenticate(authorization, api_key)
+            if identity is not None and not public:
                 self.auth.authorize(identity, self.auth.required_role(policy, method, below))
         except Problem as problem:
             raise limited(problem, limits) from None
@@ -160,23 +175,17 @@ class Edge:
             assert decision is not None
             limits.append(decision)
             if not decision.allowed:
-                raise limited(_too_many("your credential"), limits)
+                raise limited(too_many("your credential"), limits)
 
         out: list[tuple[bytes, bytes]] = []
         for name, value in headers:
             if name in _REQUEST_DROP or name in connection_tokens or name == b"x-forwarded-for":
                 continue
-            if identity is not None and name in _CREDENTIALS:
+            if name in _CREDENTIALS:  # never forwarded raw: replaced by the caller's identity, if any
                 continue
             out.append((name, value))
-        client = client_ip.encode("latin-1")
-        if not forwarded_for:
-            forwarded_for = client
-        elif forwarded_for.rsplit(b",", 1)[-1].strip() != client:
-            # When the peer is a trusted proxy, the server already took the
-            # client's address from this header: it is the last entry.
-            forwarded_for += b", " + client
-        out.append((b"x-forwarded-for", forwarded_for))
+        # The client and what the trusted proxies vouch for (bhiv.core.middleware.forwarded_chain).
+        out.append((b"x-forwarded-for", (forwarded_for or client_ip).encode("latin-1")))
         out.append((b"x-forwarded-proto", scheme.encode("latin-1")))
         if host:
             out.append((b"x-forwarded-host", host))
@@ -210,6 +219,7 @@ class Edge:
             client[0] if client else "unknown",
             scope.get("scheme", "http"),
             scope=scope,
+            forwarded_for=forwarded_chain(scope),
         )
         body = await self._body(headers, receive, admitted)
         try:
@@ -284,6 +294,28 @@ async def _receive_body(receive: Receive, limit: int):  # noqa: ANN202 - an asyn
             return
 
 
+def public_location(location: str, upstream: Upstream) -> str:
+    """A service's ``Location`` as the client must follow it: through the gateway, never to an internal address.
+
+    Services see themselves at their root: a path-absolute ``/conversations/7``
+    is ``<prefix>/conversations/7`` at the gateway, and an absolute URL naming
+    one of the service's instances (``http://10.0.0.5:8001/x``) becomes
+    ``<prefix>/x``. Anything else (another site, a relative reference) is left
+    as the service wrote it.
+    """
+    parts = urlsplit(location)
+    if parts.scheme or parts.netloc:
+        origins = {urlsplit(i.url)[:2] for i in upstream.instances}
+        if (parts.scheme.lower(), parts.netloc.lower()) not in {(a.lower(), b.lower()) for a, b in origins}:
+            return location
+    elif not location.startswith("/") or location.startswith("//"):
+        return location
+    path = parts.path or "/"
+    if not (path == upstream.prefix or path.startswith(upstream.prefix + "/")):
+        path = upstream.prefix + path
+    return urlunsplit(("", "", path, parts.query, parts.fragment))
+
+
 def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
     out = []
     # No body may follow these, whatever length the service announced (RFC 9110 §8.6).
@@ -299,13 +331,39 @@ def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
             continue
         if lower == b"content-length" and (forwarded.body is not None or bodiless):
             continue
+        if lower == b"location":
+            value = public_location(value.decode("latin-1"), forwarded.upstream).encode("latin-1")
         out.append((lower, value))
     if forwarded.body is not None and not bodiless:
         out.append((b"content-length", str(len(forwarded.body)).encode()))
     return out
 
 
-def _too_many(whose: str) -> Problem:
+def check_path(path: str) -> None:
+    """A 400 problem unless the decoded ``path`` has one meaning for the gateway and the service alike.
+
+    Role rules and public paths are matched on the decoded path while the raw
+    one is forwarded, and servers and proxies differ on dot segments and
+    doubled slashes (``/public/../admin``, ``//admin``, ``/public%2F..%2Fadmin``
+    decoded): rather than guess, such a path is refused. An encoded slash in a
+    segment (an ID like ``a%2Fb``) passes on untouched: services decode it as
+    the gateway does, into the path the rules were checked on.
+    """
+    reason = None
+    if "\\" in path or any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+        reason = "a backslash or a control character"
+    else:
+        segments = path.split("/")[1:]
+        if any(s in (".", "..") for s in segments):
+            reason = "a '.' or '..' segment"
+        elif "" in segments[:-1]:
+            reason = "an empty segment ('//')"
+    if reason is not None:
+        raise Problem(400, f"The request path contains {reason}; send the normalised path.", kind="bad-request",
+                      errors=[{"field": "path", "location": "path", "message": f"contains {reason}"}])
+
+
+def too_many(whose: str) -> Problem:
     return Problem(429, f"Too many requests from {whose}; slow down and retry after Retry-After seconds.",
                    kind="rate-limited")
 

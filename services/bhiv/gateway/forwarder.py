@@ -13,6 +13,14 @@ when there is one:
   service, as long as the body can be sent again;
 - 502/503/504 answers and connection resets, for idempotent methods only.
 
+Passive ejection and the circuit breaker count only the instance's own faults:
+transport failures (refused, timed out, reset) and 502/503/504 answers that are
+not the service's problem+json. A service answering 502/503 with a problem is
+reporting *its* dependency's failure (llm-query's model provider, say): passed
+on, retried like any 502/503, but never held against the instance, or one
+caller with a broken model could take the service away from everyone. An
+answered failure also never ejects the last available instance of a service.
+
 A read timeout is never retried (the route's time is already spent), and every
 retry needs a token from the service's retry budget, so a struggling service
 sees at most ``ratio`` more requests than clients send (plus a small floor)
@@ -34,7 +42,7 @@ from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
-from bhiv.core.errors import Problem
+from bhiv.core.errors import PROBLEM_JSON, Problem
 from bhiv.gateway.metrics import GatewayMetrics
 from bhiv.gateway.registry import Instance, Registry, Upstream
 from bhiv.gateway.settings import GatewaySettings
@@ -144,11 +152,20 @@ class Forwarded:
 class _AttemptFailed(Exception):
     """An attempt that failed in a way the gateway may retry or must report."""
 
-    def __init__(self, reason: str, *, safe_for_any_method: bool, forwarded: Forwarded | None = None) -> None:
+    def __init__(
+        self,
+        reason: str,
+        *,
+        safe_for_any_method: bool,
+        forwarded: Forwarded | None = None,
+        instance_fault: bool = True,
+    ) -> None:
         super().__init__(reason)
         self.reason = reason
         self.safe_for_any_method = safe_for_any_method
         self.forwarded = forwarded
+        # False for the service's own problem answer: not counted by the breaker.
+        self.instance_fault = instance_fault
 
 
 class Forwarder:
@@ -162,8 +179,8 @@ class Forwarder:
         self._breakers = AsyncCircuitBreakerFactory(
             default_threshold=settings.gateway_breaker_threshold,
             default_ttl=settings.gateway_breaker_reset_seconds,
-            # The client's fault, not the service's.
-            exclude=[BodyTooLarge, ClientGone],
+            # The client's fault, not the service's; nor the service's own problem answers.
+            exclude=[BodyTooLarge, ClientGone, (_AttemptFailed, lambda exc: not exc.instance_fault)],
         )
         self._breaker_by_name: dict[str, AsyncCircuitBreaker] = {}
 
@@ -362,11 +379,17 @@ class Forwarder:
         self._count(upstream, instance, str(response.status))
         forwarded = Forwarded(upstream, instance, response)
         if response.status in GATEWAY_FAILURES:
-            self._failure(upstream, instance, f"answered {response.status}")
+            # A problem+json answer is the service reporting a failure behind it.
+            fault = response.content_type != PROBLEM_JSON
+            if fault:
+                self._failure(upstream, instance, f"answered {response.status}", answered=True)
+            else:
+                self._registry.gateway_success(instance)
             # Kept to pass on if no retry does better.
             forwarded.body = await _read_some(response)
             raise _AttemptFailed(
-                f"an instance answered {response.status}", safe_for_any_method=False, forwarded=forwarded
+                f"an instance answered {response.status}", safe_for_any_method=False, forwarded=forwarded,
+                instance_fault=fault,
             )
         self._registry.gateway_success(instance)
         return forwarded
@@ -374,10 +397,12 @@ class Forwarder:
     def _count(self, upstream: Upstream, instance: Instance, outcome: str) -> None:
         self._metrics.upstream_requests.labels(upstream.name, instance.url, outcome).inc()
 
-    def _failure(self, upstream: Upstream, instance: Instance, error: str) -> None:
+    def _failure(self, upstream: Upstream, instance: Instance, error: str, *, answered: bool = False) -> None:
         settings = self._settings
+        # An instance that answers is alive: it is never ejected when it is the last one.
+        keep = answered and not any(i is not instance and i.available(time.monotonic()) for i in upstream.instances)
         if self._registry.gateway_failure(
-            instance, error, settings.gateway_eject_after_failures, settings.gateway_ejection_seconds
+            instance, error, settings.gateway_eject_after_failures, settings.gateway_ejection_seconds, eject=not keep
         ):
             self._metrics.ejections.labels(upstream.name, instance.url).inc()
 

@@ -19,7 +19,8 @@ from typing import Any
 
 import httpx
 
-from bhiv.gateway.registry import Registry, Upstream
+from bhiv.core.auth import PUBLIC_OPERATION
+from bhiv.gateway.registry import PublicOperation, Registry, Upstream
 
 log = logging.getLogger("bhiv.gateway.openapi")
 SCHEMA_REF = "#/components/schemas/"
@@ -95,7 +96,7 @@ class OpenApiAggregator:
             if self._fresh(key):
                 return self._cached  # type: ignore[return-value]
             upstreams = list(self._registry.upstreams.values())
-            fetched = await asyncio.gather(*(self._fetch(u) for u in upstreams))
+            fetched = await asyncio.gather(*(self.fetch(u) for u in upstreams))
             docs = {u.name: (u.prefix, doc) for u, doc in zip(upstreams, fetched, strict=True) if doc is not None}
             document = merge(base, docs)
             document["x-bhiv-unavailable"] = sorted(u.name for u, doc in zip(upstreams, fetched, strict=True) if doc is None)
@@ -105,7 +106,7 @@ class OpenApiAggregator:
     def _fresh(self, key: tuple[int, int]) -> bool:
         return self._cached is not None and self._key == key and time.monotonic() - self._built_at < self._max_age
 
-    async def _fetch(self, upstream: Upstream) -> dict[str, Any] | None:
+    async def fetch(self, upstream: Upstream) -> dict[str, Any] | None:
         instance = upstream.pick()
         if instance is None:
             return None
@@ -118,5 +119,35 @@ class OpenApiAggregator:
             return None
         return doc if isinstance(doc, dict) else None
 
+    async def learn_public_operations(self, max_age: float) -> None:
+        """Refresh each service's public operations from its own OpenAPI document when older than ``max_age``."""
+        now = time.monotonic()
+        stale = [
+            u for u in self._registry.upstreams.values()
+            if u.public_learned_at is None or now - u.public_learned_at >= max_age
+        ]
+        for upstream, doc in zip(stale, await asyncio.gather(*(self.fetch(u) for u in stale)), strict=True):
+            if doc is None:
+                continue  # no instance answered: keep what was known, try again next time
+            operations = public_operations(doc)
+            if operations != upstream.public_operations:
+                log.info("%s declares public: %s", upstream.name,
+                         ", ".join(f"{op.method} {op.template}" for op in operations) or "nothing")
+            upstream.public_operations = operations
+            upstream.public_learned_at = now
+
     async def aclose(self) -> None:
         await self._http.aclose()
+
+
+def public_operations(doc: dict[str, Any]) -> tuple[PublicOperation, ...]:
+    """The operations a service's OpenAPI document marks ``x-bhiv-public: true``."""
+    found = []
+    paths = doc.get("paths")
+    for path, item in (paths if isinstance(paths, dict) else {}).items():
+        if not isinstance(path, str) or not path.startswith("/") or not isinstance(item, dict):
+            continue
+        for method, op in item.items():
+            if method in HTTP_METHODS and isinstance(op, dict) and op.get(PUBLIC_OPERATION) is True:
+                found.append(PublicOperation.of(method, path))
+    return tuple(found)

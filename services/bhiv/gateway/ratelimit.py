@@ -22,6 +22,8 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from cachetools import TTLCache
+
 from bhiv.gateway.metrics import GatewayMetrics
 from bhiv.gateway.settings import RateSpec
 
@@ -53,7 +55,7 @@ redis.call('PEXPIRE', KEYS[1], math.ceil(burst / rate * 1000) + 1000)
 return {allowed, tostring(tokens)}
 """
 REDIS_RETRY_SECONDS = 2.0
-MEMORY_BUCKETS_SOFT_CAP = 100_000
+MEMORY_BUCKETS = 100_000
 
 
 @dataclass(frozen=True)
@@ -97,30 +99,39 @@ def rate_limit_headers(decisions: list[Decision]) -> list[tuple[bytes, bytes]]:
 
 
 class MemoryBuckets:
-    def __init__(self) -> None:
-        self._buckets: dict[str, list[float]] = {}
+    """Buckets in this process, at most ``capacity`` per policy, each forgotten once idle long enough to be full.
+
+    A bucket idle for ``burst / rate`` seconds is full again, the same as no
+    bucket, so it expires then (cachetools' TTLCache, renewed on each use).
+    Beyond ``capacity`` live buckets the least recently used goes first:
+    memory and the cost of a request stay flat however many addresses a
+    client sprays (at worst a sprayer frees the buckets of idle clients).
+    """
+
+    def __init__(self, capacity: int = MEMORY_BUCKETS) -> None:
+        self._capacity = capacity
+        self._by_spec: dict[tuple[float, int], TTLCache[str, list[float]]] = {}
+
+    def __len__(self) -> int:
+        return sum(len(c) for c in self._by_spec.values())
 
     def take(self, key: str, spec: RateSpec, cost: int) -> tuple[bool, float]:
+        buckets = self._by_spec.get((spec.rate, spec.burst))
+        if buckets is None:
+            buckets = self._by_spec[(spec.rate, spec.burst)] = TTLCache(
+                self._capacity, spec.burst / spec.rate, timer=time.monotonic
+            )
         now = time.monotonic()
-        bucket = self._buckets.get(key)
+        bucket = buckets.get(key)
         if bucket is None:
-            if len(self._buckets) >= MEMORY_BUCKETS_SOFT_CAP:
-                self._forget_full(now, spec)
-            bucket = self._buckets[key] = [float(spec.burst), now]
+            bucket = [float(spec.burst), now]
         tokens = min(spec.burst, bucket[0] + (now - bucket[1]) * spec.rate)
         allowed = tokens >= cost
         if allowed:
             tokens -= cost
-        bucket[0], bucket[1] = tokens, now
+        # Set again (not only changed) so its expiry and recency are renewed.
+        buckets[key] = [tokens, now]
         return allowed, tokens
-
-    def _forget_full(self, now: float, spec: RateSpec) -> None:
-        # A bucket idle long enough to be full again is the same as no bucket,
-        # so forgetting it loses nothing and bounds memory.
-        refill = spec.burst / spec.rate
-        for key, (_, stamp) in list(self._buckets.items()):
-            if now - stamp >= refill:
-                del self._buckets[key]
 
 
 class RateLimiter:

@@ -6,8 +6,10 @@ knew about instances that stay (health, counters), so a routine update never
 forgets that an instance is down. Health has two inputs, as in Envoy:
 
 - *active*: the health checker's periodic ``/health/ready`` probes;
-- *passive* (outlier detection): consecutive gateway failures seen while
-  proxying (502/503/504, timeouts, resets) eject an instance for a while.
+- *passive* (outlier detection): consecutive instance faults seen while
+  proxying (timeouts, resets, 502/503/504 that are not the service's own
+  problem answers) eject an instance for a while; never the last available
+  one for faults it answered (see ``bhiv.gateway.forwarder``).
 
 A refused connection is both: nobody listens, so the instance is marked down at
 once and the next successful probe brings it back.
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import enum
 import itertools
+import re
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -75,6 +78,27 @@ class Instance:
         }
 
 
+@dataclass(frozen=True)
+class PublicOperation:
+    """An operation the service declares reachable without a credential (``x-bhiv-public`` in its OpenAPI)."""
+
+    method: str
+    template: str  # e.g. /webhooks/{source}
+    pattern: re.Pattern[str]
+
+    @classmethod
+    def of(cls, method: str, template: str) -> PublicOperation:
+        # Each {parameter} is exactly one segment; everything else is literal.
+        parts = re.split(r"(\{[^/{}]+\})", template)
+        regex = "".join("[^/]+" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts)
+        return cls(method.upper(), template, re.compile(f"^{regex}$"))
+
+    def matches(self, method: str, path: str) -> bool:
+        return (method == self.method or (method == "HEAD" and self.method == "GET")) and bool(
+            self.pattern.match(path)
+        )
+
+
 @dataclass
 class Upstream:
     """One routed service: its prefix, instances and how to pick among them."""
@@ -84,7 +108,14 @@ class Upstream:
     policy: RoutePolicy
     instances: list[Instance] = field(default_factory=list)
     capabilities: tuple[str, ...] = ()
+    # Learned from the service's OpenAPI (bhiv.gateway.openapi.PublicOperationsLearner);
+    # None until first learned: nothing is public on the service's word before then.
+    public_operations: tuple[PublicOperation, ...] = ()
+    public_learned_at: float | None = None
     _turn: itertools.count = field(default_factory=itertools.count, repr=False)
+
+    def declares_public(self, method: str, path: str) -> bool:
+        return any(op.matches(method, path) for op in self.public_operations)
 
     @property
     def route_template(self) -> str:
@@ -191,11 +222,17 @@ class Registry:
         inst.last_error = error
         self._changed(inst, before)
 
-    def gateway_failure(self, inst: Instance, error: str, eject_after: int, ejection_seconds: float) -> bool:
-        """Count a failure seen while proxying; returns True if it ejected the instance."""
+    def gateway_failure(
+        self, inst: Instance, error: str, eject_after: int, ejection_seconds: float, *, eject: bool = True
+    ) -> bool:
+        """Count a failure seen while proxying; returns True if it ejected the instance.
+
+        With ``eject`` False the failure is counted and remembered, but the
+        instance stays in rotation.
+        """
         inst.gateway_failures += 1
         inst.last_error = error
-        if inst.gateway_failures >= eject_after:
+        if eject and inst.gateway_failures >= eject_after:
             before = inst.available(time.monotonic())
             inst.gateway_failures = 0
             inst.ejected_until = time.monotonic() + ejection_seconds

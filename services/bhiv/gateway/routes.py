@@ -10,10 +10,28 @@ from pydantic import BaseModel, Field
 
 from bhiv.core.auth import require
 from bhiv.core.errors import Problem
-from bhiv.gateway.edge import limited
+from bhiv.gateway.edge import limited, too_many
 from bhiv.gateway.ratelimit import rate_limit_headers
 
 router = APIRouter(tags=["gateway"])
+
+
+async def limit_by_address(request: Request, response: Response) -> None:
+    """The per-IP bucket of the gateway's own endpoints, taken before any credential is checked.
+
+    Routed requests take it in the edge; these endpoints (``/services``,
+    ``/batch``, ``/auth/token``) check credentials too, so guessing one there
+    costs the same as anywhere else.
+    """
+    gateway = request.app.state.gateway
+    decision = await gateway.limiter.take("ip", request.client.host if request.client else "unknown")
+    request.state.rate_limits = [decision] if decision is not None else []
+    if decision is None:
+        return
+    if not decision.allowed:
+        raise limited(too_many("your address"), request.state.rate_limits)
+    for name, value in rate_limit_headers(request.state.rate_limits):
+        response.headers[name.decode()] = value.decode()
 
 
 class InstanceView(BaseModel):
@@ -80,13 +98,8 @@ async def token(
     x_api_key: Annotated[str | None, Header(alias="X-API-Key", description="The API key to exchange.")] = None,
 ) -> TokenResponse:
     gateway = request.app.state.gateway
-    limits = []
-    # Limited per address like any routed request: this is where keys get guessed.
-    decision = await gateway.limiter.take("ip", request.client.host if request.client else "unknown")
-    if decision is not None:
-        limits.append(decision)
-        if not decision.allowed:
-            raise limited(Problem(429, "Too many token requests from your address.", kind="rate-limited"), limits)
+    # Taken by limit_by_address: this is where keys get guessed.
+    limits = request.state.rate_limits
     if not x_api_key:
         raise limited(
             Problem(
@@ -101,8 +114,6 @@ async def token(
         raise limited(problem, limits) from None
     ttl = gateway.settings.gateway_token_ttl_seconds
     response.headers["Cache-Control"] = "no-store"
-    for name, value in rate_limit_headers(limits):
-        response.headers[name.decode()] = value.decode()
     return TokenResponse(
         access_token=gateway.edge.auth.mint(identity, ttl), expires_in=ttl, roles=list(identity.roles)
     )

@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 
 from bhiv import catalog
 from bhiv.core import ServiceSpec, create_app as _create_app
@@ -82,6 +82,7 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
     checker = HealthChecker(settings, gateway.registry, gateway.metrics)
     stop = asyncio.Event()
     probing = asyncio.create_task(checker.run(stop), name="gateway-health-checks")
+    learning = asyncio.create_task(_learn_public_operations(gateway, stop), name="gateway-public-operations")
     try:
         yield
     finally:
@@ -89,10 +90,23 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
         if watcher is not None:
             watcher.stop()
         await probing
+        await learning
         await checker.aclose()
         await gateway.openapi.aclose()
         await gateway.forwarder.aclose()
         await gateway.limiter.aclose()
+
+
+async def _learn_public_operations(gateway: Gateway, stop: asyncio.Event) -> None:
+    """Keep each service's public operations (declared in its OpenAPI) up to date."""
+    settings = gateway.settings
+    while not stop.is_set():
+        try:
+            await gateway.openapi.learn_public_operations(settings.gateway_openapi_max_age_seconds)
+        except Exception:  # never let one bad document stop the learning
+            log.exception("learning public operations failed")
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), settings.gateway_health_interval_seconds)
 
 
 async def discovery_synced(app: FastAPI) -> None:
@@ -142,6 +156,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url]
     # Routed traffic is matched first: it is most of what the gateway serves.
     app.router.routes.insert(0, ProxyRoute(edge))
-    app.include_router(routes.router)
-    app.include_router(batch.router)
+    # Limited per address before their own credential checks, like routed requests.
+    app.include_router(routes.router, dependencies=[Depends(routes.limit_by_address)])
+    app.include_router(batch.router, dependencies=[Depends(routes.limit_by_address)])
     return app

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel, Field, SecretStr, field_validator
 
 from bhiv import catalog
-from bhiv.core.settings import Role, ServiceSettings
+from bhiv.core.settings import MetricsAccess, Role, ServiceSettings
 
 LoadBalancer = Literal["round_robin", "least_outstanding"]
 
@@ -79,6 +79,10 @@ class GatewaySettings(ServiceSettings):
     port: int = Field(catalog.get("gateway").port, ge=1, le=65535)
     # The gateway stores nothing; these keep create_app from touching a database.
     migrate_on_startup: bool = False
+    # The edge's metrics name every upstream instance's address: admins only by default.
+    metrics_access: MetricsAccess = Field(
+        "admin", description="Who may read /metrics: admin (default at the edge), public, or off."
+    )
 
     gateway_discovery: Literal["local", "kubernetes"] = Field(
         "local", description="local: the catalog and BHIV_GATEWAY_UPSTREAMS; kubernetes: watch BhivModules."

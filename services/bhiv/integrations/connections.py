@@ -15,6 +15,7 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import unquote
 
 import anyio.to_thread
 import httpx
@@ -67,6 +68,56 @@ def auth_headers(auth_type: AuthType, api_key_header: str | None, secrets: Mappi
     return {}
 
 
+class PathOutsideBase(ValueError):
+    """A path that would leave a connection's base URL; the message is safe to show."""
+
+
+# A path that survives this many rounds of percent-decoding still changing is refused:
+# no legitimate path is encoded three times over.
+MAX_DECODE_ROUNDS = 3
+
+
+def check_relative_path(path: str) -> str:
+    """``path`` if appending it to a base URL cannot leave that base, else :class:`PathOutsideBase`.
+
+    The path is the attacker's half of a URL whose other half carries a credential, so
+    it is refused rather than cleaned: no dot segments (plain, percent-encoded or
+    double-encoded, since the far server or a proxy in front of it may decode again),
+    no backslashes (some servers read them as '/'), no leading '//' (a network-path
+    reference names another host).
+    """
+    part = path.split("?", 1)[0].split("#", 1)[0]
+    decoded = part
+    for _ in range(MAX_DECODE_ROUNDS):
+        once = unquote(decoded)
+        if once == decoded:
+            break
+        decoded = once
+    else:
+        raise PathOutsideBase("is percent-encoded too many times over")
+    if path.startswith("//") or decoded.startswith("//"):
+        raise PathOutsideBase("must not start with '//' (that names another host)")
+    if "\\" in decoded:
+        raise PathOutsideBase("must not contain backslashes")
+    if any(segment in (".", "..") for segment in decoded.split("/")):
+        raise PathOutsideBase("must not contain '.' or '..' segments (plain or percent-encoded)")
+    return path
+
+
+def join_url(base_url: str, path: str) -> str:
+    """``path`` under ``base_url``, checked twice: the path alone, then the joined URL
+    resolved as an HTTP client resolves it must keep the base's origin and path prefix."""
+    check_relative_path(path)
+    url = base_url.rstrip("/") + "/" + path.lstrip("/")
+    base, joined = httpx.URL(base_url), httpx.URL(url)
+    prefix = base.path.rstrip("/") + "/"
+    if (joined.scheme, joined.host, joined.port) != (base.scheme, base.host, base.port) or not (
+        joined.path + "/"
+    ).startswith(prefix):
+        raise PathOutsideBase("leaves the connection's base URL")
+    return url
+
+
 @dataclass(frozen=True)
 class Endpoint:
     """What a call needs from a connection, read in one short transaction."""
@@ -78,7 +129,8 @@ class Endpoint:
     headers: dict[str, str] = field(repr=False)  # carries credentials: never printed
 
     def url(self, path: str) -> str:
-        return self.base_url.rstrip("/") + "/" + path.lstrip("/")
+        """Raises :class:`PathOutsideBase` for a path that would leave the base URL."""
+        return join_url(self.base_url, path)
 
 
 def endpoint(conn: Connection, box: SecretBox) -> Endpoint:
@@ -103,11 +155,10 @@ class RateLimited(Exception):
 class ConnectionCaller:
     """One pooled HTTP client and one rate limiter per connection, for this process."""
 
-    def __init__(self, db: Database, egress_rules: list[str]) -> None:
+    def __init__(self, db: Database, policy: egress.EgressPolicy) -> None:
         self._db = db
-        self._rules = egress_rules
-        # Redirects are not followed: a redirect could lead past the egress allowlist.
-        self._http = httpx.AsyncClient(follow_redirects=False)
+        self._policy = policy
+        self._http = egress.guarded_client(policy)
         self._limiters: dict[tuple[int, int], AsyncLimiter] = {}
 
     def _limiter(self, ep: Endpoint) -> AsyncLimiter | None:
@@ -122,9 +173,15 @@ class ConnectionCaller:
         self, ep: Endpoint, path: str, params: Mapping[str, Any] | None = None, *, wait: bool = True
     ) -> httpx.Response:
         """GET ``path``; records metrics. ``wait=False`` raises :class:`RateLimited` instead of queueing."""
-        url = ep.url(path)
-        if not egress.allowed(url, self._rules):
-            raise CallFailed(egress.refusal(url))
+        try:
+            url = ep.url(path)
+        except PathOutsideBase as exc:
+            # Checked when the path was saved or sent; a row written before that check
+            # existed still never carries the credential elsewhere.
+            raise CallFailed(f"path {exc}") from None
+        refused = self._policy.url_refusal(url)
+        if refused:
+            raise CallFailed(refused)
         limiter = self._limiter(ep)
         if limiter is not None:
             if not wait and not limiter.has_capacity():
@@ -140,6 +197,9 @@ class ConnectionCaller:
             reason = f"{type(exc).__name__}: could not reach {egress.host_of(url)}"
             await self._record(ep.id, start, None, reason)
             raise CallFailed(reason) from None
+        except egress.EgressRefused as exc:
+            await self._record(ep.id, start, None, str(exc))
+            raise CallFailed(str(exc)) from None
         error = None if response.status_code < 400 else f"HTTP {response.status_code}"
         await self._record(ep.id, start, response.status_code, error)
         return response

@@ -141,13 +141,14 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class DeliveryWorker:
-    def __init__(self, db: Database, box: SecretBox, settings: IntegrationsSettings) -> None:
-        self.db, self.box, self.settings = db, box, settings
+    def __init__(self, db: Database, box: SecretBox, settings: IntegrationsSettings, policy: egress.EgressPolicy) -> None:
+        self.db, self.box, self.settings, self.policy = db, box, settings, policy
         self.schedule = exponential(
             settings.delivery_retry_initial_seconds, settings.delivery_retry_base, settings.delivery_retry_max_seconds
         )
-        self._http = httpx.AsyncClient(
-            follow_redirects=False,  # a 3xx is a failure (the spec), and may point past the egress allowlist
+        # No redirects: a 3xx is a failure (the spec), and may point past the egress rules.
+        self._http = egress.guarded_client(
+            policy,
             headers={"User-Agent": f"bhiv-integrations/{__version__}", "Content-Type": "application/json"},
             timeout=httpx.Timeout(settings.delivery_timeout_seconds),
             limits=httpx.Limits(max_connections=settings.delivery_concurrency),
@@ -243,8 +244,9 @@ class DeliveryWorker:
         def elapsed() -> float:
             return round((time.perf_counter() - start) * 1000, 2)
 
-        if not egress.allowed(out.url, self.settings.egress_allowed_hosts):
-            return Outcome(elapsed(), error=egress.refusal(out.url))
+        refused = self.policy.url_refusal(out.url)
+        if refused:
+            return Outcome(elapsed(), error=refused)
         headers = signing.sign(out.secret, out.msg_id, int(time.time()), out.body)
         try:
             response = await self._http.post(out.url, content=out.body, headers=headers)
@@ -252,6 +254,8 @@ class DeliveryWorker:
             return Outcome(elapsed(), error=f"no answer within {self.settings.delivery_timeout_seconds}s")
         except httpx.TransportError as exc:
             return Outcome(elapsed(), error=f"{type(exc).__name__}: could not reach {egress.host_of(out.url)}")
+        except egress.EgressRefused as exc:
+            return Outcome(elapsed(), error=str(exc))
         error = None if response.is_success else f"HTTP {response.status_code}"
         return Outcome(
             elapsed(), response.status_code, error, storable(response.text),
@@ -291,7 +295,7 @@ class DeliveryWorker:
 @asynccontextmanager
 async def delivery_worker(app: FastAPI) -> AsyncIterator[None]:
     """Lifespan hook: deliver pending webhooks until the app stops."""
-    worker = DeliveryWorker(app.state.db, app.state.secret_box, app.state.settings)
+    worker = DeliveryWorker(app.state.db, app.state.secret_box, app.state.settings, app.state.egress)
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop), name="webhook-delivery")
     try:

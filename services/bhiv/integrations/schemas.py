@@ -22,6 +22,7 @@ from pydantic import (
 )
 
 from bhiv.core.fields import StorableText, UTCTimestamp
+from bhiv.integrations.connections import check_relative_path
 from bhiv.integrations.models import (
     AuthType,
     ConflictPolicy,
@@ -55,7 +56,8 @@ HttpUrl = Annotated[
     AfterValidator(_http_url),
     WithJsonSchema({"type": "string", "format": "uri", "minLength": 1, "maxLength": 2000}),
 ]
-UrlPath = Annotated[str, StringConstraints(max_length=500, pattern=r"^/[!-~]*$")]
+# A path under a connection's base URL: it must stay there (no dot segments, ...).
+UrlPath = Annotated[str, StringConstraints(max_length=500, pattern=r"^/[!-~]*$"), AfterValidator(check_relative_path)]
 DottedPath = Annotated[str, StringConstraints(max_length=200, pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")]
 ParamName = Annotated[str, StringConstraints(max_length=100, pattern=r"^[A-Za-z0-9_.\[\]-]+$")]
 HeaderName = Annotated[str, StringConstraints(max_length=100, pattern=r"^[A-Za-z0-9-]+$")]

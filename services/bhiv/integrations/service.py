@@ -15,6 +15,7 @@ from bhiv.core import create_app as _create_app
 from bhiv.integrations.connections import ConnectionCaller
 from bhiv.integrations.crypto import SecretBox
 from bhiv.integrations.delivery import delivery_worker
+from bhiv.integrations.egress import EgressPolicy
 from bhiv.integrations.models import Base
 from bhiv.integrations.routes import connections, events, inbound, outbound, sync
 from bhiv.integrations.settings import IntegrationsSettings
@@ -24,7 +25,7 @@ from bhiv.integrations.sync import sync_scheduler
 @asynccontextmanager
 async def http_caller(app: FastAPI) -> AsyncIterator[None]:
     """Lifespan hook: the pooled client external API calls share (closed on stop)."""
-    app.state.caller = ConnectionCaller(app.state.db, app.state.settings.egress_allowed_hosts)
+    app.state.caller = ConnectionCaller(app.state.db, app.state.egress)
     try:
         yield
     finally:
@@ -63,6 +64,7 @@ SPEC = ServiceSpec(
 def create_app(settings: IntegrationsSettings | None = None) -> FastAPI:
     app = _create_app(SPEC, settings)
     app.state.secret_box = SecretBox(app.state.settings.credential_secrets())
+    app.state.egress = EgressPolicy.from_settings(app.state.settings)
     # Senders authenticate with signatures, not bearer tokens, so the receiving
     # endpoint is mounted outside the framework's authenticated routers.
     app.include_router(inbound.receiver)

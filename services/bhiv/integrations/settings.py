@@ -7,6 +7,7 @@ from pydantic_settings import NoDecode
 
 from bhiv import catalog
 from bhiv.core.settings import ServiceSettings
+from bhiv.integrations import egress
 
 
 def _local_url(service: str) -> str:
@@ -30,6 +31,11 @@ class IntegrationsSettings(ServiceSettings):
         default_factory=lambda: ["localhost", "127.0.0.0/8", "::1"],
         description="Comma-separated host names ('*.example.com' for subdomains), IP addresses or CIDR "
         "networks that connections and subscriptions may call; '*' allows any host.",
+    )
+    egress_allowed_networks: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated CIDR networks of non-public addresses (loopback, private, link-local, ...) "
+        "that calls may nonetheless connect to. Unset: none; the platform's own services are always reachable.",
     )
     logistics_url: str = Field(default_factory=lambda: _local_url("logistics"), description="Sync target.")
     crm_url: str = Field(default_factory=lambda: _local_url("crm"), description="Sync target.")
@@ -58,11 +64,17 @@ class IntegrationsSettings(ServiceSettings):
         300.0, gt=0, le=86_400, description="A running sync whose worker stops is marked interrupted after this."
     )
 
-    @field_validator("egress_allowed_hosts", mode="before")
+    @field_validator("egress_allowed_hosts", "egress_allowed_networks", mode="before")
     @classmethod
     def _split_hosts(cls, value: object) -> object:
         if isinstance(value, str):
             return [h.strip() for h in value.split(",") if h.strip()]
+        return value
+
+    @field_validator("egress_allowed_networks")
+    @classmethod
+    def _networks(cls, value: list[str]) -> list[str]:
+        egress.parse_networks(value)  # a typo fails at startup, naming the entry
         return value
 
     def credential_secrets(self) -> list[str]:

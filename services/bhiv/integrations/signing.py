@@ -15,8 +15,11 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import re
 import secrets
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 
 from pydantic import SecretStr
 from standardwebhooks import Webhook, WebhookVerificationError
@@ -30,6 +33,57 @@ HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
 
 class SignatureError(Exception):
     """The message is not authentic (or not fresh); the reason is safe to show."""
+
+
+class MalformedHeader(ValueError):
+    """A webhook header is missing or not in the spec's form (400, naming it)."""
+
+    def __init__(self, header: str, reason: str) -> None:
+        super().__init__(f"{header}: {reason}")
+        self.header = header
+        self.reason = reason
+
+
+# The headers' grammar, ASCII only and bounded: Python's str.isdigit() and
+# int() accept Unicode digits ("²³", "٣"), which let a malformed timestamp
+# through to a crash; these patterns accept exactly what the spec describes.
+MAX_ID_CHARS = 255
+MAX_SIGNATURE_CHARS = 2048
+_ID = re.compile(rf"[\x21-\x7e](?:[\x20-\x7e]{{0,{MAX_ID_CHARS - 2}}}[\x21-\x7e])?")
+_TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds: 10 digits until 2286
+_SIGNATURE = re.compile(r"[a-z0-9]{1,8},[A-Za-z0-9+/=_-]{1,512}(?: [a-z0-9]{1,8},[A-Za-z0-9+/=_-]{1,512})*")
+
+
+@dataclass(frozen=True)
+class WebhookHeaders:
+    """The three Standard Webhooks headers of one message, parsed."""
+
+    msg_id: str
+    timestamp: int
+    signature: str
+
+
+def parse_headers(headers: Mapping[str, str]) -> WebhookHeaders:
+    """The headers in their strict form, or :class:`MalformedHeader` naming the first bad one.
+
+    ``headers`` has lower-case names. Values are never echoed back: they are
+    attacker-written text.
+    """
+    values = {name: headers.get(name, "") for name in HEADERS}
+    for name, value in values.items():
+        if not value:
+            raise MalformedHeader(name, "is required (Standard Webhooks)")
+    if not _ID.fullmatch(values["webhook-id"]):
+        raise MalformedHeader("webhook-id", f"must be 1 to {MAX_ID_CHARS} printable ASCII characters")
+    if not _TIMESTAMP.fullmatch(values["webhook-timestamp"]):
+        raise MalformedHeader("webhook-timestamp", "must be Unix seconds: 1 to 12 ASCII digits")
+    signature = values["webhook-signature"]
+    if len(signature) > MAX_SIGNATURE_CHARS or not _SIGNATURE.fullmatch(signature):
+        raise MalformedHeader(
+            "webhook-signature",
+            f"must be space-separated '<version>,<base64>' entries (e.g. 'v1,...'), at most {MAX_SIGNATURE_CHARS} characters",
+        )
+    return WebhookHeaders(values["webhook-id"], int(values["webhook-timestamp"]), signature)
 
 
 def new_secret() -> str:
@@ -61,12 +115,9 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str
     return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature}
 
 
-def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_seconds: int) -> None:
+def verify(secret: str, headers: WebhookHeaders, body: bytes, *, tolerance_seconds: int) -> None:
     """Raise :class:`SignatureError` unless ``body`` was signed with ``secret`` recently."""
-    msg_id, stamp, signature = (headers.get(name, "") for name in HEADERS)
-    if not stamp.isdigit():
-        raise SignatureError("webhook-timestamp must be Unix seconds")
-    if abs(time.time() - int(stamp)) > tolerance_seconds:
+    if abs(time.time() - headers.timestamp) > tolerance_seconds:
         raise SignatureError(f"webhook-timestamp is more than {tolerance_seconds} seconds from now")
     try:
         text = body.decode()
@@ -75,11 +126,12 @@ def verify(secret: str, headers: dict[str, str], body: bytes, *, tolerance_secon
     try:
         Webhook(secret).verify(
             text,
-            {"webhook-id": msg_id, "webhook-timestamp": stamp, "webhook-signature": signature},
+            {
+                "webhook-id": headers.msg_id,
+                "webhook-timestamp": str(headers.timestamp),
+                "webhook-signature": headers.signature,
+            },
             json_parse=False,
         )
     except WebhookVerificationError:
         raise SignatureError("no signature in webhook-signature matches the body") from None
-    except (ValueError, binascii.Error):
-        # The library unpacks "v1,<sig>" pairs and base64 without guarding them.
-        raise SignatureError("webhook-signature must be space-separated 'v1,<base64>' entries") from None

@@ -37,9 +37,9 @@ class OperatorProcess:
     kubeconfig: Path
     log_path: Path
     priority: int = 0
-    extra_args: tuple[str, ...] = ()
     liveness_port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
+    args: list[str] = field(default_factory=list)  # more `bhiv operator` options
     process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> OperatorProcess:
@@ -54,7 +54,7 @@ class OperatorProcess:
                 "--listen-host", "127.0.0.1",
                 "--liveness-port", str(self.liveness_port),
                 "--metrics-port", str(self.metrics_port),
-                *self.extra_args,
+                *self.args,
             ],
             env=env,
             stdout=self.log_path.open("ab"),

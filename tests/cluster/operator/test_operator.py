@@ -366,7 +366,7 @@ def test_kustomization_applies_in_one_run_on_a_fresh_cluster(
     assert "--shared-secret" in args
 
     config = service_account_kubeconfig(kubectl, namespace, "bhiv-operator", tmp_path / "sa.kc")
-    proc = OperatorProcess(namespace, config, tmp_path / "op.log", extra_args=tuple(args))
+    proc = OperatorProcess(namespace, config, tmp_path / "op.log", args=args)
     proc.start()
     try:
         names = ["integrations", "llm-query", "logistics", "crm", "agent-orchestration", "gateway"]

@@ -76,6 +76,8 @@ def platform(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Platform]:
                 BHIV_LOGISTICS_URL=logistics.url,
                 BHIV_CRM_URL=crm.url,
                 BHIV_CREDENTIALS_KEY="e2e-credentials-key",
+                # The webhook receiver and vendor API below listen on loopback.
+                BHIV_EGRESS_ALLOWED_NETWORKS="127.0.0.0/8",
                 BHIV_WORKER_POLL_SECONDS="0.1",
                 BHIV_DELIVERY_RETRY_INITIAL_SECONDS="0.3",
             )

@@ -61,7 +61,7 @@ def test_per_key_bucket(limited: ServiceProcess) -> None:
     # Different addresses, one key: the key's bucket runs out.
     assert [call(f"198.51.100.{10 + n}", EDITOR_KEY) for n in range(4)] == [200, 200, 200, 429]
     assert call("198.51.100.30", VIEWER_KEY) in (200, 429)  # viewer key may be spent by the test above
-    metrics = httpx.get(f"{limited.url}/metrics").text
+    metrics = limited.client("admin").get("/metrics").text  # the edge's metrics are admin-only
     assert 'bhiv_gateway_rate_limited_total{policy="key"}' in metrics
 
 
@@ -123,7 +123,47 @@ def test_an_unreachable_redis_falls_back_to_memory(solo: Upstream, tmp_path: Pat
         headers = {"X-API-Key": EDITOR_KEY}
         codes = [httpx.get(f"{gw.url}/api/solo/status/200", headers=headers).status_code for _ in range(3)]
         assert codes == [200, 200, 429]  # still limited, never a 500
-        metrics = httpx.get(f"{gw.url}/metrics").text
+        metrics = gw.client("admin").get("/metrics").text
         assert re.search(r"^bhiv_gateway_rate_limit_backend_errors_total [1-9]", metrics, re.M)
+    finally:
+        gw.stop()
+
+
+def test_spoofed_forwarded_entries_do_not_escape_the_bucket(limited: ServiceProcess) -> None:
+    # Behind a trusted proxy (the test client, on loopback) the client is the rightmost
+    # untrusted entry; whatever the client wrote to its left changes nothing.
+    def call(n: int) -> int:
+        token = limited.token("viewer", subject=f"spoofer-{n}")
+        headers = {"X-Forwarded-For": f"203.0.113.{n}, 198.51.100.77", "Authorization": f"Bearer {token}"}
+        return httpx.get(f"{limited.url}/api/solo/status/200", headers=headers).status_code
+
+    assert [call(n) for n in range(4)] == [200, 200, 200, 429]
+
+
+def test_failed_authentication_on_the_gateways_own_endpoints_is_limited(limited: ServiceProcess) -> None:
+    guesser = {"X-Forwarded-For": "198.51.100.88", "Authorization": "Bearer not-a-token"}
+    answers = [httpx.get(f"{limited.url}/services", headers=guesser) for _ in range(3)]
+    assert [r.status_code for r in answers] == [401, 401, 401]
+    batch = httpx.post(f"{limited.url}/batch", json={"requests": [{"path": "/api/solo/x"}]}, headers=guesser)
+    token = httpx.post(f"{limited.url}/auth/token", headers={**guesser, "X-API-Key": "guess"})
+    services = httpx.get(f"{limited.url}/services", headers=guesser)
+    for refused in (batch, token, services):
+        assert refused.status_code == 429, refused.text
+        assert refused.json()["type"].endswith("/rate-limited") and int(refused.headers["retry-after"]) >= 1
+
+
+def test_with_no_trusted_proxy_forwarded_headers_are_ignored(solo: Upstream, tmp_path: Path) -> None:
+    gw = gateway_with(tmp_path, solo, BHIV_GATEWAY_RATE_LIMIT_IP=TIGHT, BHIV_TRUSTED_PROXIES="")
+    try:
+        viewer = {"Authorization": f"Bearer {gw.token('viewer')}"}
+        echo = httpx.get(f"{gw.url}/api/solo/echo", headers={**viewer, "X-Forwarded-For": "198.51.100.9"}).json()
+        # The service hears of the peer alone, not of what the client wrote.
+        assert [v for k, v in echo["headers"] if k == "x-forwarded-for"] == ["127.0.0.1"]
+        statuses = [
+            httpx.get(f"{gw.url}/api/solo/status/200", headers={**viewer, "X-Forwarded-For": f"198.51.100.{n}"})
+            .status_code for n in range(3)
+        ]
+        # Every request is the peer's (127.0.0.1): one bucket, whatever the header says.
+        assert statuses == [200, 200, 429]
     finally:
         gw.stop()

@@ -95,7 +95,7 @@ def test_refused_connections_are_retried_for_any_method(solo: Upstream, tmp_path
             view = service_view(api, "mixed")
             states = {i["url"]: i["health"] for i in view["instances"]}
             assert states[dead] == "unhealthy" and view["status"] == "degraded"
-            metrics = api.get("/metrics").text
+            metrics = gw.client("admin").get("/metrics").text  # the edge's metrics are admin-only
             assert 'bhiv_gateway_upstream_requests_total{instance="%s",outcome="refused",service="mixed"} 1.0' % dead in metrics
             assert 'bhiv_gateway_retries_total{service="mixed"} 1.0' in metrics
     finally:
@@ -203,9 +203,12 @@ def test_a_killed_service_answers_503_fast_and_comes_back(
 def test_bhiv_up_routes_through_the_gateway(tmp_path: Path) -> None:
     """`bhiv up` tells the gateway where the services it started are (here, with a port offset):
     through the gateway alone, a client with a token reaches every one of them."""
+    import datetime as dt
     import os
     import subprocess
     import sys
+
+    from standardwebhooks import Webhook
 
     from bhiv import catalog
     from tests.service.test_cli_up import _free_offset
@@ -235,6 +238,18 @@ def test_bhiv_up_routes_through_the_gateway(tmp_path: Path) -> None:
             paths = httpx.get(f"{gateway_url}/openapi.json").json()["paths"]
             for entry in services.values():
                 assert any(p.startswith(entry.prefix + "/") for p in paths), entry.name
+            # Integrations declares its webhook receiver public: a sender needs no token at the gateway.
+            admin = ServiceProcess("x", 0, tmp_path, {}, tmp_path / "x.log").token("admin")
+            source = api.post("/api/integrations/webhook-sources", json={"name": "up-sender"},
+                              headers={"Authorization": f"Bearer {admin}"}).json()
+            body = b'{"type": "ping"}'
+            at = dt.datetime.now(tz=dt.UTC)
+            signature = Webhook(source["secret"]).sign("msg_up_1", at, body.decode())
+            hook = {"webhook-id": "msg_up_1", "webhook-timestamp": str(int(at.timestamp())),
+                    "webhook-signature": signature, "content-type": "application/json"}
+            url = f"{gateway_url}/api/integrations/webhooks/up-sender"
+            wait_for(lambda: httpx.post(url, content=body, headers=hook).status_code != 401, timeout=20)
+            assert httpx.post(url, content=body, headers=hook).status_code in (200, 202)
     finally:
         up.send_signal(signal.SIGTERM)
         up.wait(60)

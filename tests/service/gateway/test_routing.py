@@ -41,7 +41,7 @@ def test_forwarded_headers_and_hop_by_hop(api: httpx.Client) -> None:
     r = api.get(
         "/api/echo/h",
         headers={
-            "X-Forwarded-For": "203.0.113.9",
+            "X-Forwarded-For": "198.18.0.1, 203.0.113.9",
             "Connection": "keep-alive, X-Secret-Hop",
             "X-Secret-Hop": "must not pass",
             "Keep-Alive": "timeout=5",
@@ -53,9 +53,10 @@ def test_forwarded_headers_and_hop_by_hop(api: httpx.Client) -> None:
     echo = r.json()
     names = {k for k, _ in echo["headers"]}
     assert not names & {"x-secret-hop", "keep-alive", "te", "proxy-connection"}
-    # The test client is on 127.0.0.1, a trusted proxy for a gateway bound there:
-    # its X-Forwarded-For names the client, and the chain is kept as it is.
-    assert header(echo, "x-forwarded-for") == ["203.0.113.9"]
+    # The test client is on 127.0.0.1, a trusted proxy by default: the rightmost
+    # untrusted X-Forwarded-For entry is the client; the chain goes on from it,
+    # with the proxy appended (what was left of it, the client wrote itself).
+    assert header(echo, "x-forwarded-for") == ["203.0.113.9, 127.0.0.1"]
     plain = api.get("/api/echo/h").json()
     assert header(plain, "x-forwarded-for") == ["127.0.0.1"]
     assert header(echo, "x-forwarded-proto") == ["http"]

@@ -128,6 +128,9 @@ def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
             else:
                 await respond(send, 200, json.dumps({"attempts": n, "instance": state.name}).encode())
             return
+        if path.startswith("/redirect"):
+            await respond(send, 302, b"{}", [(b"location", q.get("to", "/").encode())])
+            return
         if path.startswith("/status/"):
             state.hit(path)
             await respond(send, int(path.rsplit("/", 1)[1]), json.dumps({"instance": state.name}).encode())

@@ -6,13 +6,18 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import json
+
 import pytest
 
+from bhiv.core.auth import hash_api_key
 from tests.conftest import run_service
 from tests.service.integrations.peers import Receiver, receiver
 from tests.support.servers import ServiceProcess, service_process
 
 CREDENTIALS_KEY = "integrations-test-key-not-a-real-secret"
+# An API key the operator named for the CRM service (how a service authenticates with RS256).
+CRM_SERVICE_API_KEY = "crm-service-key-for-tests-only"
 
 FAST = {
     "BHIV_CREDENTIALS_KEY": CREDENTIALS_KEY,
@@ -24,6 +29,11 @@ FAST = {
     "BHIV_DELIVERY_TIMEOUT_SECONDS": "1",
     "BHIV_WORKER_POLL_SECONDS": "0.1",
     "BHIV_OUTBOX_RELAY_INTERVAL": "0.2",
+    # The test peers (receivers, source APIs) listen on loopback, which egress blocks unless allowed.
+    "BHIV_EGRESS_ALLOWED_NETWORKS": "127.0.0.0/8,::1",
+    "BHIV_API_KEYS": json.dumps(
+        [{"name": "service:crm", "role": "editor", "sha256": hash_api_key(CRM_SERVICE_API_KEY)}]
+    ),
 }
 
 

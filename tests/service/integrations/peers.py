@@ -116,6 +116,7 @@ class Source:
     url: str = ""
     records: dict[str, dict[str, Any]] = field(default_factory=dict)
     requests: list[dict[str, str]] = field(default_factory=list)
+    paths: list[str] = field(default_factory=list)  # every request's raw target, as received
     clock: int = 0
     fail_next: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -147,6 +148,7 @@ def source(token: str) -> Iterator[Source]:
 
     class Handler(_Quiet):
         def do_GET(self) -> None:  # noqa: N802
+            state.paths.append(self.path)
             parts = urlsplit(self.path)
             if self.headers.get("Authorization") != f"Bearer {state.token}":
                 self._send(401, {"error": "bad token"})

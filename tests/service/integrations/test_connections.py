@@ -124,3 +124,37 @@ def test_rate_limit(integrations: ServiceProcess, api_server: Source) -> None:
     limited = api.post(f"/connections/{conn['id']}/test")
     assert_problem(limited, 429)
     assert limited.headers["Retry-After"]
+
+
+ESCAPING_PATHS = [
+    "/../../internal/admin",
+    "/%2e%2e/%2e%2e/internal/admin",
+    "/%2E%2E/internal/admin",
+    "/%252e%252e/internal/admin",  # double-encoded: a proxy in front of the API may decode once more
+    "/..%2finternal%2fadmin",
+    "//evil.example/internal/admin",
+    "/..\\internal\\admin",
+    "/api/./../internal",
+]
+
+
+def test_paths_never_leave_the_base_url_with_its_credential(
+    integrations: ServiceProcess, api_server: Source
+) -> None:
+    api = integrations.client()
+    conn = connection(api, f"{api_server.url}/api", health_path="/health")
+    seen_before = len(api_server.paths)
+    for path in ESCAPING_PATHS:
+        assert_problem(api.post(f"/connections/{conn['id']}/test", json={"path": path}), 422, "path")
+        assert_problem(api.post("/connections", json={
+            "name": unique("conn"), "base_url": api_server.url, "health_path": path,
+        }), 422, "health_path")
+        assert_problem(api.patch(f"/connections/{conn['id']}", json={"health_path": path}), 422, "health_path")
+    # An absolute URL is not a path at all.
+    assert_problem(api.post(f"/connections/{conn['id']}/test", json={"path": "http://evil.example/"}), 422, "path")
+    assert api_server.paths[seen_before:] == []  # the API was never called, so the token went nowhere
+
+    # A path under the base is still called there (this API answers 404 under /api).
+    result = api.post(f"/connections/{conn['id']}/test", json={"path": "/v1/status?next=../x"}).json()
+    assert result["status_code"] == 404
+    assert api_server.paths[seen_before:] == ["/api/v1/status?next=../x"]

@@ -70,11 +70,25 @@ class TestReceiving:
         assert "seconds from now" in assert_problem(post(integrations, source["name"], body, stale), 401)["detail"]
         future = signed(source["secret"], body, at=int(time.time()) + 600)
         assert_problem(post(integrations, source["name"], body, future), 401)
-        for garbage in ("v1", "v1,!!!notbase64", "nonsense", "v2,abc v1"):
-            headers = signed(source["secret"], body) | {"webhook-signature": garbage}
+        for wrong in ("v1,AAAA", "v2,abc", "v1a,abc= v1,bm90IGl0"):  # well-formed, matching nothing
+            headers = signed(source["secret"], body) | {"webhook-signature": wrong}
             assert_problem(post(integrations, source["name"], body, headers), 401)
-        headers = signed(source["secret"], body) | {"webhook-timestamp": "12.5e3"}
-        assert_problem(post(integrations, source["name"], body, headers), 401)
+
+    def test_malformed_headers_are_400_naming_the_header(self, integrations: ServiceProcess) -> None:
+        source = new_source(integrations.client())
+        body = b'{"type": "x.y"}'
+        malformed: list[tuple[str, str | bytes]] = [
+            ("webhook-signature", "v1"), ("webhook-signature", "v1,!!!notbase64"), ("webhook-signature", "nonsense"),
+            ("webhook-signature", "v2,abc v1"), ("webhook-signature", "v1,a,b"),
+            ("webhook-timestamp", "12.5e3"), ("webhook-timestamp", "-5"), ("webhook-timestamp", "9" * 40),
+            # Unicode digits pass str.isdigit(); sent as the Latin-1 bytes a server decodes to "²³".
+            ("webhook-timestamp", "\u00b2\u00b3".encode("latin-1")),
+            ("webhook-id", "caf\u00e9".encode("latin-1")), ("webhook-id", "x" * 300),
+        ]
+        for name, value in malformed:
+            headers: dict[str, str | bytes] = {**signed(source["secret"], body), name: value}
+            problem = assert_problem(post(integrations, source["name"], body, headers), 400, name)  # type: ignore[arg-type]
+            assert problem["errors"][0]["location"] == "header"
 
     def test_one_valid_signature_among_several_is_enough(self, integrations: ServiceProcess) -> None:
         # Senders rotating keys send both signatures, space-separated.

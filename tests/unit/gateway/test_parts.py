@@ -17,6 +17,8 @@ from bhiv.gateway.ratelimit import Decision, MemoryBuckets, rate_limit_headers
 from bhiv.gateway.registry import DiscoveredService, Health, Registry
 from bhiv.gateway.settings import GatewaySettings, RateSpec, RoutePolicy
 
+from tests.support.servers import TEST_JWT_SECRET
+
 
 def registry(lb: str = "round_robin") -> Registry:
     reg = Registry(lambda name: RoutePolicy(load_balancer=lb))
@@ -174,3 +176,75 @@ def test_openapi_merge_renames_schemas_and_refs() -> None:
     assert out["paths"]["/api/crm/"]["get"]["tags"] == ["crm"]
     assert {"name": "logistics: inventory"} in out["tags"] and "/services" in out["paths"]
     assert base["paths"] == {"/services": {}}  # the base document is not changed
+
+
+def test_minted_tokens_carry_the_whole_identity_and_never_outlive_the_caller(tmp_path) -> None:  # noqa: ANN001
+    import time
+
+    import jwt
+
+    settings = GatewaySettings(jwt_secret=TEST_JWT_SECRET, data_dir=tmp_path)
+    auth = EdgeAuth(settings, None)  # type: ignore[arg-type]
+    soon = int(time.time()) + 40
+
+    def claims(identity: Identity) -> dict:
+        header = dict(auth.upstream_credentials(identity, None))[b"authorization"].decode()
+        return jwt.decode(header.removeprefix("Bearer "), settings.jwt_signing_secret(), algorithms=["HS256"],
+                          audience="bhiv")
+
+    acme = Identity("dev", ("editor",), "api_key", tenant="acme")
+    globex = Identity("dev", ("editor",), "api_key", tenant="globex")
+    assert claims(acme)["tenant"] == "acme" and claims(globex)["tenant"] == "globex"
+    assert claims(acme) == claims(acme)  # reused while fresh
+    short = Identity("dev", ("editor",), "jwt", tenant="acme", claims={"exp": soon})
+    assert claims(short)["exp"] <= soon
+    expired = Identity("dev", ("editor",), "jwt", claims={"exp": int(time.time()) - 1})
+    with pytest.raises(Problem) as caught:
+        auth.upstream_credentials(expired, None)
+    assert caught.value.status == 401
+
+
+def test_memory_buckets_stay_bounded_under_address_spraying(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
+    spec = RateSpec(rate=1, burst=2)
+    buckets = MemoryBuckets(capacity=1000)
+    assert [buckets.take("victim", spec, 1)[0] for _ in range(3)] == [True, True, False]
+    for n in range(999):  # a sprayer fills the table
+        buckets.take(f"spray-{n}", spec, 1)
+    assert len(buckets) == 1000
+    for n in range(999, 50_000):
+        buckets.take(f"spray-{n}", spec, 1)
+    assert len(buckets) == 1000  # never more, however many addresses
+    now[0] += 2  # idle long enough to be full: expired, the same as a fresh bucket
+    buckets.take("new", spec, 1)
+    assert len(buckets) == 1
+
+
+def test_public_operations_come_from_the_services_openapi() -> None:
+    from bhiv.gateway.openapi import public_operations
+
+    doc = {"paths": {
+        "/webhooks/{source}": {"post": {"x-bhiv-public": True}, "get": {}},
+        "/webhook-sources": {"get": {"x-bhiv-public": "yes"}},  # only a literal true counts
+        "/a.b/{x}/c": {"get": {"x-bhiv-public": True}, "parameters": []},
+    }}
+    ops = public_operations(doc)
+    up = registry().upstreams["a"]
+    up.public_operations = ops
+    assert up.declares_public("POST", "/webhooks/acme") and not up.declares_public("GET", "/webhooks/acme")
+    assert not up.declares_public("POST", "/webhooks/acme/x") and not up.declares_public("POST", "/webhooks/")
+    assert not up.declares_public("GET", "/webhook-sources")
+    assert up.declares_public("HEAD", "/a.b/1/c") and not up.declares_public("GET", "/aXb/1/c")
+    assert public_operations({"paths": ["junk"]}) == () and public_operations({}) == ()
+
+
+def test_metrics_can_be_turned_off(tmp_path) -> None:  # noqa: ANN001
+    from fastapi.testclient import TestClient
+
+    from bhiv.gateway.service import create_app
+
+    app = create_app(GatewaySettings(metrics_access="off", jwt_secret=TEST_JWT_SECRET,
+                                     data_dir=tmp_path))
+    answer = TestClient(app).get("/metrics")
+    assert answer.status_code == 404 and answer.json()["type"].endswith("/not-found")

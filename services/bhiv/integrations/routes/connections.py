@@ -14,7 +14,6 @@ from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, field_problem
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
-from bhiv.integrations import egress
 from bhiv.integrations.connections import (
     CallFailed,
     RateLimited,
@@ -72,8 +71,9 @@ def _plain(credentials: Credentials | None) -> dict[str, str]:
 
 
 def _check_egress(request: Request, url: str, field: str) -> None:
-    if not egress.allowed(url, request.app.state.settings.egress_allowed_hosts):
-        raise field_problem(field, egress.refusal(url))
+    refused = request.app.state.egress.url_refusal(url)
+    if refused:
+        raise field_problem(field, refused)
 
 
 @router.get("/connections", response_model=Page[ConnectionRead], summary="List connections")

@@ -10,9 +10,11 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from bhiv.core import Page, PageParams, page_params, paginate, utcnow
+from bhiv.core.auth import Identity, current_identity
 from bhiv.core.db import SessionDep
-from bhiv.core.errors import not_found
+from bhiv.core.errors import Problem, not_found
 from bhiv.core.fields import UTCTimestamp
+from bhiv.core.service_auth import service_of
 from bhiv.integrations.catalogue import EVENT_TYPES
 from bhiv.integrations.delivery import fan_out
 from bhiv.integrations.models import Event
@@ -29,6 +31,24 @@ def read(event: Event) -> EventRead:
     )
 
 
+def check_publisher(identity: Identity, source: str) -> None:
+    """403 unless the caller may publish events as ``source``.
+
+    Subscribers receive these events signed by us, so the source is a claim we vouch
+    for: a service publishes only as itself, and an admin (a backfill, a replay from
+    another system, a test) as any source. Anyone else, editors included, cannot.
+    """
+    if "admin" in identity.permissions or service_of(identity) == source:
+        return
+    speaks_for = service_of(identity)
+    who = f"the {speaks_for} service" if speaks_for else f"'{identity.subject}'"
+    message = f"only the {source} service itself (or an admin) may publish as '{source}'; you are {who}"
+    raise Problem(
+        403, f"source: {message}.", kind="forbidden",
+        errors=[{"location": "body", "field": "source", "message": message, "type": "forbidden"}],
+    )
+
+
 def _known(session: Session, event_id: str) -> Event | None:
     return session.scalar(select(Event).where(Event.event_id == event_id))
 
@@ -39,10 +59,17 @@ def _known(session: Session, event_id: str) -> Event | None:
     status_code=status.HTTP_201_CREATED,
     summary="Ingest a domain event and fan it out to subscribers",
     description="Idempotent on `id`: an event received before is answered 200 with `duplicate: true` and "
-    "queues nothing, so an outbox relay may safely send it again.",
-    responses={200: {"model": EventAccepted, "description": "Received before; nothing was done."}},
+    "queues nothing, so an outbox relay may safely send it again. The `source` is bound to the caller: a "
+    "service (subject `service:<name>`) publishes only as itself; an admin may publish as any source.",
+    responses={
+        200: {"model": EventAccepted, "description": "Received before; nothing was done."},
+        403: {"description": "The caller may not publish as this source."},
+    },
 )
-def ingest(body: EventIn, session: SessionDep, response: Response) -> EventAccepted:
+def ingest(
+    body: EventIn, session: SessionDep, response: Response, identity: Annotated[Identity, Depends(current_identity)]
+) -> EventAccepted:
+    check_publisher(identity, body.source)
     if _known(session, body.id) is not None:
         response.status_code = status.HTTP_200_OK
         return EventAccepted(id=body.id, duplicate=True, deliveries=0)

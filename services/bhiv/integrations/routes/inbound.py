@@ -19,7 +19,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, public_operation, require, utcnow
 from bhiv.core.crud import apply_patch, get_or_404, unique_as_conflict
 from bhiv.core.db import Database, SessionDep
 from bhiv.core.errors import Problem, field_problem, not_found
@@ -165,7 +165,10 @@ def list_messages(
 # --- the public endpoint ----------------------------------------------------------------
 
 
-def _store(db: Database, box: SecretBox, name: str, headers: dict[str, str], body: bytes, tolerance: int) -> InboundAck:
+def _store(
+    db: Database, box: SecretBox, name: str, headers: signing.WebhookHeaders, content_type: str | None,
+    body: bytes, tolerance: int,
+) -> InboundAck:
     with db.session() as session:
         source = session.scalar(select(WebhookSource).where(WebhookSource.name == name))
         if source is None:
@@ -184,14 +187,13 @@ def _store(db: Database, box: SecretBox, name: str, headers: dict[str, str], bod
                 401, f"The signature is not valid: {exc}.", kind="invalid-signature",
                 headers={"WWW-Authenticate": 'Signature realm="bhiv-webhooks"'},
             ) from None
-        message_id = headers["webhook-id"]
+        message_id = headers.msg_id
         existing = _duplicate(session, source.id, message_id)
         if existing is not None:
             return existing
         message = InboundMessage(
             source_id=source.id, message_id=message_id, event_type=_event_type(body), body=body,
-            content_type=headers.get("content-type", "")[:200] or None,
-            signed_at=_at(int(headers["webhook-timestamp"])), received_at=utcnow(),
+            content_type=content_type, signed_at=_at(headers.timestamp), received_at=utcnow(),
         )
         session.add(message)
         try:
@@ -248,30 +250,30 @@ def _at(seconds: int) -> dt.datetime:
         404: {"description": "No such source."},
         410: {"description": "The source is inactive: stop sending."},
     },
-    openapi_extra={
+    # Public: the gateway lets senders through without a bearer token.
+    openapi_extra=public_operation({
         "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
         "parameters": [
             {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
             for name in signing.HEADERS
         ],
-    },
+    }),
 )
 async def receive(
     source: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="The source's name.")],
     request: Request,
     response: Response,
 ) -> InboundAck:
-    headers = {k.lower(): v for k, v in request.headers.items()}
-    for name in signing.HEADERS:
-        if not headers.get(name):
-            raise field_problem(name, "is required (Standard Webhooks)", status=400, location="header")
-    msg_id = headers["webhook-id"]
-    if len(msg_id) > 255 or not msg_id.isprintable():
-        raise field_problem("webhook-id", "must be printable and at most 255 characters", status=400, location="header")
+    try:
+        headers = signing.parse_headers(request.headers)
+    except signing.MalformedHeader as exc:
+        raise field_problem(exc.header, exc.reason, status=400, location="header") from None
+    content_type = request.headers.get("content-type", "")[:200] or None
     body = await request.body()
     state = request.app.state
     ack = await run_in_threadpool(
-        _store, state.db, state.secret_box, source, headers, body, state.settings.webhook_tolerance_seconds
+        _store, state.db, state.secret_box, source, headers, content_type, body,
+        state.settings.webhook_tolerance_seconds,
     )
     if ack.status == "duplicate":
         response.status_code = status.HTTP_200_OK

@@ -13,7 +13,7 @@ from bhiv.core.crud import get_or_404
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.integrations import delivery as deliveries
-from bhiv.integrations import egress, signing
+from bhiv.integrations import signing
 from bhiv.integrations.crypto import SecretBox
 from bhiv.integrations.models import Delivery, DeliveryAttempt, DeliveryStatus, Subscription
 from bhiv.integrations.schemas import (
@@ -41,8 +41,9 @@ delivery_pages = page_params(
 
 
 def _check_url(request: Request, url: str) -> None:
-    if not egress.allowed(url, request.app.state.settings.egress_allowed_hosts):
-        raise field_problem("url", egress.refusal(url))
+    refused = request.app.state.egress.url_refusal(url)
+    if refused:
+        raise field_problem("url", refused)
 
 
 def _with_secret(sub: Subscription, secret: str) -> SubscriptionWithSecret:
