@@ -583,6 +583,9 @@ def test_cluster_wide_install(
         "operator.clusterWide=true",
         "--set",
         "hooks.enabled=false",
+        # The bundled database is tested in namespaced mode; SQLite needs no volume here.
+        "--set",
+        "postgresql.enabled=false",
         timeout=400,
     )
     peering = f"{namespace}-bhiv-operator"
