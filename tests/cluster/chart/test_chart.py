@@ -308,7 +308,7 @@ def test_install_upgrade_test_uninstall(
     _volume_for(kubectl, namespace, "data-bhiv-postgresql-0")
     # 1. install: resources Ready (--wait), then the post-install hooks (the
     # provisioning Job, then the stage Jobs).
-    helm(
+    installed = helm(
         "install",
         RELEASE,
         str(CHART),
@@ -321,6 +321,13 @@ def test_install_upgrade_test_uninstall(
         "image.tag=1.0.0",
         timeout=400,
     )
+    notes = " ".join(installed.stdout.split())
+    assert (
+        "Databases: integrations, llm-query, logistics, crm, agent-orchestration on the bundled"
+        " PostgreSQL" in notes
+    ), notes
+    assert "the Secrets bhiv-jwt, bhiv-credentials, bhiv-postgresql and PostgreSQL's volume" in notes
+    assert "WARNING" not in notes
     sa = service_account_kubeconfig(
         kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig"
     )
