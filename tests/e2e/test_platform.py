@@ -358,7 +358,10 @@ def webhook_source(client: httpx.Client) -> dict[str, str]:
     )
 
 
-def _send_webhook(e2e: E2ECluster, source: dict[str, str]) -> httpx.Response:
+def _send_webhook(e2e: E2ECluster, target: str, source: dict[str, str]) -> int:
+    """A signed inbound webhook, sent to ``target`` (an integrations pod or Service)
+    through a port-forward: the gateway serves it to outsiders only where its route
+    policy declares the path public (not configured by the chart)."""
     body = json.dumps({"type": "e2e.ping", "at": time.time()})
     msg_id = f"msg_{uuid.uuid4().hex}"
     now = dt.datetime.now(dt.UTC)
@@ -368,25 +371,28 @@ def _send_webhook(e2e: E2ECluster, source: dict[str, str]) -> httpx.Response:
         "webhook-signature": Webhook(source["secret"]).sign(msg_id, now, body),
         "content-type": "application/json",
     }
-    # No bearer token: a sender authenticates with its signature alone.
-    return httpx.post(
-        f"{e2e.ingress_url}/api/integrations/webhooks/{source['name']}",
-        content=body, headers=headers, timeout=15,
-    )  # fmt: skip
+    port = catalog.get("integrations").port
+    with _port_forward(e2e, target, port) as local:
+        # No bearer token: a sender authenticates with its signature alone.
+        return httpx.post(
+            f"http://127.0.0.1:{local}/webhooks/{source['name']}",
+            content=body, headers=headers, timeout=15,
+        ).status_code  # fmt: skip
 
 
 def test_integrations_pod_replaced_still_decrypts_stored_secrets(
     e2e: E2ECluster, client: httpx.Client, webhook_source: dict[str, str]
 ) -> None:
-    first = _send_webhook(e2e, webhook_source)
-    assert first.status_code == 202, first.text
+    assert _send_webhook(e2e, "svc/integrations", webhook_source) == 202
     before = {p["metadata"]["name"] for p in _pods(e2e, "app.kubernetes.io/instance=integrations")}
     e2e.k("delete", "pod", "-n", e2e.namespace, "-l", "app.kubernetes.io/instance=integrations")
 
     def replaced_and_verifying() -> bool:
         pods = _pods(e2e, "app.kubernetes.io/instance=integrations")
         fresh = [p for p in pods if p["metadata"]["name"] not in before and _ready_pod(p)]
-        return bool(fresh) and _send_webhook(e2e, webhook_source).status_code == 202
+        return bool(fresh) and all(
+            _send_webhook(e2e, f"pod/{p['metadata']['name']}", webhook_source) == 202 for p in fresh
+        )
 
     # The new pod has the release's key (not one of its own): the stored signing
     # secret decrypts and the signature verifies.
@@ -687,7 +693,7 @@ def test_backup_uninstall_fresh_install_restore(
     assert restore.returncode == 0, restore.stderr
     _read_all(client, records)
     # The restored signing secret decrypts with the kept credentials key.
-    assert _send_webhook(e2e, webhook_source).status_code == 202
+    assert _send_webhook(e2e, "svc/integrations", webhook_source) == 202
     # And the services write on the restored tables (owned by their own roles).
     _create(
         client,

@@ -12,14 +12,13 @@ import secrets
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from bhiv.cli.databases import database_name, password_variable
 
-from tests.support.postgres import PostgresServer, postgres_server
+from tests.support.postgres import PostgresServer
 from tests.support.servers import ServiceProcess, service_process
 
 SERVICES = ("logistics", "crm")
@@ -71,17 +70,6 @@ def status_of(servers: dict[str, ServiceProcess], paths: dict[str, str]) -> dict
 
 
 # ---- PostgreSQL: one role and one database per service ---------------------------------
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    try:
-        with postgres_server() as pg:
-            yield pg
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-
-
 def admin_env(pg: PostgresServer) -> dict[str, str]:
     return {
         "PGHOST": "127.0.0.1",
@@ -102,16 +90,16 @@ def service_url(pg: PostgresServer, service: str, password: str) -> str:
 
 
 @pytest.mark.postgres
-def test_provisioning_is_idempotent_and_isolates_services(server: PostgresServer) -> None:
+def test_provisioning_is_idempotent_and_isolates_services(own_postgres: PostgresServer) -> None:
     passwords = {s: secrets.token_urlsafe(16) for s in SERVICES}
-    first = provision(server, passwords)
+    first = provision(own_postgres, passwords)
     assert first.returncode == 0, first.stderr
-    again = provision(server, passwords)  # an upgrade runs it again
+    again = provision(own_postgres, passwords)  # an upgrade runs it again
     assert again.returncode == 0, again.stderr
     assert "database bhiv_crm ready for crm" in again.stderr
     # One role per service, owning its database; PUBLIC may not connect to it.
     with psycopg.connect(
-        f"host=127.0.0.1 port={server.port} user={server.user} dbname=postgres"
+        f"host=127.0.0.1 port={own_postgres.port} user={own_postgres.user} dbname=postgres"
     ) as conn:
         owners = dict(
             conn.execute(
@@ -128,20 +116,20 @@ def test_provisioning_is_idempotent_and_isolates_services(server: PostgresServer
     # Logistics' role cannot even open CRM's database.
     with pytest.raises(psycopg.OperationalError, match="permission denied for database"):
         psycopg.connect(
-            f"host=127.0.0.1 port={server.port} user=bhiv_logistics dbname=bhiv_crm"
+            f"host=127.0.0.1 port={own_postgres.port} user=bhiv_logistics dbname=bhiv_crm"
         ).close()
 
 
 @pytest.mark.postgres
 def test_provisioning_refuses_missing_passwords_and_unknown_services(
-    server: PostgresServer,
+    own_postgres: PostgresServer,
 ) -> None:
-    missing = bhiv("provision-databases", "crm", env=admin_env(server))
+    missing = bhiv("provision-databases", "crm", env=admin_env(own_postgres))
     assert missing.returncode == 2 and "BHIV_DATABASE_PASSWORD_CRM is not set" in missing.stderr
     unknown = bhiv(
         "provision-databases",
         "gateway",
-        env={**admin_env(server), "BHIV_DATABASE_PASSWORD_GATEWAY": "x"},
+        env={**admin_env(own_postgres), "BHIV_DATABASE_PASSWORD_GATEWAY": "x"},
     )
     assert (
         unknown.returncode == 2 and "'gateway' is not a service with a database" in unknown.stderr
@@ -149,14 +137,14 @@ def test_provisioning_refuses_missing_passwords_and_unknown_services(
 
 
 @pytest.mark.postgres
-def test_backup_wipe_restore_on_postgres(server: PostgresServer, tmp_path: Path) -> None:
+def test_backup_wipe_restore_on_postgres(own_postgres: PostgresServer, tmp_path: Path) -> None:
     passwords = {s: secrets.token_urlsafe(16) for s in SERVICES}
-    assert provision(server, passwords).returncode == 0
+    assert provision(own_postgres, passwords).returncode == 0
     servers = {
-        s: service_process(s, tmp_path, service_url(server, s, passwords[s])).start()
+        s: service_process(s, tmp_path, service_url(own_postgres, s, passwords[s])).start()
         for s in SERVICES
     }
-    admin_url = f"postgresql://{server.user}@127.0.0.1:{server.port}/postgres"
+    admin_url = f"postgresql://{own_postgres.user}@127.0.0.1:{own_postgres.port}/postgres"
     try:
         paths = create_records(servers)
         backup = bhiv("backup", str(tmp_path / "backup"), "--server", admin_url, *_services())
@@ -171,11 +159,12 @@ def test_backup_wipe_restore_on_postgres(server: PostgresServer, tmp_path: Path)
         for s in servers.values():
             s.stop()
         with psycopg.connect(
-            f"host=127.0.0.1 port={server.port} user={server.user} dbname=postgres", autocommit=True
+            f"host=127.0.0.1 port={own_postgres.port} user={own_postgres.user} dbname=postgres",
+            autocommit=True,
         ) as conn:
             for s in SERVICES:
                 conn.execute(f'DROP DATABASE "{database_name(s)}" WITH (FORCE)')
-        assert provision(server, passwords).returncode == 0
+        assert provision(own_postgres, passwords).returncode == 0
         for s in servers.values():
             s.start()
         assert status_of(servers, paths) == {"logistics": 404, "crm": 404}
@@ -183,7 +172,7 @@ def test_backup_wipe_restore_on_postgres(server: PostgresServer, tmp_path: Path)
         restore = bhiv(
             "restore",
             str(tmp_path / "backup"),
-            *(f"--database={s}={service_url(server, s, passwords[s])}" for s in SERVICES),
+            *(f"--database={s}={service_url(own_postgres, s, passwords[s])}" for s in SERVICES),
         )
         assert restore.returncode == 0, restore.stderr
         assert status_of(servers, paths) == {"logistics": 200, "crm": 200}
@@ -207,9 +196,9 @@ def _services() -> list[str]:
 
 
 @pytest.mark.postgres
-def test_backup_refuses_a_bad_target(server: PostgresServer, tmp_path: Path) -> None:
+def test_backup_refuses_a_bad_target(own_postgres: PostgresServer, tmp_path: Path) -> None:
     # A server that does not hold the databases: the error names the service, not a password.
-    url = f"postgresql://nobody:s3cret-pw@127.0.0.1:{server.port}/postgres"
+    url = f"postgresql://nobody:s3cret-pw@127.0.0.1:{own_postgres.port}/postgres"
     failed = bhiv("backup", str(tmp_path / "b"), "--server", url, "--service", "crm")
     assert failed.returncode == 1 and "crm: pg_dump failed" in failed.stderr
     assert "s3cret-pw" not in failed.stderr

@@ -3,39 +3,26 @@ a 503 problem quickly (never a hang, never a 500) and readiness fails; once it i
 back, the same process answers again by itself. A service started while its
 database is down waits for it instead of exiting.
 
-The server is this module's own, since the tests stop it."""
+The server (`own_postgres`) is this module's own, since the tests stop it."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.postgres import PostgresServer, postgres_server
+from tests.support.postgres import PostgresServer
 from tests.support.servers import service_process
 
 pytestmark = pytest.mark.postgres
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[PostgresServer]:
-    try:
-        with postgres_server() as pg:
-            yield pg
-    except FileNotFoundError as exc:
-        if os.environ.get("CI"):
-            raise
-        pytest.skip(str(exc))
-
-
 def test_requests_get_503_while_the_database_is_down_and_recover(
-    server: PostgresServer, tmp_path: Path
+    own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    logistics = service_process("logistics", tmp_path, server.create_database()).start()
+    logistics = service_process("logistics", tmp_path, own_postgres.create_database()).start()
     try:
         client = logistics.client()
         created = client.post(
@@ -44,7 +31,7 @@ def test_requests_get_503_while_the_database_is_down_and_recover(
         )
         assert created.status_code == 201, created.text
         path = f"/inventory/{created.json()['id']}"
-        server.stop("fast")
+        own_postgres.stop("fast")
         try:
             for method, url, body in (
                 ("GET", path, None),
@@ -64,7 +51,7 @@ def test_requests_get_503_while_the_database_is_down_and_recover(
             assert client.get("/health/ready").status_code == 503
             assert client.get("/health").status_code == 200  # alive: no restart needed
         finally:
-            server.resume()
+            own_postgres.resume()
         # Back without a restart: the pool's pre-ping replaces the dead connections.
         assert client.get(path).status_code == 200
         assert client.get("/health/ready").status_code == 200
@@ -75,10 +62,10 @@ def test_requests_get_503_while_the_database_is_down_and_recover(
 
 
 def test_a_service_started_before_its_database_waits_for_it(
-    server: PostgresServer, tmp_path: Path
+    own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    url = server.create_database()
-    server.stop()
+    url = own_postgres.create_database()
+    own_postgres.stop()
     crm = service_process("crm", tmp_path, url, BHIV_DATABASE_WAIT_SECONDS="60")
     try:
         resumed = False
@@ -87,7 +74,7 @@ def test_a_service_started_before_its_database_waits_for_it(
         def resume_later() -> None:
             nonlocal resumed
             time.sleep(4)
-            server.resume()
+            own_postgres.resume()
             resumed = True
 
         thread = threading.Thread(target=resume_later)
@@ -100,18 +87,18 @@ def test_a_service_started_before_its_database_waits_for_it(
     finally:
         crm.stop()
         if not resumed:
-            server.resume()
+            own_postgres.resume()
 
 
 def test_a_service_gives_up_when_the_database_never_comes(
-    server: PostgresServer, tmp_path: Path
+    own_postgres: PostgresServer, tmp_path: Path
 ) -> None:
-    url = server.create_database()
-    server.stop()
+    url = own_postgres.create_database()
+    own_postgres.stop()
     try:
         crm = service_process("crm", tmp_path, url, BHIV_DATABASE_WAIT_SECONDS="2")
         with pytest.raises(RuntimeError, match="did not start"):
             crm.start()
         assert crm.process is not None and crm.process.returncode not in (None, 0)
     finally:
-        server.resume()
+        own_postgres.resume()

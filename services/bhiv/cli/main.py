@@ -6,6 +6,8 @@ import importlib
 import os
 import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -255,6 +257,22 @@ def _with_database() -> list[str]:
     return [name for name in catalog.SERVICES if load_spec(name).has_database]
 
 
+@contextmanager
+def _exit_on_backup_error() -> Iterator[None]:
+    from bhiv.cli.backup import BackupError
+
+    try:
+        yield
+    except BackupError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _report(done: str, targets: list[Any]) -> None:
+    for target in targets:
+        err.print(f"[green]{done}[/] {target.service} ({target.kind})")
+
+
 @app.command("backup")
 def backup_command(
     directory: Annotated[
@@ -266,16 +284,12 @@ def backup_command(
     data_dir: BackupDataDir = None,
 ) -> None:
     """Back up every service's database (pg_dump, or SQLite's online backup) into DIRECTORY."""
-    from bhiv.cli.backup import BackupError, backup
+    from bhiv.cli.backup import backup
 
     targets = _backup_targets(service or _with_database(), server, database, data_dir)
-    try:
+    with _exit_on_backup_error():
         backup(targets, directory)
-    except BackupError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    for target in targets:
-        err.print(f"[green]backed up[/] {target.service} ({target.kind})")
+    _report("backed up", targets)
 
 
 @app.command("restore")
@@ -289,17 +303,13 @@ def restore_command(
     data_dir: BackupDataDir = None,
 ) -> None:
     """Restore the services' databases from DIRECTORY, replacing what they hold."""
-    from bhiv.cli.backup import BackupError, read_manifest, restore
+    from bhiv.cli.backup import read_manifest, restore
 
-    try:
+    with _exit_on_backup_error():
         names = service or list(read_manifest(directory))
         targets = _backup_targets(names, server, database, data_dir)
         restore(targets, directory)
-    except BackupError as exc:
-        err.print(f"[red]error:[/] {exc}")
-        raise typer.Exit(1) from None
-    for target in targets:
-        err.print(f"[green]restored[/] {target.service} ({target.kind})")
+    _report("restored", targets)
 
 
 @app.command()
