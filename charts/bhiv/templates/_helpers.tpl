@@ -139,6 +139,11 @@ seccompProfile:
 {{- printf "%s-postgresql" (include "bhiv.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 
+{{/* The Secret with its passwords and the services' URLs: generated, or your own. */}}
+{{- define "bhiv.postgresql.secretName" -}}
+{{- default (include "bhiv.postgresql.fullname" .) .Values.postgresql.existingSecret -}}
+{{- end -}}
+
 {{/* Its pods: name + instance only, a name of its own (as the operator's). */}}
 {{- define "bhiv.postgresql.labels" -}}
 {{ include "bhiv.labels" (dict "ctx" . "component" "postgresql" "name" (printf "%s-postgresql" (include "bhiv.name" .))) }}

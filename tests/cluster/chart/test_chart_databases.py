@@ -207,3 +207,21 @@ def test_credentials_key_for_the_integrations_pods_only(helm: Tool) -> None:
     assert "bhiv-credentials" not in _by_kind(own, "Secret")
     integrations = _by_kind(own, "BhivModule")["integrations"]
     assert {"secretRef": {"name": "integrations-credentials"}} in integrations["spec"]["envFrom"]
+
+
+def test_bundled_postgresql_with_a_secret_of_ones_own(helm: Tool) -> None:
+    docs = render(helm, "--set", "postgresql.existingSecret=pg-passwords")
+    assert "bhiv-postgresql" not in _by_kind(docs, "Secret")
+    assert _database_refs(docs)["crm"] == {"name": "pg-passwords", "key": "crm"}
+    sts = _by_kind(docs, "StatefulSet")["bhiv-postgresql"]
+    (container,) = sts["spec"]["template"]["spec"]["containers"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "pg-passwords"
+    (provision,) = _by_kind(docs, "Job")["bhiv-provision-databases"]["spec"]["template"]["spec"][
+        "containers"
+    ]
+    job_env = {
+        e["name"]: e.get("value") or e["valueFrom"]["secretKeyRef"] for e in provision["env"]
+    }
+    assert job_env["PGHOST"] == "bhiv-postgresql"
+    assert job_env["BHIV_DATABASE_PASSWORD_CRM"] == {"name": "pg-passwords", "key": "crm-password"}
