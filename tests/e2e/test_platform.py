@@ -390,9 +390,12 @@ def test_integrations_pod_replaced_still_decrypts_stored_secrets(
     def replaced_and_verifying() -> bool:
         pods = _pods(e2e, "app.kubernetes.io/instance=integrations")
         fresh = [p for p in pods if p["metadata"]["name"] not in before and _ready_pod(p)]
-        return bool(fresh) and all(
+        verified = bool(fresh) and all(
             _send_webhook(e2e, f"pod/{p['metadata']['name']}", webhook_source) == 202 for p in fresh
         )
+        # ... and routed by the gateway again.
+        path = f"/api/integrations/webhook-sources/{webhook_source['id']}"
+        return verified and client.get(path).status_code == 200
 
     # The new pod has the release's key (not one of its own): the stored signing
     # secret decrypts and the signature verifies.
