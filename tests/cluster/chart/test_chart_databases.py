@@ -225,3 +225,15 @@ def test_bundled_postgresql_with_a_secret_of_ones_own(helm: Tool) -> None:
     }
     assert job_env["PGHOST"] == "bhiv-postgresql"
     assert job_env["BHIV_DATABASE_PASSWORD_CRM"] == {"name": "pg-passwords", "key": "crm-password"}
+
+
+def test_an_upgrade_of_bhiv_leaves_the_database_pod_alone(helm: Tool) -> None:
+    """A new BHIV image or chart version changes nothing in PostgreSQL's pod template
+    (a change there restarts the database under every service: 638 failed reads in
+    the e2e rollout)."""
+
+    def template(*args: str) -> dict[str, Any]:
+        docs = render(helm, *args)
+        return _by_kind(docs, "StatefulSet")["bhiv-postgresql"]["spec"]["template"]
+
+    assert template("--set", "image.tag=1.0.0") == template("--set", "image.tag=2.0.0")
