@@ -57,9 +57,7 @@ def node_image(real_node: realnode.RealNode, docker_for_images: None) -> str:
     return image
 
 
-@pytest.fixture(scope="session")
-def postgres() -> Iterator[PostgresServer]:
-    """One throwaway PostgreSQL server for the session (each user gets a fresh database)."""
+def _postgres_or_skip() -> Iterator[PostgresServer]:
     try:
         with postgres_server() as server:
             yield server
@@ -67,6 +65,19 @@ def postgres() -> Iterator[PostgresServer]:
         if os.environ.get("CI"):
             raise
         pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One throwaway PostgreSQL server for the session (each user gets a fresh database)."""
+    yield from _postgres_or_skip()
+
+
+@pytest.fixture(scope="module")
+def own_postgres() -> Iterator[PostgresServer]:
+    """A PostgreSQL server for one test module alone: for tests that stop it, or that
+    use fixed database names."""
+    yield from _postgres_or_skip()
 
 
 @pytest.fixture(

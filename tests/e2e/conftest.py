@@ -1,6 +1,6 @@
-"""One end-to-end suite for every real cluster: the image, the Helm chart with a
-PostgreSQL database per service, an ingress controller, and REST calls through the
-Ingress as a client makes them. Every test here is marked ``e2e``.
+"""One end-to-end suite for every real cluster: the image, the Helm chart with its
+defaults (the bundled PostgreSQL, a database per service), an ingress controller, and
+REST calls through the Ingress as a client makes them. Every test here is marked ``e2e``.
 
 Where the cluster comes from is the only thing that differs between clusters; the
 tests are the same. ``BHIV_E2E_CLUSTER`` chooses:
@@ -8,13 +8,14 @@ tests are the same. ``BHIV_E2E_CLUSTER`` chooses:
 ``realnode`` (default)
     the real single node of this machine (``hack/real-node``, tests/support/realnode.py):
     the image built with ``hack/build-image`` and loaded with ``hack/real-node
-    load-image``; Traefik at http://198.51.100.10; PostgreSQL on the host, listening on
-    the node address with a password login for the pod range. Skipped, with the
+    load-image``; PostgreSQL from tests/support/postgres-image (the official image's
+    contract, Debian's packages; the node cannot pull); volumes from the node's
+    local-path provisioner; Traefik at http://198.51.100.10. Skipped, with the
     reasons, where the machine cannot run the node (not root, no veth, …).
 ``kind``
     a kind cluster made for the run (Docker able to run privileged containers, the
     ``kind`` binary, internet): ``docker build``, ``kind load docker-image``,
-    ingress-nginx, PostgreSQL in the cluster (the official image). Deleted afterwards.
+    ingress-nginx, the official PostgreSQL image. Deleted afterwards.
 
 ``BHIV_E2E_KUBECONFIG`` instead uses an existing cluster (never deleted), with:
 
@@ -32,8 +33,12 @@ upgrade`` moves to; default: the image re-tagged ``…-upgrade`` and loaded like
 ``BHIV_E2E_CLUSTER_NAME`` (kind; default ``bhiv-e2e``), ``BHIV_E2E_KEEP=1`` (keep the
 kind cluster and the release for debugging).
 
-Secrets (the database password, the API key) go to Helm in a values file, never on a
-command line that a failure message would print.
+The backup test runs ``pg_dump``/``pg_restore`` from this machine through ``kubectl
+port-forward``: their major version must be at least the server's. External databases
+(``database.urls``) are checked by the chart tier (tests/cluster/chart).
+
+Secrets (the API key) go to Helm in a values file, never on a command line that a
+failure message would print.
 """
 
 from __future__ import annotations
@@ -59,7 +64,6 @@ from bhiv import catalog
 from tests.support import realnode
 from tests.support.commands import run_tool
 from tests.support.net import free_port
-from tests.support.postgres import postgres_server
 
 REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "charts" / "bhiv"
@@ -69,11 +73,12 @@ INGRESS_NGINX_KIND = (
     "https://raw.githubusercontent.com/kubernetes/ingress-nginx/controller-v1.12.1/"
     "deploy/static/provider/kind/deploy.yaml"
 )
-# The official image, for clusters that can pull (kind, an existing cluster).
-POSTGRES_IMAGE = "docker.io/library/postgres:17.6"
+# The bundled PostgreSQL's volume claim (its StatefulSet's claim template "data", pod 0).
+POSTGRES_CLAIM = f"data-{RELEASE}-postgresql-0"
+# For the node that cannot pull: the official image's contract, built here.
+REALNODE_POSTGRES_IMAGE = "bhiv-postgres-test:15"
 # Every service with a database of its own (the gateway keeps none).
 DATABASE_SERVICES = tuple(name for name in catalog.SERVICES if name != "gateway")
-DB_USER = "bhiv_e2e"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -101,7 +106,7 @@ def _run(
 
 @dataclass
 class E2ECluster:
-    """A cluster ready for the release: tools, image, ingress, databases."""
+    """A cluster ready for the release: tools, image, ingress, storage."""
 
     kubectl: str
     helm: str
@@ -110,12 +115,13 @@ class E2ECluster:
     ingress_class: str
     namespace: str
     env: dict[str, str]
-    # Secrets (a password in each URL, the API key) stay out of reprs, which pytest
-    # prints in failure reports.
-    database_urls: dict[str, str] = field(repr=False)
     # Makes an image available to the nodes; None when the nodes pull.
     load_image: Callable[[str], None] | None
     work: Path
+    # The bundled PostgreSQL's image ("repository:tag"); None: the chart's (official) one.
+    postgres_image: str | None = None
+    # Values every later install/upgrade keeps (a test's `helm upgrade --set`).
+    overrides: dict[str, Any] = field(default_factory=dict)
     api_key: str = field(default_factory=lambda: "bhiv_" + secrets.token_urlsafe(32), repr=False)
 
     def k(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
@@ -127,7 +133,7 @@ class E2ECluster:
     def values_file(self, image: str) -> Path:
         """Every value the release needs, the secret ones included, in a 0600 file."""
         repository, _, tag = image.rpartition(":")
-        values = {
+        values: dict[str, Any] = {
             "image": {"repository": repository, "tag": tag, "pullPolicy": "IfNotPresent"},
             "ingress": {"enabled": True, "className": self.ingress_class},
             "auth": {
@@ -139,10 +145,15 @@ class E2ECluster:
                     }
                 ]
             },
-            "database": {"urls": self.database_urls},
             "hooks": {"timeoutSeconds": 600},
         }
-        path = self.work / f"values-{tag}.yaml"
+        if self.postgres_image:
+            pg_repository, _, pg_tag = self.postgres_image.rpartition(":")
+            values["postgresql"] = {
+                "image": {"repository": pg_repository, "tag": pg_tag, "pullPolicy": "IfNotPresent"}
+            }
+        values = _merged(values, self.overrides)
+        path = self.work / f"values-{tag}-{len(list(self.work.glob('values-*')))}.yaml"
         path.touch(mode=0o600)
         path.write_text(yaml.safe_dump(values))
         return path
@@ -157,6 +168,16 @@ class E2ECluster:
         if self.load_image:
             self.load_image(upgraded)
         return upgraded
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merged(out[key], value)
+        else:
+            out[key] = value
+    return out
 
 
 def _helm_env(work: Path, kubeconfig: Path) -> dict[str, str]:
@@ -182,30 +203,20 @@ def _realnode_cluster(request: pytest.FixtureRequest, work: Path) -> Iterator[E2
         node.load_image(image)
     else:  # the image the realnode tier built and loaded (built once per session)
         image = request.getfixturevalue("node_image")
-    # A database server outside the cluster, as a managed one would be: on the host,
-    # reachable from pods at the node address, with a password login for the pod range.
-    with postgres_server(extra_listen=realnode.NODE_IP) as pg:
-        password = secrets.token_urlsafe(24)
-        pg.add_remote_login(DB_USER, password, realnode.POD_CIDR)
-        urls = {}
-        for service in DATABASE_SERVICES:
-            database = "bhiv_" + service.replace("-", "_")
-            pg.create_owned_database(database, DB_USER)
-            urls[service] = (
-                f"postgresql+psycopg://{DB_USER}:{password}@{realnode.NODE_IP}:{pg.port}/{database}"
-            )
-        yield E2ECluster(
-            kubectl=str(node.bin_dir / "kubectl"),
-            helm=str(node.bin_dir / "helm"),
-            image=image,
-            ingress_url=realnode.INGRESS_URL,
-            ingress_class=realnode.INGRESS_CLASS,
-            namespace=f"bhiv-e2e-{uuid.uuid4().hex[:6]}",
-            env=_helm_env(work, node.kubeconfig),
-            database_urls=urls,
-            load_image=node.load_image,
-            work=work,
-        )
+    realnode.build_postgres_image(REALNODE_POSTGRES_IMAGE)
+    node.load_image(REALNODE_POSTGRES_IMAGE)
+    yield E2ECluster(
+        kubectl=str(node.bin_dir / "kubectl"),
+        helm=str(node.bin_dir / "helm"),
+        image=image,
+        ingress_url=realnode.INGRESS_URL,
+        ingress_class=realnode.INGRESS_CLASS,
+        namespace=f"bhiv-e2e-{uuid.uuid4().hex[:6]}",
+        env=_helm_env(work, node.kubeconfig),
+        load_image=node.load_image,
+        work=work,
+        postgres_image=REALNODE_POSTGRES_IMAGE,
+    )
 
 
 # ---- kind, or a cluster someone else runs ------------------------------------------------
@@ -236,97 +247,6 @@ def _docker_problem() -> str | None:
         ["docker", "info"], capture_output=True, text=True, timeout=30, check=False
     )  # noqa: S607
     return None if info.returncode == 0 else f"docker does not answer ({info.stderr.strip()[:200]})"
-
-
-def _postgres_in_cluster(cluster: E2ECluster) -> dict[str, str]:
-    """PostgreSQL from the official image in a namespace of its own; one database per service."""
-    namespace = f"{cluster.namespace}-db"
-    password = secrets.token_urlsafe(24)
-    databases = {service: "bhiv_" + service.replace("-", "_") for service in DATABASE_SERVICES}
-    init_sql = "".join(f'CREATE DATABASE "{db}" OWNER "{DB_USER}";\n' for db in databases.values())
-    labels = {"app": "postgres"}
-    manifests = [
-        {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": namespace}},
-        {
-            "apiVersion": "v1",
-            "kind": "Secret",
-            "metadata": {"name": "postgres", "namespace": namespace},
-            "stringData": {"POSTGRES_PASSWORD": password, "POSTGRES_USER": DB_USER},
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "ConfigMap",
-            "metadata": {"name": "postgres-init", "namespace": namespace},
-            "data": {"databases.sql": init_sql},
-        },
-        {
-            "apiVersion": "apps/v1",
-            "kind": "Deployment",
-            "metadata": {"name": "postgres", "namespace": namespace},
-            "spec": {
-                "selector": {"matchLabels": labels},
-                "template": {
-                    "metadata": {"labels": labels},
-                    "spec": {
-                        "containers": [
-                            {
-                                "name": "postgres",
-                                "image": POSTGRES_IMAGE,
-                                "envFrom": [{"secretRef": {"name": "postgres"}}],
-                                "env": [
-                                    {"name": "PGDATA", "value": "/var/lib/postgresql/data/pgdata"}
-                                ],
-                                "ports": [{"containerPort": 5432, "name": "postgres"}],
-                                "readinessProbe": {
-                                    "exec": {
-                                        "command": [
-                                            # over TCP: the image's init server listens
-                                            # on its socket only, and is not the one
-                                            # services will reach
-                                            "pg_isready",
-                                            "-h",
-                                            "127.0.0.1",
-                                            "-U",
-                                            DB_USER,
-                                            "-d",
-                                            "postgres",
-                                        ]
-                                    },
-                                    "periodSeconds": 2,
-                                },
-                                "volumeMounts": [
-                                    {"name": "data", "mountPath": "/var/lib/postgresql/data"},
-                                    {"name": "init", "mountPath": "/docker-entrypoint-initdb.d"},
-                                ],
-                            }
-                        ],
-                        "volumes": [
-                            {"name": "data", "emptyDir": {}},
-                            {"name": "init", "configMap": {"name": "postgres-init"}},
-                        ],
-                    },
-                },
-            },
-        },
-        {
-            "apiVersion": "v1",
-            "kind": "Service",
-            "metadata": {"name": "postgres", "namespace": namespace},
-            "spec": {"selector": labels, "ports": [{"port": 5432, "targetPort": "postgres"}]},
-        },
-    ]
-    manifest = cluster.work / "postgres.yaml"
-    manifest.touch(mode=0o600)
-    manifest.write_text(yaml.safe_dump_all(manifests))
-    cluster.k("apply", "-f", str(manifest))
-    cluster.k(
-        "rollout", "status", "deployment/postgres", "-n", namespace, "--timeout=300s", timeout=330
-    )
-    host = f"postgres.{namespace}.svc.cluster.local"
-    return {
-        service: f"postgresql+psycopg://{DB_USER}:{password}@{host}:5432/{db}"
-        for service, db in databases.items()
-    }
 
 
 @contextmanager
@@ -385,7 +305,6 @@ def _kind_or_external_cluster(work: Path) -> Iterator[E2ECluster]:
             ingress_class=os.environ.get("BHIV_E2E_INGRESS_CLASS", "nginx"),
             namespace=f"bhiv-e2e-{uuid.uuid4().hex[:6]}",
             env=env,
-            database_urls={},
             load_image=load_image if loader else None,
             work=work,
         )
@@ -400,7 +319,6 @@ def _kind_or_external_cluster(work: Path) -> Iterator[E2ECluster]:
                 "wait", "--namespace", "ingress-nginx", "--for=condition=ready", "pod",
                 "--selector=app.kubernetes.io/component=controller", "--timeout=300s", timeout=330,
             )  # fmt: skip
-        cluster.database_urls = _postgres_in_cluster(cluster)
         yield cluster
     finally:
         if created and kind and not keep:
@@ -408,11 +326,6 @@ def _kind_or_external_cluster(work: Path) -> Iterator[E2ECluster]:
                 [kind, "delete", "cluster", "--name", cluster_name,
                  "--kubeconfig", str(kubeconfig)],
                 capture_output=True, timeout=300, check=False,
-            )  # fmt: skip
-        elif external and cluster is not None and not keep:
-            subprocess.run(  # noqa: S603
-                [kubectl, "delete", "namespace", f"{cluster.namespace}-db", "--wait=false"],
-                env=env, capture_output=True, timeout=300, check=False,
             )  # fmt: skip
 
 
@@ -453,7 +366,8 @@ def e2e(e2e_cluster: E2ECluster) -> Iterator[E2ECluster]:
 
 
 def _remove_release(cluster: E2ECluster) -> None:
-    # Whatever the tests left: the release, then the namespace (the kept JWT Secret with it).
+    # Whatever the tests left: the release, then the namespace (the kept Secrets and
+    # PostgreSQL's volume claim with it).
     for args in (
         [
             cluster.helm,

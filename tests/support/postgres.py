@@ -60,6 +60,10 @@ class PostgresServer:
             str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.user,
             "--auth=trust", "--encoding=UTF8", "--no-sync",
         )
+        self.resume()
+
+    def resume(self) -> None:
+        """Start the initialised server again (after ``stop``), on the same port and data."""
         self._run(
             str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.root / "server.log"), "-w", "-t", "60",
             "-o", f"-p {self.port} -k {self.root} -c listen_addresses={self._listen} -c fsync=off "
@@ -91,11 +95,11 @@ class PostgresServer:
                 )
             )
 
-    def stop(self) -> None:
+    def stop(self, mode: str = "immediate") -> None:
+        """Stop the server; ``fast`` keeps what was committed (this server's settings
+        trade durability for speed, so an ``immediate`` stop may lose the last commits)."""
         if (self.datadir / "postmaster.pid").exists():
-            self._run(
-                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", "immediate", "-w", "stop"
-            )
+            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop")
 
     def create_database(self) -> str:
         """A fresh database; returns its SQLAlchemy URL."""

@@ -16,7 +16,9 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -26,6 +28,7 @@ from typing import Any, TypeVar
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 HACK_DIR = REPO_ROOT / "hack"
+POSTGRES_IMAGE_DIR = REPO_ROOT / "tests" / "support" / "postgres-image"
 NODE_IP = "198.51.100.10"
 POD_CIDR = "10.244.0.0/24"
 INGRESS_URL = f"http://{NODE_IP}"
@@ -197,3 +200,26 @@ def build_image(tag: str) -> None:
     build = run_hack("build-image", "--tag", tag, timeout=1800)
     if build.returncode != 0:
         raise AssertionError(f"hack/build-image failed:\n{tail(build.stdout + build.stderr)}")
+
+
+def build_postgres_image(tag: str) -> None:
+    """tests/support/postgres-image (the official postgres image's contract, from
+    Debian's packages) on the project's local Debian base; the node cannot pull."""
+    base = run_hack("build-image", "--print-base", timeout=1800)
+    if base.returncode != 0:
+        raise AssertionError(f"hack/build-image --print-base failed:\n{tail(base.stderr)}")
+    with tempfile.TemporaryDirectory() as context:
+        for name in ("Dockerfile", "entrypoint.sh"):
+            shutil.copy2(POSTGRES_IMAGE_DIR / name, Path(context) / name)
+        # apt may need the host's CA bundle (a TLS-intercepting proxy); empty: none.
+        bundle = Path(os.environ.get("BHIV_BUILD_CA_BUNDLE", "/etc/ssl/certs/ca-certificates.crt"))
+        ca = Path(context) / "ca-certificates.crt"
+        ca.write_bytes(bundle.read_bytes() if bundle.is_file() else b"")
+        build = subprocess.run(  # noqa: S603
+            ["docker", "build", "--network", "host", "--force-rm",  # noqa: S607
+             "--build-arg", f"BASE_IMAGE={base.stdout.strip()}", "--tag", tag, context],
+            capture_output=True, text=True, timeout=1800, check=False,
+            env={**os.environ, "DOCKER_BUILDKIT": "0"},
+        )  # fmt: skip
+    if build.returncode != 0:
+        raise AssertionError(f"building {tag} failed:\n{tail(build.stdout + build.stderr)}")

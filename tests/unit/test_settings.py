@@ -98,3 +98,17 @@ class TestSharedSecretsInKubernetes:
         monkeypatch.setenv("BHIV_CREDENTIALS_KEY", "new-key,old-key")
         assert LogisticsSettings().jwt_signing_secret() == "shared-jwt-secret-0123456789abcdef"
         assert IntegrationsSettings().credential_secrets() == ["new-key", "old-key"]
+
+
+@pytest.mark.parametrize(
+    ("given", "used"),
+    [
+        # The uri key of a CloudNativePG app Secret, and the short scheme libpq accepts.
+        ("postgresql://app:pw@pg-rw.db:5432/app", "postgresql+psycopg://app:pw@pg-rw.db:5432/app"),
+        ("postgres://app:pw@pg-rw.db/app", "postgresql+psycopg://app:pw@pg-rw.db/app"),
+        ("postgresql+psycopg://u:p@db/x", "postgresql+psycopg://u:p@db/x"),
+        ("sqlite:////data/x.db", "sqlite:////data/x.db"),
+    ],
+)
+def test_libpq_urls_get_the_installed_driver(given: str, used: str) -> None:
+    assert ServiceSettings(database_url=given).sqlalchemy_url() == used

@@ -133,3 +133,59 @@ seccompProfile:
 {{- printf "%s-operator" (include "bhiv.fullname" .) | trunc 63 | trimSuffix "-" -}}
 {{- end -}}
 {{- end -}}
+
+{{/* The bundled PostgreSQL: its StatefulSet, Services and Secret share this name. */}}
+{{- define "bhiv.postgresql.fullname" -}}
+{{- printf "%s-postgresql" (include "bhiv.fullname" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The Secret with its passwords and the services' URLs: generated, or your own. */}}
+{{- define "bhiv.postgresql.secretName" -}}
+{{- default (include "bhiv.postgresql.fullname" .) .Values.postgresql.existingSecret -}}
+{{- end -}}
+
+{{/* Its pods: name + instance only, a name of its own (as the operator's). */}}
+{{- define "bhiv.postgresql.labels" -}}
+{{ include "bhiv.labels" (dict "ctx" . "component" "postgresql" "name" (printf "%s-postgresql" (include "bhiv.name" .))) }}
+{{- end -}}
+
+{{- define "bhiv.postgresql.selectorLabels" -}}
+app.kubernetes.io/name: {{ include "bhiv.name" . }}-postgresql
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end -}}
+
+{{/* A service's role and database on the bundled PostgreSQL (as `bhiv provision-databases` names them). */}}
+{{- define "bhiv.postgresql.databaseName" -}}
+{{- printf "bhiv_%s" (replace "-" "_" .) -}}
+{{- end -}}
+
+{{/* Where a service's database URL comes from, by precedence: "secretRef" (its own
+     services.<name>.database.secretRef), "external" (database.existingSecret/urls),
+     "bundled" (postgresql.enabled), or "" (SQLite in its pod; always for the gateway).
+     Pass (dict "ctx" $ "name" "logistics"). */}}
+{{- define "bhiv.databaseSource" -}}
+{{- $svc := index .ctx.Values.services .name -}}
+{{- if eq .name "gateway" -}}
+{{- else if dig "database" "secretRef" "name" "" $svc -}}secretRef
+{{- else if or .ctx.Values.database.existingSecret (hasKey .ctx.Values.database.urls .name) -}}external
+{{- else if .ctx.Values.postgresql.enabled -}}bundled
+{{- end -}}
+{{- end -}}
+
+{{/* The enabled services whose database is on the bundled PostgreSQL, in startup
+     order: {"services": [...]} as JSON. Empty: the bundled PostgreSQL is not deployed. */}}
+{{- define "bhiv.postgresql.services" -}}
+{{- $services := list -}}
+{{- range $stage := (include "bhiv.stages" . | fromJson).stages -}}
+{{- range $name := $stage -}}
+{{- if eq (include "bhiv.databaseSource" (dict "ctx" $ "name" $name)) "bundled" -}}
+{{- $services = append $services $name -}}
+{{- end -}}
+{{- end -}}
+{{- end -}}
+{{- dict "services" $services | toJson -}}
+{{- end -}}
+
+{{- define "bhiv.credentialsSecretName" -}}
+{{- default (printf "%s-credentials" (include "bhiv.fullname" .)) .Values.credentials.existingSecret -}}
+{{- end -}}

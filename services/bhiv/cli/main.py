@@ -6,6 +6,8 @@ import importlib
 import os
 import secrets
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,6 +15,7 @@ import typer
 from rich.console import Console
 
 from bhiv import __version__, catalog
+from bhiv.cli.databases import provision_databases
 from bhiv.cli.wait import wait_modules
 
 app = typer.Typer(
@@ -253,6 +256,114 @@ def operator_command(
 
 
 app.command("wait-modules")(wait_modules)
+app.command("provision-databases")(provision_databases)
+
+BackupServer = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="BHIV_BACKUP_SERVER_URL",
+        help="A PostgreSQL server with one database per service (the chart's bundled one), "
+        "e.g. postgresql://postgres@127.0.0.1:5432/postgres.",
+        show_default=False,
+    ),
+]
+BackupDatabases = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--database",
+        help="SERVICE=URL: where that service's database is (repeatable).",
+        show_default=False,
+    ),
+]
+BackupServices = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--service", help="Only this service (repeatable); default: every one.", show_default=False
+    ),
+]
+BackupDataDir = Annotated[
+    Path | None,
+    typer.Option(help="Where the SQLite files are (default: BHIV_DATA_DIR).", show_default=False),
+]
+
+
+def _backup_targets(
+    services: list[str], server: str | None, databases: list[str] | None, data_dir: Path | None
+) -> list[Any]:
+    from bhiv.cli.backup import resolve_targets
+
+    urls = {}
+    for item in databases or []:
+        name, sep, url = item.partition("=")
+        if not sep or not url:
+            err.print(f"[red]error:[/] --database {name}=...: give SERVICE=URL")
+            raise typer.Exit(2)
+        urls[_entry(name).name] = url
+    for name in services:
+        if not load_spec(_entry(name).name).has_database:
+            err.print(f"[red]error:[/] {name} has no database")
+            raise typer.Exit(2)
+    return resolve_targets(services, server=server, databases=urls, data_dir=data_dir)
+
+
+def _with_database() -> list[str]:
+    return [name for name in catalog.SERVICES if load_spec(name).has_database]
+
+
+@contextmanager
+def _exit_on_backup_error() -> Iterator[None]:
+    from bhiv.cli.backup import BackupError
+
+    try:
+        yield
+    except BackupError as exc:
+        err.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(1) from None
+
+
+def _report(done: str, targets: list[Any]) -> None:
+    for target in targets:
+        err.print(f"[green]{done}[/] {target.service} ({target.kind})")
+
+
+@app.command("backup")
+def backup_command(
+    directory: Annotated[
+        Path, typer.Argument(help="A new directory for the backup.", show_default=False)
+    ],
+    server: BackupServer = None,
+    database: BackupDatabases = None,
+    service: BackupServices = None,
+    data_dir: BackupDataDir = None,
+) -> None:
+    """Back up every service's database (pg_dump, or SQLite's online backup) into DIRECTORY."""
+    from bhiv.cli.backup import backup
+
+    targets = _backup_targets(service or _with_database(), server, database, data_dir)
+    with _exit_on_backup_error():
+        backup(targets, directory)
+    _report("backed up", targets)
+
+
+@app.command("restore")
+def restore_command(
+    directory: Annotated[
+        Path, typer.Argument(help="A directory made by `bhiv backup`.", show_default=False)
+    ],
+    server: BackupServer = None,
+    database: BackupDatabases = None,
+    service: BackupServices = None,
+    data_dir: BackupDataDir = None,
+) -> None:
+    """Restore the services' databases from DIRECTORY, replacing what they hold."""
+    from bhiv.cli.backup import read_manifest, restore
+
+    with _exit_on_backup_error():
+        names = service or list(read_manifest(directory))
+        targets = _backup_targets(names, server, database, data_dir)
+        restore(targets, directory)
+    _report("restored", targets)
 
 
 @app.command()

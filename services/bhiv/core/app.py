@@ -13,7 +13,9 @@ import anyio.to_thread
 from fastapi import APIRouter, Depends, FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from sqlalchemy import MetaData
+from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
+from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_exponential
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from bhiv import __version__
@@ -80,13 +82,39 @@ class ServiceSpec:
         return self.migrations is not None
 
 
+def _migrate_when_reachable(spec: ServiceSpec, settings: ServiceSettings) -> None:
+    """Apply the migrations, waiting for a database that does not answer yet.
+
+    On Kubernetes a service's pod may start before its database does (a fresh
+    install, every pod deleted at once) or before its role exists (the chart
+    provisions the bundled PostgreSQL in a hook). Waiting here, within the pod's
+    startup probe, beats a crash loop whose back-off delays recovery by minutes.
+    """
+
+    def waiting(state: Any) -> None:
+        # The driver's message names host and reason; never the URL's password.
+        error = state.outcome.exception()
+        kind = type(getattr(error, "orig", error)).__name__
+        log.warning("database not reachable yet (%s); retrying", kind)
+
+    for attempt in Retrying(
+        retry=retry_if_exception_type(OperationalError),
+        stop=stop_after_delay(settings.database_wait_seconds),
+        wait=wait_exponential(multiplier=0.5, max=5),
+        before_sleep=waiting,
+        reraise=True,
+    ):
+        with attempt:
+            migrations.upgrade(spec.name, spec.migrations, settings.sqlalchemy_url())
+
+
 def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or spec.settings_class()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if spec.has_database and settings.migrate_on_startup:
-            await run_in_threadpool(migrations.upgrade, spec.name, spec.migrations, settings.sqlalchemy_url())
+            await run_in_threadpool(_migrate_when_reachable, spec, settings)
         # Blocking handlers run in anyio's thread pool; more threads than
         # pooled connections would only queue on the pool, and every extra
         # thread adds GIL contention.

@@ -50,6 +50,9 @@ SQLITE_PRAGMAS = (
     "PRAGMA cache_size=-8000",  # KiB per connection
 )
 
+# Seconds a new PostgreSQL connection may take (libpq's connect_timeout), unless the URL says.
+PG_CONNECT_TIMEOUT = 5
+
 
 def new_metadata() -> MetaData:
     """Metadata for one service's declarative base (``metadata = new_metadata()``).
@@ -167,9 +170,18 @@ def make_engine(
     """
     parsed = make_url(url)
     if parsed.get_backend_name() != "sqlite":
-        # pre_ping: a pod's pooled connections survive a database failover.
+        # pre_ping: a pod's pooled connections survive a database failover. A
+        # connect timeout: an unreachable server fails a request (503) instead of
+        # holding it until the kernel gives up on the TCP handshake.
+        connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT}
+        if "connect_timeout" in parsed.query:
+            connect_args = {}
         return create_engine(
-            url, pool_pre_ping=True, pool_size=pool_size, max_overflow=max(0, max_connections - pool_size)
+            url,
+            pool_pre_ping=True,
+            pool_size=pool_size,
+            max_overflow=max(0, max_connections - pool_size),
+            connect_args=connect_args,
         )
 
     if parsed.database and parsed.database != ":memory:":

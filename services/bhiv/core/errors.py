@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from bhiv.core.context import request_id_var
@@ -172,6 +173,24 @@ def install_problem_handlers(app: FastAPI) -> None:
             request, exc.status, exc.detail, kind=exc.kind, errors=exc.errors, headers=exc.headers, extra=exc.extra
         )
 
+    async def on_database_down(request: Request, exc: OperationalError) -> JSONResponse:
+        # The database went away (restarting, failing over) or is locked past the
+        # wait: the request may succeed shortly, so 503, not 500. Only the driver's
+        # error class is logged: the message may quote the statement's values.
+        log.warning(
+            "database unavailable on %s %s (%s)",
+            request.method,
+            request.url.path,
+            type(exc.orig).__name__,
+        )
+        return problem_response(
+            request,
+            503,
+            "The database is not reachable; try again shortly.",
+            kind="database-unavailable",
+            headers={"Retry-After": "5"},
+        )
+
     async def on_crash(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error on %s %s", request.method, request.url.path)
         return problem_response(request, 500, INTERNAL_ERROR_DETAIL, kind="internal-error")
@@ -179,4 +198,5 @@ def install_problem_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)  # type: ignore[arg-type]
     app.add_exception_handler(StarletteHTTPException, on_http)  # type: ignore[arg-type]
     app.add_exception_handler(Problem, on_problem)  # type: ignore[arg-type]
+    app.add_exception_handler(OperationalError, on_database_down)  # type: ignore[arg-type]
     app.add_exception_handler(Exception, on_crash)

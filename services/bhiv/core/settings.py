@@ -63,6 +63,12 @@ class ServiceSettings(BaseSettings):
         "Unset: a SQLite file <data_dir>/<service>.db.",
     )
     migrate_on_startup: bool = Field(True, description="Apply Alembic migrations when the service starts.")
+    database_wait_seconds: float = Field(
+        120,
+        ge=0,
+        le=3600,
+        description="At startup, how long to wait for a database that does not answer yet.",
+    )
     jwt_secret: SecretStr | None = Field(
         None, description="HS256 shared secret. Unset (and no public key): <data_dir>/jwt-secret, created once."
     )
@@ -142,7 +148,7 @@ class ServiceSettings(BaseSettings):
 
     def sqlalchemy_url(self) -> str:
         if self.database_url is not None:
-            return self.database_url.get_secret_value()
+            return with_postgres_driver(self.database_url.get_secret_value())
         return f"sqlite:///{self.data_dir / f'{self.service_name}.db'}"
 
     def jwt_verification_key(self) -> tuple[str, str]:
@@ -168,6 +174,16 @@ class ServiceSettings(BaseSettings):
                 f"BHIV_REQUIRE_SHARED_SECRETS=false only for a single local process."
             )
         return load_or_create_local_secret(self.data_dir / name)
+
+
+def with_postgres_driver(url: str) -> str:
+    """``postgresql://`` and ``postgres://`` URLs (libpq's form, e.g. the ``uri`` key of a
+    CloudNativePG app Secret) with the driver installed here: SQLAlchemy would
+    otherwise pick psycopg2, which is not."""
+    for scheme in ("postgresql://", "postgres://"):
+        if url.startswith(scheme):
+            return "postgresql+psycopg://" + url.removeprefix(scheme)
+    return url
 
 
 def load_or_create_local_secret(path: Path) -> str:

@@ -46,10 +46,17 @@ log = logging.getLogger("bhiv.gateway.kubernetes")
 def serving(status: dict[str, Any]) -> bool | None:
     """Does the module have pods that serve? None when its status does not say yet.
 
-    The operator's ``Available`` condition (the Deployment's minimum availability)
-    answers that; ``Ready`` also demands that every pod runs the current spec, so it
-    is False during every rollout while the old pods still serve.
+    A ready pod serves: the module's Service sends traffic to ready pods only. The
+    Deployment's ``Available`` (mirrored by the operator) is False while it scales
+    out (with maxUnavailable 0 it wants every new pod ready) though the pods it had
+    still serve. Without ready pods, the operator's ``Available`` condition (the
+    Deployment's minimum availability) answers; ``Ready`` also demands that every pod
+    runs the current spec, so it is False during every rollout while the old pods
+    still serve.
     """
+    ready = status.get("readyReplicas")
+    if isinstance(ready, int) and ready > 0:
+        return True
     conditions = {
         c.get("type"): c.get("status") for c in status.get("conditions") or () if isinstance(c, dict)
     }

@@ -67,6 +67,10 @@ def test_lint_strict(helm: Tool, values: list[str]) -> None:
         (["--set", "ingress.classname=nginx"], "classname"),
         (["--set", "image.pullPolicy=Sometimes"], "pullPolicy"),
         (["--set", "database.urls.gatway=postgresql://x"], "gatway"),
+        (["--set", "postgresql.persistence.sise=1Gi"], "sise"),
+        (["--set", "postgresql.persistence.size=lots"], "size"),
+        (["--set", "services.crm.database.secretRef.nam=x"], "nam"),
+        (["--set", "credentials.existingsecret=x"], "existingsecret"),
     ],
 )
 def test_values_schema_rejects_typos(helm: Tool, args: list[str], message: str) -> None:
@@ -163,9 +167,7 @@ def test_startup_order_as_depends_on(helm: Tool) -> None:
         "gateway": ["logistics", "crm"],
     }
     assert [
-        j["spec"]["template"]["spec"]["containers"][0]["args"][5:]
-        for j in docs
-        if j["kind"] == "Job"
+        j["spec"]["template"]["spec"]["containers"][0]["args"][5:] for j in _wait_jobs(docs)
     ] == [["integrations"], ["logistics", "crm"], ["gateway"]]
     full = render(helm, "-f", str(VALUES_FULL))
     deps = {
@@ -174,7 +176,7 @@ def test_startup_order_as_depends_on(helm: Tool) -> None:
     assert deps["agent-orchestration"] == ["logistics", "crm"] and deps["gateway"] == [
         "agent-orchestration"
     ]
-    jobs = [d for d in full if d["kind"] == "Job"]
+    jobs = _wait_jobs(full)
     stages = [
         (
             j["metadata"]["annotations"]["helm.sh/hook-weight"],
@@ -189,14 +191,18 @@ def test_startup_order_as_depends_on(helm: Tool) -> None:
         ("4", ["agent-orchestration"]),
         ("5", ["gateway"]),
     ]
-    # Every module gets the JWT secret; every module with a URL gets the database Secret.
+    # Every module gets the JWT secret.
     for module in (d for d in full if d["kind"] == "BhivModule"):
         assert module["spec"]["envFrom"][0] == {"secretRef": {"name": "bhiv-jwt"}}
-        if module["metadata"]["name"] != "gateway":
-            assert module["spec"]["database"]["secretRef"] == {
-                "name": "bhiv-database",
-                "key": module["metadata"]["name"],
-            }
+
+
+def _wait_jobs(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [
+        d
+        for d in docs
+        if d["kind"] == "Job"
+        and d["metadata"]["labels"]["app.kubernetes.io/component"] == "startup-hooks"
+    ]
 
 
 def test_cluster_wide_mode_uses_cluster_scoped_rbac(helm: Tool) -> None:
@@ -310,8 +316,11 @@ def test_install_upgrade_test_uninstall(
     tmp_path: Path,
 ) -> None:
     _restricted(kubectl, namespace)  # every pod below is admitted under `restricted`
-    # 1. install: resources Ready (--wait), then the post-install hooks (stage Jobs).
-    helm(
+    # No provisioner here: a volume made beforehand, bound to the PostgreSQL claim.
+    _volume_for(kubectl, namespace, "data-bhiv-postgresql-0")
+    # 1. install: resources Ready (--wait), then the post-install hooks (the
+    # provisioning Job, then the stage Jobs).
+    installed = helm(
         "install",
         RELEASE,
         str(CHART),
@@ -324,6 +333,13 @@ def test_install_upgrade_test_uninstall(
         "image.tag=1.0.0",
         timeout=400,
     )
+    notes = " ".join(installed.stdout.split())
+    assert (
+        "Databases: integrations, llm-query, logistics, crm, agent-orchestration on the bundled"
+        " PostgreSQL" in notes
+    ), notes
+    assert "the Secrets bhiv-jwt, bhiv-credentials, bhiv-postgresql and PostgreSQL's volume" in notes
+    assert "WARNING" not in notes
     sa = service_account_kubeconfig(
         kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig"
     )
@@ -345,8 +361,11 @@ def test_install_upgrade_test_uninstall(
     )
     assert set(modules) == DEFAULT_MODULES
     phases = _hook_phases(helm, namespace)
-    # Five stages: each Job ran and completed, in order of weight.
-    assert phases == {f"bhiv-wait-stage-{n}": "Succeeded" for n in range(1, 6)}, phases
+    # The databases provisioned, then five stages: each Job ran and completed.
+    assert phases == {
+        "bhiv-provision-databases": "Succeeded",
+        **{f"bhiv-wait-stage-{n}": "Succeeded" for n in range(1, 6)},
+    }, phases
     images = _images(kubectl, namespace)
     assert images == {name: "bhiv-core:1.0.0" for name in [*DEFAULT_MODULES, "bhiv-operator"]}, (
         images
@@ -355,6 +374,8 @@ def test_install_upgrade_test_uninstall(
         "get", "secret", "bhiv-jwt", "-n", namespace, "-o", "jsonpath={.data.BHIV_JWT_SECRET}"
     ).stdout
     assert len(jwt) > 40
+    kept = _kept_secrets(kubectl, namespace)
+    assert set(kept) == set(KEPT_SECRETS) and all(kept.values())
     # helm test: kwok completes only Job pods and leaves the bare test Pod Running,
     # so the test plays its container's exit 0 through the status subresource (the
     # script itself runs for real in test_wait_modules.py::test_gateway_check_script...).
@@ -430,6 +451,7 @@ def test_install_upgrade_test_uninstall(
         ).stdout
         == jwt
     )
+    assert _kept_secrets(kubectl, namespace) == kept  # every password and key reused
     status = json.loads(helm("status", RELEASE, "-n", namespace, "-o", "json").stdout)
     assert status["version"] == 2 and status["info"]["status"] == "deployed"
     assert set(_hook_phases(helm, namespace).values()) == {"Succeeded"}
@@ -444,28 +466,57 @@ def test_install_upgrade_test_uninstall(
     ]
     assert not errors, "\n".join(errors[-5:])
 
-    # 3. uninstall: only the kept JWT Secret is left in the namespace (and the CRDs);
-    # the modules' Deployments and Services go with them (owner references).
+    # 3. uninstall: only the kept Secrets and PostgreSQL's volume claim are left in
+    # the namespace (and the CRDs); the modules' Deployments and Services go with
+    # them (owner references).
     helm("uninstall", RELEASE, "-n", namespace, "--wait", "--timeout", "2m", timeout=200)
-    left = eventually(
-        lambda: (x := _leftovers(kubectl, namespace)) == ["secret/bhiv-jwt"] and x,
-        timeout=120,
-        what="only secret/bhiv-jwt left",
+    expected = sorted(
+        ["persistentvolumeclaim/data-bhiv-postgresql-0"] + [f"secret/{n}" for n in KEPT_SECRETS]
     )
-    assert left == ["secret/bhiv-jwt"]
+    left = eventually(
+        lambda: (x := _leftovers(kubectl, namespace)) == expected and x,
+        timeout=120,
+        what=f"only {expected} left",
+    )
+    assert left == expected
     kubectl("get", "crd", "bhivmodules.bhiv.io")
 
-    # 4. reinstall: the kept secret is adopted by value (lookup), tokens stay valid.
+    # 4. reinstall: the kept secrets are adopted by value (lookup): tokens stay valid,
+    # the database passwords still open the kept volume's data, credentials decrypt.
     helm(
         "install", RELEASE, str(CHART), "-n", namespace, "--set", "hooks.enabled=false", timeout=200
     )
-    assert (
-        kubectl(
-            "get", "secret", "bhiv-jwt", "-n", namespace, "-o", "jsonpath={.data.BHIV_JWT_SECRET}"
-        ).stdout
-        == jwt
-    )
+    assert _kept_secrets(kubectl, namespace) == kept
     helm("uninstall", RELEASE, "-n", namespace, "--wait", timeout=200)
+
+
+# Secrets the chart generates once and keeps on uninstall.
+KEPT_SECRETS = ("bhiv-credentials", "bhiv-jwt", "bhiv-postgresql")
+
+
+def _kept_secrets(kubectl: Kubectl, namespace: str) -> dict[str, dict[str, str]]:
+    return {
+        name: (_json(kubectl, "secret", name, "-n", namespace) or {}).get("data") or {}
+        for name in KEPT_SECRETS
+    }
+
+
+def _volume_for(kubectl: Kubectl, namespace: str, claim: str) -> None:
+    """A PersistentVolume reserved for ``claim`` (kwok runs no provisioner)."""
+    volume = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolume",
+        "metadata": {"name": f"{namespace}-{claim}"[:63]},
+        "spec": {
+            "capacity": {"storage": "8Gi"},
+            "accessModes": ["ReadWriteOnce"],
+            "persistentVolumeReclaimPolicy": "Delete",
+            "storageClassName": "",
+            "hostPath": {"path": f"/var/tmp/{namespace}-{claim}"},
+            "claimRef": {"namespace": namespace, "name": claim},
+        },
+    }
+    kubectl("apply", "-f", "-", input=json.dumps(volume))
 
 
 def test_rendered_pods_admitted_under_restricted(
@@ -477,8 +528,13 @@ def test_rendered_pods_admitted_under_restricted(
     docs = render(helm, "-f", str(VALUES_FULL), namespace=namespace)
     pods = []
     for doc in docs:
-        if doc["kind"] in ("Deployment", "Job"):
+        if doc["kind"] in ("Deployment", "StatefulSet", "Job"):
             template = doc["spec"]["template"]
+            # A StatefulSet's pods get a volume per claim template from its controller.
+            for claim in doc["spec"].get("volumeClaimTemplates", []):
+                template["spec"].setdefault("volumes", []).append(
+                    {"name": claim["metadata"]["name"], "emptyDir": {}}
+                )
             pods.append(
                 {
                     "apiVersion": "v1",
@@ -493,7 +549,8 @@ def test_rendered_pods_admitted_under_restricted(
             )
         elif doc["kind"] == "Pod":
             pods.append(doc)
-    assert len(pods) == 1 + 5 + 1
+    # The operator, PostgreSQL, the provisioning hook, five stage hooks, the test pod.
+    assert len(pods) == 1 + 1 + 1 + 5 + 1
     for account in (d for d in docs if d["kind"] == "ServiceAccount"):
         kubectl("apply", "-f", "-", input=json.dumps(account))
     for pod in pods:
@@ -545,6 +602,9 @@ def test_cluster_wide_install(
         "operator.clusterWide=true",
         "--set",
         "hooks.enabled=false",
+        # The bundled database is tested in namespaced mode; SQLite needs no volume here.
+        "--set",
+        "postgresql.enabled=false",
         timeout=400,
     )
     peering = f"{namespace}-bhiv-operator"

@@ -105,3 +105,15 @@ def test_serving_follows_available_then_ready() -> None:
         {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
     ]
     assert serving({"conditions": down}) is False
+
+
+def test_serving_while_scaling_out() -> None:
+    # 1 → 3 replicas with maxUnavailable 0: the Deployment is not Available until
+    # the new pods are ready, but the pod it had still serves (the Service routes to
+    # ready pods only); taking the module out of rotation failed every request.
+    scaling = [
+        {"type": "Ready", "status": "False", "reason": "Scaling"},
+        {"type": "Available", "status": "False", "reason": "MinimumReplicasUnavailable"},
+    ]
+    assert serving({"conditions": scaling, "readyReplicas": 1}) is True
+    assert serving({"conditions": scaling, "readyReplicas": 0}) is False
