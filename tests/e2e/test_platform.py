@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import http.client
 import json
 import os
 import subprocess
@@ -257,8 +258,8 @@ def test_data_created_and_read_in_every_service(
     assert httpx.get(f"{client.base_url}{records[0].path}", timeout=15).status_code == 401
 
 
-def test_token_minted_with_the_release_secret(e2e: E2ECluster) -> None:
-    """NOTES.txt's way: `bhiv token` with the JWT Secret the chart generated."""
+def _release_token(e2e: E2ECluster, *args: str) -> str:
+    """`bhiv token ARGS` signed with the JWT Secret the chart generated (NOTES.txt's way)."""
     encoded = e2e.k(
         "get",
         "secret",
@@ -269,9 +270,9 @@ def test_token_minted_with_the_release_secret(e2e: E2ECluster) -> None:
         "jsonpath={.data.BHIV_JWT_SECRET}",
     ).stdout
     env = {**os.environ, "BHIV_JWT_SECRET": base64.b64decode(encoded).decode()}
-    minted = (
+    return (
         subprocess.run(  # noqa: S603
-            [sys.executable, "-m", "bhiv", "token", "--role", "viewer"],
+            [sys.executable, "-m", "bhiv", "token", *args],
             env=env,
             capture_output=True,
             text=True,
@@ -280,10 +281,61 @@ def test_token_minted_with_the_release_secret(e2e: E2ECluster) -> None:
         .stdout.strip()
         .splitlines()[-1]
     )
+
+
+def test_token_minted_with_the_release_secret(e2e: E2ECluster) -> None:
+    """NOTES.txt's way: `bhiv token` with the JWT Secret the chart generated."""
+    minted = _release_token(e2e, "--role", "viewer")
     r = httpx.get(
         f"{e2e.ingress_url}/services", headers={"Authorization": f"Bearer {minted}"}, timeout=15
     )
     assert r.status_code == 200, r.text
+
+
+def test_batch_through_the_ingress_never_acts_as_another_tenant(e2e: E2ECluster) -> None:
+    """Issue 16 item 1 through the chart: two callers with `bhiv token`'s default subject
+    in two tenants; the second lists the first's LLM conversations through /batch."""
+    def batch(token: str, item: dict[str, Any]) -> dict[str, Any]:
+        r = httpx.post(
+            f"{e2e.ingress_url}/batch",
+            json={"requests": [item]},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert r.status_code == 200, r.text
+        return r.json()["results"][0]
+
+    acme = _release_token(e2e, "--role", "editor", "--tenant", "acme")
+    globex = _release_token(e2e, "--role", "editor", "--tenant", "globex")
+    title = f"acme-{uuid.uuid4().hex[:8]}"
+    conversation = {"method": "POST", "path": "/api/llm/conversations", "body": {"title": title}}
+    created = batch(acme, conversation)
+    assert created["status"] == 201, created
+    seen = batch(globex, {"path": "/api/llm/conversations?limit=500"})
+    assert seen["status"] == 200, seen
+    assert title not in [c["title"] for c in seen["body"]["items"]]
+    own = batch(acme, {"path": "/api/llm/conversations?limit=500"})
+    assert title in [c["title"] for c in own["body"]["items"]]
+
+
+def test_edge_refuses_what_it_cannot_check_through_the_ingress(
+    e2e: E2ECluster, client: httpx.Client
+) -> None:
+    """Issue 16 items 5 and 10 through the chart: an encoded dot segment never reaches a
+    service under another path than the one checked, and the gateway's metrics (which
+    name upstream addresses) are not public."""
+    host = e2e.ingress_url.split("://", 1)[1]
+    conn = http.client.HTTPConnection(host, timeout=15)
+    try:
+        # Written raw: a client library would normalise it before sending.
+        conn.request("GET", "/api/logistics/inventory/%2e%2e/health")
+        status = conn.getresponse().status
+    finally:
+        conn.close()
+    # Refused by the gateway (400) or by the ingress controller before it; never routed.
+    assert status in (400, 404), status
+    assert httpx.get(f"{e2e.ingress_url}/metrics", timeout=15).status_code == 401
+    assert client.get("/metrics").status_code == 200
 
 
 def test_operator_restores_a_deleted_deployment(
@@ -358,10 +410,11 @@ def webhook_source(client: httpx.Client) -> dict[str, str]:
     )
 
 
-def _send_webhook(e2e: E2ECluster, target: str, source: dict[str, str]) -> int:
-    """A signed inbound webhook, sent to ``target`` (an integrations pod or Service)
-    through a port-forward: the gateway serves it to outsiders only where its route
-    policy declares the path public (not configured by the chart)."""
+def _send_webhook(e2e: E2ECluster, target: str | None, source: dict[str, str]) -> int:
+    """A signed inbound webhook with no bearer token: a sender authenticates with its
+    signature alone. Through the Ingress and the gateway (which learns from the
+    integrations service that the path is public) when ``target`` is None, else to
+    ``target`` (an integrations pod) through a port-forward."""
     body = json.dumps({"type": "e2e.ping", "at": time.time()})
     msg_id = f"msg_{uuid.uuid4().hex}"
     now = dt.datetime.now(dt.UTC)
@@ -371,9 +424,13 @@ def _send_webhook(e2e: E2ECluster, target: str, source: dict[str, str]) -> int:
         "webhook-signature": Webhook(source["secret"]).sign(msg_id, now, body),
         "content-type": "application/json",
     }
+    if target is None:
+        return httpx.post(
+            f"{e2e.ingress_url}/api/integrations/webhooks/{source['name']}",
+            content=body, headers=headers, timeout=15,
+        ).status_code  # fmt: skip
     port = catalog.get("integrations").port
     with _port_forward(e2e, target, port) as local:
-        # No bearer token: a sender authenticates with its signature alone.
         return httpx.post(
             f"http://127.0.0.1:{local}/webhooks/{source['name']}",
             content=body, headers=headers, timeout=15,
@@ -383,7 +440,7 @@ def _send_webhook(e2e: E2ECluster, target: str, source: dict[str, str]) -> int:
 def test_integrations_pod_replaced_still_decrypts_stored_secrets(
     e2e: E2ECluster, client: httpx.Client, webhook_source: dict[str, str]
 ) -> None:
-    assert _send_webhook(e2e, "svc/integrations", webhook_source) == 202
+    assert _send_webhook(e2e, None, webhook_source) == 202
     before = {p["metadata"]["name"] for p in _pods(e2e, "app.kubernetes.io/instance=integrations")}
     e2e.k("delete", "pod", "-n", e2e.namespace, "-l", "app.kubernetes.io/instance=integrations")
 

@@ -187,3 +187,61 @@ def test_children_find_each_other_under_a_port_offset(tmp_path: Path) -> None:
                 up.kill()
                 up.wait()
         log.close()
+
+
+def test_workflow_steps_call_the_offset_copy(tmp_path: Path) -> None:
+    """Issue 19: under --port-offset a workflow's service step reaches this copy's
+    Logistics (from the BHIV_LOGISTICS_URL `bhiv up` exports), not the catalog's port."""
+    offset = _free_offset()
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [
+            sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path),
+            "--only", "logistics", "--only", "agent-orchestration",
+        ],
+        env=_env(tmp_path),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        logistics = f"http://127.0.0.1:{catalog.get('logistics').port + offset}"
+        agents = f"http://127.0.0.1:{catalog.get('agent-orchestration').port + offset}"
+        for url in (logistics, agents):
+            wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
+        token = subprocess.run(
+            [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
+            env=_env(tmp_path), capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
+        auth = {"Authorization": f"Bearer {token}"}
+        r = httpx.post(f"{logistics}/inventory", json={"sku": "OFFSET-WF", "name": "Here", "quantity": 3},
+                       headers=auth)
+        assert r.status_code == 201, r.text
+        step = {"id": "item", "type": "service",
+                "call": {"service": "logistics", "method": "GET", "path": "/inventory/sku/{{ input.sku }}"}}
+        r = httpx.post(f"{agents}/workflows", json={"name": "offset-lookup", "steps": [step]}, headers=auth)
+        assert r.status_code == 201, r.text
+        r = httpx.post(f"{agents}/runs", json={"workflow": "offset-lookup", "input": {"sku": "OFFSET-WF"}},
+                       headers=auth)
+        assert r.status_code == 201, r.text
+        run_id = r.json()["id"]
+        deadline = time.monotonic() + 60
+        run: dict = {}
+        while time.monotonic() < deadline:
+            run = httpx.get(f"{agents}/runs/{run_id}", headers=auth).json()
+            if run["status"] in ("succeeded", "failed", "cancelled", "compensated"):
+                break
+            time.sleep(0.2)
+        assert run["status"] == "succeeded", run
+        (item,) = [s for s in run["steps"] if s["step_id"] == "item"]
+        assert item["output"]["sku"] == "OFFSET-WF", item
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+        log.close()

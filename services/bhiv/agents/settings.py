@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import os
+
 from pydantic import Field, SecretStr, field_validator
 
 from bhiv import catalog
@@ -9,8 +11,14 @@ from bhiv.core.settings import ServiceSettings
 CALLABLE_SERVICES = ("logistics", "crm", "llm-query", "integrations")
 
 
-def _local_urls() -> dict[str, str]:
-    return {name: f"http://127.0.0.1:{catalog.DEFAULT_PORTS[name]}" for name in CALLABLE_SERVICES}
+def _platform_urls() -> dict[str, str]:
+    """Where each callable service runs: ``BHIV_<SERVICE>_URL`` (which `bhiv up`, also
+    under --port-offset, exports to every child), else the catalog's port on 127.0.0.1."""
+    return {
+        name: os.environ.get(catalog.url_variable(name))
+        or f"http://127.0.0.1:{catalog.DEFAULT_PORTS[name]}"
+        for name in CALLABLE_SERVICES
+    }
 
 
 class AgentsSettings(ServiceSettings):
@@ -21,9 +29,9 @@ class AgentsSettings(ServiceSettings):
     port: int = Field(catalog.get("agent-orchestration").port, ge=1, le=65535)
 
     agents_service_urls: dict[str, str] = Field(
-        default_factory=_local_urls,
-        description="JSON object: BHIV service name -> base URL, merged over the local defaults "
-        "(catalog ports on 127.0.0.1).",
+        default_factory=_platform_urls,
+        description="JSON object: BHIV service name -> base URL, merged over each service's "
+        "BHIV_<SERVICE>_URL (else its catalog port on 127.0.0.1).",
     )
     agents_service_api_key: SecretStr | None = Field(
         None,
@@ -57,4 +65,4 @@ class AgentsSettings(ServiceSettings):
     @field_validator("agents_service_urls", mode="after")
     @classmethod
     def _merge_defaults(cls, value: dict[str, str]) -> dict[str, str]:
-        return {**_local_urls(), **value}
+        return {**_platform_urls(), **value}
