@@ -18,10 +18,22 @@ RETRYABLE_STATUSES = frozenset({408, 425, 429})
 class CallFailed(Exception):
     """A call did not succeed; ``retryable`` says whether trying again may help."""
 
-    def __init__(self, message: str, *, retryable: bool, status: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, retryable: bool, status: int | None = None, problem: Any = None
+    ) -> None:
         super().__init__(message)
         self.retryable = retryable
         self.status = status
+        self.problem = problem
+
+    @property
+    def already_exists(self) -> bool:
+        """A 409 that says the resource exists (bhiv.core's unique-field problem), not any
+        other conflict such as a stock shortage or an illegal transition."""
+        errors = self.problem.get("errors") if isinstance(self.problem, dict) else None
+        return self.status == 409 and any(
+            isinstance(e, dict) and e.get("type") == "unique" for e in errors or ()
+        )
 
 
 def _detail(response: httpx.Response) -> str:
@@ -91,6 +103,7 @@ class Caller:
                 f"{service} answered {response.status_code}: {_detail(response)}",
                 retryable=response.status_code in RETRYABLE_STATUSES,
                 status=response.status_code,
+                problem=_body(response),
             )
         return _body(response)
 

@@ -97,6 +97,11 @@ class Step(_Spec):
     capability: Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_.-]{0,99}$")] | None = None
     payload: Any = Field(None, description="type=agent: the task payload (a template).")
     priority: int = Field(0, ge=-100, le=100)
+    wait_for_agent: bool = Field(
+        False,
+        description="type=agent: queue the task even when no registered agent has the capability "
+        "yet (otherwise the step fails at once, saying so).",
+    )
     # condition / set
     expression: Expr | None = Field(None, description="type=condition: the boolean output.")
     fail_message: Annotated[str, StringConstraints(max_length=500), StorableText] | None = Field(

@@ -33,6 +33,7 @@ from bhiv.agents.calls import Caller, CallFailed
 from bhiv.agents.definitions import Step, WorkflowSpec
 from bhiv.agents.models import (
     RUN_FINAL,
+    Agent,
     RunEvent,
     RunStatus,
     StepRun,
@@ -374,6 +375,14 @@ class Engine:
         except expressions.ExpressionError as exc:
             await self._db(self._fail, run_id, step, str(exc), False)
             return
+        if step.type == "agent" and not step.wait_for_agent:
+            if not await self._db(self._some_agent_can, step.capability):
+                reason = (
+                    f"no agent has capability {step.capability!r}: register one, or set "
+                    "wait_for_agent: true on the step to wait for one"
+                )
+                await self._db(self._fail, run_id, step, reason, False)
+                return
         started = await self._db(self._start, run_id, step, prepared)
         if not started or step.type in ("wait", "agent"):
             return
@@ -426,7 +435,7 @@ class Engine:
                     body=call["body"],
                 )
             except CallFailed as exc:
-                if first and exc.status == 409 and step.on_conflict is not None:
+                if first and exc.already_exists and step.on_conflict is not None:
                     return await self._lookup(step, names, exc)
                 raise
             first = False
@@ -506,6 +515,11 @@ class Engine:
             )
             s.add(row)
         return row
+
+    def _some_agent_can(self, capability: str | None) -> bool:
+        """Is any registered agent (active or paused) able to take ``capability``?"""
+        with self.db.session() as s:
+            return any(capability in (a.capabilities or ()) for a in s.scalars(select(Agent)))
 
     def _active(self, s: Any, run_id: int) -> bool:
         run = s.get(WorkflowRun, run_id, with_for_update=True, populate_existing=True)

@@ -358,9 +358,8 @@ def test_agent_step_waits_for_an_external_agent(agents: ServiceProcess) -> None:
 def test_cancel_a_run_cancels_its_tasks(agents: ServiceProcess) -> None:
     api = agents.client("editor")
     name = unique("cancel")
-    define(
-        api, name, {"id": "work", "type": "agent", "capability": unique("nobody").replace("-", "_")}
-    )
+    capability = unique("nobody").replace("-", "_")
+    define(api, name, {"id": "work", "type": "agent", "capability": capability, "wait_for_agent": True})
     run = start(api, name)
     task_id = wait_for(
         lambda: steps(api.get(f"/runs/{run['id']}").json())["work"]["task_id"], bool, 10
@@ -570,3 +569,51 @@ def test_a_slow_branch_does_not_hold_back_another(agents: ServiceProcess) -> Non
     s = steps(run)
     assert s["slow"]["status"] == "failed" and s["end"]["status"] == "succeeded"
     assert s["after_quick"]["finished_at"] < s["slow"]["finished_at"]
+
+
+def test_on_conflict_adopts_only_what_already_exists(
+    agents: ServiceProcess, logistics: ServiceProcess
+) -> None:
+    """A stock shortage is a 409 too, but nothing to adopt: the step fails with
+    Logistics' own problem, not "on_conflict found nothing" (issue 19)."""
+    item = make_item(logistics, quantity=1)
+    api = agents.client("editor")
+    call = {
+        "service": "logistics",
+        "method": "POST",
+        "path": f"/inventory/{item['id']}/movements",
+        "body": {"type": "reservation", "quantity": 5, "reference": "{{ input.ref }}"},
+    }
+    lookup = {
+        "call": {"service": "logistics", "method": "GET", "path": f"/inventory/{item['id']}/movements"},
+        "output": "{{ response['items'][0] if response['total'] else None }}",
+    }
+    name = unique("shortage")
+    define(api, name, {"id": "reserve", "type": "service", "call": call, "on_conflict": lookup})
+    run = wait_run(api, start(api, name, ref=unique("SO"))["id"])
+    assert run["status"] == "failed", run
+    error = steps(run)["reserve"]["error"]
+    assert "409" in error and "on_conflict" not in error, error
+    assert "available" in error.lower() or "enough" in error.lower(), error
+
+
+def test_an_agent_step_no_agent_can_take_fails_at_once(agents: ServiceProcess) -> None:
+    """Nobody has the capability: the step fails now with the reason, unless it asks to
+    wait for an agent (issue 19)."""
+    api = agents.client("editor")
+    capability = unique("nobody").lower()
+    name = unique("orphan")
+    define(api, name, {"id": "ask", "type": "agent", "capability": capability, "payload": {"q": 1}})
+    run = wait_run(api, start(api, name)["id"], timeout=20)
+    assert run["status"] == "failed", run
+    error = steps(run)["ask"]["error"]
+    assert capability in error and "wait_for_agent" in error, error
+    assert steps(run)["ask"]["attempts"] <= 1
+
+    patient = unique("patient")
+    define(api, patient, {"id": "ask", "type": "agent", "capability": capability,
+                          "payload": {"q": 1}, "wait_for_agent": True})
+    waiting = start(api, patient)
+    time.sleep(1.5)
+    assert api.get(f"/runs/{waiting['id']}").json()["status"] == "running"
+    assert api.post(f"/runs/{waiting['id']}/cancel").status_code in (200, 202)
