@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import http.client
 import json
 import os
 import subprocess
@@ -318,24 +317,13 @@ def test_batch_through_the_ingress_never_acts_as_another_tenant(e2e: E2ECluster)
     assert title in [c["title"] for c in own["body"]["items"]]
 
 
-def test_edge_refuses_what_it_cannot_check_through_the_ingress(
+def test_gateway_metrics_are_not_public_through_the_ingress(
     e2e: E2ECluster, client: httpx.Client
 ) -> None:
-    """Issue 16 items 5 and 10 through the chart: an encoded dot segment never reaches a
-    service under another path than the one checked, and the gateway's metrics (which
-    name upstream addresses) are not public."""
-    host = e2e.ingress_url.split("://", 1)[1]
-    conn = http.client.HTTPConnection(host, timeout=15)
-    try:
-        # Written raw: a client library would normalise it before sending.
-        auth = {"Authorization": client.headers["Authorization"]}
-        conn.request("GET", "/api/logistics/inventory/%2e%2e/health", headers=auth)
-        status = conn.getresponse().status
-    finally:
-        conn.close()
-    # Refused by the gateway (400) or the ingress controller before it; never routed
-    # (as /api/logistics/health it would answer 200).
-    assert status in (400, 404), status
+    """Issue 16 item 10 through the chart: the gateway's metrics name upstream addresses,
+    so an anonymous caller of the Ingress gets 401; an admin still scrapes them. (Path
+    confusion is the gateway's own check, tested over HTTP in tests/service/gateway:
+    Traefik already resolves dot segments before the gateway sees a path.)"""
     assert httpx.get(f"{e2e.ingress_url}/metrics", timeout=15).status_code == 401
     assert client.get("/metrics").status_code == 200
 
