@@ -516,7 +516,42 @@ def test_logistics_scaled_out_keeps_stock_consistent(
         )  # fmt: skip
         time.sleep(3)
     _fail_on(poller, "the scale-out")
-    # 50 concurrent reservations of one unit against a stock of 10, through the Ingress.
+    _race_reservations_through_the_ingress(e2e, client, pods=3)
+
+
+def test_logistics_autoscaled_keeps_stock_consistent(
+    e2e: E2ECluster, client: httpx.Client, records: list[Record]
+) -> None:
+    """The same with autoscaling on: the HPA owns the replica count (at least 3 here)."""
+    autoscaling = {"enabled": True, "minReplicas": 3, "maxReplicas": 4,
+                   "targetCPUUtilizationPercentage": 80}  # fmt: skip
+    e2e.overrides = {"services": {"logistics": {"autoscaling": autoscaling}}}
+    with Poller(client, records) as poller:
+        e2e.h(
+            "upgrade", RELEASE, str(CHART),
+            "--namespace", e2e.namespace, "-f", str(e2e.values_file(e2e.image)),
+            "--wait", "--timeout", "15m", timeout=1000,
+        )  # fmt: skip
+        eventually(
+            lambda: e2e.k("get", "hpa", "logistics", "-n", e2e.namespace, check=False).returncode
+            == 0,
+            timeout=120, interval=2, what="the logistics HorizontalPodAutoscaler",
+        )  # fmt: skip
+        eventually(
+            lambda: len([p for p in _pods(e2e, "app.kubernetes.io/instance=logistics")
+                         if _ready_pod(p)]) >= 3,
+            timeout=300, interval=2, what="at least 3 logistics pods ready",
+        )  # fmt: skip
+    _fail_on(poller, "switching autoscaling on")
+    pods = len([p for p in _pods(e2e, "app.kubernetes.io/instance=logistics") if _ready_pod(p)])
+    _race_reservations_through_the_ingress(e2e, client, pods=pods)
+
+
+def _race_reservations_through_the_ingress(
+    e2e: E2ECluster, client: httpx.Client, pods: int
+) -> None:
+    """50 concurrent reservations of one unit against a stock of 10, through the Ingress:
+    exactly 10 succeed, and every Logistics pod reads the same stock from the one database."""
     item = _create(
         client,
         "/api/logistics/inventory",
@@ -533,11 +568,11 @@ def test_logistics_scaled_out_keeps_stock_consistent(
     with ThreadPoolExecutor(50) as pool:
         answers = Counter(pool.map(reserve, range(50)))
     assert answers == {201: 10, 409: 40}, answers
-    # Every pod reads the same stock from the one database.
     token = client.headers["Authorization"].removeprefix("Bearer ")
-    pods = [p["metadata"]["name"] for p in _pods(e2e, "app.kubernetes.io/instance=logistics")]
-    seen = {pod: _in_pod(e2e, pod, f"/inventory/{item['id']}", token) for pod in pods}
-    assert len(seen) == 3
+    names = [p["metadata"]["name"] for p in _pods(e2e, "app.kubernetes.io/instance=logistics")
+             if _ready_pod(p)]  # fmt: skip
+    seen = {pod: _in_pod(e2e, pod, f"/inventory/{item['id']}", token) for pod in names}
+    assert len(seen) == pods
     assert {(v["quantity"], v["reserved"]) for v in seen.values()} == {(10, 10)}, seen
 
 
