@@ -497,11 +497,15 @@ def _in_pod(e2e: E2ECluster, pod: str, path: str, token: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def test_logistics_scaled_out_keeps_stock_consistent(
-    e2e: E2ECluster, client: httpx.Client, records: list[Record]
-) -> None:
-    # `helm upgrade` changing a value (Logistics' replicas): no read fails meanwhile.
-    e2e.overrides = {"services": {"logistics": {"replicas": 3}}}
+def _upgrade_logistics(e2e: E2ECluster, client: httpx.Client, records: list[Record],
+                       logistics: dict[str, Any], during: str) -> int:
+    """`helm upgrade` with Logistics' values changed to ``logistics`` while a client polls
+    every record through the Ingress (no read may fail); returns its ready pods (>= 3)."""
+    e2e.overrides = {"services": {"logistics": logistics}}
+
+    def ready() -> int:
+        return len([p for p in _pods(e2e, "app.kubernetes.io/instance=logistics") if _ready_pod(p)])
+
     with Poller(client, records) as poller:
         time.sleep(2)
         e2e.h(
@@ -509,13 +513,18 @@ def test_logistics_scaled_out_keeps_stock_consistent(
             "--namespace", e2e.namespace, "-f", str(e2e.values_file(e2e.image)),
             "--wait", "--timeout", "15m", timeout=1000,
         )  # fmt: skip
-        eventually(
-            lambda: len([p for p in _pods(e2e, "app.kubernetes.io/instance=logistics")
-                         if _ready_pod(p)]) == 3,
-            timeout=300, interval=2, what="3 logistics pods ready",
-        )  # fmt: skip
+        eventually(lambda: ready() >= 3, timeout=300, interval=2, what="3 logistics pods ready")
         time.sleep(3)
-    _fail_on(poller, "the scale-out")
+    _fail_on(poller, during)
+    return ready()
+
+
+def test_logistics_scaled_out_keeps_stock_consistent(
+    e2e: E2ECluster, client: httpx.Client, records: list[Record]
+) -> None:
+    # `helm upgrade` changing a value (Logistics' replicas): no read fails meanwhile.
+    pods = _upgrade_logistics(e2e, client, records, {"replicas": 3}, "the scale-out")
+    assert pods == 3
     _race_reservations_through_the_ingress(e2e, client, pods=3)
 
 
@@ -525,25 +534,13 @@ def test_logistics_autoscaled_keeps_stock_consistent(
     """The same with autoscaling on: the HPA owns the replica count (at least 3 here)."""
     autoscaling = {"enabled": True, "minReplicas": 3, "maxReplicas": 4,
                    "targetCPUUtilizationPercentage": 80}  # fmt: skip
-    e2e.overrides = {"services": {"logistics": {"autoscaling": autoscaling}}}
-    with Poller(client, records) as poller:
-        e2e.h(
-            "upgrade", RELEASE, str(CHART),
-            "--namespace", e2e.namespace, "-f", str(e2e.values_file(e2e.image)),
-            "--wait", "--timeout", "15m", timeout=1000,
-        )  # fmt: skip
-        eventually(
-            lambda: e2e.k("get", "hpa", "logistics", "-n", e2e.namespace, check=False).returncode
-            == 0,
-            timeout=120, interval=2, what="the logistics HorizontalPodAutoscaler",
-        )  # fmt: skip
-        eventually(
-            lambda: len([p for p in _pods(e2e, "app.kubernetes.io/instance=logistics")
-                         if _ready_pod(p)]) >= 3,
-            timeout=300, interval=2, what="at least 3 logistics pods ready",
-        )  # fmt: skip
-    _fail_on(poller, "switching autoscaling on")
-    pods = len([p for p in _pods(e2e, "app.kubernetes.io/instance=logistics") if _ready_pod(p)])
+    pods = _upgrade_logistics(
+        e2e, client, records, {"autoscaling": autoscaling}, "switching autoscaling on"
+    )
+    hpa = e2e.k("get", "hpa", "logistics", "-n", e2e.namespace, "-o", "json", check=False)
+    assert hpa.returncode == 0, hpa.stderr
+    spec = json.loads(hpa.stdout)["spec"]
+    assert (spec["minReplicas"], spec["maxReplicas"]) == (3, 4)
     _race_reservations_through_the_ingress(e2e, client, pods=pods)
 
 

@@ -9,6 +9,9 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from stat import S_IMODE
 
@@ -36,6 +39,53 @@ def _free_offset() -> int:
 def _env(data_dir: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
     return {**env, "BHIV_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+
+
+@dataclass
+class Up:
+    """`bhiv up --port-offset` with some services, and an admin token for them."""
+
+    offset: int
+    auth: dict[str, str]
+
+    def url(self, service: str) -> str:
+        return f"http://127.0.0.1:{catalog.get(service).port + self.offset}"
+
+
+@contextmanager
+def _up_only(tmp_path: Path, *services: str, env: dict[str, str] | None = None) -> Iterator[Up]:
+    """Runs `bhiv up` for ``services`` under a free port offset until they are ready;
+    stops it with SIGTERM (exit 0 expected) when the block ends."""
+    offset = _free_offset()
+    only = [arg for name in services for arg in ("--only", name)]
+    log = (tmp_path / "up.log").open("wb")
+    up = subprocess.Popen(
+        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path), *only],
+        env={**_env(tmp_path), **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    try:
+        for name in services:
+            url = f"http://127.0.0.1:{catalog.get(name).port + offset}"
+            wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
+        token = subprocess.run(
+            [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
+            env=_env(tmp_path), capture_output=True, text=True, check=True,
+        ).stdout.strip().splitlines()[-1]
+        yield Up(offset, {"Authorization": f"Bearer {token}"})
+        up.send_signal(signal.SIGTERM)
+        assert up.wait(60) == 0
+    finally:
+        if up.poll() is None:
+            # SIGTERM first: killing `bhiv up` outright would orphan its children.
+            up.send_signal(signal.SIGTERM)
+            try:
+                up.wait(60)
+            except subprocess.TimeoutExpired:
+                up.kill()
+                up.wait()
+        log.close()
 
 
 def _children(pid: int) -> set[int]:
@@ -136,27 +186,8 @@ def test_unknown_service_names_are_refused(tmp_path: Path, args: list[str]) -> N
 def test_children_find_each_other_under_a_port_offset(tmp_path: Path) -> None:
     """Under --port-offset no service is at its catalog port, so Logistics' outbox
     relay reaches Integrations only if `bhiv up` told it where Integrations is."""
-    offset = _free_offset()
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [
-            sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path),
-            "--only", "integrations", "--only", "logistics",
-        ],
-        env={**_env(tmp_path), "BHIV_OUTBOX_RELAY_INTERVAL": "0.2"},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        integrations = f"http://127.0.0.1:{catalog.get('integrations').port + offset}"
-        logistics = f"http://127.0.0.1:{catalog.get('logistics').port + offset}"
-        for url in (integrations, logistics):
-            wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
-        token = subprocess.run(
-            [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
-            env=_env(tmp_path), capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
-        auth = {"Authorization": f"Bearer {token}"}
+    with _up_only(tmp_path, "integrations", "logistics", env={"BHIV_OUTBOX_RELAY_INTERVAL": "0.2"}) as up:
+        integrations, logistics, auth = up.url("integrations"), up.url("logistics"), up.auth
         r = httpx.post(
             f"{logistics}/inventory", json={"sku": "OFFSET-1", "name": "Low", "quantity": 5, "reorder_level": 4},
             headers=auth,
@@ -175,44 +206,13 @@ def test_children_find_each_other_under_a_port_offset(tmp_path: Path) -> None:
             time.sleep(0.2)
         assert len(events) == 1, (tmp_path / "up.log").read_text()[-3000:]
         assert events[0]["source"] == "logistics"
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(60) == 0
-    finally:
-        if up.poll() is None:
-            # SIGTERM first: killing `bhiv up` outright would orphan its children.
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        log.close()
 
 
 def test_workflow_steps_call_the_offset_copy(tmp_path: Path) -> None:
     """Issue 19: under --port-offset a workflow's service step reaches this copy's
     Logistics (from the BHIV_LOGISTICS_URL `bhiv up` exports), not the catalog's port."""
-    offset = _free_offset()
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [
-            sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path),
-            "--only", "logistics", "--only", "agent-orchestration",
-        ],
-        env=_env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        logistics = f"http://127.0.0.1:{catalog.get('logistics').port + offset}"
-        agents = f"http://127.0.0.1:{catalog.get('agent-orchestration').port + offset}"
-        for url in (logistics, agents):
-            wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
-        token = subprocess.run(
-            [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
-            env=_env(tmp_path), capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
-        auth = {"Authorization": f"Bearer {token}"}
+    with _up_only(tmp_path, "logistics", "agent-orchestration") as up:
+        logistics, agents, auth = up.url("logistics"), up.url("agent-orchestration"), up.auth
         r = httpx.post(f"{logistics}/inventory", json={"sku": "OFFSET-WF", "name": "Here", "quantity": 3},
                        headers=auth)
         assert r.status_code == 201, r.text
@@ -234,14 +234,3 @@ def test_workflow_steps_call_the_offset_copy(tmp_path: Path) -> None:
         assert run["status"] == "succeeded", run
         (item,) = [s for s in run["steps"] if s["step_id"] == "item"]
         assert item["output"]["sku"] == "OFFSET-WF", item
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(60) == 0
-    finally:
-        if up.poll() is None:
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        log.close()
