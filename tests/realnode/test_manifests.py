@@ -43,9 +43,13 @@ def _logistics_pod(node: RealNode) -> dict:
 def applied(real_node: RealNode, node_image: str) -> Iterator[None]:
     subprocess.run(["docker", "tag", node_image, MANIFESTS_IMAGE], check=True, timeout=60)  # noqa: S607
     real_node.load_image(MANIFESTS_IMAGE)
-    assert real_node.kubectl("get", "crd", "bhivmodules.bhiv.io", check=False).returncode != 0, (
-        "the CRD is already installed: this test wants a cluster without it"
-    )
+    # A cluster that has never seen BHIV: the CRDs left by an earlier tier (helm uninstall
+    # keeps them on purpose) go first, so the apply below must install them itself.
+    real_node.kubectl(
+        "delete", "crd", "bhivmodules.bhiv.io", "kopfpeerings.kopf.dev",
+        "clusterkopfpeerings.kopf.dev", "--ignore-not-found", "--wait=true", "--timeout=180s",
+    )  # fmt: skip
+    assert real_node.kubectl("get", "crd", "bhivmodules.bhiv.io", check=False).returncode != 0
     try:
         result = real_node.kubectl("apply", "-k", str(REPO / "manifests"), check=False)
         assert result.returncode == 0, result.stderr

@@ -9,6 +9,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from secrets import token_urlsafe
 
 import pytest
 
@@ -37,6 +38,9 @@ def _deployment(namespace: str, image: str) -> dict:
                             # Only what was loaded into the node: never a pull.
                             "imagePullPolicy": "Never",
                             "args": ["serve", "logistics"],
+                            # In a cluster a service refuses to make its own signing
+                            # secret; this throwaway one is the test's, never a real one.
+                            "env": [{"name": "BHIV_JWT_SECRET", "value": token_urlsafe(32)}],
                             "ports": [{"containerPort": LOGISTICS_PORT, "name": "http"}],
                             "readinessProbe": {
                                 "httpGet": {"path": "/health", "port": "http"},
