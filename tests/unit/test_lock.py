@@ -43,7 +43,10 @@ def _direct(extras: tuple[str, ...]) -> dict[str, Requirement]:
 
 _PIN = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[^\]]*\])?==([^\s;\\]+)", re.M)
 _VIA_US = re.compile(
-    r"^([A-Za-z0-9][A-Za-z0-9._-]*)==[^\n]*\n(?:    --hash[^\n]*\n)*(?P<via>(?:    #[^\n]*\n)+)", re.M
+    r"^([A-Za-z0-9][A-Za-z0-9._-]*)==[^\n]*\n"  # the pin
+    r"(?:    --hash[^\n]*\n)*"  # its hashes
+    r"(?P<via>(?:    #[^\n]*\n)+)",  # what required it
+    re.M,
 )
 
 
