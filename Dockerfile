@@ -24,8 +24,8 @@ ENV LANG=C.UTF-8 \
 # .build-ca/ca-certificates.crt in the build context (hack/build-image puts the
 # host's bundle there). The directory is usually absent: the bracket makes the
 # name a pattern, which may match nothing as long as another source (here
-# pyproject.toml) exists. Only this stage sees it; the final image does not.
-COPY pyproject.toml .build-c[a] /tmp/build-ca/
+# requirements.lock) exists. Only this stage sees it; the final image does not.
+COPY requirements.lock .build-c[a] /tmp/build-ca/
 
 # Some wheels ship their extension modules with debug info (uvloop's alone is
 # 12 MB of it); `strip --strip-debug` (symbols stay) takes about 25 MB off the
@@ -43,17 +43,17 @@ RUN set -eu; \
 
 RUN python3 -m venv /opt/bhiv
 
-# Dependencies first, in their own layer: rebuilt only when pyproject.toml
-# changes. Wheels only, so the build needs no compiler either.
+# Dependencies first, in their own layer: rebuilt only when requirements.lock
+# changes. Exactly the locked versions, each checked against its hash (`make
+# lock` writes the file from pyproject.toml's ranges). Wheels only, so the build
+# needs no compiler either.
 # The kubernetes wheel carries a second, asyncio client (kubernetes/aio, about
 # 70 MB with its bytecode) beside the synchronous one. BHIV uses only the
 # synchronous client (Kopf has its own aiohttp session), so kubernetes/aio is
 # not shipped; tests/container checks that no BHIV source imports it.
 RUN set -eu; \
     if [ -s /tmp/build-ca/ca-certificates.crt ]; then export PIP_CERT=/tmp/build-ca/ca-certificates.crt; fi; \
-    /opt/bhiv/bin/python -c 'import tomllib; print("\n".join(tomllib.load(open("/tmp/build-ca/pyproject.toml", "rb"))["project"]["dependencies"]))' \
-        > /tmp/requirements.txt; \
-    /opt/bhiv/bin/pip install --only-binary=:all: -r /tmp/requirements.txt; \
+    /opt/bhiv/bin/pip install --only-binary=:all: --require-hashes -r /tmp/build-ca/requirements.lock; \
     rm -rf /opt/bhiv/lib/python3*/site-packages/kubernetes/aio; \
     if [ "${STRIP_DEBUG}" = 1 ]; then \
         if command -v strip >/dev/null; then \

@@ -11,7 +11,7 @@ PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
 .PHONY: help venv up test test-deps tools test-unit test-service test-cluster test-container \
-	test-chart test-kind test-realnode chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
+	test-chart test-kind test-realnode lock lock-upgrade chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
 	bench-operator lint clean
 
 help: ## list the targets
@@ -22,10 +22,32 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-# Reinstalled whenever pyproject.toml (the one place versions are pinned) changes.
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+# Installs exactly the locked versions, checked against their hashes, then the
+# project itself without resolving anything. Reinstalled whenever the lock or
+# pyproject.toml (the one place version ranges are written) changes.
+$(VENV)/.installed: requirements-dev.lock pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements-dev.lock
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	@touch $@
+
+# uv resolves the locks; it is bootstrapped into the venv at this version.
+UV_VERSION := 0.13.9
+UV_COMPILE = $(BIN)/uv pip compile pyproject.toml --quiet --universal --python-version 3.11 \
+	--generate-hashes --custom-compile-command "make lock"
+
+$(BIN)/uv: | $(BIN)/python
+	$(BIN)/python -m pip install --quiet 'uv==$(UV_VERSION)'
+
+# `make lock` keeps every pin that still fits pyproject.toml and resolves only
+# what changed (a dependency added, removed or re-ranged); `make lock-upgrade`
+# moves everything to the newest versions the ranges allow.
+lock: $(BIN)/uv ## update requirements.lock and requirements-dev.lock after editing pyproject.toml
+	$(UV_COMPILE) -o requirements.lock
+	$(UV_COMPILE) --extra dev -o requirements-dev.lock
+
+lock-upgrade: $(BIN)/uv ## re-resolve both locks to the newest versions pyproject.toml allows
+	$(UV_COMPILE) --upgrade -o requirements.lock
+	$(UV_COMPILE) --upgrade --extra dev -o requirements-dev.lock
 
 venv: $(VENV)/.installed ## create .venv with the package and its test tools
 

@@ -166,3 +166,43 @@ def test_kubernetes_client_imports_without_its_asyncio_half(run_once) -> None:
     result = run_once("-c", script, entrypoint="python3")
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "None"
+
+
+def test_installs_exactly_the_locked_versions(run_once) -> None:
+    # The Dockerfile installs requirements.lock with --require-hashes: every
+    # distribution in the image but bhiv-core itself is pinned there, at that version.
+    locked = {
+        name.lower().replace("_", "-"): version
+        for name, version in re.findall(
+            r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;\\]+)",
+            (REPO_ROOT / "requirements.lock").read_text(),
+            re.M,
+        )
+    }
+    script = (
+        "import importlib.metadata as m; "
+        "print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))"
+    )
+    result = run_once("-c", script, entrypoint="python3")
+    assert result.returncode == 0, result.stderr
+    installed = dict(
+        line.lower().replace("_", "-").split("==") for line in result.stdout.split()
+    )
+    installed.pop("bhiv-core")
+    unlocked = {n: v for n, v in installed.items() if locked.get(n) != v}
+    assert unlocked == {}, f"in the image but not at their locked version: {unlocked}"
+
+
+def test_counts_cl100k_tokens_with_no_network(run_once) -> None:
+    # The ranks file ships inside the bhiv package; tiktoken's download is never tried.
+    script = (
+        "import tiktoken.load as l\n"
+        "def offline(*a, **k): raise OSError('no network')\n"
+        "l.read_file = offline\n"
+        "from bhiv.llm.tokens import counter\n"
+        "c = counter('cl100k_base')\n"
+        "print(c.method, c.text('hello world'))\n"
+    )
+    result = run_once("-c", script, entrypoint="python3")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["cl100k_base", "2"]

