@@ -7,6 +7,8 @@ its prefixes. A service that has not been built yet is simply not listed.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 
@@ -102,6 +104,13 @@ def get(name: str) -> ServiceEntry:
 def url_variable(name: str) -> str:
     """The environment variable naming where service ``name`` runs: ``BHIV_LLM_QUERY_URL``."""
     return f"BHIV_{name.upper().replace('-', '_')}_URL"
+
+
+def service_url(name: str, environ: Mapping[str, str] | None = None) -> str:
+    """Where service ``name`` runs: its ``BHIV_<SERVICE>_URL`` (which `bhiv up`, also
+    under --port-offset, exports to every child), else its catalog port on 127.0.0.1."""
+    environ = os.environ if environ is None else environ
+    return environ.get(url_variable(name)) or f"http://127.0.0.1:{DEFAULT_PORTS[name]}"
 
 
 def in_startup_order() -> list[list[ServiceEntry]]:

@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-import os
-
 from pydantic import Field, SecretStr, field_validator
 
 from bhiv import catalog
@@ -12,13 +10,7 @@ CALLABLE_SERVICES = ("logistics", "crm", "llm-query", "integrations")
 
 
 def _platform_urls() -> dict[str, str]:
-    """Where each callable service runs: ``BHIV_<SERVICE>_URL`` (which `bhiv up`, also
-    under --port-offset, exports to every child), else the catalog's port on 127.0.0.1."""
-    return {
-        name: os.environ.get(catalog.url_variable(name))
-        or f"http://127.0.0.1:{catalog.DEFAULT_PORTS[name]}"
-        for name in CALLABLE_SERVICES
-    }
+    return {name: catalog.service_url(name) for name in CALLABLE_SERVICES}
 
 
 class AgentsSettings(ServiceSettings):

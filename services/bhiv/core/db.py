@@ -11,7 +11,6 @@ needs none of these tricks.
 
 from __future__ import annotations
 
-
 import datetime as dt
 import enum
 import threading

@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
@@ -24,6 +25,20 @@ MetricsAccess = Literal["public", "admin", "off"]
 
 class MissingSharedSecret(RuntimeError):
     """A secret every replica must share was not given (see ``require_shared_secrets``)."""
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
+    """CIDRs (or single addresses) from settings; a bad one is a ValueError naming it."""
+    networks = []
+    for value in values:
+        try:
+            networks.append(ipaddress.ip_network(value.strip(), strict=False))
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IP network (CIDR) or address") from None
+    return tuple(networks)
 
 
 def running_in_kubernetes() -> bool:
@@ -134,11 +149,7 @@ class ServiceSettings(BaseSettings):
     @field_validator("trusted_proxies")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        for entry in value:
-            try:
-                ipaddress.ip_network(entry, strict=False)
-            except ValueError:
-                raise ValueError(f"{entry!r} is not an IP address or CIDR") from None
+        parse_networks(value)  # a typo fails at startup, naming the entry
         return value
 
     @field_validator("log_level", mode="before")

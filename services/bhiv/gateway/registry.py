@@ -108,8 +108,9 @@ class Upstream:
     policy: RoutePolicy
     instances: list[Instance] = field(default_factory=list)
     capabilities: tuple[str, ...] = ()
-    # Learned from the service's OpenAPI (bhiv.gateway.openapi.PublicOperationsLearner);
-    # None until first learned: nothing is public on the service's word before then.
+    # Learned from the service's OpenAPI (OpenApiAggregator.learn_public_operations);
+    # empty until first learned (public_learned_at None): nothing is public on the
+    # service's word before then.
     public_operations: tuple[PublicOperation, ...] = ()
     public_learned_at: float | None = None
     _turn: itertools.count = field(default_factory=itertools.count, repr=False)

@@ -27,7 +27,6 @@ webhook receiver at such a URL, and those are internal addresses by nature.
 from __future__ import annotations
 
 import ipaddress
-import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -38,9 +37,9 @@ import httpcore
 import httpx
 
 from bhiv import catalog
+from bhiv.core.settings import Network, parse_networks
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 # Resolves (host, port) to the addresses a connection may use.
 Resolver = Callable[[str, int], Awaitable[list[str]]]
 
@@ -133,23 +132,11 @@ def blocked_kind(address: Address) -> str | None:
     return None
 
 
-def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
-    """CIDRs (or single addresses) from settings; a bad one is a ValueError naming it."""
-    networks = []
-    for value in values:
-        try:
-            networks.append(ipaddress.ip_network(value.strip(), strict=False))
-        except ValueError:
-            raise ValueError(f"{value!r} is not an IP network (CIDR) or address") from None
-    return tuple(networks)
-
-
 def platform_destinations(environ: Mapping[str, str] | None = None) -> frozenset[tuple[str, int]]:
     """(host, port) of every platform service: ``BHIV_<SERVICE>_URL`` or the catalog default."""
-    environ = os.environ if environ is None else environ
     found = set()
-    for name, port in catalog.DEFAULT_PORTS.items():
-        url = environ.get(catalog.url_variable(name)) or f"http://127.0.0.1:{port}"
+    for name in catalog.DEFAULT_PORTS:
+        url = catalog.service_url(name, environ)
         host, url_port = host_of(url), _port_of(url)
         if host and url_port:
             found.add((host, url_port))

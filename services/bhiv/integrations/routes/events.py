@@ -38,9 +38,9 @@ def check_publisher(identity: Identity, source: str) -> None:
     for: a service publishes only as itself, and an admin (a backfill, a replay from
     another system, a test) as any source. Anyone else, editors included, cannot.
     """
-    if "admin" in identity.permissions or service_of(identity) == source:
-        return
     speaks_for = service_of(identity)
+    if "admin" in identity.permissions or speaks_for == source:
+        return
     who = f"the {speaks_for} service" if speaks_for else f"'{identity.subject}'"
     message = f"only the {source} service itself (or an admin) may publish as '{source}'; you are {who}"
     raise Problem(
