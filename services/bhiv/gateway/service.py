@@ -18,7 +18,7 @@ from fastapi import Depends, FastAPI
 
 from bhiv import catalog
 from bhiv.core import ServiceSpec, create_app as _create_app
-from bhiv.gateway import batch, routes
+from bhiv.gateway import batch, console, routes
 from bhiv.gateway.access import EdgeAuth
 from bhiv.gateway.discovery import local_services
 from bhiv.gateway.edge import Edge, ProxyRoute
@@ -159,4 +159,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Limited per address before their own credential checks, like routed requests.
     app.include_router(routes.router, dependencies=[Depends(routes.limit_by_address)])
     app.include_router(batch.router, dependencies=[Depends(routes.limit_by_address)])
+    # The web console: public pages and assets (no credential needed to load
+    # them); every call they make goes through the API above with the user's own.
+    console.mount(app)
     return app
