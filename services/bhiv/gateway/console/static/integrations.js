@@ -62,7 +62,8 @@
       el("td", {}, C.chip(d.status)),
       el("td", {}, String(d.attempts)),
       el("td", {}, String(d.replays)),
-      el("td", { class: "small" }, d.last_status_code ? `HTTP ${d.last_status_code}` : "", d.last_error ? el("div", { class: "muted" }, d.last_error) : ""),
+      el("td", { class: "small" }, d.last_status_code ? `HTTP ${d.last_status_code}` : "",
+        d.last_error && d.last_error !== `HTTP ${d.last_status_code}` ? el("div", { class: "muted" }, d.last_error) : ""),
       el("td", {}, C.when(d.updated_at)),
       el("td", {}, d.status === "dead" ? C.actionButton("Replay", {
         title: `Replay delivery #${d.id}?`,
