@@ -56,7 +56,9 @@ def test_sign_in_and_see_every_module(page: Any, platform: Platform) -> None:
     assert sorted(rows.evaluate_all("rows => rows.map(r => r.dataset.service)")) == sorted(
         s for s in SERVICES if s != "gateway"
     )
-    page.locator('#services-table tr[data-service="logistics"] td:nth-child(3)', has_text="0.1.0").wait_for()
+    page.locator(
+        '#services-table tr[data-service="logistics"] td:nth-child(3)', has_text="0.1.0"
+    ).wait_for()
     # Kept in this tab's sessionStorage only, never in the page or in localStorage.
     assert page.evaluate("sessionStorage.getItem('bhiv.console.credential')") == token
     assert page.evaluate("localStorage.length") == 0
@@ -71,12 +73,20 @@ def test_sign_in_and_see_every_module(page: Any, platform: Platform) -> None:
     assert page.evaluate("sessionStorage.length") == 0
 
 
-def test_a_viewer_api_key_signs_in_and_the_api_refuses_its_actions(page: Any, platform: Platform) -> None:
+def test_a_viewer_api_key_signs_in_and_the_api_refuses_its_actions(
+    page: Any, platform: Platform
+) -> None:
     api = platform.api()
     name = _name("console-wait")
-    _created(api.post("/api/agents/workflows", json={
-        "name": name, "steps": [{"id": "pause", "type": "wait", "seconds": 600}],
-    }))
+    _created(
+        api.post(
+            "/api/agents/workflows",
+            json={
+                "name": name,
+                "steps": [{"id": "pause", "type": "wait", "seconds": 600}],
+            },
+        )
+    )
     run = _created(api.post("/api/agents/runs", json={"workflow": name}))
 
     sign_in(page, platform, VIEWER_KEY, path=f"workflows?run={run['id']}")
@@ -102,14 +112,29 @@ def test_a_viewer_api_key_signs_in_and_the_api_refuses_its_actions(page: Any, pl
 def test_a_run_whose_step_failed_shows_that_step_failed(page: Any, platform: Platform) -> None:
     api = platform.api()
     name = _name("console-fails")
-    _created(api.post("/api/agents/workflows", json={"name": name, "steps": [
-        {"id": "order", "type": "set", "value": {"sku": "W-1", "quantity": 3}},
-        {"id": "check_stock", "type": "condition", "needs": ["order"],
-         "expression": "steps.order.output.quantity > 5", "fail_message": "not enough stock for the order"},
-        {"id": "ship", "type": "set", "needs": ["check_stock"], "value": "shipped"},
-    ]}))
+    _created(
+        api.post(
+            "/api/agents/workflows",
+            json={
+                "name": name,
+                "steps": [
+                    {"id": "order", "type": "set", "value": {"sku": "W-1", "quantity": 3}},
+                    {
+                        "id": "check_stock",
+                        "type": "condition",
+                        "needs": ["order"],
+                        "expression": "steps.order.output.quantity > 5",
+                        "fail_message": "not enough stock for the order",
+                    },
+                    {"id": "ship", "type": "set", "needs": ["check_stock"], "value": "shipped"},
+                ],
+            },
+        )
+    )
     run = _created(api.post("/api/agents/runs", json={"workflow": name, "input": {"customer": 7}}))
-    _wait(lambda: api.get(f"/api/agents/runs/{run['id']}").json(), lambda r: r["status"] == "failed")
+    _wait(
+        lambda: api.get(f"/api/agents/runs/{run['id']}").json(), lambda r: r["status"] == "failed"
+    )
 
     sign_in(page, platform, path="workflows")
     page.get_by_label("Workflow").select_option(name)
@@ -123,10 +148,16 @@ def test_a_run_whose_step_failed_shows_that_step_failed(page: Any, platform: Pla
     graph = page.locator("#run-graph")
     graph.locator('g.node[data-id="check_stock"][data-state="failed"]').wait_for()
     assert graph.locator('g.node[data-id="order"]').get_attribute("data-state") == "succeeded"
-    assert graph.locator('g.node[data-id="ship"]').get_attribute("data-state") in ("pending", "skipped")
+    assert graph.locator('g.node[data-id="ship"]').get_attribute("data-state") in (
+        "pending",
+        "skipped",
+    )
     # The graph's edges follow `needs`, left to right.
     assert graph.locator('path.edge[data-from="order"][data-to="check_stock"]').count() == 1
-    assert page.locator('#steps-table tr[data-step="check_stock"]').get_attribute("data-state") == "failed"
+    assert (
+        page.locator('#steps-table tr[data-step="check_stock"]').get_attribute("data-state")
+        == "failed"
+    )
 
     # By keyboard: focus the failed step's node, press Enter, read its details.
     graph.locator('g.node[data-id="check_stock"]').focus()
@@ -149,17 +180,36 @@ def test_replay_a_dead_letter(page: Any, platform: Platform) -> None:
     event_type = f"console.{uuid.uuid4().hex[:8]}"
     with receiver() as hooks:
         hooks.script["/hook"] = [500]
-        sub = _created(api.post("/api/integrations/subscriptions", json={
-            "url": hooks.url + "/hook", "event_types": [event_type], "description": "console test receiver",
-        }))
-        _created(api.post("/api/integrations/events", json={
-            "id": f"evt_{uuid.uuid4().hex}", "type": event_type, "source": "console-tests",
-            "occurred_at": "2026-12-01T10:00:00Z", "data": {"order": 42},
-        }))
+        sub = _created(
+            api.post(
+                "/api/integrations/subscriptions",
+                json={
+                    "url": hooks.url + "/hook",
+                    "event_types": [event_type],
+                    "description": "console test receiver",
+                },
+            )
+        )
+        _created(
+            api.post(
+                "/api/integrations/events",
+                json={
+                    "id": f"evt_{uuid.uuid4().hex}",
+                    "type": event_type,
+                    "source": "console-tests",
+                    "occurred_at": "2026-12-01T10:00:00Z",
+                    "data": {"order": 42},
+                },
+            )
+        )
         deliveries = f"/api/integrations/subscriptions/{sub['id']}/deliveries"
-        [dead] = _wait(lambda: api.get(deliveries).json()["items"],
-                       lambda items: items and items[0]["status"] == "dead")
-        _created(api.post("/api/integrations/webhook-sources", json={"name": _name("acme-payments")}))
+        [dead] = _wait(
+            lambda: api.get(deliveries).json()["items"],
+            lambda items: items and items[0]["status"] == "dead",
+        )
+        _created(
+            api.post("/api/integrations/webhook-sources", json={"name": _name("acme-payments")})
+        )
         hooks.script["/hook"] = [200]  # the receiver is back
 
         sign_in(page, platform, path="integrations")
@@ -175,7 +225,9 @@ def test_replay_a_dead_letter(page: Any, platform: Platform) -> None:
         page.get_by_role("button", name="Confirm").click()
         # Replayed, it leaves the dead letters; the log shows it delivered.
         page.get_by_label("Status").select_option("")
-        page.locator(f'#deliveries-table tr[data-delivery="{dead["id"]}"][data-state="succeeded"]').wait_for()
+        page.locator(
+            f'#deliveries-table tr[data-delivery="{dead["id"]}"][data-state="succeeded"]'
+        ).wait_for()
         assert len(hooks.at("/hook")) == 3  # two failed attempts, then the replay
     assert api.get(f"/api/integrations/deliveries/{dead['id']}").json()["replays"] == 1
 
@@ -183,11 +235,25 @@ def test_replay_a_dead_letter(page: Any, platform: Platform) -> None:
 def test_logistics_crm_and_llm_pages(page: Any, platform: Platform) -> None:
     api = platform.api()
     sku = _name("LOW").upper()
-    _created(api.post("/api/logistics/inventory", json={
-        "sku": sku, "name": "Console widget", "quantity": 2, "reorder_level": 10,
-    }))
-    _created(api.post("/api/crm/leads", json={"name": "Ada Console", "company": "Globex", "source": "website"}))
-    _created(api.post("/api/llm/query", json={"prompt": "Say hello to the console", "model": "primary"}))
+    _created(
+        api.post(
+            "/api/logistics/inventory",
+            json={
+                "sku": sku,
+                "name": "Console widget",
+                "quantity": 2,
+                "reorder_level": 10,
+            },
+        )
+    )
+    _created(
+        api.post(
+            "/api/crm/leads", json={"name": "Ada Console", "company": "Globex", "source": "website"}
+        )
+    )
+    _created(
+        api.post("/api/llm/query", json={"prompt": "Say hello to the console", "model": "primary"})
+    )
 
     sign_in(page, platform, path="glance")
     page.locator("#low-stock-table tbody th", has_text=sku).wait_for()
@@ -217,7 +283,9 @@ def test_the_graph_shows_a_stopped_service_without_a_reload(page: Any, platform:
     crm.stop()
     try:
         graph.locator('g.node[data-id="crm"][data-state="down"]').wait_for(timeout=30_000)
-        page.locator('#services-table tr[data-service="crm"] .service-status', has_text="down").wait_for()
+        page.locator(
+            '#services-table tr[data-service="crm"] .service-status', has_text="down"
+        ).wait_for()
         assert page.evaluate("window.stillTheSamePage") is True
         # The others are untouched.
         assert graph.locator('g.node[data-id="logistics"]').get_attribute("data-state") == "up"
