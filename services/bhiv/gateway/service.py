@@ -11,8 +11,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
@@ -44,6 +45,8 @@ class Gateway:
     edge: Edge
     openapi: OpenApiAggregator
     metrics: GatewayMetrics
+    # Kubernetes discovery: the BhivModules as GET /services shows them (None locally).
+    modules: Callable[[], list[dict[str, Any]]] | None = None
 
     def apply_discovery(self, services: list[DiscoveredService]) -> None:
         removed = self.registry.update(services)
@@ -76,6 +79,7 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
             kubeconfig=settings.gateway_kubeconfig,
         )
         watcher.start(asyncio.get_running_loop())
+        gateway.modules = watcher.index.module_views
         log.info("discovering BhivModules in namespace %s", watcher.namespace)
     else:
         gateway.apply_discovery(local_services(settings))

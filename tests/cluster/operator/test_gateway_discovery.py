@@ -38,8 +38,17 @@ def test_routes_follow_the_modules_of_its_namespace(
         assert "crm" not in found
 
         # A module added later is routed without a restart; a deleted one goes away.
-        modules("crm", service="crm")
+        modules("crm", service="crm", depends_on=["logistics"])
         wait_for(lambda: "crm" in routed(), "crm discovered after it was created")
+        # /services also shows each module as the operator reports it (the console's graph).
+        def shown() -> dict[str, Any]:
+            return {m["name"]: m for m in api.get("/services").json()["modules"]}
+
+        views = wait_for(lambda: (v := shown()) and v.get("crm", {}).get("conditions") and v, "crm's status shown")
+        assert views["crm"]["dependsOn"] == ["logistics"] and views["crm"]["image"] == "bhiv-core:test"
+        ready = {c["type"]: c["status"] for c in views["logistics"]["conditions"]}
+        assert ready["Ready"] == "True" and views["logistics"]["replicasReady"] == "1/1"
+        assert views["logistics"]["waitingFor"] == []
         kubectl("delete", "bm", "crm", "-n", namespace)
         wait_for(lambda: "crm" not in routed(), "crm gone after it was deleted")
         # Routed, but its pods are simulated: the gateway answers for it, never hangs.
