@@ -44,8 +44,11 @@ def test_routes_follow_the_modules_of_its_namespace(
         def shown() -> dict[str, Any]:
             return {m["name"]: m for m in api.get("/services").json()["modules"]}
 
-        views = wait_for(lambda: (v := shown()) and v.get("crm", {}).get("conditions") and v, "crm's status shown")
-        assert views["crm"]["dependsOn"] == ["logistics"] and views["crm"]["image"] == "bhiv-core:test"
+        views = wait_for(
+            lambda: (v := shown()) and v.get("crm", {}).get("conditions") and v, "crm's status shown"
+        )
+        assert views["crm"]["dependsOn"] == ["logistics"]
+        assert views["crm"]["image"] == "bhiv-core:test"
         ready = {c["type"]: c["status"] for c in views["logistics"]["conditions"]}
         assert ready["Ready"] == "True" and views["logistics"]["replicasReady"] == "1/1"
         assert views["logistics"]["waitingFor"] == []
