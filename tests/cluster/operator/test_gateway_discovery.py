@@ -45,7 +45,7 @@ def test_routes_follow_the_modules_of_its_namespace(
             return {m["name"]: m for m in api.get("/services").json()["modules"]}
 
         views = wait_for(
-            lambda: (v := shown()) and v.get("crm", {}).get("conditions") and v, "crm's status shown"
+            lambda: (v := shown()) and v.get("crm", {}).get("conditions") and v, "crm's status"
         )
         assert views["crm"]["dependsOn"] == ["logistics"]
         assert views["crm"]["image"] == "bhiv-core:test"
