@@ -172,6 +172,7 @@ def test_a_run_whose_step_failed_shows_that_step_failed(page: Any, platform: Pla
     assert '"sku": "W-1"' in page.locator("#step-output").inner_text()
     graph.locator('g.node[data-id="check_stock"]').click()
     assert "run_failed" in page.locator("#run-history").inner_text()
+    page.evaluate("window.scrollTo(0, 0)")  # the run, its graph and its steps
     screenshot(page, "workflow-run", full_page=False)
 
 
