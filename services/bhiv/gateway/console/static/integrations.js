@@ -74,50 +74,57 @@
     )), status === "dead" ? "No dead letters." : "No deliveries.");
   }
 
+  // One sub-section per item (a source, a sync job), each with a small table of its latest records.
+  function perItem(box, items, records, { empty, label, heading, note, caption, headers, cells, none }) {
+    if (!C.changed(box, [items, records])) return;
+    if (!items.length) {
+      box.replaceChildren(el("p", { class: "muted" }, empty));
+      return;
+    }
+    box.replaceChildren(...items.map((item, i) => el("section", { class: "sub", "aria-label": label(item) },
+      el("h3", {}, item.name, " ", C.chip(heading(item))),
+      el("p", { class: "muted small" }, note(item, records[i])),
+      el("table", {},
+        el("caption", { class: "sr-only" }, caption(item)),
+        el("thead", {}, el("tr", {}, ...headers.map((h) => el("th", { scope: "col" }, h)))),
+        el("tbody", {}, records[i].items.length
+          ? records[i].items.map((r) => el("tr", {}, ...cells(r).map((c) => el("td", {}, c))))
+          : el("tr", {}, el("td", { colspan: headers.length, class: "muted" }, none))),
+      ),
+    )));
+  }
+
   async function refreshSources() {
     const sources = (await C.api(`${API}/webhook-sources?limit=100`)).items;
     const messages = await Promise.all(sources.map((s) => C.api(`${API}/webhook-sources/${s.id}/messages?limit=5`)));
-    const box = document.getElementById("sources");
-    if (!C.changed(box, [sources, messages])) return;
-    if (!sources.length) {
-      box.replaceChildren(el("p", { class: "muted" }, "No inbound sources."));
-      return;
-    }
-    box.replaceChildren(...sources.map((s, i) => el("section", { class: "sub", "aria-label": `Source ${s.name}` },
-      el("h3", {}, s.name, " ", C.chip(s.active ? "active" : "inactive")),
-      el("p", { class: "muted small" }, `Senders post to ${s.endpoint} · ${messages[i].total} messages`),
-      el("table", {},
-        el("caption", { class: "sr-only" }, `Last messages from ${s.name}`),
-        el("thead", {}, el("tr", {}, ...["Received", "Event type", "webhook-id", "Duplicates", "Body"].map((h) => el("th", { scope: "col" }, h)))),
-        el("tbody", {}, messages[i].items.length ? messages[i].items.map((m) => el("tr", {},
-          el("td", {}, C.when(m.received_at)), el("td", {}, m.event_type || ""), el("td", {}, el("code", {}, m.message_id)),
-          el("td", {}, String(m.duplicates)), el("td", {}, el("code", { class: "small clip" }, m.body.slice(0, 160))),
-        )) : el("tr", {}, el("td", { colspan: 5, class: "muted" }, "No messages yet.")))),
-    )));
+    perItem(document.getElementById("sources"), sources, messages, {
+      empty: "No inbound sources.",
+      label: (s) => `Source ${s.name}`,
+      heading: (s) => (s.active ? "active" : "inactive"),
+      note: (s, page) => `Senders post to ${s.endpoint} · ${page.total} messages`,
+      caption: (s) => `Last messages from ${s.name}`,
+      headers: ["Received", "Event type", "webhook-id", "Duplicates", "Body"],
+      cells: (m) => [C.when(m.received_at), m.event_type || "", el("code", {}, m.message_id), String(m.duplicates),
+        el("code", { class: "small clip" }, m.body.slice(0, 160))],
+      none: "No messages yet.",
+    });
   }
 
   async function refreshSync() {
     const jobs = (await C.api(`${API}/sync-jobs?limit=100`)).items;
     const runs = await Promise.all(jobs.map((j) => C.api(`${API}/sync-jobs/${j.id}/runs?limit=5`)));
-    const box = document.getElementById("sync-jobs");
-    if (!C.changed(box, [jobs, runs])) return;
-    if (!jobs.length) {
-      box.replaceChildren(el("p", { class: "muted" }, "No sync jobs."));
-      return;
-    }
-    box.replaceChildren(...jobs.map((j, i) => el("section", { class: "sub", "aria-label": `Sync job ${j.name}` },
-      el("h3", {}, j.name, " ", C.chip(j.enabled ? "active" : "inactive")),
-      el("p", { class: "muted small" }, `${j.source_path} → ${j.target}`,
-        j.interval_seconds ? ` · every ${j.interval_seconds} s` : " · manual", j.next_run_at ? ` · next ${C.when(j.next_run_at)}` : ""),
-      el("table", {},
-        el("caption", { class: "sr-only" }, `Last runs of ${j.name}`),
-        el("thead", {}, el("tr", {}, ...["Run", "Trigger", "Status", "Started", "Took", "Created", "Updated", "Failed", "Conflicts"].map((h) => el("th", { scope: "col" }, h)))),
-        el("tbody", {}, runs[i].items.length ? runs[i].items.map((r) => el("tr", {},
-          el("td", {}, `#${r.id}`), el("td", {}, r.trigger), el("td", {}, C.chip(r.status)), el("td", {}, C.when(r.started_at)),
-          el("td", {}, C.took(r.started_at, r.finished_at)), el("td", {}, String(r.created)), el("td", {}, String(r.updated)),
-          el("td", {}, String(r.failed)), el("td", {}, String(r.conflicts)),
-        )) : el("tr", {}, el("td", { colspan: 9, class: "muted" }, "No runs yet.")))),
-    )));
+    perItem(document.getElementById("sync-jobs"), jobs, runs, {
+      empty: "No sync jobs.",
+      label: (j) => `Sync job ${j.name}`,
+      heading: (j) => (j.enabled ? "active" : "inactive"),
+      note: (j) => `${j.source_path} → ${j.target}` + (j.interval_seconds ? ` · every ${j.interval_seconds} s` : " · manual") +
+        (j.next_run_at ? ` · next ${C.when(j.next_run_at)}` : ""),
+      caption: (j) => `Last runs of ${j.name}`,
+      headers: ["Run", "Trigger", "Status", "Started", "Took", "Created", "Updated", "Failed", "Conflicts"],
+      cells: (r) => [`#${r.id}`, r.trigger, C.chip(r.status), C.when(r.started_at), C.took(r.started_at, r.finished_at),
+        String(r.created), String(r.updated), String(r.failed), String(r.conflicts)],
+      none: "No runs yet.",
+    });
   }
 
   async function refreshAll() {

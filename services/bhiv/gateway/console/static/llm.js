@@ -1,5 +1,5 @@
 // LLM: usage and cost over time per model or tenant (a stacked bar chart drawn
-// as SVG from the usage records), totals per model and per tenant (the
+// as SVG from the usage records), totals per model, tenant, key or provider (the
 // service's own analytics), and budgets (per-key policies; the caller's quota).
 "use strict";
 
@@ -93,18 +93,16 @@
     chart(document.getElementById("usage-chart"), grid, { by, names, values }, totals, measure);
     document.getElementById("usage-note").textContent = all.length < total
       ? `Drawn from the newest ${all.length} of ${total} records in the period.`
-      : `${total} records in the period.` + (C.hasRole("admin") ? "" : " Only your own usage is shown (admins see everyone's).");
-  }
-
-  function groupRows(table, analytics) {
-    C.fill(table, analytics.rows.map((g) => el("tr", {},
-      el("th", { scope: "row" }, g.key || "(none)"), el("td", {}, String(g.requests)), el("td", {}, String(g.total_tokens)),
-      el("td", {}, String(g.cost_usd)), el("td", {}, String(g.errors)))), "No usage yet.");
+      : `${total} record${total === 1 ? "" : "s"} in the period.` + (C.hasRole("admin") ? "" : " Only your own usage is shown (admins see everyone's).");
   }
 
   async function refreshTotals() {
-    groupRows("#by-model-table", await C.api(`${API}/analytics/usage?group_by=model`));
-    groupRows("#by-tenant-table", await C.api(`${API}/analytics/usage?group_by=tenant`));
+    const by = document.getElementById("totals-by").value;
+    const analytics = await C.api(`${API}/analytics/usage?group_by=${by}`);
+    document.getElementById("totals-key").textContent = by[0].toUpperCase() + by.slice(1);
+    C.fill("#totals-table", analytics.rows.map((g) => el("tr", {},
+      el("th", { scope: "row" }, g.key || "(none)"), el("td", {}, String(g.requests)), el("td", {}, String(g.total_tokens)),
+      el("td", {}, String(g.cost_usd)), el("td", {}, String(g.errors)))), "No usage yet.");
   }
 
   async function refreshBudgets() {
@@ -138,6 +136,7 @@
       for (const id of ["usage-by", "usage-measure", "usage-days"]) {
         document.getElementById(id).addEventListener("change", () => refreshChart().catch(C.report));
       }
+      document.getElementById("totals-by").addEventListener("change", () => refreshTotals().catch(C.report));
       C.poll(refresh, 30000);
     },
   });
