@@ -6,17 +6,15 @@ and Playwright for Python drives Debian's Chromium (``hack/test-deps`` installs
 it; Playwright's own browser download is never used). Where Chromium or the
 driver is missing the tier skips, saying why.
 
-Screenshots land in ``tests/browser/artifacts/`` (git-ignored), one per page.
+Screenshots land in ``tests/browser/artifacts/`` (git-ignored), one per page;
+the browser itself comes from ``tests/support/browser.py``.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -25,18 +23,10 @@ from bhiv import catalog
 from bhiv.core.auth import hash_api_key
 
 from tests.service.llm.helpers import FAKE_KEY, registry_env
+from tests.support import browser as support
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.servers import ServiceProcess, service_process
 
-ARTIFACTS = Path(__file__).parent / "artifacts"
-CHROMIUM_CANDIDATES = ("/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome")
-# Headless as root needs --no-sandbox; the rest keep Chromium off the network
-# (it would try Google's hosts for updates, sync and field trials).
-CHROMIUM_ARGS = [
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    "--disable-dev-shm-usage",
-]
 VIEWER_KEY = "bhiv_console_viewer_key_0123456789"
 CREDENTIALS_KEY = "console-test-credentials-key-not-a-secret"
 INTEGRATIONS_ENV = {
@@ -49,17 +39,6 @@ INTEGRATIONS_ENV = {
     # The test's webhook receiver listens on loopback, which egress refuses unless allowed.
     "BHIV_EGRESS_ALLOWED_NETWORKS": "127.0.0.0/8",
 }
-
-
-def chromium_path() -> str | None:
-    configured = os.environ.get("BHIV_TEST_CHROMIUM")
-    if configured:
-        return configured
-    return next((c for c in CHROMIUM_CANDIDATES if Path(c).exists()), shutil.which("chromium"))
-
-
-def _unavailable(reason: str) -> None:
-    pytest.skip(f"{reason} (hack/test-deps installs it where it can)")
 
 
 @dataclass
@@ -87,14 +66,7 @@ class Platform:
 
 @pytest.fixture(scope="session")
 def browser_executable() -> str:
-    path = chromium_path()
-    if path is None or not Path(path).exists():
-        _unavailable("Chromium is not installed")
-    try:
-        import playwright.sync_api  # noqa: F401
-    except ImportError:
-        _unavailable("Playwright for Python is not installed (the test extra of pyproject.toml)")
-    return path
+    return support.browser_executable()
 
 
 @pytest.fixture(scope="session")
@@ -149,56 +121,17 @@ def platform(
 
 
 @pytest.fixture(scope="session")
-def browser(browser_executable: str) -> Iterator[Any]:
-    from playwright.sync_api import sync_playwright
-
-    ARTIFACTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        # Playwright gives every launch a fresh, temporary user-data directory.
-        chromium = p.chromium.launch(executable_path=browser_executable, args=CHROMIUM_ARGS)
-        try:
-            yield chromium
-        finally:
-            chromium.close()
+def browser() -> Iterator[Any]:
+    with support.chromium() as chromium:
+        yield chromium
 
 
 @pytest.fixture
 def page(browser: Any) -> Iterator[Any]:
     """A fresh browser context per test: its own sessionStorage, nothing shared."""
-    context = browser.new_context(viewport={"width": 1280, "height": 900})
-    context.set_default_timeout(20_000)
-    tab = context.new_page()
-    errors: list[str] = []
-    tab.on("pageerror", lambda exc: errors.append(str(exc)))
-
-    def on_console(msg: Any) -> None:
-        # A failed load is judged by its response below (API refusals a test
-        # provokes on purpose are fine); any other error (a CSP refusal) is not.
-        if msg.type == "error" and not msg.text.startswith("Failed to load resource"):
-            errors.append(msg.text)
-
-    def on_response(response: Any) -> None:
-        if response.status >= 400 and "/console" in response.url:
-            errors.append(f"{response.status} {response.url}")
-
-    tab.on("console", on_console)
-    tab.on("response", on_response)
-    try:
+    with support.console_page(browser) as tab:
         yield tab
-        # A script error or a refused resource (CSP) fails the test that caused it.
-        assert not errors, "the page reported errors:\n" + "\n".join(errors)
-    finally:
-        context.close()
 
 
 def sign_in(page: Any, platform: Platform, credential: str | None = None, path: str = "") -> None:
-    page.goto(platform.console + path)
-    page.get_by_label("Token or API key").fill(credential or platform.token("admin"))
-    page.get_by_role("button", name="Sign in").click()
-    page.locator("#who-text").wait_for(state="visible")
-
-
-def screenshot(page: Any, name: str, full_page: bool = True) -> Path:
-    path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=full_page)
-    return path
+    support.sign_in(page, platform.console + path, credential or platform.token("admin"))

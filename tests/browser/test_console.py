@@ -14,8 +14,9 @@ from typing import Any
 
 import httpx
 
-from tests.browser.conftest import VIEWER_KEY, Platform, screenshot, sign_in
+from tests.browser.conftest import VIEWER_KEY, Platform, sign_in
 from tests.service.integrations.peers import receiver
+from tests.support.browser import screenshot
 
 SERVICES = ("integrations", "llm-query", "logistics", "crm", "agent-orchestration", "gateway")
 
