@@ -77,14 +77,18 @@ window.BhivGraph = (() => {
   }
 
   function nodeLabel(node) {
-    return `${node.label}: ${node.state}${node.detail ? ", " + node.detail : ""}`;
+    return `${node.label}: ${node.state}${node.detail ? ` (${node.detail})` : ""}`;
   }
+
+  // SVG text does not wrap: a line longer than the box is cut, in full in the tooltip and label.
+  const fit = (text, max) => (text.length > max ? text.slice(0, max - 1) + "…" : text);
 
   function paintNode(g, node) {
     g.setAttribute("class", `node ${stateClass(node.state)}${g.classList.contains("selected") ? " selected" : ""}`);
     g.setAttribute("data-state", node.state);
     g.setAttribute("aria-label", nodeLabel(node));
-    g.querySelector(".node-state").textContent = node.state + (node.detail ? " · " + node.detail : "");
+    g.querySelector(".node-state").textContent = fit(node.state + (node.detail ? " · " + node.detail : ""), 25);
+    g.querySelector("title").textContent = nodeLabel(node);
   }
 
   // draw(container, {nodes: [{id, label, state, detail?, layer?}], edges: [[from, to]]}, {label, onSelect})
@@ -124,8 +128,9 @@ window.BhivGraph = (() => {
         "data-id": node.id, transform: `translate(${x},${y})`,
         tabindex: onSelect ? 0 : undefined, role: onSelect ? "button" : "img",
       },
+      el("title", {}, ""),
       el("rect", { width: W, height: H, rx: 8 }),
-      el("text", { x: 10, y: 23, class: "node-name" }, node.label.length > 22 ? node.label.slice(0, 21) + "…" : node.label),
+      el("text", { x: 10, y: 23, class: "node-name" }, fit(node.label, 22)),
       el("text", { x: 10, y: 44, class: "node-state" }, ""));
       if (onSelect) {
         const select = () => {

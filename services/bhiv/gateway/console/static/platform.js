@@ -49,7 +49,7 @@
     const names = new Set(modules.map((m) => m.name));
     const nodes = modules.map((m) => ({
       id: m.name, label: m.name, state: moduleState(m),
-      detail: `${m.replicasReady || "0/0"} ready`,
+      detail: (m.waitingFor || []).length ? `for ${m.waitingFor.join(", ")}` : `${m.replicasReady || "0/0"} ready`,
     }));
     const edges = [];
     for (const m of modules) for (const dep of m.dependsOn || []) if (names.has(dep)) edges.push([dep, m.name]);
@@ -102,7 +102,8 @@
     C.fill("#services-table", registry.services.map((svc) => el("tr", { "data-service": svc.name },
       el("th", { scope: "row" }, svc.name, el("div", { class: "muted small" }, svc.prefix)),
       el("td", { class: "service-status" }, C.chip(svc.status)),
-      el("td", {}, versions[svc.name] || ""),
+      // Kubernetes: the module's image when the service's /info does not answer.
+      el("td", {}, versions[svc.name] || byService.get(svc.name)?.image || ""),
       el("td", {}, instanceList(svc)),
       el("td", {}, C.chip(svc.breaker.state), ` ${svc.breaker.failures} failures`),
       el("td", {}, kubernetesCell(byService.get(svc.name))),
