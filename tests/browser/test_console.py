@@ -101,6 +101,7 @@ def test_a_viewer_api_key_signs_in_and_the_api_refuses_its_actions(
     page.locator("#run-summary .chip", has_text="running").wait_for()
     page.get_by_role("button", name="Cancel").click()
     assert page.locator("#confirm-title").inner_text() == "Cancel a running run?"
+    assert page.locator("#confirm-fields input").count() == 0
     page.get_by_role("button", name="Confirm").click()
     page.locator("#run-summary .chip", has_text="cancelled").wait_for()
     assert api.get(f"/api/agents/runs/{run['id']}").json()["status"] == "cancelled"
@@ -293,3 +294,51 @@ def test_the_graph_shows_a_stopped_service_without_a_reload(page: Any, platform:
     finally:
         crm.start()
     graph.locator('g.node[data-id="crm"][data-state="up"]').wait_for(timeout=30_000)
+
+
+def test_run_operations_follow_the_api_description(page: Any, platform: Platform) -> None:
+    """Buttons come from the agents' OpenAPI: operations another version adds (a retry of a
+    step, a named signal with a body) appear, with their parameters asked for."""
+    sign_in(page, platform, path="workflows")
+    doc = {
+        "paths": {
+            "/runs/{run_id}/cancel": {"post": {"summary": "Cancel a running run"}},
+            "/runs/{run_id}/history": {"get": {"summary": "A run's history"}},
+            "/runs/{run_id}/signals/{name}": {
+                "post": {
+                    "summary": "Send a signal",
+                    "requestBody": {
+                        "content": {
+                            "application/json": {"schema": {"$ref": "#/components/schemas/Signal"}}
+                        }
+                    },
+                }
+            },
+            "/runs/{run_id}/steps/{step_id}/retry": {"post": {"summary": "Retry a step"}},
+            "/workflows": {"post": {"summary": "Create a workflow"}},
+        },
+        "components": {
+            "schemas": {
+                "Signal": {
+                    "required": ["payload"],
+                    "properties": {"payload": {"type": "object"}},
+                }
+            }
+        },
+    }
+    ops = page.evaluate("doc => BhivWorkflows.operationsFrom(doc)", doc)
+    assert [(o["name"], o["step"], o["fields"]) for o in ops] == [
+        ("cancel", False, []),
+        ("signals", False, ["name"]),
+        ("steps retry", True, []),
+    ]
+    assert ops[1]["body"] is not None and '"payload": {}' in ops[1]["body"]
+    path = page.evaluate(
+        "op => BhivWorkflows.operationPath(op, {run_id: 7, step_id: 'ship', name: 'go%2Fnow'})",
+        ops[2],
+    )
+    assert path == "api/agents/runs/7/steps/ship/retry"
+    path = page.evaluate(
+        "op => BhivWorkflows.operationPath(op, {run_id: 7, name: 'go%2Fnow'})", ops[1]
+    )
+    assert path == "api/agents/runs/7/signals/go%2Fnow"

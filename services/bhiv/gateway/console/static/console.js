@@ -160,41 +160,55 @@ window.BhivConsole = (() => {
     return handle;
   }
 
-  // An accessible confirmation (the page's <dialog>): resolves with the body text, or null.
-  function confirmAction(title, text, { body } = {}) {
+  // An accessible confirmation (the page's <dialog>), with a text field per name in
+  // `fields` (path parameters such as a signal's name) and a JSON body when `body` is
+  // given: resolves with {values, body}, or null when the user backs out.
+  function confirmAction(title, text, { body, fields = [] } = {}) {
     const dialog = document.getElementById("confirm");
     document.getElementById("confirm-title").textContent = title;
     document.getElementById("confirm-text").textContent = text;
+    const inputs = fields.map((name, i) => el("input", { id: `confirm-field-${i}`, type: "text", required: true, spellcheck: "false" }));
+    document.getElementById("confirm-fields").replaceChildren(...fields.map((name, i) =>
+      el("div", {}, el("label", { for: `confirm-field-${i}` }, name.replace(/_/g, " ")), inputs[i])));
     const field = document.getElementById("confirm-body-field");
     const area = document.getElementById("confirm-body");
     field.hidden = body === undefined;
     area.value = body === undefined ? "" : body;
     return new Promise((resolve) => {
-      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok" ? area.value : null), { once: true });
+      dialog.addEventListener("close", () => resolve(dialog.returnValue === "ok"
+        ? { values: Object.fromEntries(fields.map((name, i) => [name, inputs[i].value.trim()])), body: area.value }
+        : null), { once: true });
       dialog.returnValue = "";
       dialog.showModal();
-      (body === undefined ? document.getElementById("confirm-yes") : area).focus();
+      (inputs[0] || (body === undefined ? document.getElementById("confirm-yes") : area)).focus();
     });
   }
 
-  // A button that asks first, then calls the API and reports the outcome.
-  function actionButton(label, { title, text, method = "POST", path, body, done }) {
+  // A button that asks first, then calls the API and reports the outcome. `path` is a
+  // string, or a function of the dialog's field values (each already URL-encoded).
+  function actionButton(label, { title, text, method = "POST", path, body, fields = [], done }) {
     return el("button", {
       type: "button",
       onclick: async () => {
-        const answer = await confirmAction(title, text, { body });
+        const answer = await confirmAction(title, text, { body, fields });
         if (answer === null) return;
+        const missing = fields.filter((name) => !answer.values[name]);
+        if (missing.length) {
+          say(`${label}: ${missing.join(", ")} is required.`, true);
+          return;
+        }
         let payload;
         if (body !== undefined) {
           try {
-            payload = answer.trim() ? JSON.parse(answer) : undefined;
+            payload = answer.body.trim() ? JSON.parse(answer.body) : undefined;
           } catch (error) {
             say(`The request body is not JSON: ${error.message}`, true);
             return;
           }
         }
+        const encoded = Object.fromEntries(Object.entries(answer.values).map(([k, v]) => [k, encodeURIComponent(v)]));
         try {
-          const result = await api(path, { method, body: payload });
+          const result = await api(typeof path === "function" ? path(encoded) : path, { method, body: payload });
           say(`${label}: done.`);
           if (done) await done(result);
         } catch (error) {

@@ -21,25 +21,38 @@
     return definitions.get(id);
   }
 
-  // The run operations the service's API has: every POST /runs/{run_id}/<name>.
-  async function runOperations() {
-    if (operations) return operations;
-    const doc = await C.api(`${AGENTS}/openapi.json`);
-    operations = [];
+  // The run operations the service's API has: every POST under /runs/{run_id}/.
+  // One with {step_id} in its path acts on a step (a button in the step's panel);
+  // any other path parameter (a signal's name) is asked for when it is pressed.
+  function operationsFrom(doc) {
+    const found = [];
     for (const [path, item] of Object.entries(doc.paths || {})) {
-      const match = /^\/runs\/\{run_id\}\/([a-z][a-z0-9_-]*)$/.exec(path);
-      if (!match || !item.post) continue;
+      if (!path.startsWith("/runs/{run_id}/") || !item.post) continue;
+      const params = [...path.matchAll(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g)].map((m) => m[1]).filter((p) => p !== "run_id");
       const op = item.post;
       const content = op.requestBody && op.requestBody.content && op.requestBody.content["application/json"];
-      operations.push({
-        name: match[1],
-        summary: op.summary || match[1],
+      const name = path.slice("/runs/{run_id}/".length).split("/").filter((part) => !part.startsWith("{")).join(" ");
+      found.push({
+        path,
+        name,
+        summary: op.summary || name,
         description: op.description || "",
         body: content ? exampleBody(content, doc) : undefined,
+        step: params.includes("step_id"),
+        fields: params.filter((p) => p !== "step_id"),
       });
     }
-    operations.sort((a, b) => a.name.localeCompare(b.name));
+    return found.sort((a, b) => a.path.localeCompare(b.path));
+  }
+
+  async function runOperations() {
+    if (!operations) operations = operationsFrom(await C.api(`${AGENTS}/openapi.json`));
     return operations;
+  }
+
+  // The API path of an operation, its parameters filled (values already URL-encoded).
+  function operationPath(op, values) {
+    return AGENTS + op.path.replace(/\{([A-Za-z_][A-Za-z0-9_]*)\}/g, (_, name) => values[name]);
   }
 
   function exampleBody(content, doc) {
@@ -127,6 +140,10 @@
     fact(dl, "Task", step.task_id ? `#${step.task_id}` : "");
     fact(dl, "Compensated", C.when(step.compensated_at));
     fact(dl, "Error", step.error ? el("span", { class: "error" }, step.error) : "");
+    const stepOps = document.getElementById("step-ops");
+    if (C.changed(stepOps, [step.step_id, Boolean(operations)])) {
+      stepOps.replaceChildren(...operationButtons(operations || [], step.step_id));
+    }
     document.getElementById("step-input").textContent = json(spec);
     document.getElementById("step-output").textContent = json(step.output);
     if (focus) panel.focus();
@@ -164,16 +181,25 @@
     if (selectedStep) showStep(selectedStep, false);
   }
 
+  function operationButtons(ops, step) {
+    const run = current.run;
+    const buttons = ops.filter((op) => op.step === Boolean(step)).map((op) => {
+      const button = C.actionButton(op.summary.replace(/ a running run$/i, ""), {
+        title: `${op.summary}?`,
+        text: `Run #${run.id} (${run.workflow})${step ? `, step ${step}` : ""}. ${op.description}`,
+        path: (values) => operationPath(op, { ...values, run_id: run.id, step_id: encodeURIComponent(step || "") }),
+        body: op.body,
+        fields: op.fields,
+        done: watchRun,
+      });
+      button.setAttribute("data-operation", op.name);
+      return button;
+    });
+    return buttons;
+  }
+
   function drawOperations(ops) {
-    const box = document.getElementById("run-ops");
-    box.replaceChildren(...ops.map((op) => C.actionButton(op.summary.replace(/ a running run$/i, ""), {
-      title: `${op.summary}?`,
-      text: `Run #${current.run.id} (${current.run.workflow}), now ${current.run.status}. ${op.description}`,
-      path: `${AGENTS}/runs/${current.run.id}/${op.name}`,
-      body: op.body,
-      done: watchRun,
-    })));
-    box.querySelectorAll("button").forEach((b, i) => b.setAttribute("data-operation", ops[i].name));
+    document.getElementById("run-ops").replaceChildren(...operationButtons(ops, null));
   }
 
   async function refreshRun() {
@@ -199,6 +225,9 @@
       if (FINAL.has(run.status)) poller.stop();
     }, 2000);
   }
+
+  // For the browser tier: how operations are read from an OpenAPI document.
+  window.BhivWorkflows = { operationsFrom, operationPath };
 
   C.page("workflows", {
     async start() {
