@@ -29,7 +29,7 @@ from bhiv import catalog
 from bhiv.core.errors import Problem
 
 PREFIX = "/console"
-# Page slug -> (navigation label, the page's own script).
+# Page slug (its URL under /console/, its fragment in pages/, its script in static/) -> label.
 PAGES: dict[str, str] = {
     "platform": "Platform",
     "workflows": "Workflows",
@@ -123,6 +123,8 @@ def render(page: str) -> str:
     )
 
 
+# Rendered once: a page depends on nothing but the package's own files and the catalog.
+RENDERED = {page: render(page) for page in PAGES}
 router = APIRouter(include_in_schema=False)
 
 
@@ -130,7 +132,7 @@ def _page_response(page: str) -> Response:
     # The shell holds nothing secret, but no-store keeps it simple to reason about:
     # nothing the console shows is ever written to a disk cache.
     return Response(
-        render(page),
+        RENDERED[page],
         media_type="text/html; charset=utf-8",
         headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
     )
