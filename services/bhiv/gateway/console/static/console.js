@@ -134,6 +134,11 @@ window.BhivConsole = (() => {
     status.classList.toggle("error", isError);
   }
 
+  // When the page's data was last read: shown, not announced (it changes every poll).
+  function stamp() {
+    document.getElementById("updated").textContent = `Updated ${new Date().toLocaleTimeString()}.`;
+  }
+
   function report(error) {
     say(error instanceof ApiError ? error.message : `Could not reach the gateway (${error.message}).`, true);
   }
@@ -142,13 +147,17 @@ window.BhivConsole = (() => {
   function poll(fn, ms) {
     let stopped = false;
     let timer = null;
+    let failing = false;
     const tick = async () => {
       timer = null;
       if (stopped) return;
       if (!document.hidden) {
         try {
           await fn();
+          if (failing) say("The gateway answers again.");
+          failing = false;
         } catch (error) {
+          failing = true;
           report(error);
         }
       }
@@ -282,5 +291,5 @@ window.BhivConsole = (() => {
     else showSignIn();
   });
 
-  return { api, el, fill, changed, when, took, chip, stateClass, say, report, poll, confirmAction, actionButton, page, catalog, hasRole, ApiError };
+  return { api, el, fill, changed, when, took, chip, stateClass, say, stamp, report, poll, confirmAction, actionButton, page, catalog, hasRole, ApiError };
 })();

@@ -49,7 +49,7 @@
     const results = await Promise.allSettled([lowStock(), shipments(), crm()]);
     const failed = results.filter((r) => r.status === "rejected");
     if (failed.length) C.report(failed[0].reason);
-    else C.say(`Updated ${new Date().toLocaleTimeString()}.`);
+    else C.stamp();
   }
 
   C.page("glance", {

@@ -130,7 +130,7 @@
   async function refreshAll() {
     await refreshSubscriptions();
     await refreshDeliveries();
-    C.say(`Updated ${new Date().toLocaleTimeString()}.`);
+    C.stamp();
   }
 
   C.page("integrations", {

@@ -128,7 +128,7 @@
     await refreshChart();
     await refreshTotals();
     await refreshBudgets();
-    C.say(`Updated ${new Date().toLocaleTimeString()}.`);
+    C.stamp();
   }
 
   C.page("llm", {

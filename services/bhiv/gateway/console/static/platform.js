@@ -108,7 +108,7 @@
       el("td", {}, C.chip(svc.breaker.state), ` ${svc.breaker.failures} failures`),
       el("td", {}, kubernetesCell(byService.get(svc.name))),
     )), "No service is routed.");
-    C.say(`Updated ${new Date().toLocaleTimeString()}.`);
+    C.stamp();
   }
 
   C.page("platform", {

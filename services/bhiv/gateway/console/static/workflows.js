@@ -13,6 +13,7 @@
   let operations = null;
   let selectedStep = null;
   let current = null;
+  let announced = null;
 
   const params = () => new URLSearchParams(window.location.search);
 
@@ -94,7 +95,7 @@
     if (workflow) query.set("workflow", workflow);
     if (status) query.set("status", status);
     const page = await C.api(`${AGENTS}/runs?${query}`);
-    C.say(`Updated ${new Date().toLocaleTimeString()}.`);
+    C.stamp();
     if (!C.changed("#runs-table", page)) return;
     C.fill("#runs-table", page.items.map((run) => el("tr", { "data-run": run.id },
       el("th", { scope: "row" }, el("a", { href: `workflows?run=${run.id}` }, `#${run.id}`)),
@@ -211,7 +212,10 @@
     document.getElementById("run-history").replaceChildren(...history.items.map((e) => el("li", {},
       el("time", { datetime: e.at }, C.when(e.at)), " ", el("strong", {}, e.kind),
       e.step_id ? ` ${e.step_id}` : "", e.detail ? el("code", { class: "small" }, " " + JSON.stringify(e.detail)) : "")));
-    C.say(`Run #${run.id} ${run.status}; updated ${new Date().toLocaleTimeString()}.`);
+    // Announced (a live region) only when the status changes; the time stamp is silent.
+    if (announced !== run.status) C.say(`Run #${run.id} is ${run.status}.`);
+    announced = run.status;
+    C.stamp();
     return run;
   }
 
