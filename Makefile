@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up test test-deps tools test-unit test-service test-cluster test-container \
+.PHONY: help venv up test test-deps tools test-unit test-service test-browser test-cluster test-container \
 	test-chart test-kind test-realnode lock lock-upgrade chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
 	bench-operator lint clean
 
@@ -54,7 +54,7 @@ venv: $(VENV)/.installed ## create .venv with the package and its test tools
 up: venv ## run every service locally, in startup order (Ctrl-C stops them)
 	$(BIN)/bhiv up
 
-test-deps: venv ## install the system packages the tests use (PostgreSQL, Redis, nginx, wrk, hey)
+test-deps: venv ## install the system packages the tests use (PostgreSQL, Redis, nginx, wrk, hey, Chromium)
 	hack/test-deps
 
 # Builds the pinned Kubernetes tools from Go modules into ~/.cache/bhiv/tools
@@ -74,6 +74,9 @@ test-unit: venv ## unit tier only (no I/O)
 
 test-service: test-deps ## services over real HTTP on SQLite and PostgreSQL
 	$(BIN)/python -m pytest -m "service or postgres" $(PYTEST_ARGS)
+
+test-browser: test-deps ## the web console in headless Chromium against real servers (screenshots in tests/browser/artifacts)
+	$(BIN)/python -m pytest -m browser $(PYTEST_ARGS)
 
 test-cluster: venv tools ## the cluster tier: a real API server with kwok nodes
 	$(BIN)/python -m pytest -m cluster $(PYTEST_ARGS)

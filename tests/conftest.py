@@ -12,7 +12,13 @@ from tests.support import realnode
 from tests.support.postgres import PostgresServer, postgres_server
 from tests.support.servers import ServiceProcess, service_process
 
-_TIER_BY_FOLDER = {"unit": "unit", "service": "service", "realnode": "realnode", "e2e": "e2e"}
+_TIER_BY_FOLDER = {
+    "unit": "unit",
+    "service": "service",
+    "browser": "browser",
+    "realnode": "realnode",
+    "e2e": "e2e",
+}
 # Tiers that bring up a whole cluster run last: the node's daemons and pods would
 # otherwise share the two cores with every service test, and its session-wide
 # teardown comes right after them.

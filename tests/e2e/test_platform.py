@@ -29,6 +29,7 @@ from bhiv import catalog
 from standardwebhooks import Webhook
 
 from tests.e2e.conftest import CHART, POSTGRES_CLAIM, RELEASE, E2ECluster, wait_for_gateway
+from tests.support import browser
 from tests.support.net import free_port
 from tests.support.realnode import eventually
 
@@ -326,6 +327,21 @@ def test_gateway_metrics_are_not_public_through_the_ingress(
     Traefik already resolves dot segments before the gateway sees a path.)"""
     assert httpx.get(f"{e2e.ingress_url}/metrics", timeout=15).status_code == 401
     assert client.get("/metrics").status_code == 200
+
+
+def test_the_console_through_the_ingress(e2e: E2ECluster) -> None:
+    """Issue 22 through the chart: the web console at /console behind the Ingress, in
+    Chromium, signed in with a token from the release's Secret: every module in the graph,
+    laid out by its dependsOn, up."""
+    with browser.chromium() as chromium, browser.console_page(chromium) as page:
+        browser.sign_in(page, f"{e2e.ingress_url}/console", _release_token(e2e, "--role", "viewer"))
+        graph = page.locator("#platform-graph")
+        for name in MODULES:
+            graph.locator(f'g.node[data-id="{name}"][data-state="up"]').wait_for(timeout=60_000)
+        edge = 'path.edge[data-from="agent-orchestration"][data-to="gateway"]'
+        assert graph.locator(edge).count() == 1
+        assert page.locator("#graph-basis").inner_text() == "the BhivModules' dependsOn"
+        browser.screenshot(page, "platform-ingress")
 
 
 def test_operator_restores_a_deleted_deployment(

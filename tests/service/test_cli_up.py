@@ -137,6 +137,11 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
         )
         assert r.status_code == 201, r.text
         assert (tmp_path / "logistics.db").exists()
+        # The web console is served by the gateway `bhiv up` started, and says where.
+        gateway = f"http://127.0.0.1:{catalog.get('gateway').port + offset}"
+        assert f"Web console: {gateway}/console" in (tmp_path / "up.log").read_text()
+        page = httpx.get(f"{gateway}/console", follow_redirects=True)
+        assert page.status_code == 200 and 'id="sign-in-form"' in page.text
         # The data directory, every database file and the local secrets are the user's alone.
         assert S_IMODE(tmp_path.stat().st_mode) == 0o700
         private = [p for p in tmp_path.iterdir() if ".db" in p.name or p.name in ("jwt-secret", "credentials-key")]

@@ -192,6 +192,9 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
             table.add_row(child.entry.name, child.url, child.entry.prefix or "—")
         console.print(table)
         console.print("API docs: <url>/docs   Get a token: [bold]bhiv token --role admin[/]   Stop: Ctrl-C")
+        gateway = next((c for c in children if c.entry.name == "gateway"), None)
+        if gateway is not None:
+            console.print(f"Web console: {gateway.url}/console", soft_wrap=True)
 
         while not stop.wait(0.5):
             for child in children:

@@ -39,6 +39,7 @@ WATCH_SECONDS = 60
 # Client-side (connect, read) timeouts; the read timeout outlasts the watch's.
 REQUEST_TIMEOUT = (5, WATCH_SECONDS + 30)
 MAX_BACKOFF_SECONDS = 30.0
+CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
 
 log = logging.getLogger("bhiv.gateway.kubernetes")
 
@@ -117,6 +118,37 @@ class ModuleIndex:
             )
             for service in sorted(urls)
         ]
+
+    def module_views(self) -> list[dict[str, Any]]:
+        """What ``GET /services`` shows of each BhivModule (the console draws its graph from it).
+
+        Spec and status facts only: never ``env``, ``envFrom`` or the database
+        secret's reference. Safe to call from the event loop while the watcher
+        thread updates the index (it reads a snapshot).
+        """
+        views = []
+        for name, module in sorted(dict(self.modules).items()):
+            spec = module.get("spec") or {}
+            status = module.get("status") or {}
+            depends_on = spec.get("dependsOn") or []
+            views.append({
+                "name": name,
+                "service": spec.get("service"),
+                "image": spec.get("image"),
+                "replicas": spec.get("replicas"),
+                "paused": bool(spec.get("paused", False)),
+                "dependsOn": [d for d in depends_on if isinstance(d, str)],
+                "readyReplicas": status.get("readyReplicas"),
+                "replicasReady": status.get("replicasReady"),
+                "waitingFor": [w for w in status.get("waitingFor") or () if isinstance(w, str)],
+                "url": status.get("url"),
+                "conditions": [
+                    {k: c.get(k) for k in CONDITION_FIELDS}
+                    for c in status.get("conditions") or ()
+                    if isinstance(c, dict)
+                ],
+            })
+        return views
 
     @staticmethod
     def _routing_view(module: dict[str, Any] | None) -> tuple[str, str | None, bool | None] | None:

@@ -56,10 +56,41 @@ class ServiceView(BaseModel):
     instances: list[InstanceView]
 
 
+class ConditionView(BaseModel):
+    type: str | None = Field(None, examples=["Ready"])
+    status: str | None = Field(None, examples=["True"])
+    reason: str | None = None
+    message: str | None = None
+    lastTransitionTime: str | None = None
+
+
+class ModuleView(BaseModel):
+    """A BhivModule as the operator reports it (Kubernetes discovery only)."""
+
+    name: str = Field(examples=["logistics"])
+    service: str | None = Field(None, examples=["logistics"])
+    image: str | None = Field(None, examples=["bhiv-core:0.1.0"])
+    replicas: int | None = Field(None, description="Desired (spec.replicas).")
+    paused: bool = False
+    dependsOn: list[str] = Field(default_factory=list, examples=[["llm-query"]])
+    readyReplicas: int | None = None
+    replicasReady: str | None = Field(None, examples=["1/1"])
+    waitingFor: list[str] = Field(
+        default_factory=list, description="Dependencies not Ready yet."
+    )
+    url: str | None = None
+    conditions: list[ConditionView] = Field(default_factory=list)
+
+
 class Registry(BaseModel):
     discovery: str = Field(description="local or kubernetes.", examples=["local"])
     rate_limit_backend: str = Field(examples=["memory"])
     services: list[ServiceView]
+    modules: list[ModuleView] | None = Field(
+        None,
+        description="Kubernetes discovery: every BhivModule of the namespace, gateway included "
+        "(conditions, waitingFor, replicas, dependsOn); null with local discovery.",
+    )
 
 
 class TokenResponse(BaseModel):
@@ -81,8 +112,14 @@ async def services(request: Request) -> Registry:
     views = []
     for svc in gateway.registry.describe():
         views.append(ServiceView(**svc, breaker=gateway.forwarder.breaker_state(svc["name"])))
+    modules = None
+    if gateway.modules is not None:
+        modules = [ModuleView(**m) for m in gateway.modules()]
     return Registry(
-        discovery=gateway.settings.gateway_discovery, rate_limit_backend=gateway.limiter.backend, services=views
+        discovery=gateway.settings.gateway_discovery,
+        rate_limit_backend=gateway.limiter.backend,
+        services=views,
+        modules=modules,
     )
 
 

@@ -11,14 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import Depends, FastAPI
 
 from bhiv import catalog
 from bhiv.core import ServiceSpec, create_app as _create_app
-from bhiv.gateway import batch, routes
+from bhiv.gateway import batch, console, routes
 from bhiv.gateway.access import EdgeAuth
 from bhiv.gateway.discovery import local_services
 from bhiv.gateway.edge import Edge, ProxyRoute
@@ -44,6 +45,8 @@ class Gateway:
     edge: Edge
     openapi: OpenApiAggregator
     metrics: GatewayMetrics
+    # Kubernetes discovery: the BhivModules as GET /services shows them (None locally).
+    modules: Callable[[], list[dict[str, Any]]] | None = None
 
     def apply_discovery(self, services: list[DiscoveredService]) -> None:
         removed = self.registry.update(services)
@@ -76,6 +79,7 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
             kubeconfig=settings.gateway_kubeconfig,
         )
         watcher.start(asyncio.get_running_loop())
+        gateway.modules = watcher.index.module_views
         log.info("discovering BhivModules in namespace %s", watcher.namespace)
     else:
         gateway.apply_discovery(local_services(settings))
@@ -159,4 +163,7 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     # Limited per address before their own credential checks, like routed requests.
     app.include_router(routes.router, dependencies=[Depends(routes.limit_by_address)])
     app.include_router(batch.router, dependencies=[Depends(routes.limit_by_address)])
+    # The web console: public pages and assets (no credential needed to load
+    # them); every call they make goes through the API above with the user's own.
+    console.mount(app)
     return app

@@ -117,3 +117,31 @@ def test_serving_while_scaling_out() -> None:
     ]
     assert serving({"conditions": scaling, "readyReplicas": 1}) is True
     assert serving({"conditions": scaling, "readyReplicas": 0}) is False
+
+
+def test_module_views_show_status_and_dependencies_but_no_configuration() -> None:
+    index = ModuleIndex()
+    secret_ref = {"secretKeyRef": {"name": "bhiv-shared-secrets", "key": "BHIV_JWT_SECRET"}}
+    crm = module(
+        "crm", "crm", "http://crm:8002", ready="False", image="bhiv-core:0.1.0", replicas=2,
+        dependsOn=["llm-query"], env=[{"name": "BHIV_JWT_SECRET", "valueFrom": secret_ref}],
+        database={"secretRef": {"name": "crm-db", "key": "url"}},
+    )
+    crm["status"].update(readyReplicas=0, replicasReady="0/2", waitingFor=["llm-query"])
+    index.reset([crm, module("gateway", "gateway", dependsOn=["crm"])], "1")
+
+    view, gateway = index.module_views()  # by name
+    assert gateway["name"] == "gateway" and gateway["dependsOn"] == ["crm"]
+    assert view == {
+        "name": "crm", "service": "crm", "image": "bhiv-core:0.1.0", "replicas": 2, "paused": False,
+        "dependsOn": ["llm-query"], "readyReplicas": 0, "replicasReady": "0/2",
+        "waitingFor": ["llm-query"],
+        "url": "http://crm:8002",
+        "conditions": [
+            {"type": "DependenciesReady", "status": "True", "reason": None, "message": None,
+             "lastTransitionTime": None},
+            {"type": "Ready", "status": "False", "reason": "Test", "message": None,
+             "lastTransitionTime": None},
+        ],
+    }
+    assert "secret" not in repr(index.module_views()).lower()
