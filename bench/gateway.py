@@ -67,7 +67,9 @@ http {{
 
 
 def nginx_binary() -> str:
-    found = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
+    found = shutil.which("nginx") or (
+        "/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None
+    )
     if not found:
         raise SystemExit("nginx is not installed: run `make test-deps` (Debian package nginx)")
     return found
@@ -81,7 +83,9 @@ def start_nginx(tmp: Path, upstream_port: int) -> tuple[subprocess.Popen[bytes],
     conf.write_text(NGINX_CONF.format(tmp=tmp, port=port, upstream_port=upstream_port, user=user))
     process = subprocess.Popen(
         [nginx_binary(), "-c", str(conf), "-p", str(tmp)],
-        stdout=subprocess.DEVNULL, stderr=(tmp / "nginx.out").open("wb"), stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=(tmp / "nginx.out").open("wb"),
+        stdin=subprocess.DEVNULL,
     )
     url = f"http://127.0.0.1:{port}"
     wait_http(f"{url}/api/logistics/health", timeout=20, alive=lambda: process.poll() is None)
@@ -111,9 +115,13 @@ def cpu_seconds(pid: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=10, help="duration of each measurement")
-    parser.add_argument("--path", default="/health", help="upstream path to request (below the service)")
+    parser.add_argument(
+        "--path", default="/health", help="upstream path to request (below the service)"
+    )
     args = parser.parse_args()
     s = args.seconds
 
@@ -139,16 +147,24 @@ def main() -> None:
                 for _ in range(200):
                     httpx.get(url, headers=auth).raise_for_status()
             lua = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
-            pids = {"upstream": upstream.process.pid, "nginx": nginx.pid, "gateway": gateway.process.pid}  # type: ignore[union-attr]
+            pids = {
+                "upstream": upstream.process.pid,
+                "nginx": nginx.pid,
+                "gateway": gateway.process.pid,
+            }  # type: ignore[union-attr]
             peak, cpu = {}, {}
             for name, url in targets.items():
                 before = {k: cpu_seconds(pid) for k, pid in pids.items()}
                 peak[name] = wrk(f"{name} (max, wrk)", url, lua=lua, seconds=s)
                 done = peak[name].requests_per_second * s
-                cpu[name] = {k: (cpu_seconds(pid) - before[k]) / done * 1e6 for k, pid in pids.items()}
+                cpu[name] = {
+                    k: (cpu_seconds(pid) - before[k]) / done * 1e6 for k, pid in pids.items()
+                }
             rate = peak["gateway"].requests_per_second / 2
             half = {
-                name: hey(f"{name} (at {rate:.0f} req/s, hey)", url, rate=rate, seconds=s, headers=auth)
+                name: hey(
+                    f"{name} (at {rate:.0f} req/s, hey)", url, rate=rate, seconds=s, headers=auth
+                )
                 for name, url in targets.items()
             }
         finally:
@@ -163,30 +179,48 @@ def main() -> None:
 
 
 def report(
-    peak: dict[str, Result], half: dict[str, Result], cpu: dict[str, dict[str, float]], seconds: int, path: str,
+    peak: dict[str, Result],
+    half: dict[str, Result],
+    cpu: dict[str, dict[str, float]],
+    seconds: int,
+    path: str,
     rate: float,
 ) -> None:
     cpus = os.cpu_count()
-    print(f"\nGET {path} on `bhiv serve logistics`: direct, via nginx, via the gateway; one worker each, "
-          f"{cpus} CPUs shared by all, {seconds}s per measurement\n")
+    print(
+        f"\nGET {path} on `bhiv serve logistics`: direct, via nginx, via the gateway; one worker each, "
+        f"{cpus} CPUs shared by all, {seconds}s per measurement\n"
+    )
     print("maximum throughput (wrk, 2 threads, 32 connections):")
     for result in peak.values():
         print("  " + result.row())
     print("CPU per request during those runs (microseconds; upstream = the service itself):")
     for name, used in cpu.items():
-        parts = ", ".join(f"{k} {used[k]:.0f}" for k in ("upstream", "nginx", "gateway") if k == "upstream" or k == name)
+        parts = ", ".join(
+            f"{k} {used[k]:.0f}"
+            for k in ("upstream", "nginx", "gateway")
+            if k == "upstream" or k == name
+        )
         print(f"  {name:<8} {parts}")
-    print(f"latency at the same fixed rate, half of the gateway's maximum ({rate:.0f} req/s; hey, 10 workers):")
+    print(
+        f"latency at the same fixed rate, half of the gateway's maximum ({rate:.0f} req/s; hey, 10 workers):"
+    )
     for result in half.values():
         print("  " + result.row())
-    g, n, d = peak["gateway"].requests_per_second, peak["nginx"].requests_per_second, peak["direct"].requests_per_second
+    g, n, d = (
+        peak["gateway"].requests_per_second,
+        peak["nginx"].requests_per_second,
+        peak["direct"].requests_per_second,
+    )
     print("\nratios:")
     print(f"  gateway / nginx  throughput: {g / n:.2f}   (target >= 0.80)")
     print(f"  gateway / direct throughput: {g / d:.2f}")
     print(f"  nginx   / direct throughput: {n / d:.2f}")
     added_gw = half["gateway"].p99_ms - half["direct"].p99_ms
     added_nginx = half["nginx"].p99_ms - half["direct"].p99_ms
-    print(f"  added p99 at half load: gateway {added_gw:+.2f} ms (target <= 3 ms), nginx {added_nginx:+.2f} ms")
+    print(
+        f"  added p99 at half load: gateway {added_gw:+.2f} ms (target <= 3 ms), nginx {added_nginx:+.2f} ms"
+    )
 
 
 if __name__ == "__main__":

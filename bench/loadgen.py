@@ -44,20 +44,36 @@ def _ms(text: str) -> float:
     return float(number) * _UNITS[unit]
 
 
-def wrk(label: str, url: str, *, lua: str, seconds: int = 10, connections: int = 32, threads: int = 2) -> Result:
+def wrk(
+    label: str, url: str, *, lua: str, seconds: int = 10, connections: int = 32, threads: int = 2
+) -> Result:
     """Maximum throughput: ``lua`` is a wrk script setting method, headers, body, paths."""
     with tempfile.TemporaryDirectory() as tmp:
         script = Path(tmp) / "script.lua"
         script.write_text(lua)
         out = subprocess.run(
-            [require("wrk"), f"-t{threads}", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-            capture_output=True, text=True, check=True, timeout=seconds + 60,
+            [
+                require("wrk"),
+                f"-t{threads}",
+                f"-c{connections}",
+                f"-d{seconds}s",
+                "--latency",
+                "-s",
+                str(script),
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=seconds + 60,
         ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = _ms(re.search(r"\s50%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     p99 = _ms(re.search(r"\s99%\s+(\S+)", out).group(1))  # type: ignore[union-attr]
     bad = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    socket_errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    socket_errors = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out
+    )
     errors = int(bad.group(1)) if bad else 0
     if socket_errors:
         errors += sum(int(g) for g in socket_errors.groups())
@@ -76,12 +92,24 @@ def hey(
     body: str | None = None,
 ) -> Result:
     """Latency at a fixed total ``rate`` (requests per second), spread over ``workers``."""
-    cmd = [require("hey"), "-z", f"{seconds}s", "-c", str(workers), "-q", f"{rate / workers:.2f}", "-m", method]
+    cmd = [
+        require("hey"),
+        "-z",
+        f"{seconds}s",
+        "-c",
+        str(workers),
+        "-q",
+        f"{rate / workers:.2f}",
+        "-m",
+        method,
+    ]
     for name, value in (headers or {}).items():
         cmd += ["-H", f"{name}: {value}"]
     if body is not None:
         cmd += ["-T", "application/json", "-d", body]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True, timeout=seconds + 60).stdout
+    out = subprocess.run(
+        [*cmd, url], capture_output=True, text=True, check=True, timeout=seconds + 60
+    ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
     p50 = float(re.search(r"50%+ in ([\d.]+) secs", out).group(1)) * 1e3  # type: ignore[union-attr]
     p99 = float(re.search(r"99%+ in ([\d.]+) secs", out).group(1)) * 1e3  # type: ignore[union-attr]

@@ -32,7 +32,9 @@ ITEMS = 1000
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--seconds", type=int, default=10, help="duration of each measurement")
     args = parser.parse_args()
 
@@ -43,28 +45,44 @@ def main() -> None:
             auth = {"Authorization": f"Bearer {token}"}
             with httpx.Client(base_url=server.url, headers=auth, timeout=30) as api:
                 for n in range(ITEMS):
-                    r = api.post("/inventory", json={"sku": f"B-{n}", "name": f"Item {n}", "quantity": 1000, "unit_cost": "1.00"})
+                    r = api.post(
+                        "/inventory",
+                        json={
+                            "sku": f"B-{n}",
+                            "name": f"Item {n}",
+                            "quantity": 1000,
+                            "unit_cost": "1.00",
+                        },
+                    )
                     r.raise_for_status()
             header_lua = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
             lua_read = header_lua + (
-                f"request = function()\n  return wrk.format(\"GET\", \"/inventory/\" .. math.random(1, {ITEMS}))\nend\n"
+                f'request = function()\n  return wrk.format("GET", "/inventory/" .. math.random(1, {ITEMS}))\nend\n'
             )
             lua_write = header_lua + (
                 'wrk.headers["Content-Type"] = "application/json"\n'
                 'local body = \'{"type": "receipt", "quantity": 1, "reference": "bench"}\'\n'
-                f"request = function()\n  return wrk.format(\"POST\", \"/inventory/\" .. math.random(1, {ITEMS}) .. \"/movements\", nil, body)\nend\n"
+                f'request = function()\n  return wrk.format("POST", "/inventory/" .. math.random(1, {ITEMS}) .. "/movements", nil, body)\nend\n'
             )
             s = args.seconds
             baseline = wrk("GET /health (baseline)", f"{server.url}/health", lua="", seconds=s)
             reads = wrk("GET /inventory/{id}", server.url, lua=lua_read, seconds=s)
             writes = wrk("POST /inventory/{id}/movements", server.url, lua=lua_write, seconds=s)
             half_reads = hey(
-                "reads at half load", f"{server.url}/inventory/1", rate=reads.requests_per_second / 2,
-                seconds=s, headers=auth,
+                "reads at half load",
+                f"{server.url}/inventory/1",
+                rate=reads.requests_per_second / 2,
+                seconds=s,
+                headers=auth,
             )
             half_writes = hey(
-                "writes at half load", f"{server.url}/inventory/2/movements", rate=writes.requests_per_second / 2,
-                seconds=s, method="POST", headers=auth, body=json.dumps({"type": "receipt", "quantity": 1}),
+                "writes at half load",
+                f"{server.url}/inventory/2/movements",
+                rate=writes.requests_per_second / 2,
+                seconds=s,
+                method="POST",
+                headers=auth,
+                body=json.dumps({"type": "receipt", "quantity": 1}),
             )
         finally:
             server.stop()
@@ -77,9 +95,15 @@ def main() -> None:
     for result in (half_reads, half_writes):
         print("  " + result.row())
     print("\nratios against the baseline (GET /health) in this run:")
-    print(f"  reads  / baseline throughput: {reads.requests_per_second / baseline.requests_per_second:.2f}")
-    print(f"  writes / baseline throughput: {writes.requests_per_second / baseline.requests_per_second:.2f}")
-    print("\ntargets (for the record): reads >= 1500 req/s, writes >= 400 req/s, p99 < 25 ms at half load")
+    print(
+        f"  reads  / baseline throughput: {reads.requests_per_second / baseline.requests_per_second:.2f}"
+    )
+    print(
+        f"  writes / baseline throughput: {writes.requests_per_second / baseline.requests_per_second:.2f}"
+    )
+    print(
+        "\ntargets (for the record): reads >= 1500 req/s, writes >= 400 req/s, p99 < 25 ms at half load"
+    )
     print(
         f"  reads {reads.requests_per_second:.0f} req/s, writes {writes.requests_per_second:.0f} req/s, "
         f"p99 at half load: reads {half_reads.p99_ms:.1f} ms, writes {half_writes.p99_ms:.1f} ms"

@@ -83,7 +83,9 @@ class ReadyWatch:
     def __init__(self, list_fn: Any, namespace: str, is_ready: Any) -> None:
         self.ready_at: dict[str, float] = {}
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, args=(list_fn, namespace, is_ready), daemon=True)
+        self._thread = threading.Thread(
+            target=self._run, args=(list_fn, namespace, is_ready), daemon=True
+        )
         self._thread.start()
 
     def _run(self, list_fn: Any, namespace: str, is_ready: Any) -> None:
@@ -91,7 +93,11 @@ class ReadyWatch:
             w = watch.Watch()
             for event in w.stream(list_fn, namespace=namespace, timeout_seconds=5):
                 obj = event["object"]
-                obj = obj if isinstance(obj, dict) else client.ApiClient().sanitize_for_serialization(obj)
+                obj = (
+                    obj
+                    if isinstance(obj, dict)
+                    else client.ApiClient().sanitize_for_serialization(obj)
+                )
                 name = obj["metadata"]["name"]
                 if name not in self.ready_at and is_ready(obj):
                     self.ready_at[name] = time.monotonic()
@@ -111,14 +117,21 @@ class ReadyWatch:
 
 
 def deployment_available(obj: dict[str, Any]) -> bool:
-    return any(c["type"] == "Available" and c["status"] == "True" for c in (obj.get("status") or {}).get("conditions") or ())
+    return any(
+        c["type"] == "Available" and c["status"] == "True"
+        for c in (obj.get("status") or {}).get("conditions") or ()
+    )
 
 
 def module_ready(obj: dict[str, Any], generation: dict[str, int] | None = None) -> bool:
     status = obj.get("status") or {}
-    if generation is not None and status.get("observedGeneration", 0) < generation.get(obj["metadata"]["name"], 0):
+    if generation is not None and status.get("observedGeneration", 0) < generation.get(
+        obj["metadata"]["name"], 0
+    ):
         return False
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or ())
+    return any(
+        c["type"] == "Ready" and c["status"] == "True" for c in status.get("conditions") or ()
+    )
 
 
 async def apply_all(objs: list[dict[str, Any]]) -> None:
@@ -140,7 +153,11 @@ def run_direct(core: client.CoreV1Api, apps: client.AppsV1Api, n: int) -> float:
         body = module_body(f"m{i}", ns)
         body["metadata"]["uid"] = str(uuid.uuid4())  # owner refs need one; no owner exists here
         m = Module.from_body(body)
-        objs += [builders.build_service(m), builders.build_deployment(m, replicas=None), builders.build_hpa(m)]
+        objs += [
+            builders.build_service(m),
+            builders.build_deployment(m, replicas=None),
+            builders.build_hpa(m),
+        ]
     for o in objs:
         o["metadata"].pop("ownerReferences", None)
     start = time.monotonic()
@@ -154,9 +171,24 @@ def run_direct(core: client.CoreV1Api, apps: client.AppsV1Api, n: int) -> float:
 
 def start_operator(namespace: str, kubeconfig: str, log: Path) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "bhiv", "operator", "--namespace", namespace, "--kubeconfig", kubeconfig,
-         "--listen-host", "127.0.0.1", "--liveness-port", "0", "--metrics-port", "0"],
-        stdout=log.open("ab"), stderr=subprocess.STDOUT,
+        [
+            sys.executable,
+            "-m",
+            "bhiv",
+            "operator",
+            "--namespace",
+            namespace,
+            "--kubeconfig",
+            kubeconfig,
+            "--listen-host",
+            "127.0.0.1",
+            "--liveness-port",
+            "0",
+            "--metrics-port",
+            "0",
+        ],
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
     )
 
 
@@ -167,21 +199,32 @@ def peak_rss_mb(pid: int) -> float:
     return float("nan")
 
 
-def run_operator(core: client.CoreV1Api, custom: client.CustomObjectsApi, n: int, kubeconfig: str,
-                 churn_seconds: float, log: Path) -> dict[str, Any]:
+def run_operator(
+    core: client.CoreV1Api,
+    custom: client.CustomObjectsApi,
+    n: int,
+    kubeconfig: str,
+    churn_seconds: float,
+    log: Path,
+) -> dict[str, Any]:
     ns = new_namespace(core, "bench-operator")
     op = start_operator(ns, kubeconfig, log)
     time.sleep(3)  # the operator's watches are up
     try:
+
         def list_modules(namespace: str, **kw: Any) -> Any:
-            return custom.list_namespaced_custom_object("bhiv.io", "v1alpha1", namespace, "bhivmodules", **kw)
+            return custom.list_namespaced_custom_object(
+                "bhiv.io", "v1alpha1", namespace, "bhivmodules", **kw
+            )
 
         watcher = ReadyWatch(list_modules, ns, module_ready)
         created: dict[str, float] = {}
         start = time.monotonic()
         for i in range(n):
             created[f"m{i}"] = time.monotonic()
-            custom.create_namespaced_custom_object("bhiv.io", "v1alpha1", ns, "bhivmodules", module_body(f"m{i}", ns))
+            custom.create_namespaced_custom_object(
+                "bhiv.io", "v1alpha1", ns, "bhivmodules", module_body(f"m{i}", ns)
+            )
         watcher.wait(n, timeout=120 + 2 * n)
         total = max(watcher.ready_at.values()) - start
         latencies = [watcher.ready_at[k] - created[k] for k in created]
@@ -191,7 +234,11 @@ def run_operator(core: client.CoreV1Api, custom: client.CustomObjectsApi, n: int
         if churn_seconds > 0:
             generations: dict[str, int] = {}
             changed: dict[str, float] = {}
-            churn_watch = ReadyWatch(list_modules, ns, lambda o: module_ready(o, generations) and o["metadata"]["name"] in changed)
+            churn_watch = ReadyWatch(
+                list_modules,
+                ns,
+                lambda o: module_ready(o, generations) and o["metadata"]["name"] in changed,
+            )
             end = time.monotonic() + churn_seconds
             names = [f"m{i}" for i in range(n)]
             while time.monotonic() < end:
@@ -199,7 +246,12 @@ def run_operator(core: client.CoreV1Api, custom: client.CustomObjectsApi, n: int
                 if name in changed:
                     continue
                 body = custom.patch_namespaced_custom_object(
-                    "bhiv.io", "v1alpha1", ns, "bhivmodules", name, {"spec": {"env": [{"name": "BENCH", "value": "1"}]}}
+                    "bhiv.io",
+                    "v1alpha1",
+                    ns,
+                    "bhivmodules",
+                    name,
+                    {"spec": {"env": [{"name": "BENCH", "value": "1"}]}},
                 )
                 generations[name] = body["metadata"]["generation"]
                 changed[name] = time.monotonic()
@@ -216,42 +268,67 @@ def run_operator(core: client.CoreV1Api, custom: client.CustomObjectsApi, n: int
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--sizes", default="100,500", help="comma-separated N")
     parser.add_argument("--churn-seconds", type=float, default=30.0)
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
 
     cluster_script = str(REPO / "hack" / "kwok-cluster")
-    was_running = subprocess.run([cluster_script, "status", "--name", CLUSTER], capture_output=True).returncode == 0
+    was_running = (
+        subprocess.run(
+            [cluster_script, "status", "--name", CLUSTER], capture_output=True
+        ).returncode
+        == 0
+    )
     nodes = max(sizes) // 100 + 2  # kwok nodes take 110 pods each
     sh(cluster_script, "up", "--name", CLUSTER, "--nodes", str(nodes), timeout=600)
     kubeconfig = sh(cluster_script, "kubeconfig", "--name", CLUSTER).stdout.strip()
     os.environ["KUBECONFIG"] = kubeconfig
     config.load_kube_config(config_file=kubeconfig)
     bin_dir = sh(str(REPO / "hack" / "k8s-tools"), "--print-bin-dir").stdout.strip()
-    sh(f"{bin_dir}/kubectl", "--kubeconfig", kubeconfig, "apply", "--server-side", "-f", str(REPO / "manifests" / "crd"))
+    sh(
+        f"{bin_dir}/kubectl",
+        "--kubeconfig",
+        kubeconfig,
+        "apply",
+        "--server-side",
+        "-f",
+        str(REPO / "manifests" / "crd"),
+    )
     core, apps, custom = client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
     results = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in sizes:
                 direct = run_direct(core, apps, n)
-                op = run_operator(core, custom, n, kubeconfig, args.churn_seconds, Path(tmp) / f"operator-{n}.log")
+                op = run_operator(
+                    core, custom, n, kubeconfig, args.churn_seconds, Path(tmp) / f"operator-{n}.log"
+                )
                 results.append((n, direct, op))
     finally:
         if not was_running:
             sh(cluster_script, "down", "--name", CLUSTER, timeout=300)
 
-    print(f"\noperator scale on kwok ({nodes} nodes), {CONCURRENCY} requests in flight for both paths\n")
-    print(f"{'N':>6} {'direct s':>9} {'operator s':>11} {'ratio':>6} {'p50 ready s':>12} {'p99 ready s':>12} "
-          f"{'churn p50 s':>12} {'churn p99 s':>12} {'peak RSS MB':>12}")
+    print(
+        f"\noperator scale on kwok ({nodes} nodes), {CONCURRENCY} requests in flight for both paths\n"
+    )
+    print(
+        f"{'N':>6} {'direct s':>9} {'operator s':>11} {'ratio':>6} {'p50 ready s':>12} {'p99 ready s':>12} "
+        f"{'churn p50 s':>12} {'churn p99 s':>12} {'peak RSS MB':>12}"
+    )
     for n, direct, op in results:
         churn = op["churn"] or [float("nan")]
-        print(f"{n:>6} {direct:>9.1f} {op['total']:>11.1f} {op['total'] / direct:>6.2f} "
-              f"{statistics.median(op['latencies']):>12.2f} {percentile(op['latencies'], 0.99):>12.2f} "
-              f"{statistics.median(churn):>12.2f} {percentile(churn, 0.99):>12.2f} {op['rss_mb']:>12.0f}")
-    print("\ntargets (for the record): ratio <= 1.3 at N=500; churn p99 < 5 s at 10 changes/s; RSS < 150 MB at N=1000")
+        print(
+            f"{n:>6} {direct:>9.1f} {op['total']:>11.1f} {op['total'] / direct:>6.2f} "
+            f"{statistics.median(op['latencies']):>12.2f} {percentile(op['latencies'], 0.99):>12.2f} "
+            f"{statistics.median(churn):>12.2f} {percentile(churn, 0.99):>12.2f} {op['rss_mb']:>12.0f}"
+        )
+    print(
+        "\ntargets (for the record): ratio <= 1.3 at N=500; churn p99 < 5 s at 10 changes/s; RSS < 150 MB at N=1000"
+    )
     print(json.dumps({str(n): {"direct_s": d, "operator_s": o["total"]} for n, d, o in results}))
 
 

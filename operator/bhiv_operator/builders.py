@@ -72,10 +72,17 @@ def _env(module: Module) -> list[dict[str, Any]]:
     ]
     if module.service == "gateway":
         env.append({"name": "BHIV_GATEWAY_DISCOVERY", "value": "kubernetes"})
-        env.append({"name": "BHIV_GATEWAY_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}})
+        env.append(
+            {
+                "name": "BHIV_GATEWAY_NAMESPACE",
+                "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}},
+            }
+        )
     if module.database_secret:
         name, key = module.database_secret
-        env.append({"name": "BHIV_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}})
+        env.append(
+            {"name": "BHIV_DATABASE_URL", "valueFrom": {"secretKeyRef": {"name": name, "key": key}}}
+        )
     # The user's variables win: a default of the same name is replaced in place
     # (server-side apply refuses two entries of one name), the rest come last.
     user = {e["name"]: dict(e) for e in module.env}
@@ -132,9 +139,21 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
         "ports": [{"name": "http", "containerPort": module.port, "protocol": "TCP"}],
         "env": _env(module),
         "resources": module.resources,
-        "startupProbe": {"httpGet": {"path": "/health", "port": "http"}, "failureThreshold": 30, **probe_common},
-        "livenessProbe": {"httpGet": {"path": "/health", "port": "http"}, "failureThreshold": 3, **probe_common},
-        "readinessProbe": {"httpGet": {"path": "/health/ready", "port": "http"}, "failureThreshold": 3, **probe_common},
+        "startupProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "failureThreshold": 30,
+            **probe_common,
+        },
+        "livenessProbe": {
+            "httpGet": {"path": "/health", "port": "http"},
+            "failureThreshold": 3,
+            **probe_common,
+        },
+        "readinessProbe": {
+            "httpGet": {"path": "/health/ready", "port": "http"},
+            "failureThreshold": 3,
+            **probe_common,
+        },
         "securityContext": {
             "runAsNonRoot": True,
             "runAsUser": RUN_AS_USER,
@@ -165,7 +184,11 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
             "spec": {
                 # Only the gateway talks to the Kubernetes API; other pods get no token.
                 "automountServiceAccountToken": module.service == "gateway",
-                **({"serviceAccountName": GATEWAY_SERVICE_ACCOUNT} if module.service == "gateway" else {}),
+                **(
+                    {"serviceAccountName": GATEWAY_SERVICE_ACCOUNT}
+                    if module.service == "gateway"
+                    else {}
+                ),
                 "enableServiceLinks": False,
                 "securityContext": {
                     "runAsNonRoot": True,
@@ -183,7 +206,12 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
     }
     if replicas is not None:
         spec["replicas"] = replicas
-    return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": _metadata(module), "spec": spec}
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _metadata(module),
+        "spec": spec,
+    }
 
 
 def build_service(module: Module) -> dict[str, Any]:
@@ -194,7 +222,9 @@ def build_service(module: Module) -> dict[str, Any]:
         "spec": {
             "type": "ClusterIP",
             "selector": selector_labels(module),
-            "ports": [{"name": "http", "port": module.port, "targetPort": "http", "protocol": "TCP"}],
+            "ports": [
+                {"name": "http", "port": module.port, "targetPort": "http", "protocol": "TCP"}
+            ],
         },
     }
 
@@ -214,7 +244,10 @@ def build_hpa(module: Module) -> dict[str, Any] | None:
             "metrics": [
                 {
                     "type": "Resource",
-                    "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": a.target_cpu}},
+                    "resource": {
+                        "name": "cpu",
+                        "target": {"type": "Utilization", "averageUtilization": a.target_cpu},
+                    },
                 }
             ],
         },

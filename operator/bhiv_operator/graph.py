@@ -83,7 +83,9 @@ def cycles(nodes: Mapping[str, Node]) -> dict[str, tuple[str, ...]]:
     return found
 
 
-def dependency_state(name: str, nodes: Mapping[str, Node], cycle_map: Mapping[str, tuple[str, ...]]) -> DependencyState:
+def dependency_state(
+    name: str, nodes: Mapping[str, Node], cycle_map: Mapping[str, tuple[str, ...]]
+) -> DependencyState:
     deps = nodes[name].depends_on
     if name in cycle_map:
         members = cycle_map[name]
@@ -103,7 +105,12 @@ def dependency_state(name: str, nodes: Mapping[str, Node], cycle_map: Mapping[st
         )
     waiting = tuple(d for d in deps if not nodes[d].ready)
     if waiting:
-        return DependencyState(False, "WaitingForDependencies", f"waiting for {', '.join(waiting)} to be Ready", waiting)
+        return DependencyState(
+            False,
+            "WaitingForDependencies",
+            f"waiting for {', '.join(waiting)} to be Ready",
+            waiting,
+        )
     if not deps:
         return DependencyState(True, "NoDependencies", "the module depends on nothing", ())
     return DependencyState(True, "DependenciesReady", f"{', '.join(deps)} Ready", ())

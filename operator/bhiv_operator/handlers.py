@@ -41,7 +41,9 @@ def _ready(status: dict[str, Any]) -> tuple[bool, str]:
 
 
 @kopf.index(GROUP, VERSION, PLURAL)
-def bhiv_modules(namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, Any]:
+def bhiv_modules(
+    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str, Any]:
     """Every module by namespace: what dependency and cycle analysis needs."""
     ready, reason = _ready(dict(status))
     return {namespace: (name, tuple(spec.get("dependsOn") or ()), ready, reason)}
@@ -105,7 +107,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         metrics.reconciles.labels("ok").inc()
         if outcome is not None and outcome.cycle_members:
             # Every member of a cycle reports it, not only the module whose edit closed it.
-            reported = {n for n, _, _, reason in index.get(namespace, ()) if reason == "DependencyCycle"}
+            reported = {
+                n for n, _, _, reason in index.get(namespace, ()) if reason == "DependencyCycle"
+            }
             for member in outcome.cycle_members:
                 if member != name and member not in reported:
                     memo.queue.add((namespace, member))
@@ -145,7 +149,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def module_changed(name: str, namespace: str, memo: kopf.Memo, bhiv_modules: kopf.Index, **_: Any) -> None:
+async def module_changed(
+    name: str, namespace: str, memo: kopf.Memo, bhiv_modules: kopf.Index, **_: Any
+) -> None:
     memo.shared.index = bhiv_modules
     queue: WorkQueue = memo.queue
     queue.add((namespace, name))
@@ -171,4 +177,6 @@ async def _child_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: 
 
 
 for _group, _version, _plural in CHILDREN:
-    kopf.on.event(_group, _version, _plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY})(_child_changed)
+    kopf.on.event(_group, _version, _plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY})(
+        _child_changed
+    )

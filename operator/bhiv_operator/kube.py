@@ -53,8 +53,15 @@ class Kube:
     def __init__(self, api_client: client.ApiClient | None = None) -> None:
         self.api = api_client or client.ApiClient()
 
-    def _call(self, method: str, path: str, *, body: Any = None, query: list[tuple[str, str]] | None = None,
-              content_type: str = "application/json") -> Any:
+    def _call(
+        self,
+        method: str,
+        path: str,
+        *,
+        body: Any = None,
+        query: list[tuple[str, str]] | None = None,
+        content_type: str = "application/json",
+    ) -> Any:
         method, url, headers, body, post = self.api.param_serialize(
             method=method,
             resource_path=path,
@@ -63,11 +70,19 @@ class Kube:
             body=body,
             auth_settings=["BearerToken"],
         )
-        response = self.api.call_api(method, url, header_params=headers, body=body, post_params=post,
-                                     _request_timeout=REQUEST_TIMEOUT)
+        response = self.api.call_api(
+            method,
+            url,
+            header_params=headers,
+            body=body,
+            post_params=post,
+            _request_timeout=REQUEST_TIMEOUT,
+        )
         raw = response.read()
         if not 200 <= response.status < 300:
-            raise ApiException(status=response.status, reason=response.reason, body=raw.decode(errors="replace"))
+            raise ApiException(
+                status=response.status, reason=response.reason, body=raw.decode(errors="replace")
+            )
         return json.loads(raw) if raw else None
 
     @staticmethod
@@ -112,7 +127,9 @@ class Kube:
             raise
         return True
 
-    async def merge_patch(self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None) -> Any:
+    async def merge_patch(
+        self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
+    ) -> Any:
         return await asyncio.to_thread(
             self._call,
             "PATCH",
@@ -133,7 +150,9 @@ class Kube:
         return True
 
 
-async def post_event(kube: Kube, body: dict[str, Any], kind: str, reason: str, message: str) -> None:
+async def post_event(
+    kube: Kube, body: dict[str, Any], kind: str, reason: str, message: str
+) -> None:
     """A core/v1 Event about ``body``; failing to post one never fails a reconcile."""
     meta = body["metadata"]
     stamp = now_rfc3339()
@@ -159,9 +178,17 @@ async def post_event(kube: Kube, body: dict[str, Any], kind: str, reason: str, m
         "count": 1,
     }
     try:
-        await asyncio.to_thread(kube._call, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event)
+        await asyncio.to_thread(
+            kube._call, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event
+        )
     except Exception:  # noqa: BLE001 - events are best effort by design
-        log.warning("could not post event %s on %s/%s", reason, meta["namespace"], meta["name"], exc_info=True)
+        log.warning(
+            "could not post event %s on %s/%s",
+            reason,
+            meta["namespace"],
+            meta["name"],
+            exc_info=True,
+        )
 
 
 def now_rfc3339() -> str:

@@ -57,7 +57,9 @@ def run(
             standalone=peering is None,
             peering_name=peering,
             priority=priority,
-            liveness_endpoint=f"http://{listen_host}:{liveness_port}/healthz" if liveness_port else None,
+            liveness_endpoint=f"http://{listen_host}:{liveness_port}/healthz"
+            if liveness_port
+            else None,
             memo=memo,
         )
     )

@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 registry = CollectorRegistry()
-reconciles = Counter("bhiv_operator_reconciles", "Reconciles run, by result.", ["result"], registry=registry)
+reconciles = Counter(
+    "bhiv_operator_reconciles", "Reconciles run, by result.", ["result"], registry=registry
+)
 reconcile_seconds = Histogram(
     "bhiv_operator_reconcile_duration_seconds",
     "Time one reconcile took.",
@@ -13,6 +15,11 @@ reconcile_seconds = Histogram(
     registry=registry,
 )
 modules = Gauge(
-    "bhiv_operator_modules", "Modules known to the operator, by Ready reason.", ["ready", "reason"], registry=registry
+    "bhiv_operator_modules",
+    "Modules known to the operator, by Ready reason.",
+    ["ready", "reason"],
+    registry=registry,
 )
-queue_depth = Gauge("bhiv_operator_queue_depth", "Modules waiting to be reconciled.", registry=registry)
+queue_depth = Gauge(
+    "bhiv_operator_queue_depth", "Modules waiting to be reconciled.", registry=registry
+)

@@ -23,8 +23,12 @@ from bhiv_operator.status import Condition, merge_conditions, transitions
 log = logging.getLogger("bhiv_operator.reconcile")
 
 HANDOFF_MANAGER = "bhiv-operator-handoff"
-WARNING_REASONS = frozenset({"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded", images.REASON})
-EventSink = Callable[[dict[str, Any], str, str, str], Awaitable[None]]  # (body, type, reason, message)
+WARNING_REASONS = frozenset(
+    {"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded", images.REASON}
+)
+EventSink = Callable[
+    [dict[str, Any], str, str, str], Awaitable[None]
+]  # (body, type, reason, message)
 
 
 @dataclass(frozen=True)
@@ -34,7 +38,9 @@ class Outcome:
     cycle_members: tuple[str, ...] = ()
 
 
-def _deployment_conditions(deployment: dict[str, Any]) -> tuple[Condition, Condition, Condition, int, int]:
+def _deployment_conditions(
+    deployment: dict[str, Any],
+) -> tuple[Condition, Condition, Condition, int, int]:
     """Available, Progressing and Ready from a Deployment, plus (desired, ready) counts."""
     spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
     desired = int(spec.get("replicas", 1))
@@ -50,22 +56,39 @@ def _deployment_conditions(deployment: dict[str, Any]) -> tuple[Condition, Condi
         "MinimumReplicasAvailable" if available_ok else "MinimumReplicasUnavailable",
         f"{ready} of {desired} pods ready",
     )
-    current = int(st.get("observedGeneration") or 0) >= int(deployment["metadata"].get("generation") or 0)
+    current = int(st.get("observedGeneration") or 0) >= int(
+        deployment["metadata"].get("generation") or 0
+    )
     rolled_out = current and updated == desired and total == desired and ready >= desired
     if dconds.get("Progressing", {}).get("reason") == "ProgressDeadlineExceeded":
-        progressing = Condition("Progressing", False, "ProgressDeadlineExceeded", dconds["Progressing"].get("message", ""))
+        progressing = Condition(
+            "Progressing",
+            False,
+            "ProgressDeadlineExceeded",
+            dconds["Progressing"].get("message", ""),
+        )
     elif rolled_out:
-        progressing = Condition("Progressing", False, "RolloutComplete", f"{desired} pods run the current spec")
+        progressing = Condition(
+            "Progressing", False, "RolloutComplete", f"{desired} pods run the current spec"
+        )
     else:
-        progressing = Condition("Progressing", True, "RollingOut", f"{updated} of {desired} pods updated, {ready} ready")
+        progressing = Condition(
+            "Progressing", True, "RollingOut", f"{updated} of {desired} pods updated, {ready} ready"
+        )
 
     if desired == 0:
         ready_cond = Condition("Ready", False, "ScaledToZero", "the module runs no pods")
     elif rolled_out and available_ok:
-        ready_cond = Condition("Ready", True, "AllReplicasReady", f"{ready} of {desired} pods ready")
+        ready_cond = Condition(
+            "Ready", True, "AllReplicasReady", f"{ready} of {desired} pods ready"
+        )
     else:
-        ready_cond = Condition("Ready", False, progressing.reason if progressing.status else "ReplicasNotReady",
-                               f"{ready} of {desired} pods ready")
+        ready_cond = Condition(
+            "Ready",
+            False,
+            progressing.reason if progressing.status else "ReplicasNotReady",
+            f"{ready} of {desired} pods ready",
+        )
     return available, progressing, ready_cond, desired, ready
 
 
@@ -97,8 +120,10 @@ class Reconciler:
             return None  # garbage collection removes the children through owner references
         module = Module.from_body(body)
         cycle_map = cycles(nodes) if module.name in nodes else {}
-        deps = dependency_state(module.name, nodes, cycle_map) if module.name in nodes else DependencyState(
-            not module.depends_on, "Unknown", "not indexed yet", ()
+        deps = (
+            dependency_state(module.name, nodes, cycle_map)
+            if module.name in nodes
+            else DependencyState(not module.depends_on, "Unknown", "not indexed yet", ())
         )
         deployment = await self.kube.get("Deployment", module.namespace, module.name)
         # An image outside the allow-list never reaches a Deployment: none is
@@ -123,9 +148,13 @@ class Reconciler:
         status = self._status(body, module, deps, deployment, image_refused)
         await self._write_status(body, status)
         ready_cond = next(c for c in status["conditions"] if c["type"] == "Ready")
-        return Outcome(ready_cond["status"] == "True", ready_cond["reason"], cycle_map.get(module.name, ()))
+        return Outcome(
+            ready_cond["status"] == "True", ready_cond["reason"], cycle_map.get(module.name, ())
+        )
 
-    async def _apply_workloads(self, module: Module, deployment: dict[str, Any] | None) -> dict[str, Any]:
+    async def _apply_workloads(
+        self, module: Module, deployment: dict[str, Any] | None
+    ) -> dict[str, Any]:
         ns, name = module.namespace, module.name
         claim = builders.build_data_claim(module)
         # Created once, before the pods that mount it, and then left alone: a claim's
@@ -145,14 +174,20 @@ class Reconciler:
                 # reset it to the default of 1; the HPA's updates then take it.
                 current = int((deployment.get("spec") or {}).get("replicas", 1))
                 await self.kube.apply(
-                    {"apiVersion": "apps/v1", "kind": "Deployment",
-                     "metadata": {"name": name, "namespace": ns}, "spec": {"replicas": current}},
+                    {
+                        "apiVersion": "apps/v1",
+                        "kind": "Deployment",
+                        "metadata": {"name": name, "namespace": ns},
+                        "spec": {"replicas": current},
+                    },
                     manager=HANDOFF_MANAGER,
                 )
             deployment = await self.kube.apply(builders.build_deployment(module, replicas=None))
             await self.kube.apply(hpa)
         else:
-            deployment = await self.kube.apply(builders.build_deployment(module, replicas=module.replicas))
+            deployment = await self.kube.apply(
+                builders.build_deployment(module, replicas=module.replicas)
+            )
             await self.kube.delete("HorizontalPodAutoscaler", ns, name)
         pdb = builders.build_pdb(module)
         if pdb is not None:
@@ -162,7 +197,11 @@ class Reconciler:
         return deployment
 
     def _status(
-        self, body: dict[str, Any], module: Module, deps: DependencyState, deployment: dict[str, Any] | None,
+        self,
+        body: dict[str, Any],
+        module: Module,
+        deps: DependencyState,
+        deployment: dict[str, Any] | None,
         image_refused: str | None = None,
     ) -> dict[str, Any]:
         dep_cond = Condition("DependenciesReady", deps.satisfied, deps.reason, deps.message)
@@ -179,10 +218,18 @@ class Reconciler:
         else:
             available, progressing, ready_cond, desired, ready = _deployment_conditions(deployment)
             if module.paused:
-                progressing = Condition("Progressing", False, "Paused", "the operator leaves this module's workloads as they are")
+                progressing = Condition(
+                    "Progressing",
+                    False,
+                    "Paused",
+                    "the operator leaves this module's workloads as they are",
+                )
             conditions = [ready_cond, dep_cond, available, progressing]
         if image_refused and not module.paused:
-            refused = {t: Condition(t, False, images.REASON, image_refused) for t in ("Ready", "Progressing")}
+            refused = {
+                t: Condition(t, False, images.REASON, image_refused)
+                for t in ("Ready", "Progressing")
+            }
             conditions = [refused.get(c.type, c) for c in conditions]
         previous = (body.get("status") or {}).get("conditions") or []
         replicas = int(((deployment or {}).get("status") or {}).get("replicas") or 0)
@@ -203,7 +250,9 @@ class Reconciler:
             return
         meta = body["metadata"]
         try:
-            await self.kube.merge_patch("BhivModule", meta["namespace"], meta["name"], {"status": status}, sub="status")
+            await self.kube.merge_patch(
+                "BhivModule", meta["namespace"], meta["name"], {"status": status}, sub="status"
+            )
         except ApiException as exc:
             if exc.status == 404:
                 return  # deleted while we reconciled it: nothing left to report on
@@ -211,4 +260,9 @@ class Reconciler:
         for cond in transitions(old.get("conditions") or [], status["conditions"]):
             if cond["type"] in ("Ready", "DependenciesReady") or cond["reason"] in WARNING_REASONS:
                 kind = "Warning" if cond["reason"] in WARNING_REASONS else "Normal"
-                await self.events(body, kind, cond["reason"], f"{cond['type']}={cond['status']}: {cond['message']}")
+                await self.events(
+                    body,
+                    kind,
+                    cond["reason"],
+                    f"{cond['type']}={cond['status']}: {cond['message']}",
+                )

@@ -23,7 +23,10 @@ def now() -> str:
 
 
 def merge_conditions(
-    previous: Sequence[dict[str, Any]], new: Sequence[Condition], generation: int, timestamp: str | None = None
+    previous: Sequence[dict[str, Any]],
+    new: Sequence[Condition],
+    generation: int,
+    timestamp: str | None = None,
 ) -> list[dict[str, Any]]:
     """New conditions, keeping lastTransitionTime where the status did not change."""
     old = {c.get("type"): c for c in previous or ()}
@@ -46,7 +49,9 @@ def merge_conditions(
     return out
 
 
-def transitions(previous: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def transitions(
+    previous: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]
+) -> list[dict[str, Any]]:
     """Conditions whose status or reason changed: what deserves a Kubernetes Event."""
     old = {c.get("type"): (c.get("status"), c.get("reason")) for c in previous or ()}
     return [c for c in current if old.get(c["type"]) != (c["status"], c["reason"])]

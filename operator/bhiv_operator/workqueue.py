@@ -56,7 +56,10 @@ class WorkQueue:
         return len(self._pending)
 
     async def run(self) -> None:
-        workers = [asyncio.create_task(self._work(), name=f"bhiv-reconcile-{i}") for i in range(self._workers)]
+        workers = [
+            asyncio.create_task(self._work(), name=f"bhiv-reconcile-{i}")
+            for i in range(self._workers)
+        ]
         try:
             await asyncio.gather(*workers)
         finally:
@@ -78,7 +81,9 @@ class WorkQueue:
                 failures = self._failures.get(key, 0) + 1
                 self._failures[key] = failures
                 delay = min(self._max, self._base * 2 ** (failures - 1))
-                log.exception("reconcile of %s failed (attempt %d); retrying in %.1fs", key, failures, delay)
+                log.exception(
+                    "reconcile of %s failed (attempt %d); retrying in %.1fs", key, failures, delay
+                )
                 self.add_after(key, delay)
             else:
                 self._failures.pop(key, None)

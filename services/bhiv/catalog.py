@@ -11,7 +11,6 @@ import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-
 # Every kind of workload the platform defines (DESIGN.md), built or not: the
 # Kubernetes operator accepts these names in BhivModule.spec.service.
 DEFAULT_PORTS: dict[str, int] = {
@@ -87,7 +86,13 @@ SERVICES: dict[str, ServiceEntry] = {
             prefix="",  # the gateway owns the root; every other prefix routes through it
             stage=5,
             app_factory="bhiv.gateway.service:create_app",
-            capabilities=("routing", "load_balancing", "rate_limiting", "batch_processing", "discovery"),
+            capabilities=(
+                "routing",
+                "load_balancing",
+                "rate_limiting",
+                "batch_processing",
+                "discovery",
+            ),
         ),
     )
 }

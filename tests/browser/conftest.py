@@ -19,9 +19,9 @@ from typing import Any
 
 import httpx
 import pytest
+
 from bhiv import catalog
 from bhiv.core.auth import hash_api_key
-
 from tests.service.llm.helpers import FAKE_KEY, registry_env
 from tests.support import browser as support
 from tests.support.fake_openai import FakeOpenAI
@@ -89,10 +89,14 @@ def platform(
     crm = make("crm", **relay)
     make(
         "agent-orchestration",
-        BHIV_AGENTS_SERVICE_URLS=json.dumps({
-            "logistics": logistics.url, "crm": crm.url,
-            "integrations": integrations.url, "llm-query": llm.url,
-        }),
+        BHIV_AGENTS_SERVICE_URLS=json.dumps(
+            {
+                "logistics": logistics.url,
+                "crm": crm.url,
+                "integrations": integrations.url,
+                "llm-query": llm.url,
+            }
+        ),
         BHIV_AGENTS_POLL_INTERVAL_SECONDS="0.05",
     )
     upstreams = {

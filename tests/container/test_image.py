@@ -185,9 +185,7 @@ def test_installs_exactly_the_locked_versions(run_once) -> None:
     )
     result = run_once("-c", script, entrypoint="python3")
     assert result.returncode == 0, result.stderr
-    installed = dict(
-        line.lower().replace("_", "-").split("==") for line in result.stdout.split()
-    )
+    installed = dict(line.lower().replace("_", "-").split("==") for line in result.stdout.split())
     installed.pop("bhiv-core")
     unlocked = {n: v for n, v in installed.items() if locked.get(n) != v}
     assert unlocked == {}, f"in the image but not at their locked version: {unlocked}"

@@ -8,8 +8,8 @@ import time
 
 import httpx
 import pytest
-from bhiv import catalog
 
+from bhiv import catalog
 from tests.container.conftest import Container
 from tests.support.net import free_port
 from tests.support.servers import TEST_JWT_SECRET

@@ -59,8 +59,8 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from bhiv import catalog
 
+from bhiv import catalog
 from tests.support import realnode
 from tests.support.commands import run_tool
 from tests.support.net import free_port

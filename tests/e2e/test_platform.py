@@ -25,9 +25,9 @@ from typing import Any
 
 import httpx
 import pytest
-from bhiv import catalog
 from standardwebhooks import Webhook
 
+from bhiv import catalog
 from tests.e2e.conftest import CHART, POSTGRES_CLAIM, RELEASE, E2ECluster, wait_for_gateway
 from tests.support import browser
 from tests.support.net import free_port
@@ -295,6 +295,7 @@ def test_token_minted_with_the_release_secret(e2e: E2ECluster) -> None:
 def test_batch_through_the_ingress_never_acts_as_another_tenant(e2e: E2ECluster) -> None:
     """Issue 16 item 1 through the chart: two callers with `bhiv token`'s default subject
     in two tenants; the second lists the first's LLM conversations through /batch."""
+
     def batch(token: str, item: dict[str, Any]) -> dict[str, Any]:
         r = httpx.post(
             f"{e2e.ingress_url}/batch",
@@ -513,8 +514,13 @@ def _in_pod(e2e: E2ECluster, pod: str, path: str, token: str) -> dict[str, Any]:
     return json.loads(out.stdout)
 
 
-def _upgrade_logistics(e2e: E2ECluster, client: httpx.Client, records: list[Record],
-                       logistics: dict[str, Any], during: str) -> int:
+def _upgrade_logistics(
+    e2e: E2ECluster,
+    client: httpx.Client,
+    records: list[Record],
+    logistics: dict[str, Any],
+    during: str,
+) -> int:
     """`helm upgrade` with Logistics' values changed to ``logistics`` while a client polls
     every record through the Ingress (no read may fail); returns its ready pods (>= 3)."""
     e2e.overrides = {"services": {"logistics": logistics}}

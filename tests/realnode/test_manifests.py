@@ -14,9 +14,9 @@ from pathlib import Path
 
 import httpx
 import pytest
+
 from bhiv.core.auth import mint_token
 from bhiv.core.settings import ServiceSettings
-
 from tests.support.realnode import RealNode, eventually
 
 REPO = Path(__file__).resolve().parents[2]

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from bhiv.cli.databases import database_name, password_variable
 
+from bhiv.cli.databases import database_name, password_variable
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ServiceProcess, service_process
 

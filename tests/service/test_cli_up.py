@@ -60,7 +60,17 @@ def _up_only(tmp_path: Path, *services: str, env: dict[str, str] | None = None) 
     only = [arg for name in services for arg in ("--only", name)]
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path), *only],
+        [
+            sys.executable,
+            "-m",
+            "bhiv",
+            "up",
+            "--port-offset",
+            str(offset),
+            "--data-dir",
+            str(tmp_path),
+            *only,
+        ],
         env={**_env(tmp_path), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -69,10 +79,17 @@ def _up_only(tmp_path: Path, *services: str, env: dict[str, str] | None = None) 
         for name in services:
             url = f"http://127.0.0.1:{catalog.get(name).port + offset}"
             wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
-        token = subprocess.run(
-            [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
-            env=_env(tmp_path), capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        token = (
+            subprocess.run(
+                [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
+                env=_env(tmp_path),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         yield Up(offset, {"Authorization": f"Bearer {token}"})
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
@@ -112,23 +129,46 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
     offset = _free_offset()
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path)],
+        [
+            sys.executable,
+            "-m",
+            "bhiv",
+            "up",
+            "--port-offset",
+            str(offset),
+            "--data-dir",
+            str(tmp_path),
+        ],
         env=_env(tmp_path),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
     try:
         for entry in catalog.SERVICES.values():
-            wait_http(f"http://127.0.0.1:{entry.port + offset}/health", timeout=90, alive=lambda: up.poll() is None)
+            wait_http(
+                f"http://127.0.0.1:{entry.port + offset}/health",
+                timeout=90,
+                alive=lambda: up.poll() is None,
+            )
         deadline = time.monotonic() + 30
-        while "BHIV Core is up" not in (tmp_path / "up.log").read_text() and time.monotonic() < deadline:
+        while (
+            "BHIV Core is up" not in (tmp_path / "up.log").read_text()
+            and time.monotonic() < deadline
+        ):
             time.sleep(0.2)
 
         # A token from `bhiv token` (same data dir, so the same local secret) works.
-        token = subprocess.run(
-            [sys.executable, "-m", "bhiv", "token", "--role", "editor"],
-            env=_env(tmp_path), capture_output=True, text=True, check=True,
-        ).stdout.strip().splitlines()[-1]
+        token = (
+            subprocess.run(
+                [sys.executable, "-m", "bhiv", "token", "--role", "editor"],
+                env=_env(tmp_path),
+                capture_output=True,
+                text=True,
+                check=True,
+            )
+            .stdout.strip()
+            .splitlines()[-1]
+        )
         logistics = f"http://127.0.0.1:{catalog.get('logistics').port + offset}"
         r = httpx.post(
             f"{logistics}/inventory",
@@ -144,9 +184,17 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
         assert page.status_code == 200 and 'id="sign-in-form"' in page.text
         # The data directory, every database file and the local secrets are the user's alone.
         assert S_IMODE(tmp_path.stat().st_mode) == 0o700
-        private = [p for p in tmp_path.iterdir() if ".db" in p.name or p.name in ("jwt-secret", "credentials-key")]
-        assert {"logistics.db", "integrations.db", "jwt-secret", "credentials-key"} <= {p.name for p in private}
-        assert {p.name: S_IMODE(p.stat().st_mode) for p in private} == {p.name: 0o600 for p in private}
+        private = [
+            p
+            for p in tmp_path.iterdir()
+            if ".db" in p.name or p.name in ("jwt-secret", "credentials-key")
+        ]
+        assert {"logistics.db", "integrations.db", "jwt-secret", "credentials-key"} <= {
+            p.name for p in private
+        }
+        assert {p.name: S_IMODE(p.stat().st_mode) for p in private} == {
+            p.name: 0o600 for p in private
+        }
 
         children = _children(up.pid)
         assert len(children) == len(catalog.SERVICES)
@@ -172,8 +220,20 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         blocker.bind(("127.0.0.1", entry.port + offset))
         blocker.listen()
         result = subprocess.run(
-            [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset), "--data-dir", str(tmp_path)],
-            env=_env(tmp_path), capture_output=True, text=True, timeout=60,
+            [
+                sys.executable,
+                "-m",
+                "bhiv",
+                "up",
+                "--port-offset",
+                str(offset),
+                "--data-dir",
+                str(tmp_path),
+            ],
+            env=_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
         )
     assert result.returncode == 1
     message = " ".join(result.stderr.split())
@@ -183,7 +243,11 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 @pytest.mark.parametrize("args", [["up", "--only", "nope"], ["serve", "nope"]])
 def test_unknown_service_names_are_refused(tmp_path: Path, args: list[str]) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "bhiv", *args], env=_env(tmp_path), capture_output=True, text=True, timeout=60
+        [sys.executable, "-m", "bhiv", *args],
+        env=_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 2 and "nope" in result.stderr
 
@@ -191,21 +255,29 @@ def test_unknown_service_names_are_refused(tmp_path: Path, args: list[str]) -> N
 def test_children_find_each_other_under_a_port_offset(tmp_path: Path) -> None:
     """Under --port-offset no service is at its catalog port, so Logistics' outbox
     relay reaches Integrations only if `bhiv up` told it where Integrations is."""
-    with _up_only(tmp_path, "integrations", "logistics", env={"BHIV_OUTBOX_RELAY_INTERVAL": "0.2"}) as up:
+    with _up_only(
+        tmp_path, "integrations", "logistics", env={"BHIV_OUTBOX_RELAY_INTERVAL": "0.2"}
+    ) as up:
         integrations, logistics, auth = up.url("integrations"), up.url("logistics"), up.auth
         r = httpx.post(
-            f"{logistics}/inventory", json={"sku": "OFFSET-1", "name": "Low", "quantity": 5, "reorder_level": 4},
+            f"{logistics}/inventory",
+            json={"sku": "OFFSET-1", "name": "Low", "quantity": 5, "reorder_level": 4},
             headers=auth,
         )
         assert r.status_code == 201, r.text
-        r = httpx.post(f"{logistics}/inventory/{r.json()['id']}/movements",
-                       json={"type": "reservation", "quantity": 2}, headers=auth)
+        r = httpx.post(
+            f"{logistics}/inventory/{r.json()['id']}/movements",
+            json={"type": "reservation", "quantity": 2},
+            headers=auth,
+        )
         assert r.status_code == 201, r.text
 
         deadline = time.monotonic() + 30
         events: list[dict] = []
         while not events and time.monotonic() < deadline:
-            r = httpx.get(f"{integrations}/events", params={"type": "inventory.low_stock"}, headers=auth)
+            r = httpx.get(
+                f"{integrations}/events", params={"type": "inventory.low_stock"}, headers=auth
+            )
             assert r.status_code == 200, r.text
             events = [e for e in r.json()["items"] if e["data"]["sku"] == "OFFSET-1"]
             time.sleep(0.2)
@@ -218,15 +290,30 @@ def test_workflow_steps_call_the_offset_copy(tmp_path: Path) -> None:
     Logistics (from the BHIV_LOGISTICS_URL `bhiv up` exports), not the catalog's port."""
     with _up_only(tmp_path, "logistics", "agent-orchestration") as up:
         logistics, agents, auth = up.url("logistics"), up.url("agent-orchestration"), up.auth
-        r = httpx.post(f"{logistics}/inventory", json={"sku": "OFFSET-WF", "name": "Here", "quantity": 3},
-                       headers=auth)
+        r = httpx.post(
+            f"{logistics}/inventory",
+            json={"sku": "OFFSET-WF", "name": "Here", "quantity": 3},
+            headers=auth,
+        )
         assert r.status_code == 201, r.text
-        step = {"id": "item", "type": "service",
-                "call": {"service": "logistics", "method": "GET", "path": "/inventory/sku/{{ input.sku }}"}}
-        r = httpx.post(f"{agents}/workflows", json={"name": "offset-lookup", "steps": [step]}, headers=auth)
+        step = {
+            "id": "item",
+            "type": "service",
+            "call": {
+                "service": "logistics",
+                "method": "GET",
+                "path": "/inventory/sku/{{ input.sku }}",
+            },
+        }
+        r = httpx.post(
+            f"{agents}/workflows", json={"name": "offset-lookup", "steps": [step]}, headers=auth
+        )
         assert r.status_code == 201, r.text
-        r = httpx.post(f"{agents}/runs", json={"workflow": "offset-lookup", "input": {"sku": "OFFSET-WF"}},
-                       headers=auth)
+        r = httpx.post(
+            f"{agents}/runs",
+            json={"workflow": "offset-lookup", "input": {"sku": "OFFSET-WF"}},
+            headers=auth,
+        )
         assert r.status_code == 201, r.text
         run_id = r.json()["id"]
         deadline = time.monotonic() + 60

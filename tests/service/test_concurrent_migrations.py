@@ -11,8 +11,8 @@ import psycopg
 import psycopg.sql
 import pytest
 from alembic.script import ScriptDirectory
-from bhiv.core.migrations import alembic_config, lock_key, version_table
 
+from bhiv.core.migrations import alembic_config, lock_key, version_table
 from tests.support.postgres import PostgresServer
 from tests.support.servers import ServiceProcess, service_process
 

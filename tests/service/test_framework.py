@@ -102,7 +102,11 @@ def test_platform_endpoints(base_url: str) -> None:
     ready = httpx.get(f"{base_url}/health/ready").json()
     assert ready["checks"] == {"database": "ok"}
     info = httpx.get(f"{base_url}/info").json()
-    assert info["name"] == "framework-test" and info["endpoint_count"] >= 10 and info["uptime_seconds"] >= 0
+    assert (
+        info["name"] == "framework-test"
+        and info["endpoint_count"] >= 10
+        and info["uptime_seconds"] >= 0
+    )
     who = httpx.get(f"{base_url}/auth/verify", headers=token("editor")).json()
     assert who["roles"] == ["editor"] and who["permissions"] == ["read", "write"]
 
@@ -123,7 +127,10 @@ def test_request_ids_generated_and_unsafe_ones_replaced(base_url: str) -> None:
 
 def test_401_vs_403_and_api_keys(base_url: str) -> None:
     assert httpx.get(f"{base_url}/headers").status_code == 401
-    assert httpx.get(f"{base_url}/headers", headers={"Authorization": "Bearer nope"}).status_code == 401
+    assert (
+        httpx.get(f"{base_url}/headers", headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
     assert httpx.get(f"{base_url}/headers", headers=token("viewer")).status_code == 200
     r = httpx.post(f"{base_url}/echo", content=b"x", headers=token("viewer"))
     assert r.status_code == 403 and "write" in r.json()["detail"]
@@ -156,9 +163,12 @@ def test_cors_preflight(base_url: str) -> None:
         f"{base_url}/headers",
         headers={"Origin": "https://app.example", "Access-Control-Request-Method": "GET"},
     )
-    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    assert (
+        r.status_code == 200 and r.headers["access-control-allow-origin"] == "https://app.example"
+    )
     denied = httpx.options(
-        f"{base_url}/headers", headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"}
+        f"{base_url}/headers",
+        headers={"Origin": "https://evil.example", "Access-Control-Request-Method": "GET"},
     )
     assert "access-control-allow-origin" not in denied.headers
 
@@ -201,7 +211,9 @@ class TestServiceClient:
 
     def test_breaker_opens_and_fails_fast(self, base_url: str) -> None:
         async def go() -> tuple[int, type]:
-            client = ServiceClient("fw", base_url, attempts=1, breaker_threshold=3, breaker_reset_seconds=60)
+            client = ServiceClient(
+                "fw", base_url, attempts=1, breaker_threshold=3, breaker_reset_seconds=60
+            )
             try:
                 for _ in range(3):
                     with pytest.raises(UpstreamError):
@@ -237,7 +249,9 @@ def test_readiness_fails_when_the_database_is_unreachable(tmp_path: Path) -> Non
     with serve(create_app(SPEC, settings)) as url:
         assert httpx.get(f"{url}/health").status_code == 200
         r = httpx.get(f"{url}/health/ready")
-        assert r.status_code == 503 and r.json()["detail"].startswith("The database is not reachable")
+        assert r.status_code == 503 and r.json()["detail"].startswith(
+            "The database is not reachable"
+        )
 
 
 # A service without a database: no engine, no migrations; readiness comes from
@@ -275,7 +289,10 @@ NODB_SPEC = ServiceSpec(
 
 def test_service_without_database_streams_and_reports_its_own_readiness(tmp_path: Path) -> None:
     settings = FrameworkSettings(
-        data_dir=tmp_path, jwt_secret=SECRET, max_body_bytes=2048, cors_origins=["https://app.example"]
+        data_dir=tmp_path,
+        jwt_secret=SECRET,
+        max_body_bytes=2048,
+        cors_origins=["https://app.example"],
     )
     app = create_app(NODB_SPEC, settings)
     assert app.state.db is None
@@ -285,7 +302,10 @@ def test_service_without_database_streams_and_reports_its_own_readiness(tmp_path
         nodb_state["ready"] = False
         try:
             r = httpx.get(f"{url}/health/ready")
-            assert r.status_code == 503 and r.json()["detail"] == "discovery is not ready: no upstream discovered yet"
+            assert (
+                r.status_code == 503
+                and r.json()["detail"] == "discovery is not ready: no upstream discovered yet"
+            )
         finally:
             nodb_state["ready"] = True
 
@@ -299,5 +319,8 @@ def test_service_without_database_streams_and_reports_its_own_readiness(tmp_path
         r = httpx.post(f"{url}/stream/count", content=chunks(), headers=token("editor"))
         assert r.status_code == 200 and r.json() == {"chunks": 4, "size": 16 * 1024}
         cors = httpx.get(f"{url}/health", headers={"Origin": "https://app.example"})
-        assert set(cors.headers["access-control-expose-headers"].split(", ")) == {"X-Request-ID", "RateLimit"}
+        assert set(cors.headers["access-control-expose-headers"].split(", ")) == {
+            "X-Request-ID",
+            "RateLimit",
+        }
     assert not (tmp_path / "framework-test.db").exists()

@@ -39,7 +39,9 @@ def test_directories_and_files(tmp_path: Path) -> None:
     loose = old / "loose.db"
     loose.write_text("x")
     loose.chmod(0o644)
-    assert mode(private_file(loose)) == 0o600 and loose.read_text() == "x"  # tightened, not truncated
+    assert (
+        mode(private_file(loose)) == 0o600 and loose.read_text() == "x"
+    )  # tightened, not truncated
 
 
 def test_local_secrets(tmp_path: Path) -> None:

@@ -167,8 +167,14 @@ class FakeOpenAI:
         return f"{self.url}/v1"
 
     def start(self) -> FakeOpenAI:
-        config = uvicorn.Config(self._app(), host="127.0.0.1", port=self.port, log_level="warning",
-                                timeout_graceful_shutdown=1, lifespan="off")
+        config = uvicorn.Config(
+            self._app(),
+            host="127.0.0.1",
+            port=self.port,
+            log_level="warning",
+            timeout_graceful_shutdown=1,
+            lifespan="off",
+        )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, name="fake-openai", daemon=True)
         self._thread.start()
@@ -193,7 +199,9 @@ class FakeOpenAI:
         if self.api_key is None:
             return True
         bearer = request.headers.get("authorization", "")
-        return bearer == f"Bearer {self.api_key}" or request.headers.get("x-api-key") == self.api_key
+        return (
+            bearer == f"Bearer {self.api_key}" or request.headers.get("x-api-key") == self.api_key
+        )
 
     def _app(self) -> FastAPI:
         app = FastAPI()
@@ -206,8 +214,12 @@ class FakeOpenAI:
         async def models() -> dict[str, Any]:
             with self._lock:
                 names = sorted(set(self._queues) | set(self._defaults))
-            return {"object": "list", "data": [{"id": n, "object": "model", "created": 0, "owned_by": "fake"}
-                                                for n in names]}
+            return {
+                "object": "list",
+                "data": [
+                    {"id": n, "object": "model", "created": 0, "owned_by": "fake"} for n in names
+                ],
+            }
 
         @app.post("/v1/chat/completions")
         async def chat(request: Request) -> Any:
@@ -224,13 +236,17 @@ class FakeOpenAI:
         call = Call(request.url.path, str(body.get("model", "")), body, dict(request.headers))
         self._record(call)
         if not self._authorized(request):
-            return JSONResponse({"error": {"message": "invalid api key", "type": "invalid_request_error"}}, 401)
+            return JSONResponse(
+                {"error": {"message": "invalid api key", "type": "invalid_request_error"}}, 401
+            )
         step = self._next(call.model)
         if step.delay:
             await asyncio.sleep(step.delay)
         if isinstance(step, Fail):
-            return JSONResponse({"error": {"message": step.message, "type": "server_error", "code": step.status}},
-                                status_code=step.status)
+            return JSONResponse(
+                {"error": {"message": step.message, "type": "server_error", "code": step.status}},
+                status_code=step.status,
+            )
         messages = body.get("messages") or []
         source = step.text if step.text is not None else echo
         text = source(messages) if callable(source) else source
@@ -240,13 +256,24 @@ class FakeOpenAI:
 
     def _openai(self, body: dict[str, Any], step: Reply, text: str) -> Any:
         cid, created, model = f"chatcmpl-{uuid.uuid4().hex[:12]}", int(time.time()), body["model"]
-        usage = {"prompt_tokens": prompt_tokens(body["messages"]), "completion_tokens": completion_tokens(text)}
+        usage = {
+            "prompt_tokens": prompt_tokens(body["messages"]),
+            "completion_tokens": completion_tokens(text),
+        }
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         if not body.get("stream"):
             answer: dict[str, Any] = {
-                "id": cid, "object": "chat.completion", "created": created, "model": model,
-                "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                             "finish_reason": step.finish_reason}],
+                "id": cid,
+                "object": "chat.completion",
+                "created": created,
+                "model": model,
+                "choices": [
+                    {
+                        "index": 0,
+                        "message": {"role": "assistant", "content": text},
+                        "finish_reason": step.finish_reason,
+                    }
+                ],
             }
             if step.usage:
                 answer["usage"] = usage
@@ -254,9 +281,19 @@ class FakeOpenAI:
         include_usage = bool((body.get("stream_options") or {}).get("include_usage")) and step.usage
 
         def chunk(delta: dict[str, Any], finish: str | None = None) -> str:
-            return "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                          "model": model, "choices": [{"index": 0, "delta": delta,
-                                                                       "finish_reason": finish}]}) + "\n\n"
+            return (
+                "data: "
+                + json.dumps(
+                    {
+                        "id": cid,
+                        "object": "chat.completion.chunk",
+                        "created": created,
+                        "model": model,
+                        "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                    }
+                )
+                + "\n\n"
+            )
 
         async def events() -> AsyncIterator[str]:
             yield chunk({"role": "assistant", "content": ""})
@@ -268,8 +305,20 @@ class FakeOpenAI:
                 yield chunk({"content": piece})
             yield chunk({}, step.finish_reason)
             if include_usage:
-                yield "data: " + json.dumps({"id": cid, "object": "chat.completion.chunk", "created": created,
-                                             "model": model, "choices": [], "usage": usage}) + "\n\n"
+                yield (
+                    "data: "
+                    + json.dumps(
+                        {
+                            "id": cid,
+                            "object": "chat.completion.chunk",
+                            "created": created,
+                            "model": model,
+                            "choices": [],
+                            "usage": usage,
+                        }
+                    )
+                    + "\n\n"
+                )
             yield "data: [DONE]\n\n"
 
         return StreamingResponse(events(), media_type="text/event-stream")
@@ -279,32 +328,64 @@ class FakeOpenAI:
     def _anthropic(self, body: dict[str, Any], step: Reply, text: str) -> Any:
         mid, model = f"msg_{uuid.uuid4().hex[:12]}", body["model"]
         stop = {"stop": "end_turn", "length": "max_tokens"}.get(step.finish_reason, "end_turn")
-        usage = {"input_tokens": prompt_tokens(body["messages"], str(body.get("system") or "")),
-                 "output_tokens": completion_tokens(text)}
+        usage = {
+            "input_tokens": prompt_tokens(body["messages"], str(body.get("system") or "")),
+            "output_tokens": completion_tokens(text),
+        }
         if not body.get("stream"):
-            return JSONResponse({
-                "id": mid, "type": "message", "role": "assistant", "model": model,
-                "content": [{"type": "text", "text": text}], "stop_reason": stop, "stop_sequence": None,
-                "usage": usage if step.usage else {},
-            })
+            return JSONResponse(
+                {
+                    "id": mid,
+                    "type": "message",
+                    "role": "assistant",
+                    "model": model,
+                    "content": [{"type": "text", "text": text}],
+                    "stop_reason": stop,
+                    "stop_sequence": None,
+                    "usage": usage if step.usage else {},
+                }
+            )
 
         def event(kind: str, data: dict[str, Any]) -> str:
             return f"event: {kind}\ndata: {json.dumps({'type': kind, **data})}\n\n"
 
         async def events() -> AsyncIterator[str]:
-            start_usage = {"input_tokens": usage["input_tokens"], "output_tokens": 0} if step.usage else {}
-            yield event("message_start", {"message": {"id": mid, "type": "message", "role": "assistant",
-                                                      "model": model, "content": [], "usage": start_usage}})
-            yield event("content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}})
+            start_usage = (
+                {"input_tokens": usage["input_tokens"], "output_tokens": 0} if step.usage else {}
+            )
+            yield event(
+                "message_start",
+                {
+                    "message": {
+                        "id": mid,
+                        "type": "message",
+                        "role": "assistant",
+                        "model": model,
+                        "content": [],
+                        "usage": start_usage,
+                    }
+                },
+            )
+            yield event(
+                "content_block_start", {"index": 0, "content_block": {"type": "text", "text": ""}}
+            )
             for i, piece in enumerate(words(text)):
                 if step.break_after is not None and i >= step.break_after:
                     raise ConnectionAbortedError("injected stream break")
                 if step.chunk_delay:
                     await asyncio.sleep(step.chunk_delay)
-                yield event("content_block_delta", {"index": 0, "delta": {"type": "text_delta", "text": piece}})
+                yield event(
+                    "content_block_delta",
+                    {"index": 0, "delta": {"type": "text_delta", "text": piece}},
+                )
             yield event("content_block_stop", {"index": 0})
-            yield event("message_delta", {"delta": {"stop_reason": stop},
-                                          "usage": {"output_tokens": usage["output_tokens"]} if step.usage else {}})
+            yield event(
+                "message_delta",
+                {
+                    "delta": {"stop_reason": stop},
+                    "usage": {"output_tokens": usage["output_tokens"]} if step.usage else {},
+                },
+            )
             yield event("message_stop", {})
 
         return StreamingResponse(events(), media_type="text/event-stream")

@@ -10,7 +10,9 @@ from typing import Any
 import yaml
 
 
-def service_account_kubeconfig(kubectl: Callable[..., Any], namespace: str, account: str, path: Path) -> Path:
+def service_account_kubeconfig(
+    kubectl: Callable[..., Any], namespace: str, account: str, path: Path
+) -> Path:
     """A kubeconfig that authenticates as ``namespace/account`` with a bound token."""
     token = kubectl("create", "token", account, "-n", namespace, "--duration", "2h").stdout.strip()
     config = json.loads(kubectl("config", "view", "--raw", "--minify", "-o", "json").stdout)
@@ -22,7 +24,12 @@ def service_account_kubeconfig(kubectl: Callable[..., Any], namespace: str, acco
                 "kind": "Config",
                 "clusters": [{"name": "c", "cluster": cluster["cluster"]}],
                 "users": [{"name": account, "user": {"token": token}}],
-                "contexts": [{"name": "sa", "context": {"cluster": "c", "user": account, "namespace": namespace}}],
+                "contexts": [
+                    {
+                        "name": "sa",
+                        "context": {"cluster": "c", "user": account, "namespace": namespace},
+                    }
+                ],
                 "current-context": "sa",
             }
         )

@@ -57,16 +57,30 @@ class PostgresServer:
         else:
             self.user = pwd.getpwuid(os.geteuid()).pw_name
         self._run(
-            str(self.bindir / "initdb"), "-D", str(self.datadir), "-U", self.user,
-            "--auth=trust", "--encoding=UTF8", "--no-sync",
+            str(self.bindir / "initdb"),
+            "-D",
+            str(self.datadir),
+            "-U",
+            self.user,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-sync",
         )
         self.resume()
 
     def resume(self) -> None:
         """Start the initialised server again (after ``stop``), on the same port and data."""
         self._run(
-            str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-l", str(self.root / "server.log"), "-w", "-t", "60",
-            "-o", f"-p {self.port} -k {self.root} -c listen_addresses={self._listen} -c fsync=off "
+            str(self.bindir / "pg_ctl"),
+            "-D",
+            str(self.datadir),
+            "-l",
+            str(self.root / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            f"-p {self.port} -k {self.root} -c listen_addresses={self._listen} -c fsync=off "
             "-c synchronous_commit=off -c full_page_writes=off -c max_connections=200",
             "start",
         )
@@ -99,7 +113,9 @@ class PostgresServer:
         """Stop the server; ``fast`` keeps what was committed (this server's settings
         trade durability for speed, so an ``immediate`` stop may lose the last commits)."""
         if (self.datadir / "postmaster.pid").exists():
-            self._run(str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop")
+            self._run(
+                str(self.bindir / "pg_ctl"), "-D", str(self.datadir), "-m", mode, "-w", "stop"
+            )
 
     def create_database(self) -> str:
         """A fresh database; returns its SQLAlchemy URL."""
@@ -116,7 +132,9 @@ class PostgresServer:
 def postgres_server(extra_listen: str = "") -> Iterator[PostgresServer]:
     bindir = find_bindir()
     if bindir is None:
-        raise FileNotFoundError("PostgreSQL server binaries not found; run `make test-deps` to install them")
+        raise FileNotFoundError(
+            "PostgreSQL server binaries not found; run `make test-deps` to install them"
+        )
     root = Path(tempfile.mkdtemp(prefix="bhiv-pg-"))
     root.chmod(0o755)
     server = PostgresServer(bindir, root, free_port(), extra_listen)

@@ -51,7 +51,9 @@ class ServiceProcess:
     def wait_ready(self) -> ServiceProcess:
         assert self.process is not None, "launch() first"
         try:
-            wait_http(f"{self.url}/health/ready", timeout=60, alive=lambda: self.process.poll() is None)
+            wait_http(
+                f"{self.url}/health/ready", timeout=60, alive=lambda: self.process.poll() is None
+            )
         except Exception:
             self.stop()
             raise RuntimeError(f"{self.name} did not start; log:\n{self.log()}") from None
@@ -86,7 +88,9 @@ class ServiceProcess:
         return c
 
 
-def service_process(name: str, tmp: Path, database_url: str | None = None, **extra_env: str) -> ServiceProcess:
+def service_process(
+    name: str, tmp: Path, database_url: str | None = None, **extra_env: str
+) -> ServiceProcess:
     data_dir = tmp / "data"
     env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
     env.update(
@@ -98,4 +102,6 @@ def service_process(name: str, tmp: Path, database_url: str | None = None, **ext
     )
     if database_url:
         env["BHIV_DATABASE_URL"] = database_url
-    return ServiceProcess(name=name, port=free_port(), data_dir=data_dir, env=env, log_path=tmp / f"{name}.log")
+    return ServiceProcess(
+        name=name, port=free_port(), data_dir=data_dir, env=env, log_path=tmp / f"{name}.log"
+    )

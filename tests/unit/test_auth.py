@@ -17,7 +17,9 @@ SECRET = "unit-test-secret-unit-test-secret-0123"
 
 def request_with(headers: dict[str, str]) -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in headers.items()]
-    return Request({"type": "http", "method": "GET", "path": "/", "headers": raw, "query_string": b""})
+    return Request(
+        {"type": "http", "method": "GET", "path": "/", "headers": raw, "query_string": b""}
+    )
 
 
 def settings(**kw: object) -> ServiceSettings:
@@ -38,7 +40,12 @@ def test_hs256_round_trip() -> None:
 
 @pytest.mark.parametrize(
     ("role", "perms"),
-    [("viewer", {"read"}), ("editor", {"read", "write"}), ("admin", {"read", "write", "admin"}), ("nobody", set())],
+    [
+        ("viewer", {"read"}),
+        ("editor", {"read", "write"}),
+        ("admin", {"read", "write", "admin"}),
+        ("nobody", set()),
+    ],
 )
 def test_role_permissions(role: str, perms: set[str]) -> None:
     assert Identity(subject="x", roles=(role,), method="jwt").permissions == perms
@@ -74,13 +81,19 @@ def test_wrong_secret_audience_and_garbage() -> None:
 
 
 def test_alg_none_is_rejected() -> None:
-    unsigned = jwt.encode({"sub": "a", "roles": ["admin"], "exp": time.time() + 60, "aud": "bhiv", "iss": "bhiv"}, None, algorithm="none")
+    unsigned = jwt.encode(
+        {"sub": "a", "roles": ["admin"], "exp": time.time() + 60, "aud": "bhiv", "iss": "bhiv"},
+        None,
+        algorithm="none",
+    )
     _reject(bearer(unsigned))
 
 
 def test_roles_claim_must_be_strings() -> None:
     token = jwt.encode(
-        {"sub": "a", "roles": [1], "exp": time.time() + 60, "aud": "bhiv", "iss": "bhiv"}, SECRET, algorithm="HS256"
+        {"sub": "a", "roles": [1], "exp": time.time() + 60, "aud": "bhiv", "iss": "bhiv"},
+        SECRET,
+        algorithm="HS256",
     )
     _reject(bearer(token))
 
@@ -90,9 +103,11 @@ def test_rs256_with_public_key() -> None:
     private = key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption()
     ).decode()
-    public = key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    public = (
+        key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
     s = ServiceSettings(jwt_public_key=public)
     token = mint_token(s, subject="svc", roles=["viewer"], private_key=private)
     assert Authenticator(s).authenticate(request_with(bearer(token))).subject == "svc"

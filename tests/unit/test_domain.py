@@ -28,15 +28,29 @@ def test_movement_deltas(kind: MovementType, qty: int, expected: tuple[int, int]
 
 def test_every_status_has_transitions_and_final_states_are_final() -> None:
     assert set(TRANSITIONS) == set(ShipmentStatus)
-    assert TRANSITIONS[ShipmentStatus.delivered] == TRANSITIONS[ShipmentStatus.cancelled] == frozenset()
+    assert (
+        TRANSITIONS[ShipmentStatus.delivered]
+        == TRANSITIONS[ShipmentStatus.cancelled]
+        == frozenset()
+    )
     # The happy path is reachable from created.
-    path = [ShipmentStatus.created, ShipmentStatus.picked, ShipmentStatus.shipped, ShipmentStatus.in_transit, ShipmentStatus.delivered]
+    path = [
+        ShipmentStatus.created,
+        ShipmentStatus.picked,
+        ShipmentStatus.shipped,
+        ShipmentStatus.in_transit,
+        ShipmentStatus.delivered,
+    ]
     assert all(b in TRANSITIONS[a] for a, b in zip(path, path[1:], strict=False))
 
 
 @pytest.mark.parametrize(
     ("loc", "expected"),
-    [(("body", "lines", 0, "sku"), ("body", "lines.0.sku")), (("query", "limit"), ("query", "limit")), (("body",), ("body", "body"))],
+    [
+        (("body", "lines", 0, "sku"), ("body", "lines.0.sku")),
+        (("query", "limit"), ("query", "limit")),
+        (("body",), ("body", "body")),
+    ],
 )
 def test_validation_locations(loc: tuple, expected: tuple[str, str]) -> None:
     assert _location_and_field(loc) == expected

@@ -7,15 +7,14 @@ import sys
 import time
 
 import httpx
+
 from bhiv.core.auth import mint_token
 from bhiv.core.settings import ServiceSettings
 
 url = os.environ["GATEWAY_URL"].rstrip("/")
 expected = [s for s in os.environ.get("EXPECT_SERVICES", "").split(",") if s]
 deadline = time.monotonic() + float(os.environ.get("CHECK_TIMEOUT_SECONDS", "60"))
-token = mint_token(
-    ServiceSettings(), subject="helm-test", roles=["viewer"], ttl_seconds=300
-)
+token = mint_token(ServiceSettings(), subject="helm-test", roles=["viewer"], ttl_seconds=300)
 problem = "no attempt"
 while time.monotonic() < deadline:
     try:

@@ -42,14 +42,20 @@ def _entry(service: str) -> catalog.ServiceEntry:
         raise typer.Exit(2) from None
 
 
-ServiceArg = Annotated[str, typer.Argument(help=f"One of: {', '.join(catalog.SERVICES)}.", show_default=False)]
+ServiceArg = Annotated[
+    str, typer.Argument(help=f"One of: {', '.join(catalog.SERVICES)}.", show_default=False)
+]
 
 
 @app.command()
 def serve(
     service: ServiceArg,
-    host: Annotated[str | None, typer.Option(help="Interface to bind (default: BHIV_HOST or 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default: BHIV_PORT or the service's own).")] = None,
+    host: Annotated[
+        str | None, typer.Option(help="Interface to bind (default: BHIV_HOST or 127.0.0.1).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (default: BHIV_PORT or the service's own).")
+    ] = None,
 ) -> None:
     """Run one service in the foreground, as a container runs it."""
     from bhiv.core import server
@@ -74,7 +80,8 @@ def serve(
 def migrate(
     service: Annotated[str, typer.Argument(help="A service name, or 'all'.")] = "all",
     revision: Annotated[
-        str | None, typer.Option("--revision", "-m", help="Autogenerate a new migration with this message.")
+        str | None,
+        typer.Option("--revision", "-m", help="Autogenerate a new migration with this message."),
     ] = None,
 ) -> None:
     """Apply each service's database migrations (or autogenerate a new one)."""
@@ -99,10 +106,13 @@ def migrate(
 def token(
     role: Annotated[str, typer.Option(help="admin, editor or viewer.")] = "admin",
     subject: Annotated[str, typer.Option(help="The token's subject (sub).")] = "dev",
-    ttl: Annotated[int, typer.Option(help="Lifetime in seconds.", min=1, max=30 * 24 * 3600)] = 3600,
+    ttl: Annotated[
+        int, typer.Option(help="Lifetime in seconds.", min=1, max=30 * 24 * 3600)
+    ] = 3600,
     tenant: Annotated[str | None, typer.Option(help="Tenant claim, if any.")] = None,
     private_key: Annotated[
-        Path | None, typer.Option(help="PEM private key: sign RS256 instead of HS256 with the shared secret.")
+        Path | None,
+        typer.Option(help="PEM private key: sign RS256 instead of HS256 with the shared secret."),
     ] = None,
 ) -> None:
     """Mint a JWT with the local signing secret; the token is alone on the last line."""
@@ -110,12 +120,18 @@ def token(
     from bhiv.core.settings import ServiceSettings
 
     if role not in ROLE_PERMISSIONS:
-        err.print(f"[red]error:[/] unknown role {role!r}; choose one of {', '.join(ROLE_PERMISSIONS)}")
+        err.print(
+            f"[red]error:[/] unknown role {role!r}; choose one of {', '.join(ROLE_PERMISSIONS)}"
+        )
         raise typer.Exit(2)
     settings = ServiceSettings()
     key = private_key.read_text() if private_key else None
     err.print(f"JWT for subject={subject} role={role}, valid {ttl}s:")
-    print(mint_token(settings, subject=subject, roles=[role], ttl_seconds=ttl, tenant=tenant, private_key=key))
+    print(
+        mint_token(
+            settings, subject=subject, roles=[role], ttl_seconds=ttl, tenant=tenant, private_key=key
+        )
+    )
 
 
 @app.command("reencrypt-credentials")
@@ -157,11 +173,15 @@ def api_key(
     from bhiv.core.auth import ROLE_PERMISSIONS, hash_api_key
 
     if role not in ROLE_PERMISSIONS:
-        err.print(f"[red]error:[/] unknown role {role!r}; choose one of {', '.join(ROLE_PERMISSIONS)}")
+        err.print(
+            f"[red]error:[/] unknown role {role!r}; choose one of {', '.join(ROLE_PERMISSIONS)}"
+        )
         raise typer.Exit(2)
     key = "bhiv_" + secrets.token_urlsafe(32)
     entry = {"name": name, "role": role, "sha256": hash_api_key(key)}
-    err.print("Add this entry to BHIV_API_KEYS (a JSON list); give the key on the last line to the client:")
+    err.print(
+        "Add this entry to BHIV_API_KEYS (a JSON list); give the key on the last line to the client:"
+    )
     err.print(json.dumps(entry))
     print(key)
 
@@ -169,11 +189,17 @@ def api_key(
 @app.command()
 def up(
     data_dir: Annotated[
-        Path | None, typer.Option(help="Where SQLite files and the local JWT secret live (default: BHIV_DATA_DIR).")
+        Path | None,
+        typer.Option(
+            help="Where SQLite files and the local JWT secret live (default: BHIV_DATA_DIR)."
+        ),
     ] = None,
-    port_offset: Annotated[int, typer.Option(help="Add this to every service's port.", min=0, max=50000)] = 0,
+    port_offset: Annotated[
+        int, typer.Option(help="Add this to every service's port.", min=0, max=50000)
+    ] = 0,
     only: Annotated[
-        list[str] | None, typer.Option("--only", help="Start only these services (and nothing they wait for).")
+        list[str] | None,
+        typer.Option("--only", help="Start only these services (and nothing they wait for)."),
     ] = None,
 ) -> None:
     """Run every service locally in the seed's startup order; Ctrl-C stops them all."""
@@ -185,20 +211,35 @@ def up(
 @app.command("operator")
 def operator_command(
     namespace: Annotated[
-        list[str] | None, typer.Option("--namespace", "-n", help="Watch this namespace (repeatable).")
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch this namespace (repeatable)."),
     ] = None,
-    all_namespaces: Annotated[bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")] = False,
+    all_namespaces: Annotated[
+        bool, typer.Option("--all-namespaces", "-A", help="Watch every namespace.")
+    ] = False,
     peering: Annotated[
         str | None,
-        typer.Option(help="Kopf peering name, so two operator pods never act at once (needs the peering CRDs)."),
+        typer.Option(
+            help="Kopf peering name, so two operator pods never act at once (needs the peering CRDs)."
+        ),
     ] = None,
-    priority: Annotated[int, typer.Option(help="Peering priority; the highest active operator acts.")] = 0,
+    priority: Annotated[
+        int, typer.Option(help="Peering priority; the highest active operator acts.")
+    ] = 0,
     liveness_port: Annotated[int, typer.Option(help="Port of /healthz (0: off).")] = 8080,
     metrics_port: Annotated[int, typer.Option(help="Port of Prometheus /metrics (0: off).")] = 9090,
-    kubeconfig: Annotated[str | None, typer.Option(help="Kubeconfig (default: in-cluster, then $KUBECONFIG).")] = None,
-    cluster_domain: Annotated[str, typer.Option(help="DNS domain of the cluster, for status.url.")] = "cluster.local",
-    listen_host: Annotated[str, typer.Option(help="Interface of the liveness and metrics endpoints.")] = "0.0.0.0",  # noqa: S104
-    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log each handler call.")] = False,
+    kubeconfig: Annotated[
+        str | None, typer.Option(help="Kubeconfig (default: in-cluster, then $KUBECONFIG).")
+    ] = None,
+    cluster_domain: Annotated[
+        str, typer.Option(help="DNS domain of the cluster, for status.url.")
+    ] = "cluster.local",
+    listen_host: Annotated[
+        str, typer.Option(help="Interface of the liveness and metrics endpoints.")
+    ] = "0.0.0.0",  # noqa: S104
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Log each handler call.")
+    ] = False,
     allowed_image: Annotated[
         list[str] | None,
         typer.Option(
@@ -233,7 +274,9 @@ def operator_command(
     from bhiv_operator.main import run
 
     if bool(namespace) == all_namespaces:
-        err.print("[red]error:[/] give --namespace NAME (repeatable) or --all-namespaces, not both or neither")
+        err.print(
+            "[red]error:[/] give --namespace NAME (repeatable) or --all-namespaces, not both or neither"
+        )
         raise typer.Exit(2)
     if bootstrap is not None and len(namespace or []) != 1:
         err.print("[red]error:[/] --bootstrap applies into one namespace: give one --namespace")

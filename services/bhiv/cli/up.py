@@ -67,7 +67,17 @@ def _pump(child: Child) -> None:
 
 def _start(entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: str) -> Child:
     process = subprocess.Popen(
-        [sys.executable, "-m", "bhiv", "serve", entry.name, "--port", str(port), "--host", "127.0.0.1"],
+        [
+            sys.executable,
+            "-m",
+            "bhiv",
+            "serve",
+            entry.name,
+            "--port",
+            str(port),
+            "--host",
+            "127.0.0.1",
+        ],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -115,8 +125,14 @@ def _stop_all(children: list[Child]) -> None:
             child.process.wait()
 
 
-def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str] | None = None) -> int:
-    data_dir = (data_dir or Path(os.environ.get("BHIV_DATA_DIR") or default_data_dir())).expanduser().resolve()
+def run_platform(
+    *, data_dir: Path | None, port_offset: int = 0, only: list[str] | None = None
+) -> int:
+    data_dir = (
+        (data_dir or Path(os.environ.get("BHIV_DATA_DIR") or default_data_dir()))
+        .expanduser()
+        .resolve()
+    )
     stages = catalog.in_startup_order()
     if only:
         unknown = sorted(set(only) - set(catalog.SERVICES))
@@ -150,7 +166,9 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
     # The gateway routes to exactly the services started here, at their ports.
     env.setdefault(
         "BHIV_GATEWAY_UPSTREAMS",
-        json.dumps({e.name: [f"http://127.0.0.1:{port}"] for e, port in planned if e.name != "gateway"}),
+        json.dumps(
+            {e.name: [f"http://127.0.0.1:{port}"] for e, port in planned if e.name != "gateway"}
+        ),
     )
     if not env.get("BHIV_JWT_SECRET") and not env.get("BHIV_JWT_PUBLIC_KEY"):
         # Created before any child starts so every service shares one secret.
@@ -180,7 +198,11 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
                 return 0
             if failed is not None:
                 code = failed.process.poll()
-                why = f"exited with code {code}" if code is not None else "did not become ready in time"
+                why = (
+                    f"exited with code {code}"
+                    if code is not None
+                    else "did not become ready in time"
+                )
                 console.print(f"[red]error:[/] {failed.entry.name} {why}; stopping everything")
                 return 1
 
@@ -191,7 +213,9 @@ def run_platform(*, data_dir: Path | None, port_offset: int = 0, only: list[str]
         for child in children:
             table.add_row(child.entry.name, child.url, child.entry.prefix or "—")
         console.print(table)
-        console.print("API docs: <url>/docs   Get a token: [bold]bhiv token --role admin[/]   Stop: Ctrl-C")
+        console.print(
+            "API docs: <url>/docs   Get a token: [bold]bhiv token --role admin[/]   Stop: Ctrl-C"
+        )
         gateway = next((c for c in children if c.entry.name == "gateway"), None)
         if gateway is not None:
             console.print(f"Web console: {gateway.url}/console", soft_wrap=True)

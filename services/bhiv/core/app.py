@@ -40,7 +40,11 @@ LifespanHook = Callable[[FastAPI], AbstractAsyncContextManager[Any]]
 ReadinessCheck = Callable[[FastAPI], Awaitable[None]]
 
 _PROBLEM_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ProblemDetail, "content": {"application/problem+json": {}}, "description": text}
+    status: {
+        "model": ProblemDetail,
+        "content": {"application/problem+json": {}},
+        "description": text,
+    }
     for status, text in {
         400: "The body could not be read (e.g. not UTF-8).",
         401: "No valid credential.",
@@ -127,7 +131,9 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
         async with AsyncExitStack() as stack:
             for hook in spec.lifespan_hooks:
                 await stack.enter_async_context(hook(app))
-            log.info("%s %s listening on %s:%s", spec.name, spec.version, settings.host, settings.port)
+            log.info(
+                "%s %s listening on %s:%s", spec.name, spec.version, settings.host, settings.port
+            )
             yield
         if app.state.db is not None:
             app.state.db.dispose()
@@ -136,13 +142,20 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
         title=spec.title,
         description=spec.description,
         version=spec.version,
-        openapi_tags=[*spec.openapi_tags, {"name": "platform", "description": "Health, info and metrics."}],
+        openapi_tags=[
+            *spec.openapi_tags,
+            {"name": "platform", "description": "Health, info and metrics."},
+        ],
         lifespan=lifespan,
     )
     app.state.spec = spec
     app.state.settings = settings
     app.state.db = (
-        Database(settings.sqlalchemy_url(), pool_size=settings.worker_threads, max_connections=settings.max_concurrency)
+        Database(
+            settings.sqlalchemy_url(),
+            pool_size=settings.worker_threads,
+            max_connections=settings.max_concurrency,
+        )
         if spec.has_database
         else None
     )
@@ -153,11 +166,15 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
     install_problem_handlers(app)
     app.include_router(health.router)
     for router in spec.routers:
-        app.include_router(router, dependencies=[Depends(authorize_by_method)], responses=_PROBLEM_RESPONSES)
+        app.include_router(
+            router, dependencies=[Depends(authorize_by_method)], responses=_PROBLEM_RESPONSES
+        )
 
     # Added innermost first: CORS answers preflights before the body limit,
     # and the request context wraps everything so every answer has an ID.
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt_paths=spec.streaming_paths)
+    app.add_middleware(
+        BodyLimitMiddleware, max_bytes=settings.max_body_bytes, exempt_paths=spec.streaming_paths
+    )
     if settings.cors_origins:
         app.add_middleware(
             CORSMiddleware,

@@ -120,7 +120,9 @@ class Authenticator:
             return self._from_api_key(api_key)
         header = request.headers.get("Authorization")
         if not header:
-            raise _unauthorized("Authentication required: send 'Authorization: Bearer <JWT>' or 'X-API-Key'.")
+            raise _unauthorized(
+                "Authentication required: send 'Authorization: Bearer <JWT>' or 'X-API-Key'."
+            )
         scheme, _, token = header.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             raise _unauthorized("The Authorization header must be 'Bearer <JWT>'.")
@@ -164,7 +166,9 @@ class Authenticator:
         if isinstance(roles, str):
             roles = [roles]
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
-            raise _unauthorized("The token's 'roles' claim must be a list of strings.", error="invalid_token")
+            raise _unauthorized(
+                "The token's 'roles' claim must be a list of strings.", error="invalid_token"
+            )
         tenant = claims.get("tenant")
         return Identity(
             subject=str(claims["sub"]),
@@ -213,7 +217,9 @@ def _check(identity: Identity, permission: str) -> Identity:
     return identity
 
 
-async def authorize_by_method(request: Request, identity: Identity = Depends(current_identity)) -> Identity:
+async def authorize_by_method(
+    request: Request, identity: Identity = Depends(current_identity)
+) -> Identity:
     """Router-wide dependency: ``read`` for safe methods, ``write`` for the rest."""
     return _check(identity, "read" if request.method in SAFE_METHODS else "write")
 

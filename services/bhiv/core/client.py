@@ -14,7 +14,12 @@ from typing import Any
 import httpx
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from bhiv.core.context import credentials_var, request_id_var
 
@@ -25,7 +30,9 @@ class UpstreamError(Exception):
     """The upstream answered 5xx (counted by the breaker, retried if idempotent)."""
 
     def __init__(self, response: httpx.Response) -> None:
-        super().__init__(f"{response.request.method} {response.request.url.path} -> {response.status_code}")
+        super().__init__(
+            f"{response.request.method} {response.request.url.path} -> {response.status_code}"
+        )
         self.response = response
 
 
@@ -79,7 +86,9 @@ class ServiceClient:
                 return await self._once(method, path, headers, kwargs)
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _once(self, method: str, path: str, headers: httpx.Headers, kwargs: dict[str, Any]) -> httpx.Response:
+    async def _once(
+        self, method: str, path: str, headers: httpx.Headers, kwargs: dict[str, Any]
+    ) -> httpx.Response:
         try:
             async with await self._breakers.get_breaker(self.name):
                 response = await self._http.request(method, path, headers=headers, **kwargs)
@@ -87,7 +96,9 @@ class ServiceClient:
                     raise UpstreamError(response)
                 return response
         except OpenedState:
-            raise UpstreamUnavailable(f"{self.name} is failing; calls are paused by its circuit breaker") from None
+            raise UpstreamUnavailable(
+                f"{self.name} is failing; calls are paused by its circuit breaker"
+            ) from None
 
     async def get(self, path: str, **kwargs: Any) -> httpx.Response:
         return await self.request("GET", path, **kwargs)

@@ -17,7 +17,9 @@ from bhiv.core.errors import Problem, conflict, field_problem, not_found
 M = TypeVar("M")
 
 
-def get_or_404(session: Session, model: type[M], key: Any, what: str | None = None, *, lock: bool = False) -> M:
+def get_or_404(
+    session: Session, model: type[M], key: Any, what: str | None = None, *, lock: bool = False
+) -> M:
     """The row with primary key ``key``, or a 404.
 
     ``lock=True`` reads it fresh with ``SELECT ... FOR UPDATE``, held until the
@@ -31,7 +33,9 @@ def get_or_404(session: Session, model: type[M], key: Any, what: str | None = No
     return obj
 
 
-def require_reference(session: Session, model: type[Any], key: Any, field: str, *, lock: bool = False) -> None:
+def require_reference(
+    session: Session, model: type[Any], key: Any, field: str, *, lock: bool = False
+) -> None:
     """422 naming ``field`` when a referenced row does not exist (checked before any write).
 
     ``lock=True`` holds ``FOR KEY SHARE`` on the referenced row until the
@@ -62,7 +66,9 @@ def apply_patch(obj: Any, patch: BaseModel) -> dict[str, Any]:
 
 
 @contextmanager
-def unique_as_conflict(session: Session, table: str, unique: dict[str, Any], what: str) -> Iterator[None]:
+def unique_as_conflict(
+    session: Session, table: str, unique: dict[str, Any], what: str
+) -> Iterator[None]:
     """Turn a unique-constraint violation inside the block into a 409 naming the field.
 
     Constraint names follow the naming convention ``uq_<table>_<column>``, which
@@ -80,7 +86,14 @@ def unique_as_conflict(session: Session, table: str, unique: dict[str, Any], wha
                     409,
                     f"A {what} with {field} '{value}' already exists.",
                     kind="conflict",
-                    errors=[{"location": "body", "field": field, "message": "already exists", "type": "unique"}],
+                    errors=[
+                        {
+                            "location": "body",
+                            "field": field,
+                            "message": "already exists",
+                            "type": "unique",
+                        }
+                    ],
                 ) from None
         raise conflict(f"The {what} conflicts with existing data.") from None
 

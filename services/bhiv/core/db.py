@@ -246,7 +246,11 @@ class Database:
         self.writer_gate = SQLiteWriterGate(write_timeout) if is_sqlite else None
         self.engine = make_engine(url, pool_size, max_connections, self.writer_gate)
         self.is_sqlite = self.engine.dialect.name == "sqlite"
-        writer = self.engine.execution_options(sqlite_begin="IMMEDIATE") if self.is_sqlite else self.engine
+        writer = (
+            self.engine.execution_options(sqlite_begin="IMMEDIATE")
+            if self.is_sqlite
+            else self.engine
+        )
         self._read = sessionmaker(self.engine, expire_on_commit=False)
         self._write = sessionmaker(writer, expire_on_commit=False)
 

@@ -26,7 +26,9 @@ log = logging.getLogger("bhiv.errors")
 
 
 class FieldError(BaseModel):
-    location: str = Field(description="Where the field is: body, query, path or header.", examples=["body"])
+    location: str = Field(
+        description="Where the field is: body, query, path or header.", examples=["body"]
+    )
     field: str = Field(description="Dotted path of the bad field.", examples=["lines.0.quantity"])
     message: str = Field(examples=["Input should be greater than 0"])
     type: str = Field(description="Machine-readable error kind.", examples=["greater_than"])
@@ -39,7 +41,9 @@ class ProblemDetail(BaseModel):
     title: str = Field(examples=["Conflict"])
     status: int = Field(examples=[409])
     detail: str | None = Field(None, examples=["Only 3 units of SKU-1 are available; 5 requested."])
-    instance: str | None = Field(None, description="The request path.", examples=["/inventory/1/movements"])
+    instance: str | None = Field(
+        None, description="The request path.", examples=["/inventory/1/movements"]
+    )
     request_id: str | None = Field(None, examples=["6f1c0e7a9b2d4c35a1e8f0b7c6d5e4f3"])
     errors: list[FieldError] | None = Field(None, description="One entry per bad field (422 only).")
 
@@ -78,7 +82,9 @@ def conflict(detail: str, **extra: Any) -> Problem:
     return Problem(409, detail, kind="conflict", extra=extra)
 
 
-def field_problem(field: str, message: str, *, status: int = 422, location: str = "body") -> Problem:
+def field_problem(
+    field: str, message: str, *, status: int = 422, location: str = "body"
+) -> Problem:
     """A 422 (or other) naming one bad field, shaped like a validation error."""
     return Problem(
         status,
@@ -123,11 +129,15 @@ def problem_response(
     headers: dict[str, str] | None = None,
     extra: dict[str, Any] | None = None,
 ) -> JSONResponse:
-    body = problem_body(status, detail, instance=request.url.path, kind=kind, errors=errors, extra=extra)
+    body = problem_body(
+        status, detail, instance=request.url.path, kind=kind, errors=errors, extra=extra
+    )
     return JSONResponse(body, status_code=status, headers=headers, media_type=PROBLEM_JSON)
 
 
-INTERNAL_ERROR_DETAIL = "The server hit an unexpected error. Quote the request_id when reporting it."
+INTERNAL_ERROR_DETAIL = (
+    "The server hit an unexpected error. Quote the request_id when reporting it."
+)
 
 
 def _title(status: int) -> str:
@@ -151,7 +161,12 @@ def _validation_errors(exc: RequestValidationError) -> list[dict[str, str]]:
     for err in exc.errors():
         location, field = _location_and_field(tuple(err.get("loc", ())))
         out.append(
-            {"location": location, "field": field, "message": str(err.get("msg")), "type": str(err.get("type"))}
+            {
+                "location": location,
+                "field": field,
+                "message": str(err.get("msg")),
+                "type": str(err.get("type")),
+            }
         )
     return out
 
@@ -161,16 +176,28 @@ def install_problem_handlers(app: FastAPI) -> None:
         errors = _validation_errors(exc)
         fields = ", ".join(sorted({e["field"] for e in errors if e["field"]}))
         return problem_response(
-            request, 422, f"Invalid request: {fields or 'malformed input'}.", kind="validation-error", errors=errors
+            request,
+            422,
+            f"Invalid request: {fields or 'malformed input'}.",
+            kind="validation-error",
+            errors=errors,
         )
 
     async def on_http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         detail = exc.detail if isinstance(exc.detail, str) else None
-        return problem_response(request, exc.status_code, detail, headers=getattr(exc, "headers", None))
+        return problem_response(
+            request, exc.status_code, detail, headers=getattr(exc, "headers", None)
+        )
 
     async def on_problem(request: Request, exc: Problem) -> JSONResponse:
         return problem_response(
-            request, exc.status, exc.detail, kind=exc.kind, errors=exc.errors, headers=exc.headers, extra=exc.extra
+            request,
+            exc.status,
+            exc.detail,
+            kind=exc.kind,
+            errors=exc.errors,
+            headers=exc.headers,
+            extra=exc.extra,
         )
 
     async def on_database_down(request: Request, exc: OperationalError) -> JSONResponse:

@@ -61,7 +61,9 @@ async def ready(request: Request) -> Readiness:
         try:
             await asyncio.to_thread(request.app.state.db.ping)
         except Exception as exc:
-            raise Problem(503, f"The database is not reachable ({type(exc).__name__}).", kind="not-ready") from None
+            raise Problem(
+                503, f"The database is not reachable ({type(exc).__name__}).", kind="not-ready"
+            ) from None
         checks["database"] = "ok"
     for name, check in spec.readiness_checks.items():
         try:
@@ -115,7 +117,9 @@ async def verify(identity: Identity = Depends(current_identity)) -> Caller:
 async def metrics(request: Request) -> Response:
     access = request.app.state.settings.metrics_access
     if access == "off":
-        raise Problem(404, "Metrics are not served here (BHIV_METRICS_ACCESS=off).", kind="not-found")
+        raise Problem(
+            404, "Metrics are not served here (BHIV_METRICS_ACCESS=off).", kind="not-found"
+        )
     if access == "admin":
         await require("admin")(await current_identity(request))
     m = request.app.state.metrics

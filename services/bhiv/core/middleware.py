@@ -45,7 +45,13 @@ error_log = logging.getLogger("bhiv.errors")
 
 
 async def send_problem(
-    send: Send, status: int, detail: str, *, instance: str, kind: str, headers: list[tuple[bytes, bytes]] = ()
+    send: Send,
+    status: int,
+    detail: str,
+    *,
+    instance: str,
+    kind: str,
+    headers: list[tuple[bytes, bytes]] = (),
 ) -> None:
     body = json.dumps(problem_body(status, detail, instance=instance, kind=kind)).encode()
     await send(
@@ -104,7 +110,11 @@ class RequestContextMiddleware:
             error_log.exception("unhandled error on %s %s", scope["method"], scope["path"])
             if not response_started:
                 await send_problem(
-                    send_with_id, 500, INTERNAL_ERROR_DETAIL, instance=scope["path"], kind="internal-error"
+                    send_with_id,
+                    500,
+                    INTERNAL_ERROR_DETAIL,
+                    instance=scope["path"],
+                    kind="internal-error",
                 )
         finally:
             elapsed = time.perf_counter() - start
@@ -154,7 +164,9 @@ def forwarded_chain(scope: Scope) -> str:
     if peer == client:
         return client
     entries = [
-        e.strip() for name, value in scope["headers"] if name == b"x-forwarded-for"
+        e.strip()
+        for name, value in scope["headers"]
+        if name == b"x-forwarded-for"
         for e in value.decode("latin-1").split(",")
     ]
     chain: list[str] = []
@@ -215,8 +227,12 @@ class LoadShedMiddleware:
 
     async def _shed(self, scope: Scope, send: Send) -> None:
         await send_problem(
-            send, 503, "The service is at capacity; retry after Retry-After seconds.",
-            instance=scope["path"], kind="overloaded", headers=[(b"retry-after", b"1")],
+            send,
+            503,
+            "The service is at capacity; retry after Retry-After seconds.",
+            instance=scope["path"],
+            kind="overloaded",
+            headers=[(b"retry-after", b"1")],
         )
 
 
@@ -241,7 +257,11 @@ class BodyLimitMiddleware:
                     declared = int(value)
                 except ValueError:
                     await send_problem(
-                        send, 400, "Content-Length is not a number.", instance=scope["path"], kind="bad-request"
+                        send,
+                        400,
+                        "Content-Length is not a number.",
+                        instance=scope["path"],
+                        kind="bad-request",
                     )
                     return
         if declared is not None:
@@ -268,7 +288,9 @@ class BodyLimitMiddleware:
                 return
             chunks.append(chunk)
             more = message.get("more_body", False)
-        await self.app(scope, _replay([{"type": "http.request", "body": b"".join(chunks)}], receive), send)
+        await self.app(
+            scope, _replay([{"type": "http.request", "body": b"".join(chunks)}], receive), send
+        )
 
     async def _too_large(self, scope: Scope, send: Send) -> None:
         await send_problem(

@@ -138,7 +138,12 @@ class Outbox:
         now = utcnow()
         session.execute(
             insert(self.table).values(
-                event_id=event_id, type=type, data=dict(data), occurred_at=now, attempts=0, next_attempt_at=now
+                event_id=event_id,
+                type=type,
+                data=dict(data),
+                occurred_at=now,
+                attempts=0,
+                next_attempt_at=now,
             )
         )
         return event_id
@@ -174,11 +179,15 @@ class Outbox:
             session.execute(
                 update(self.table)
                 .where(self.table.c.id == event.row_id)
-                .values(attempts=attempts, next_attempt_at=retry_at, last_error=error[:ERROR_EXCERPT])
+                .values(
+                    attempts=attempts, next_attempt_at=retry_at, last_error=error[:ERROR_EXCERPT]
+                )
             )
             session.commit()
 
-    async def relay_once(self, db: Database, client: ServiceClient, headers: dict[str, str], limit: int) -> int:
+    async def relay_once(
+        self, db: Database, client: ServiceClient, headers: dict[str, str], limit: int
+    ) -> int:
         """Send one batch; returns how many the integrations service accepted.
 
         Transport failures, 5xx and :data:`SYSTEMIC` answers stop the batch
@@ -189,7 +198,9 @@ class Outbox:
         accepted: list[int] = []
         try:
             for event in events:
-                response = await client.post("/events", json=event.body(self.source), headers=headers)
+                response = await client.post(
+                    "/events", json=event.body(self.source), headers=headers
+                )
                 if response.is_success:
                     accepted.append(event.row_id)
                 elif response.status_code in SYSTEMIC:
@@ -207,7 +218,9 @@ class Outbox:
         """Lifespan hook: relay pending events until the app stops."""
         settings: OutboxSettings = app.state.settings
         stop = asyncio.Event()
-        task = asyncio.create_task(self._run(app.state.db, settings, stop), name=f"{self.source}-outbox-relay")
+        task = asyncio.create_task(
+            self._run(app.state.db, settings, stop), name=f"{self.source}-outbox-relay"
+        )
         try:
             yield
         finally:
@@ -234,12 +247,18 @@ class Outbox:
                     outages = 0
                     if sent == settings.outbox_batch_size:
                         pause = 0  # more are probably waiting
-                except (httpx.TransportError, UpstreamError, UpstreamUnavailable, RelayBlocked) as exc:
+                except (
+                    httpx.TransportError,
+                    UpstreamError,
+                    UpstreamUnavailable,
+                    RelayBlocked,
+                ) as exc:
                     outages += 1
                     pause = delay_after(OUTAGE_RETRY, outages)
                     log.warning(
                         "integrations service unavailable (%s); events wait in the outbox, next try in %.1fs",
-                        exc if isinstance(exc, RelayBlocked) else type(exc).__name__, pause,
+                        exc if isinstance(exc, RelayBlocked) else type(exc).__name__,
+                        pause,
                     )
                 except MissingServiceCredential as exc:
                     pause = 60.0

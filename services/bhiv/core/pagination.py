@@ -67,12 +67,16 @@ def page_params(
     return dependency
 
 
-def paginate(session: Session, stmt: Select[Any], params: PageParams, item: Callable[[Any], T]) -> Page[T]:
+def paginate(
+    session: Session, stmt: Select[Any], params: PageParams, item: Callable[[Any], T]
+) -> Page[T]:
     total = session.scalar(select(func.count()).select_from(stmt.order_by(None).subquery())) or 0
     rows: Sequence[Any] = session.scalars(
         stmt.order_by(*params.order_by).limit(params.limit).offset(params.offset)
     ).all()
-    return Page[Any](items=[item(r) for r in rows], total=total, limit=params.limit, offset=params.offset)
+    return Page[Any](
+        items=[item(r) for r in rows], total=total, limit=params.limit, offset=params.offset
+    )
 
 
 def like_pattern(text: str) -> str:

@@ -50,7 +50,9 @@ def resource_router(
     references = references or {}
     id_name = f"{what}_id"
     # The path says /suppliers/{supplier_id}; the alias maps it onto `obj_id`.
-    Id = Annotated[int, Path(alias=id_name, ge=1, le=2**31 - 1, description=f"{what.capitalize()} ID.")]
+    Id = Annotated[
+        int, Path(alias=id_name, ge=1, le=2**31 - 1, description=f"{what.capitalize()} ID.")
+    ]
     pages = page_params(sortable, default_sort)
 
     @router.get(path, response_model=Page[read_schema], summary=f"List {what}s")  # type: ignore[valid-type]
@@ -58,7 +60,10 @@ def resource_router(
         session: SessionDep,
         params: Annotated[PageParams, Depends(pages)],
         extra: Annotated[list[ColumnElement[bool]], Depends(filters)],
-        q: Annotated[Annotated[str, StorableText] | None, Query(max_length=200, description="Free-text search.")] = None,
+        q: Annotated[
+            Annotated[str, StorableText] | None,
+            Query(max_length=200, description="Free-text search."),
+        ] = None,
     ) -> Any:
         stmt = select(model)
         if q and search:
@@ -101,7 +106,9 @@ def resource_router(
         changes = body.model_dump(exclude_unset=True)
         for field, target in references.items():
             require_reference(session, target, changes.get(field), field)
-        with unique_as_conflict(session, table, {f: changes.get(f) for f in unique if f in changes}, what):
+        with unique_as_conflict(
+            session, table, {f: changes.get(f) for f in unique if f in changes}, what
+        ):
             apply_patch(obj, body)
             session.commit()
         return read_schema.model_validate(obj)

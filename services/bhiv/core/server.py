@@ -79,7 +79,9 @@ class HeadDeadline:
 
 def http_protocol(header_timeout: float) -> type[asyncio.Protocol]:
     """uvicorn's HTTP protocol (httptools, else h11) with a deadline for request heads."""
-    return type("BoundedHttpProtocol", (HeadDeadline, AutoHTTPProtocol), {"header_timeout": header_timeout})
+    return type(
+        "BoundedHttpProtocol", (HeadDeadline, AutoHTTPProtocol), {"header_timeout": header_timeout}
+    )
 
 
 def run(application: Any, settings: ServiceSettings) -> None:

@@ -36,7 +36,10 @@ def service_headers(
             "configure an API key for its background calls"
         )
     token = mint_token(
-        settings, subject=f"{SERVICE_SUBJECT_PREFIX}{settings.service_name}", roles=[role], ttl_seconds=TOKEN_TTL_SECONDS
+        settings,
+        subject=f"{SERVICE_SUBJECT_PREFIX}{settings.service_name}",
+        roles=[role],
+        ttl_seconds=TOKEN_TTL_SECONDS,
     )
     return {"Authorization": f"Bearer {token}"}
 

@@ -71,13 +71,17 @@ class ServiceSettings(BaseSettings):
 
     host: str = Field("127.0.0.1", description="Interface to bind; 0.0.0.0 in a container.")
     port: int = Field(8000, ge=1, le=65535)
-    data_dir: Path = Field(default_factory=default_data_dir, description="SQLite files and local secrets.")
+    data_dir: Path = Field(
+        default_factory=default_data_dir, description="SQLite files and local secrets."
+    )
     database_url: SecretStr | None = Field(
         None,
         description="SQLAlchemy URL, e.g. postgresql+psycopg://user:pw@host/db. "
         "Unset: a SQLite file <data_dir>/<service>.db.",
     )
-    migrate_on_startup: bool = Field(True, description="Apply Alembic migrations when the service starts.")
+    migrate_on_startup: bool = Field(
+        True, description="Apply Alembic migrations when the service starts."
+    )
     database_wait_seconds: float = Field(
         120,
         ge=0,
@@ -85,9 +89,12 @@ class ServiceSettings(BaseSettings):
         description="At startup, how long to wait for a database that does not answer yet.",
     )
     jwt_secret: SecretStr | None = Field(
-        None, description="HS256 shared secret. Unset (and no public key): <data_dir>/jwt-secret, created once."
+        None,
+        description="HS256 shared secret. Unset (and no public key): <data_dir>/jwt-secret, created once.",
     )
-    jwt_public_key: str | None = Field(None, description="PEM public key: verify RS256 tokens instead of HS256.")
+    jwt_public_key: str | None = Field(
+        None, description="PEM public key: verify RS256 tokens instead of HS256."
+    )
     require_shared_secrets: bool = Field(
         default_factory=running_in_kubernetes,
         description="A missing shared secret (BHIV_JWT_SECRET, BHIV_CREDENTIALS_KEY) is a "
@@ -104,7 +111,10 @@ class ServiceSettings(BaseSettings):
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
     worker_threads: int = Field(
-        16, ge=1, le=256, description="Threads running blocking handlers; also the connections kept open."
+        16,
+        ge=1,
+        le=256,
+        description="Threads running blocking handlers; also the connections kept open.",
     )
     max_concurrency: int = Field(
         200,
@@ -113,10 +123,16 @@ class ServiceSettings(BaseSettings):
         description="Requests handled at once (more wait in the queue); bounds database connections too.",
     )
     max_queued_requests: int = Field(
-        1000, ge=0, le=100_000, description="Requests waiting for a turn; beyond them the server answers 503."
+        1000,
+        ge=0,
+        le=100_000,
+        description="Requests waiting for a turn; beyond them the server answers 503.",
     )
     queue_timeout_seconds: float = Field(
-        10.0, gt=0, le=600, description="Longest wait for a turn before a queued request is answered 503."
+        10.0,
+        gt=0,
+        le=600,
+        description="Longest wait for a turn before a queued request is answered 503.",
     )
     max_connections: int = Field(
         4096,
@@ -126,12 +142,18 @@ class ServiceSettings(BaseSettings):
         "a guard for file descriptors, far above max_concurrency.",
     )
     header_timeout_seconds: float = Field(
-        5.0, gt=0, le=300, description="Time a connection has to send a request's line and headers; then closed."
+        5.0,
+        gt=0,
+        le=300,
+        description="Time a connection has to send a request's line and headers; then closed.",
     )
-    keep_alive_seconds: int = Field(5, ge=1, le=300, description="Idle keep-alive connections are closed after this.")
+    keep_alive_seconds: int = Field(
+        5, ge=1, le=300, description="Idle keep-alive connections are closed after this."
+    )
 
     metrics_access: MetricsAccess = Field(
-        "public", description="Who may read /metrics: public (anyone who reaches the port), admin, or off."
+        "public",
+        description="Who may read /metrics: public (anyone who reaches the port), admin, or off.",
     )
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],

@@ -84,7 +84,9 @@ class _Read(BaseModel):
 
 def _row_and(model: type[BaseModel], row: object, **derived: Any) -> dict[str, Any]:
     """A read model's input: its fields as stored on ``row``, plus ``derived`` ones."""
-    return {name: getattr(row, name) for name in model.model_fields if name not in derived} | derived
+    return {
+        name: getattr(row, name) for name in model.model_fields if name not in derived
+    } | derived
 
 
 # --- customers --------------------------------------------------------------------

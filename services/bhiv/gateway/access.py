@@ -83,11 +83,14 @@ class EdgeAuth:
         if not any(ROLE_RANK.get(r, 0) >= needed for r in identity.roles):
             roles = ", ".join(identity.roles) or "none"
             raise Problem(
-                403, f"This route needs the '{role}' role or higher; your roles ({roles}) do not grant it.",
+                403,
+                f"This route needs the '{role}' role or higher; your roles ({roles}) do not grant it.",
                 kind="forbidden",
             )
 
-    def upstream_credentials(self, identity: Identity, authorization: str | None) -> list[tuple[bytes, bytes]]:
+    def upstream_credentials(
+        self, identity: Identity, authorization: str | None
+    ) -> list[tuple[bytes, bytes]]:
         """The identity headers sent to the service in place of the caller's credentials."""
         if identity.method == "jwt" and authorization is not None:
             bearer = authorization
@@ -113,8 +116,12 @@ class EdgeAuth:
         if caller_exp is not None:
             ttl = min(ttl, math.floor(caller_exp - now))
             if ttl < 1:
-                raise Problem(401, "The token has expired.", kind="unauthorized",
-                              headers={"WWW-Authenticate": 'Bearer realm="bhiv", error="invalid_token"'})
+                raise Problem(
+                    401,
+                    "The token has expired.",
+                    kind="unauthorized",
+                    headers={"WWW-Authenticate": 'Bearer realm="bhiv", error="invalid_token"'},
+                )
         token = self.mint(identity, ttl)
         if ttl > FORWARDED_TOKEN_TTL / 3:
             self._minted[key] = (token, now + ttl)
@@ -144,4 +151,3 @@ def _under(path: str, prefix: str) -> bool:
         return True
     prefix = prefix.rstrip("/")
     return path == prefix or path.startswith(prefix + "/")
-

@@ -31,7 +31,15 @@ router = APIRouter(tags=["gateway"])
 # A sub-request runs as the batch's caller, so it cannot bring credentials of
 # its own; the gateway sets the forwarding headers and the answer's encoding.
 _FORBIDDEN_HEADERS = frozenset(
-    {"authorization", "x-api-key", "cookie", "host", "content-length", "accept-encoding", "x-request-id"}
+    {
+        "authorization",
+        "x-api-key",
+        "cookie",
+        "host",
+        "content-length",
+        "accept-encoding",
+        "x-request-id",
+    }
     | {h.decode() for h in HOP_BY_HOP}
 )
 
@@ -39,10 +47,14 @@ _FORBIDDEN_HEADERS = frozenset(
 class BatchItem(BaseModel):
     model_config = {"extra": "forbid"}
 
-    id: str | None = Field(None, max_length=100, description="Echoed in the result, to match answers to requests.")
+    id: str | None = Field(
+        None, max_length=100, description="Echoed in the result, to match answers to requests."
+    )
     method: Literal["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"] = "GET"
     path: str = Field(
-        pattern=r"^/api/[^\s#]*$", max_length=4096, description="Gateway path with its query.",
+        pattern=r"^/api/[^\s#]*$",
+        max_length=4096,
+        description="Gateway path with its query.",
         examples=["/api/logistics/inventory?limit=5"],
     )
     headers: dict[str, str] = Field(default_factory=dict, max_length=50)
@@ -52,7 +64,9 @@ class BatchItem(BaseModel):
 class BatchRequest(BaseModel):
     model_config = {"extra": "forbid"}
 
-    requests: list[BatchItem] = Field(min_length=1, description="The sub-requests (at most the configured number).")
+    requests: list[BatchItem] = Field(
+        min_length=1, description="The sub-requests (at most the configured number)."
+    )
 
 
 class BatchResult(BaseModel):
@@ -71,7 +85,10 @@ class BatchResponse(BaseModel):
     "/batch",
     response_model=BatchResponse,
     summary="Run several routed requests in one",
-    responses={401: {"description": "No valid credential."}, 422: {"description": "A malformed batch."}},
+    responses={
+        401: {"description": "No valid credential."},
+        422: {"description": "A malformed batch."},
+    },
 )
 async def batch(
     payload: BatchRequest, request: Request, identity: Identity = Depends(current_identity)
@@ -79,11 +96,19 @@ async def batch(
     edge: Edge = request.app.state.gateway.edge
     settings = edge.settings
     if len(payload.requests) > settings.gateway_batch_max_items:
-        raise field_problem("requests", f"At most {settings.gateway_batch_max_items} sub-requests per batch.")
+        raise field_problem(
+            "requests", f"At most {settings.gateway_batch_max_items} sub-requests per batch."
+        )
     for n, item in enumerate(payload.requests):
         for name in item.headers:
-            if name.lower() in _FORBIDDEN_HEADERS or not name.isascii() or not name.replace("-", "").isalnum():
-                raise field_problem(f"requests.{n}.headers", f"The header {name!r} cannot be set on a sub-request.")
+            if (
+                name.lower() in _FORBIDDEN_HEADERS
+                or not name.isascii()
+                or not name.replace("-", "").isalnum()
+            ):
+                raise field_problem(
+                    f"requests.{n}.headers", f"The header {name!r} cannot be set on a sub-request."
+                )
     slots = asyncio.Semaphore(settings.gateway_batch_concurrency)
     client = request.client.host if request.client else "unknown"
     forwarded_for = forwarded_chain(request.scope)
@@ -97,14 +122,22 @@ async def batch(
             # Tasks copy the context: this ID is the sub-request's alone.
             request_id_var.set(f"{rid}.{n}")
             try:
-                return await _one(edge, item, identity, client, scheme, authorization, forwarded_for)
+                return await _one(
+                    edge, item, identity, client, scheme, authorization, forwarded_for
+                )
             except Problem as problem:
                 return BatchResult(
                     id=item.id,
                     status=problem.status,
                     headers=problem.headers or {},
-                    body=problem_body(problem.status, problem.detail, instance=item.path, kind=problem.kind,
-                                      errors=problem.errors, extra=problem.extra),
+                    body=problem_body(
+                        problem.status,
+                        problem.detail,
+                        instance=item.path,
+                        kind=problem.kind,
+                        errors=problem.errors,
+                        extra=problem.extra,
+                    ),
                 )
 
     results = await asyncio.gather(*(run(n, item) for n, item in enumerate(payload.requests)))
@@ -112,34 +145,62 @@ async def batch(
 
 
 async def _one(
-    edge: Edge, item: BatchItem, identity: Identity, client: str, scheme: str, authorization: str | None,
+    edge: Edge,
+    item: BatchItem,
+    identity: Identity,
+    client: str,
+    scheme: str,
+    authorization: str | None,
     forwarded_for: str,
 ) -> BatchResult:
     parts = urlsplit(item.path)
-    headers = [(k.lower().encode("latin-1"), v.encode("latin-1", "replace")) for k, v in item.headers.items()]
+    headers = [
+        (k.lower().encode("latin-1"), v.encode("latin-1", "replace"))
+        for k, v in item.headers.items()
+    ]
     data = None
     if item.body is not None:
         data = json.dumps(item.body).encode()
         headers = [h for h in headers if h[0] != b"content-type"]
-        headers += [(b"content-type", b"application/json"), (b"content-length", str(len(data)).encode())]
+        headers += [
+            (b"content-type", b"application/json"),
+            (b"content-length", str(len(data)).encode()),
+        ]
     admitted = await edge.admit(
-        item.method, unquote(parts.path), parts.path.encode(), parts.query.encode(), headers, client, scheme,
-        identity=identity, caller_authorization=authorization, forwarded_for=forwarded_for,
+        item.method,
+        unquote(parts.path),
+        parts.path.encode(),
+        parts.query.encode(),
+        headers,
+        client,
+        scheme,
+        identity=identity,
+        caller_authorization=authorization,
+        forwarded_for=forwarded_for,
     )
-    forwarded = await edge.forwarder.forward(admitted.upstream, item.method, admitted.target, admitted.headers,
-                                             RequestBody(data))
+    forwarded = await edge.forwarder.forward(
+        admitted.upstream, item.method, admitted.target, admitted.headers, RequestBody(data)
+    )
     limit = edge.settings.gateway_batch_max_response_bytes
     try:
         chunks, size = [], 0
         async for chunk in forwarded.chunks():
             size += len(chunk)
             if size > limit:
-                raise Problem(502, f"The answer exceeds {limit} bytes, too large for a batch.", kind="bad-gateway")
+                raise Problem(
+                    502,
+                    f"The answer exceeds {limit} bytes, too large for a batch.",
+                    kind="bad-gateway",
+                )
             chunks.append(chunk)
     finally:
         await forwarded.aclose()
     raw = b"".join(chunks)
-    kept = {k: v for k in ("content-type", "location", "etag", "retry-after") if (v := forwarded.header(k))}
+    kept = {
+        k: v
+        for k in ("content-type", "location", "etag", "retry-after")
+        if (v := forwarded.header(k))
+    }
     if "location" in kept:
         kept["location"] = public_location(kept["location"], forwarded.upstream)
     kept.update((k.decode(), v.decode()) for k, v in rate_limit_headers(admitted.limits))

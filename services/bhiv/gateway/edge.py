@@ -133,7 +133,11 @@ class Edge:
         match = self.registry.match(path)
         if match is None:
             raise limited(
-                Problem(404, f"No service is routed at {path}; GET /services lists the routes.", kind="not-found"),
+                Problem(
+                    404,
+                    f"No service is routed at {path}; GET /services lists the routes.",
+                    kind="not-found",
+                ),
                 limits,
             )
         upstream, below = match
@@ -181,7 +185,9 @@ class Edge:
         for name, value in headers:
             if name in _REQUEST_DROP or name in connection_tokens or name == b"x-forwarded-for":
                 continue
-            if name in _CREDENTIALS:  # never forwarded raw: replaced by the caller's identity, if any
+            if (
+                name in _CREDENTIALS
+            ):  # never forwarded raw: replaced by the caller's identity, if any
                 continue
             out.append((name, value))
         # The client and what the trusted proxies vouch for (bhiv.core.middleware.forwarded_chain).
@@ -197,8 +203,10 @@ class Edge:
             out.extend(self.auth.upstream_credentials(identity, authorization))
 
         prefix = upstream.prefix.encode()
-        if raw_path.startswith(prefix) and (len(raw_path) == len(prefix) or raw_path[len(prefix)] == 0x2F):
-            raw_below = raw_path[len(prefix):].decode("latin-1") or "/"
+        if raw_path.startswith(prefix) and (
+            len(raw_path) == len(prefix) or raw_path[len(prefix)] == 0x2F
+        ):
+            raw_below = raw_path[len(prefix) :].decode("latin-1") or "/"
         else:  # the client percent-encoded part of the prefix itself
             raw_below = quote(below)
         target = raw_below + ("?" + query.decode("latin-1") if query else "")
@@ -223,11 +231,21 @@ class Edge:
         )
         body = await self._body(headers, receive, admitted)
         try:
-            forwarded = await self.forwarder.forward(admitted.upstream, method, admitted.target, admitted.headers, body)
+            forwarded = await self.forwarder.forward(
+                admitted.upstream, method, admitted.target, admitted.headers, body
+            )
         except BodyTooLarge:
-            raise limited(_too_large(self.settings.gateway_max_body_bytes), admitted.limits) from None
+            raise limited(
+                _too_large(self.settings.gateway_max_body_bytes), admitted.limits
+            ) from None
         except ClientGone:
-            await send_problem(send, 499, "The client closed the request.", instance=scope["path"], kind="client-closed")
+            await send_problem(
+                send,
+                499,
+                "The client closed the request.",
+                instance=scope["path"],
+                kind="client-closed",
+            )
             return
         except Problem as problem:
             raise limited(problem, admitted.limits) from None
@@ -247,12 +265,17 @@ class Edge:
             # Too late for a status: the client sees the body cut short.
             log.warning(
                 "%s broke off its answer to %s %s: %s",
-                forwarded.upstream.name, method, scope["path"], type(exc).__name__,
+                forwarded.upstream.name,
+                method,
+                scope["path"],
+                type(exc).__name__,
             )
         finally:
             await forwarded.aclose()
 
-    async def _body(self, headers: list[tuple[bytes, bytes]], receive: Receive, admitted: Admitted) -> RequestBody:
+    async def _body(
+        self, headers: list[tuple[bytes, bytes]], receive: Receive, admitted: Admitted
+    ) -> RequestBody:
         length: int | None = None
         chunked = False
         for name, value in headers:
@@ -261,7 +284,8 @@ class Edge:
                     length = int(value)
                 except ValueError:
                     raise limited(
-                        Problem(400, "Content-Length is not a number.", kind="bad-request"), admitted.limits
+                        Problem(400, "Content-Length is not a number.", kind="bad-request"),
+                        admitted.limits,
                     ) from None
             elif name == b"transfer-encoding":
                 chunked = True
@@ -306,7 +330,9 @@ def public_location(location: str, upstream: Upstream) -> str:
     parts = urlsplit(location)
     if parts.scheme or parts.netloc:
         origins = {urlsplit(i.url)[:2] for i in upstream.instances}
-        if (parts.scheme.lower(), parts.netloc.lower()) not in {(a.lower(), b.lower()) for a, b in origins}:
+        if (parts.scheme.lower(), parts.netloc.lower()) not in {
+            (a.lower(), b.lower()) for a, b in origins
+        }:
             return location
     elif not location.startswith("/") or location.startswith("//"):
         return location
@@ -327,7 +353,11 @@ def response_headers(forwarded: Forwarded) -> list[tuple[bytes, bytes]]:
             connection_tokens.update(t.strip().lower() for t in value.split(b","))
     for name, value in raw:
         lower = name.lower()
-        if lower in _RESPONSE_DROP or lower in connection_tokens or lower.startswith(b"access-control-"):
+        if (
+            lower in _RESPONSE_DROP
+            or lower in connection_tokens
+            or lower.startswith(b"access-control-")
+        ):
             continue
         if lower == b"content-length" and (forwarded.body is not None or bodiless):
             continue
@@ -359,17 +389,28 @@ def check_path(path: str) -> None:
         elif "" in segments[:-1]:
             reason = "an empty segment ('//')"
     if reason is not None:
-        raise Problem(400, f"The request path contains {reason}; send the normalised path.", kind="bad-request",
-                      errors=[{"field": "path", "location": "path", "message": f"contains {reason}"}])
+        raise Problem(
+            400,
+            f"The request path contains {reason}; send the normalised path.",
+            kind="bad-request",
+            errors=[{"field": "path", "location": "path", "message": f"contains {reason}"}],
+        )
 
 
 def too_many(whose: str) -> Problem:
-    return Problem(429, f"Too many requests from {whose}; slow down and retry after Retry-After seconds.",
-                   kind="rate-limited")
+    return Problem(
+        429,
+        f"Too many requests from {whose}; slow down and retry after Retry-After seconds.",
+        kind="rate-limited",
+    )
 
 
 def _too_large(limit: int) -> Problem:
-    return Problem(413, f"The request body exceeds the gateway's limit of {limit} bytes.", kind="payload-too-large")
+    return Problem(
+        413,
+        f"The request body exceeds the gateway's limit of {limit} bytes.",
+        kind="payload-too-large",
+    )
 
 
 class ProxyRoute(BaseRoute):
@@ -381,7 +422,9 @@ class ProxyRoute(BaseRoute):
         self.edge = edge
 
     def matches(self, scope: Scope) -> tuple[Match, Scope]:
-        if scope["type"] == "http" and (scope["path"].startswith(API_ROOT) or scope["path"] == API_ROOT[:-1]):
+        if scope["type"] == "http" and (
+            scope["path"].startswith(API_ROOT) or scope["path"] == API_ROOT[:-1]
+        ):
             return Match.FULL, {}
         return Match.NONE, {}
 

@@ -37,10 +37,16 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import aiohttp
-from yarl import URL
 from purgatory import AsyncCircuitBreakerFactory
 from purgatory.domain.model import OpenedState
-from tenacity import AsyncRetrying, RetryCallState, retry_if_exception, stop_after_attempt, wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    RetryCallState,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+from yarl import URL
 
 from bhiv.core.errors import PROBLEM_JSON, Problem
 from bhiv.gateway.metrics import GatewayMetrics
@@ -70,7 +76,9 @@ class ClientGone(Exception):
 class RequestBody:
     """A request body: bytes (can be sent again) or a stream (can be sent once)."""
 
-    def __init__(self, data: bytes | None = None, stream: AsyncIterator[bytes] | None = None) -> None:
+    def __init__(
+        self, data: bytes | None = None, stream: AsyncIterator[bytes] | None = None
+    ) -> None:
         self.data = data
         self._stream = stream
         self.started = False
@@ -103,7 +111,9 @@ class RetryBudget:
 
     def deposit(self) -> None:
         now = time.monotonic()
-        self.balance = min(self.cap, self.balance + self.ratio + (now - self._stamp) * self.min_per_second)
+        self.balance = min(
+            self.cap, self.balance + self.ratio + (now - self._stamp) * self.min_per_second
+        )
         self._stamp = now
 
     def withdraw(self) -> bool:
@@ -169,7 +179,9 @@ class _AttemptFailed(Exception):
 
 
 class Forwarder:
-    def __init__(self, settings: GatewaySettings, registry: Registry, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, settings: GatewaySettings, registry: Registry, metrics: GatewayMetrics
+    ) -> None:
         self._settings = settings
         self._registry = registry
         self._metrics = metrics
@@ -180,7 +192,11 @@ class Forwarder:
             default_threshold=settings.gateway_breaker_threshold,
             default_ttl=settings.gateway_breaker_reset_seconds,
             # The client's fault, not the service's; nor the service's own problem answers.
-            exclude=[BodyTooLarge, ClientGone, (_AttemptFailed, lambda exc: not exc.instance_fault)],
+            exclude=[
+                BodyTooLarge,
+                ClientGone,
+                (_AttemptFailed, lambda exc: not exc.instance_fault),
+            ],
         )
         self._breaker_by_name: dict[str, AsyncCircuitBreaker] = {}
 
@@ -220,7 +236,8 @@ class Forwarder:
         budget = self._budgets.get(upstream.name)
         if budget is None:
             budget = self._budgets[upstream.name] = RetryBudget(
-                self._settings.gateway_retry_budget_ratio, self._settings.gateway_retry_budget_min_per_second
+                self._settings.gateway_retry_budget_ratio,
+                self._settings.gateway_retry_budget_min_per_second,
             )
         return budget
 
@@ -237,11 +254,18 @@ class Forwarder:
         context = breaker.context
         out: dict[str, object] = {"state": context.state, "failures": context.failure_count or 0}
         if context.state == "opened" and context.opened_at is not None:
-            out["reopens_in_seconds"] = round(max(0.0, context.opened_at + context.ttl - time.time()), 3)
+            out["reopens_in_seconds"] = round(
+                max(0.0, context.opened_at + context.ttl - time.time()), 3
+            )
         return out
 
     async def forward(
-        self, upstream: Upstream, method: str, target: str, headers: list[tuple[bytes, bytes]], body: RequestBody
+        self,
+        upstream: Upstream,
+        method: str,
+        target: str,
+        headers: list[tuple[bytes, bytes]],
+        body: RequestBody,
     ) -> Forwarded:
         """The upstream's answer (close it when done), or a 502/503/504 problem."""
         budget = self._budget(upstream)
@@ -280,7 +304,9 @@ class Forwarder:
             retrying = AsyncRetrying(
                 stop=stop_after_attempt(upstream.policy.retries),
                 # Then 50 ms, 100 ms ... capped at 250 ms, each plus up to 25 ms of jitter.
-                wait=wait_exponential_jitter(initial=2 * FIRST_RETRY_DELAY, max=0.25, jitter=RETRY_JITTER),
+                wait=wait_exponential_jitter(
+                    initial=2 * FIRST_RETRY_DELAY, max=0.25, jitter=RETRY_JITTER
+                ),
                 retry=retry_if_exception(may_retry),
                 before_sleep=before_next,
                 reraise=True,
@@ -361,7 +387,9 @@ class Forwarder:
             if isinstance(exc, aiohttp.ConnectionTimeoutError):
                 self._count(upstream, instance, "connect_timeout")
                 self._failure(upstream, instance, "connect timeout")
-                raise _AttemptFailed("connect timeout at an instance", safe_for_any_method=True) from None
+                raise _AttemptFailed(
+                    "connect timeout at an instance", safe_for_any_method=True
+                ) from None
             if isinstance(exc, asyncio.TimeoutError):
                 self._count(upstream, instance, "timeout")
                 self._failure(upstream, instance, "timeout")
@@ -373,7 +401,9 @@ class Forwarder:
             if isinstance(exc, aiohttp.ClientError):
                 self._count(upstream, instance, "reset")
                 self._failure(upstream, instance, f"connection error ({type(exc).__name__})")
-                raise _AttemptFailed("the connection to an instance broke", safe_for_any_method=False) from None
+                raise _AttemptFailed(
+                    "the connection to an instance broke", safe_for_any_method=False
+                ) from None
             raise
         self._metrics.upstream_latency.labels(upstream.name).observe(time.perf_counter() - started)
         self._count(upstream, instance, str(response.status))
@@ -388,7 +418,9 @@ class Forwarder:
             # Kept to pass on if no retry does better.
             forwarded.body = await _read_some(response)
             raise _AttemptFailed(
-                f"an instance answered {response.status}", safe_for_any_method=False, forwarded=forwarded,
+                f"an instance answered {response.status}",
+                safe_for_any_method=False,
+                forwarded=forwarded,
                 instance_fault=fault,
             )
         self._registry.gateway_success(instance)
@@ -397,12 +429,20 @@ class Forwarder:
     def _count(self, upstream: Upstream, instance: Instance, outcome: str) -> None:
         self._metrics.upstream_requests.labels(upstream.name, instance.url, outcome).inc()
 
-    def _failure(self, upstream: Upstream, instance: Instance, error: str, *, answered: bool = False) -> None:
+    def _failure(
+        self, upstream: Upstream, instance: Instance, error: str, *, answered: bool = False
+    ) -> None:
         settings = self._settings
         # An instance that answers is alive: it is never ejected when it is the last one.
-        keep = answered and not any(i is not instance and i.available(time.monotonic()) for i in upstream.instances)
+        keep = answered and not any(
+            i is not instance and i.available(time.monotonic()) for i in upstream.instances
+        )
         if self._registry.gateway_failure(
-            instance, error, settings.gateway_eject_after_failures, settings.gateway_ejection_seconds, eject=not keep
+            instance,
+            error,
+            settings.gateway_eject_after_failures,
+            settings.gateway_ejection_seconds,
+            eject=not keep,
         ):
             self._metrics.ejections.labels(upstream.name, instance.url).inc()
 

@@ -59,7 +59,9 @@ def serving(status: dict[str, Any]) -> bool | None:
     if isinstance(ready, int) and ready > 0:
         return True
     conditions = {
-        c.get("type"): c.get("status") for c in status.get("conditions") or () if isinstance(c, dict)
+        c.get("type"): c.get("status")
+        for c in status.get("conditions") or ()
+        if isinstance(c, dict)
     }
     for kind in ("Available", "Ready"):
         if kind in conditions:
@@ -131,23 +133,25 @@ class ModuleIndex:
             spec = module.get("spec") or {}
             status = module.get("status") or {}
             depends_on = spec.get("dependsOn") or []
-            views.append({
-                "name": name,
-                "service": spec.get("service"),
-                "image": spec.get("image"),
-                "replicas": spec.get("replicas"),
-                "paused": bool(spec.get("paused", False)),
-                "dependsOn": [d for d in depends_on if isinstance(d, str)],
-                "readyReplicas": status.get("readyReplicas"),
-                "replicasReady": status.get("replicasReady"),
-                "waitingFor": [w for w in status.get("waitingFor") or () if isinstance(w, str)],
-                "url": status.get("url"),
-                "conditions": [
-                    {k: c.get(k) for k in CONDITION_FIELDS}
-                    for c in status.get("conditions") or ()
-                    if isinstance(c, dict)
-                ],
-            })
+            views.append(
+                {
+                    "name": name,
+                    "service": spec.get("service"),
+                    "image": spec.get("image"),
+                    "replicas": spec.get("replicas"),
+                    "paused": bool(spec.get("paused", False)),
+                    "dependsOn": [d for d in depends_on if isinstance(d, str)],
+                    "readyReplicas": status.get("readyReplicas"),
+                    "replicasReady": status.get("replicasReady"),
+                    "waitingFor": [w for w in status.get("waitingFor") or () if isinstance(w, str)],
+                    "url": status.get("url"),
+                    "conditions": [
+                        {k: c.get(k) for k in CONDITION_FIELDS}
+                        for c in status.get("conditions") or ()
+                        if isinstance(c, dict)
+                    ],
+                }
+            )
         return views
 
     @staticmethod
@@ -162,7 +166,11 @@ class ModuleIndex:
         if entry is None or not entry.prefix:
             return None  # the gateway itself, or a workload this build does not know
         url = status.get("url")
-        url = url.rstrip("/") if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+        url = (
+            url.rstrip("/")
+            if isinstance(url, str) and url.startswith(("http://", "https://"))
+            else None
+        )
         return service, url, serving(status)
 
 
@@ -244,7 +252,9 @@ class BhivModuleWatcher:
                     listing = api.list_namespaced_custom_object(
                         GROUP, VERSION, self.namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT
                     )
-                    self.index.reset(listing.get("items", []), listing.get("metadata", {}).get("resourceVersion"))
+                    self.index.reset(
+                        listing.get("items", []), listing.get("metadata", {}).get("resourceVersion")
+                    )
                     publish()
                     relist = False
                 self._watch = watch.Watch()
@@ -271,7 +281,11 @@ class BhivModuleWatcher:
                 if isinstance(exc, ApiException) and exc.status == 410:
                     log.info("BhivModule watch expired (410 Gone); listing again")
                     continue
-                why = f"HTTP {exc.status} {exc.reason}" if isinstance(exc, ApiException) else type(exc).__name__
+                why = (
+                    f"HTTP {exc.status} {exc.reason}"
+                    if isinstance(exc, ApiException)
+                    else type(exc).__name__
+                )
                 log.warning("BhivModule watch failed: %s; retrying in %.0fs", why, backoff)
                 self._stop.wait(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)

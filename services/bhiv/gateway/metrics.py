@@ -28,7 +28,10 @@ class GatewayMetrics:
             registry=registry,
         )
         self.retries = Counter(
-            "bhiv_gateway_retries", "Attempts after the first, by service.", ["service"], registry=registry
+            "bhiv_gateway_retries",
+            "Attempts after the first, by service.",
+            ["service"],
+            registry=registry,
         )
         self.retry_budget_exhausted = Counter(
             "bhiv_gateway_retry_budget_exhausted",
@@ -55,7 +58,10 @@ class GatewayMetrics:
             registry=registry,
         )
         self.rate_limited = Counter(
-            "bhiv_gateway_rate_limited", "Requests refused with 429, by policy.", ["policy"], registry=registry
+            "bhiv_gateway_rate_limited",
+            "Requests refused with 429, by policy.",
+            ["policy"],
+            registry=registry,
         )
         self.rate_limit_backend_errors = Counter(
             "bhiv_gateway_rate_limit_backend_errors",

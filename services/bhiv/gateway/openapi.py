@@ -57,7 +57,11 @@ def merge(base: dict[str, Any], services: dict[str, tuple[str, dict[str, Any]]])
             if isinstance(tag, dict) and "name" in tag:
                 tags.append({**tag, "name": f"{name}: {tag['name']}"})
         info = doc.get("info") or {}
-        included[name] = {"prefix": prefix, "title": info.get("title"), "version": info.get("version")}
+        included[name] = {
+            "prefix": prefix,
+            "title": info.get("title"),
+            "version": info.get("version"),
+        }
     out["tags"] = tags
     out["x-bhiv-services"] = included
     return out
@@ -68,7 +72,7 @@ def _rewrite_refs(node: Any, renames: dict[str, str]) -> Any:
         out = {}
         for key, value in node.items():
             if key == "$ref" and isinstance(value, str) and value.startswith(SCHEMA_REF):
-                target = value[len(SCHEMA_REF):]
+                target = value[len(SCHEMA_REF) :]
                 out[key] = SCHEMA_REF + renames.get(target, target)
             else:
                 out[key] = _rewrite_refs(value, renames)
@@ -97,14 +101,24 @@ class OpenApiAggregator:
                 return self._cached  # type: ignore[return-value]
             upstreams = list(self._registry.upstreams.values())
             fetched = await asyncio.gather(*(self.fetch(u) for u in upstreams))
-            docs = {u.name: (u.prefix, doc) for u, doc in zip(upstreams, fetched, strict=True) if doc is not None}
+            docs = {
+                u.name: (u.prefix, doc)
+                for u, doc in zip(upstreams, fetched, strict=True)
+                if doc is not None
+            }
             document = merge(base, docs)
-            document["x-bhiv-unavailable"] = sorted(u.name for u, doc in zip(upstreams, fetched, strict=True) if doc is None)
+            document["x-bhiv-unavailable"] = sorted(
+                u.name for u, doc in zip(upstreams, fetched, strict=True) if doc is None
+            )
             self._cached, self._key, self._built_at = document, key, time.monotonic()
             return document
 
     def _fresh(self, key: tuple[int, int]) -> bool:
-        return self._cached is not None and self._key == key and time.monotonic() - self._built_at < self._max_age
+        return (
+            self._cached is not None
+            and self._key == key
+            and time.monotonic() - self._built_at < self._max_age
+        )
 
     async def fetch(self, upstream: Upstream) -> dict[str, Any] | None:
         instance = upstream.pick()
@@ -115,7 +129,12 @@ class OpenApiAggregator:
             response.raise_for_status()
             doc = response.json()
         except (httpx.HTTPError, ValueError) as exc:
-            log.warning("no OpenAPI document from %s (%s): %s", upstream.name, instance.url, type(exc).__name__)
+            log.warning(
+                "no OpenAPI document from %s (%s): %s",
+                upstream.name,
+                instance.url,
+                type(exc).__name__,
+            )
             return None
         return doc if isinstance(doc, dict) else None
 
@@ -123,16 +142,22 @@ class OpenApiAggregator:
         """Refresh each service's public operations from its own OpenAPI document when older than ``max_age``."""
         now = time.monotonic()
         stale = [
-            u for u in self._registry.upstreams.values()
+            u
+            for u in self._registry.upstreams.values()
             if u.public_learned_at is None or now - u.public_learned_at >= max_age
         ]
-        for upstream, doc in zip(stale, await asyncio.gather(*(self.fetch(u) for u in stale)), strict=True):
+        for upstream, doc in zip(
+            stale, await asyncio.gather(*(self.fetch(u) for u in stale)), strict=True
+        ):
             if doc is None:
                 continue  # no instance answered: keep what was known, try again next time
             operations = public_operations(doc)
             if operations != upstream.public_operations:
-                log.info("%s declares public: %s", upstream.name,
-                         ", ".join(f"{op.method} {op.template}" for op in operations) or "nothing")
+                log.info(
+                    "%s declares public: %s",
+                    upstream.name,
+                    ", ".join(f"{op.method} {op.template}" for op in operations) or "nothing",
+                )
             upstream.public_operations = operations
             upstream.public_learned_at = now
 

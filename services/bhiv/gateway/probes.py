@@ -23,12 +23,16 @@ PROBE_PATH = "/health/ready"
 
 
 class HealthChecker:
-    def __init__(self, settings: GatewaySettings, registry: Registry, metrics: GatewayMetrics) -> None:
+    def __init__(
+        self, settings: GatewaySettings, registry: Registry, metrics: GatewayMetrics
+    ) -> None:
         self._settings = settings
         self._registry = registry
         self._metrics = metrics
         self._http = httpx.AsyncClient(
-            timeout=httpx.Timeout(settings.gateway_health_timeout_seconds), trust_env=False, follow_redirects=False
+            timeout=httpx.Timeout(settings.gateway_health_timeout_seconds),
+            trust_env=False,
+            follow_redirects=False,
         )
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -40,7 +44,9 @@ class HealthChecker:
                 pass
 
     async def check_all(self) -> None:
-        targets = [(u.name, i) for u in list(self._registry.upstreams.values()) for i in u.instances]
+        targets = [
+            (u.name, i) for u in list(self._registry.upstreams.values()) for i in u.instances
+        ]
         await asyncio.gather(*(self._probe(name, inst) for name, inst in targets))
 
     async def _probe(self, service: str, inst: Instance) -> None:
@@ -53,8 +59,16 @@ class HealthChecker:
             ok, error = False, f"{PROBE_PATH} failed: {type(exc).__name__}"
         self._registry.probe_result(inst, ok, error, self._settings.gateway_unhealthy_threshold)
         if inst.health != was:
-            log.info("%s instance %s is now %s%s", service, inst.url, inst.health.value, f" ({error})" if error else "")
-        self._metrics.instance_up.labels(service, inst.url).set(1 if inst.available(time.monotonic()) else 0)
+            log.info(
+                "%s instance %s is now %s%s",
+                service,
+                inst.url,
+                inst.health.value,
+                f" ({error})" if error else "",
+            )
+        self._metrics.instance_up.labels(service, inst.url).set(
+            1 if inst.available(time.monotonic()) else 0
+        )
 
     async def aclose(self) -> None:
         await self._http.aclose()

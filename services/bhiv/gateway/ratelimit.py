@@ -168,7 +168,9 @@ class RateLimiter:
         if spec is None:
             return None
         # Hashed: the keys hold no IP address or caller name in the clear.
-        key = f"bhiv:gateway:ratelimit:{policy}:{hashlib.sha256(partition.encode()).hexdigest()[:32]}"
+        key = (
+            f"bhiv:gateway:ratelimit:{policy}:{hashlib.sha256(partition.encode()).hexdigest()[:32]}"
+        )
         if self._redis is not None and time.monotonic() >= self._redis_down_until:
             try:
                 allowed, tokens = await self._script(keys=[key], args=[spec.rate, spec.burst, cost])
@@ -176,7 +178,10 @@ class RateLimiter:
             except Exception as exc:  # redis errors, timeouts, refused connections
                 self._metrics.rate_limit_backend_errors.inc()
                 self._redis_down_until = time.monotonic() + REDIS_RETRY_SECONDS
-                log.warning("Redis rate limiting failed (%s); limiting in memory for now", type(exc).__name__)
+                log.warning(
+                    "Redis rate limiting failed (%s); limiting in memory for now",
+                    type(exc).__name__,
+                )
             else:
                 self._count(decision)
                 return decision

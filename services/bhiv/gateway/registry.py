@@ -61,7 +61,11 @@ class Instance:
     platform_ready: bool | None = None
 
     def available(self, now: float) -> bool:
-        return self.health is not Health.UNHEALTHY and self.ejected_until <= now and self.platform_ready is not False
+        return (
+            self.health is not Health.UNHEALTHY
+            and self.ejected_until <= now
+            and self.platform_ready is not False
+        )
 
     def describe(self, now: float) -> dict[str, object]:
         ejected = self.ejected_until > now
@@ -90,7 +94,9 @@ class PublicOperation:
     def of(cls, method: str, template: str) -> PublicOperation:
         # Each {parameter} is exactly one segment; everything else is literal.
         parts = re.split(r"(\{[^/{}]+\})", template)
-        regex = "".join("[^/]+" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts)
+        regex = "".join(
+            "[^/]+" if p.startswith("{") and p.endswith("}") else re.escape(p) for p in parts
+        )
         return cls(method.upper(), template, re.compile(f"^{regex}$"))
 
     def matches(self, method: str, path: str) -> bool:
@@ -180,7 +186,9 @@ class Registry:
                 old.capabilities = svc.capabilities
                 fresh[svc.name] = old
             else:
-                fresh[svc.name] = Upstream(svc.name, svc.prefix, self._policy_for(svc.name), instances, svc.capabilities)
+                fresh[svc.name] = Upstream(
+                    svc.name, svc.prefix, self._policy_for(svc.name), instances, svc.capabilities
+                )
         removed = [u for name, u in self.upstreams.items() if fresh.get(name) is not u]
         self.upstreams = fresh
         # Longest prefix first, so /api/a/b wins over /api/a.
@@ -193,7 +201,7 @@ class Registry:
         """The upstream owning ``path`` and the path below its prefix."""
         for prefix, upstream in self._by_prefix:
             if path.startswith(prefix):
-                rest = path[len(prefix):]
+                rest = path[len(prefix) :]
                 if not rest:
                     return upstream, "/"
                 if rest[0] == "/":
@@ -202,7 +210,9 @@ class Registry:
 
     # -- health inputs -----------------------------------------------------
 
-    def probe_result(self, inst: Instance, ok: bool, error: str | None, unhealthy_threshold: int) -> None:
+    def probe_result(
+        self, inst: Instance, ok: bool, error: str | None, unhealthy_threshold: int
+    ) -> None:
         before = inst.available(time.monotonic())
         inst.last_check = time.time()
         if ok:
@@ -224,7 +234,13 @@ class Registry:
         self._changed(inst, before)
 
     def gateway_failure(
-        self, inst: Instance, error: str, eject_after: int, ejection_seconds: float, *, eject: bool = True
+        self,
+        inst: Instance,
+        error: str,
+        eject_after: int,
+        ejection_seconds: float,
+        *,
+        eject: bool = True,
     ) -> bool:
         """Count a failure seen while proxying; returns True if it ejected the instance.
 

@@ -24,7 +24,9 @@ async def limit_by_address(request: Request, response: Response) -> None:
     costs the same as anywhere else.
     """
     gateway = request.app.state.gateway
-    decision = await gateway.limiter.take("ip", request.client.host if request.client else "unknown")
+    decision = await gateway.limiter.take(
+        "ip", request.client.host if request.client else "unknown"
+    )
     request.state.rate_limits = [decision] if decision is not None else []
     if decision is None:
         return
@@ -36,14 +38,20 @@ async def limit_by_address(request: Request, response: Response) -> None:
 
 class InstanceView(BaseModel):
     url: str = Field(examples=["http://127.0.0.1:8001"])
-    health: str = Field(description="unknown (not probed yet), healthy or unhealthy.", examples=["healthy"])
-    available: bool = Field(description="In rotation: not unhealthy, not ejected, not marked unready.")
+    health: str = Field(
+        description="unknown (not probed yet), healthy or unhealthy.", examples=["healthy"]
+    )
+    available: bool = Field(
+        description="In rotation: not unhealthy, not ejected, not marked unready."
+    )
     ejected: bool
     ejected_for_seconds: float
     last_check: str | None = Field(None, description="When the last probe ran (UTC).")
     last_error: str | None = None
     outstanding: int = Field(description="Requests in flight to this instance.")
-    platform_ready: bool | None = Field(None, description="Kubernetes' Ready condition, when discovered there.")
+    platform_ready: bool | None = Field(
+        None, description="Kubernetes' Ready condition, when discovered there."
+    )
 
 
 class ServiceView(BaseModel):
@@ -75,9 +83,7 @@ class ModuleView(BaseModel):
     dependsOn: list[str] = Field(default_factory=list, examples=[["llm-query"]])
     readyReplicas: int | None = None
     replicasReady: str | None = Field(None, examples=["1/1"])
-    waitingFor: list[str] = Field(
-        default_factory=list, description="Dependencies not Ready yet."
-    )
+    waitingFor: list[str] = Field(default_factory=list, description="Dependencies not Ready yet.")
     url: str | None = None
     conditions: list[ConditionView] = Field(default_factory=list)
 
@@ -127,12 +133,17 @@ async def services(request: Request) -> Registry:
     "/auth/token",
     response_model=TokenResponse,
     summary="Exchange an API key for a short-lived JWT",
-    responses={401: {"description": "No API key, or not a valid one."}, 429: {"description": "Too many attempts."}},
+    responses={
+        401: {"description": "No API key, or not a valid one."},
+        429: {"description": "Too many attempts."},
+    },
 )
 async def token(
     request: Request,
     response: Response,
-    x_api_key: Annotated[str | None, Header(alias="X-API-Key", description="The API key to exchange.")] = None,
+    x_api_key: Annotated[
+        str | None, Header(alias="X-API-Key", description="The API key to exchange.")
+    ] = None,
 ) -> TokenResponse:
     gateway = request.app.state.gateway
     # Taken by limit_by_address: this is where keys get guessed.
@@ -140,7 +151,9 @@ async def token(
     if not x_api_key:
         raise limited(
             Problem(
-                401, "Send the API key to exchange in the X-API-Key header.", kind="unauthorized",
+                401,
+                "Send the API key to exchange in the X-API-Key header.",
+                kind="unauthorized",
                 headers={"WWW-Authenticate": 'Bearer realm="bhiv"'},
             ),
             limits,
@@ -152,7 +165,9 @@ async def token(
     ttl = gateway.settings.gateway_token_ttl_seconds
     response.headers["Cache-Control"] = "no-store"
     return TokenResponse(
-        access_token=gateway.edge.auth.mint(identity, ttl), expires_in=ttl, roles=list(identity.roles)
+        access_token=gateway.edge.auth.mint(identity, ttl),
+        expires_in=ttl,
+        roles=list(identity.roles),
     )
 
 

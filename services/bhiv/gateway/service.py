@@ -18,7 +18,8 @@ from typing import Any
 from fastapi import Depends, FastAPI
 
 from bhiv import catalog
-from bhiv.core import ServiceSpec, create_app as _create_app
+from bhiv.core import ServiceSpec
+from bhiv.core import create_app as _create_app
 from bhiv.gateway import batch, console, routes
 from bhiv.gateway.access import EdgeAuth
 from bhiv.gateway.discovery import local_services
@@ -54,7 +55,10 @@ class Gateway:
             asyncio.get_running_loop().create_task(self._retire(upstream))
         log.info(
             "routing %s",
-            ", ".join(f"{u.prefix} -> {u.name} ({len(u.instances)})" for u in self.registry.upstreams.values())
+            ", ".join(
+                f"{u.prefix} -> {u.name} ({len(u.instances)})"
+                for u in self.registry.upstreams.values()
+            )
             or "nothing",
         )
 
@@ -86,7 +90,9 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
     checker = HealthChecker(settings, gateway.registry, gateway.metrics)
     stop = asyncio.Event()
     probing = asyncio.create_task(checker.run(stop), name="gateway-health-checks")
-    learning = asyncio.create_task(_learn_public_operations(gateway, stop), name="gateway-public-operations")
+    learning = asyncio.create_task(
+        _learn_public_operations(gateway, stop), name="gateway-public-operations"
+    )
     try:
         yield
     finally:
@@ -153,11 +159,18 @@ def create_app(settings: GatewaySettings | None = None) -> FastAPI:
     )
     edge = Edge(settings, registry, EdgeAuth(settings, app.state.authenticator), limiter, forwarder)
     app.state.gateway = Gateway(
-        settings, registry, forwarder, limiter, edge,
-        OpenApiAggregator(registry, settings.gateway_openapi_max_age_seconds), metrics,
+        settings,
+        registry,
+        forwarder,
+        limiter,
+        edge,
+        OpenApiAggregator(registry, settings.gateway_openapi_max_age_seconds),
+        metrics,
     )
     # The aggregated document replaces FastAPI's own at the same URL (/docs reads it).
-    app.router.routes[:] = [r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url]
+    app.router.routes[:] = [
+        r for r in app.router.routes if getattr(r, "path", None) != app.openapi_url
+    ]
     # Routed traffic is matched first: it is most of what the gateway serves.
     app.router.routes.insert(0, ProxyRoute(edge))
     # Limited per address before their own credential checks, like routed requests.

@@ -21,7 +21,9 @@ class UpstreamSpec(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    urls: list[str] = Field(min_length=1, description="Base URLs of the instances, e.g. http://10.0.0.5:8001.")
+    urls: list[str] = Field(
+        min_length=1, description="Base URLs of the instances, e.g. http://10.0.0.5:8001."
+    )
     prefix: str | None = Field(
         None,
         pattern=r"^/api(/[A-Za-z0-9._~-]+)+$",
@@ -42,8 +44,12 @@ class RoleRule(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    path: str = Field("/", pattern=r"^/", description="Path prefix below the service's gateway prefix.")
-    methods: list[str] | None = Field(None, description="HTTP methods this rule covers; all when unset.")
+    path: str = Field(
+        "/", pattern=r"^/", description="Path prefix below the service's gateway prefix."
+    )
+    methods: list[str] | None = Field(
+        None, description="HTTP methods this rule covers; all when unset."
+    )
     role: Role
 
 
@@ -52,7 +58,9 @@ class RoutePolicy(BaseModel):
 
     model_config = {"extra": "forbid"}
 
-    timeout_seconds: float = Field(30.0, gt=0, le=3600, description="Longest wait for the upstream's answer.")
+    timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait for the upstream's answer."
+    )
     connect_timeout_seconds: float = Field(2.0, gt=0, le=60)
     retries: int = Field(2, ge=0, le=5, description="Extra attempts for safe-to-repeat failures.")
     load_balancer: LoadBalancer = "round_robin"
@@ -60,7 +68,8 @@ class RoutePolicy(BaseModel):
     write_role: Role = Field("editor", description="Role needed for every other method.")
     rules: list[RoleRule] = Field(default_factory=list, description="Stricter roles for sub-paths.")
     public_paths: list[str] = Field(
-        default_factory=list, description="Path prefixes below the service reachable without a credential."
+        default_factory=list,
+        description="Path prefixes below the service reachable without a credential.",
     )
 
 
@@ -85,59 +94,89 @@ class GatewaySettings(ServiceSettings):
     )
 
     gateway_discovery: Literal["local", "kubernetes"] = Field(
-        "local", description="local: the catalog and BHIV_GATEWAY_UPSTREAMS; kubernetes: watch BhivModules."
+        "local",
+        description="local: the catalog and BHIV_GATEWAY_UPSTREAMS; kubernetes: watch BhivModules.",
     )
     gateway_upstreams: dict[str, UpstreamSpec] | None = Field(
         None,
         description="Local discovery: service name -> list of base URLs (or {urls, prefix}). "
         "Set: exactly these services are routed. Unset: every catalog service at its port plus the offset.",
     )
-    gateway_port_offset: int = Field(0, ge=0, le=50000, description="Added to catalog ports (bhiv up --port-offset).")
+    gateway_port_offset: int = Field(
+        0, ge=0, le=50000, description="Added to catalog ports (bhiv up --port-offset)."
+    )
     gateway_namespace: str | None = Field(
         None, description="Kubernetes discovery: the namespace to watch (default: the pod's own)."
     )
-    gateway_kubeconfig: str | None = Field(None, description="Kubernetes discovery outside a cluster: a kubeconfig.")
+    gateway_kubeconfig: str | None = Field(
+        None, description="Kubernetes discovery outside a cluster: a kubeconfig."
+    )
 
     gateway_routes: dict[str, RoutePolicy] = Field(
-        default_factory=dict, description="Service name -> route policy; unlisted services get the defaults."
+        default_factory=dict,
+        description="Service name -> route policy; unlisted services get the defaults.",
     )
     gateway_default_route: RoutePolicy = Field(default_factory=RoutePolicy)
 
-    gateway_health_interval_seconds: float = Field(2.0, ge=0.1, le=300, description="Active health-check period.")
+    gateway_health_interval_seconds: float = Field(
+        2.0, ge=0.1, le=300, description="Active health-check period."
+    )
     gateway_health_timeout_seconds: float = Field(1.0, gt=0, le=60)
-    gateway_unhealthy_threshold: int = Field(2, ge=1, le=100, description="Failed checks before an instance is down.")
+    gateway_unhealthy_threshold: int = Field(
+        2, ge=1, le=100, description="Failed checks before an instance is down."
+    )
     gateway_eject_after_failures: int = Field(
-        3, ge=1, le=1000, description="Consecutive gateway failures (502-504, timeouts, resets) before ejection."
+        3,
+        ge=1,
+        le=1000,
+        description="Consecutive gateway failures (502-504, timeouts, resets) before ejection.",
     )
     gateway_ejection_seconds: float = Field(10.0, gt=0, le=3600)
-    gateway_breaker_threshold: int = Field(5, ge=1, le=1000, description="Consecutive failures opening a breaker.")
+    gateway_breaker_threshold: int = Field(
+        5, ge=1, le=1000, description="Consecutive failures opening a breaker."
+    )
     gateway_breaker_reset_seconds: float = Field(10.0, gt=0, le=3600)
     gateway_retry_budget_ratio: float = Field(
-        0.2, ge=0, le=1, description="Retries allowed per request, averaged: 0.2 = at most one retry per 5 requests."
+        0.2,
+        ge=0,
+        le=1,
+        description="Retries allowed per request, averaged: 0.2 = at most one retry per 5 requests.",
     )
     gateway_retry_budget_min_per_second: float = Field(5.0, ge=0, le=10_000)
 
-    gateway_rate_limit_ip: RateSpec | None = Field(None, description="Token bucket per client IP; unset: none.")
+    gateway_rate_limit_ip: RateSpec | None = Field(
+        None, description="Token bucket per client IP; unset: none."
+    )
     gateway_rate_limit_key: RateSpec | None = Field(
         None, description="Token bucket per caller (API key or token subject); unset: none."
     )
     gateway_redis_url: SecretStr | None = Field(
-        None, description="redis://host:port/db: rate limits shared by every gateway replica. Unset: in memory."
+        None,
+        description="redis://host:port/db: rate limits shared by every gateway replica. Unset: in memory.",
     )
 
     gateway_max_body_bytes: int = Field(
-        64 * 1024 * 1024, ge=1024, description="Largest proxied request body (streamed, never held in memory)."
+        64 * 1024 * 1024,
+        ge=1024,
+        description="Largest proxied request body (streamed, never held in memory).",
     )
     gateway_retry_buffer_bytes: int = Field(
-        64 * 1024, ge=0, le=16 * 1024 * 1024, description="Bodies up to this size are kept so a retry can resend them."
+        64 * 1024,
+        ge=0,
+        le=16 * 1024 * 1024,
+        description="Bodies up to this size are kept so a retry can resend them.",
     )
     gateway_max_connections: int = Field(
         512, ge=1, le=100_000, description="Pooled connections per upstream service."
     )
     gateway_batch_max_items: int = Field(20, ge=1, le=1000)
     gateway_batch_concurrency: int = Field(10, ge=1, le=1000)
-    gateway_batch_max_response_bytes: int = Field(1024 * 1024, ge=1024, description="Per batch item's answer.")
-    gateway_token_ttl_seconds: int = Field(900, ge=60, le=86400, description="Lifetime of tokens from /auth/token.")
+    gateway_batch_max_response_bytes: int = Field(
+        1024 * 1024, ge=1024, description="Per batch item's answer."
+    )
+    gateway_token_ttl_seconds: int = Field(
+        900, ge=60, le=86400, description="Lifetime of tokens from /auth/token."
+    )
     gateway_jwt_private_key: SecretStr | None = Field(
         None, description="PEM private key to sign RS256 tokens when BHIV_JWT_PUBLIC_KEY is set."
     )
@@ -152,11 +191,15 @@ class GatewaySettings(ServiceSettings):
 
     @field_validator("gateway_upstreams")
     @classmethod
-    def _every_upstream_has_a_prefix(cls, value: dict[str, UpstreamSpec] | None) -> dict[str, UpstreamSpec] | None:
+    def _every_upstream_has_a_prefix(
+        cls, value: dict[str, UpstreamSpec] | None
+    ) -> dict[str, UpstreamSpec] | None:
         for name, spec in (value or {}).items():
             entry = catalog.SERVICES.get(name)
             if name == "gateway" or (spec.prefix is None and (entry is None or not entry.prefix)):
-                raise ValueError(f"{name!r} is not a routable catalog service; give it a prefix under /api/")
+                raise ValueError(
+                    f"{name!r} is not a routable catalog service; give it a prefix under /api/"
+                )
         return value
 
     def route_policy(self, service: str) -> RoutePolicy:

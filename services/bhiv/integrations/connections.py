@@ -49,14 +49,20 @@ def check_credentials(auth_type: AuthType, secrets: Mapping[str, str]) -> None:
             raise field_problem(f"credentials.{name}", f"is required for {auth_type.value} auth")
     for name, value in secrets.items():
         if name not in REQUIRED[auth_type]:
-            raise field_problem(f"credentials.{name}", f"is not used by {auth_type.value} auth; leave it out")
+            raise field_problem(
+                f"credentials.{name}", f"is not used by {auth_type.value} auth; leave it out"
+            )
         # Header values cannot carry control characters; refuse them now
         # rather than on every call.
         if not value.isprintable() or (name == "username" and ":" in value):
-            raise field_problem(f"credentials.{name}", "must be printable text (and a username has no ':')")
+            raise field_problem(
+                f"credentials.{name}", "must be printable text (and a username has no ':')"
+            )
 
 
-def auth_headers(auth_type: AuthType, api_key_header: str | None, secrets: Mapping[str, str]) -> dict[str, str]:
+def auth_headers(
+    auth_type: AuthType, api_key_header: str | None, secrets: Mapping[str, str]
+) -> dict[str, str]:
     match auth_type:
         case AuthType.bearer:
             return {"Authorization": f"Bearer {secrets['token']}"}
@@ -189,7 +195,9 @@ class ConnectionCaller:
             await limiter.acquire()
         start = time.perf_counter()
         try:
-            response = await self._http.get(url, params=params, headers=ep.headers, timeout=ep.timeout)
+            response = await self._http.get(
+                url, params=params, headers=ep.headers, timeout=ep.timeout
+            )
         except httpx.TimeoutException:
             await self._record(ep.id, start, None, f"timed out after {ep.timeout}s")
             raise CallFailed(f"timed out after {ep.timeout}s") from None
@@ -204,7 +212,9 @@ class ConnectionCaller:
         await self._record(ep.id, start, response.status_code, error)
         return response
 
-    async def _record(self, conn_id: int, start: float, status: int | None, error: str | None) -> None:
+    async def _record(
+        self, conn_id: int, start: float, status: int | None, error: str | None
+    ) -> None:
         latency = (time.perf_counter() - start) * 1000
         await anyio.to_thread.run_sync(record_call, self._db, conn_id, latency, status, error)
 
@@ -212,7 +222,9 @@ class ConnectionCaller:
         await self._http.aclose()
 
 
-def record_call(db: Database, conn_id: int, latency_ms: float, status: int | None, error: str | None) -> None:
+def record_call(
+    db: Database, conn_id: int, latency_ms: float, status: int | None, error: str | None
+) -> None:
     now = utcnow()
     values: dict[str, Any] = {
         "calls": Connection.calls + 1,
@@ -244,6 +256,8 @@ def load_endpoint(db: Database, box: SecretBox, conn_id: int) -> Endpoint:
 
 def rate_limited_problem() -> Problem:
     return Problem(
-        429, "The connection's rate limit is used up; try again shortly.", kind="rate-limited",
+        429,
+        "The connection's rate limit is used up; try again shortly.",
+        kind="rate-limited",
         headers={"Retry-After": "1"},
     )

@@ -62,7 +62,11 @@ def fan_out(session: Session, event: Event) -> int:
     count = 0
     for sub in session.scalars(select(Subscription).where(Subscription.active.is_(True))):
         if matches(sub.event_types, event.type):
-            session.add(Delivery(subscription_id=sub.id, event_id=event.id, next_attempt_at=event.received_at))
+            session.add(
+                Delivery(
+                    subscription_id=sub.id, event_id=event.id, next_attempt_at=event.received_at
+                )
+            )
             count += 1
     return count
 
@@ -82,7 +86,9 @@ def payload(event: Event) -> bytes:
 def replay(session: Session, delivery: Delivery) -> None:
     """Queue a delivery again as a fresh round of attempts (no commit)."""
     if delivery.status == DeliveryStatus.pending:
-        raise conflict(f"Delivery {delivery.id} is still pending; it will be tried at {delivery.next_attempt_at}.")
+        raise conflict(
+            f"Delivery {delivery.id} is still pending; it will be tried at {delivery.next_attempt_at}."
+        )
     delivery.status = DeliveryStatus.pending
     delivery.attempts = 0
     delivery.replays += 1
@@ -98,8 +104,12 @@ def replay_dead(session: Session, subscription_id: int) -> int:
         update(Delivery)
         .where(Delivery.subscription_id == subscription_id, Delivery.status == DeliveryStatus.dead)
         .values(
-            status=DeliveryStatus.pending, attempts=0, replays=Delivery.replays + 1,
-            next_attempt_at=now, locked_until=None, updated_at=now,
+            status=DeliveryStatus.pending,
+            attempts=0,
+            replays=Delivery.replays + 1,
+            next_attempt_at=now,
+            locked_until=None,
+            updated_at=now,
         )
         .execution_options(synchronize_session=False)
     )
@@ -141,15 +151,26 @@ def _retry_after(value: str | None) -> float | None:
 
 
 class DeliveryWorker:
-    def __init__(self, db: Database, box: SecretBox, settings: IntegrationsSettings, policy: egress.EgressPolicy) -> None:
+    def __init__(
+        self,
+        db: Database,
+        box: SecretBox,
+        settings: IntegrationsSettings,
+        policy: egress.EgressPolicy,
+    ) -> None:
         self.db, self.box, self.settings, self.policy = db, box, settings, policy
         self.schedule = exponential(
-            settings.delivery_retry_initial_seconds, settings.delivery_retry_base, settings.delivery_retry_max_seconds
+            settings.delivery_retry_initial_seconds,
+            settings.delivery_retry_base,
+            settings.delivery_retry_max_seconds,
         )
         # No redirects: a 3xx is a failure (the spec), and may point past the egress rules.
         self._http = egress.guarded_client(
             policy,
-            headers={"User-Agent": f"bhiv-integrations/{__version__}", "Content-Type": "application/json"},
+            headers={
+                "User-Agent": f"bhiv-integrations/{__version__}",
+                "Content-Type": "application/json",
+            },
             timeout=httpx.Timeout(settings.delivery_timeout_seconds),
             limits=httpx.Limits(max_connections=settings.delivery_concurrency),
         )
@@ -164,7 +185,9 @@ class DeliveryWorker:
             due = session.scalars(
                 select(Delivery.id)
                 .join(Subscription, Subscription.id == Delivery.subscription_id)
-                .where(Delivery.status == DeliveryStatus.pending, Delivery.next_attempt_at <= now, free)
+                .where(
+                    Delivery.status == DeliveryStatus.pending, Delivery.next_attempt_at <= now, free
+                )
                 .where(Subscription.active.is_(True))
                 .order_by(Delivery.next_attempt_at, Delivery.id)
                 .limit(limit)
@@ -175,7 +198,9 @@ class DeliveryWorker:
                 # guarded UPDATE matches nothing then.
                 result = session.execute(
                     update(Delivery)
-                    .where(Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending, free)
+                    .where(
+                        Delivery.id == delivery_id, Delivery.status == DeliveryStatus.pending, free
+                    )
                     .values(locked_until=lease)
                 )
                 if result.rowcount == 1:
@@ -193,8 +218,12 @@ class DeliveryWorker:
             if event is None or sub is None:  # deleted since the claim (cascades)
                 raise LookupError(delivery_id)
             return Outgoing(
-                delivery_id=delivery.id, subscription_id=sub.id, url=sub.url, msg_id=event.event_id,
-                body=payload(event), secret=self.box.open(sub.secret),
+                delivery_id=delivery.id,
+                subscription_id=sub.id,
+                url=sub.url,
+                msg_id=event.event_id,
+                body=payload(event),
+                secret=self.box.open(sub.secret),
             )
 
     def record(self, delivery_id: int, outcome: Outcome) -> None:
@@ -206,8 +235,13 @@ class DeliveryWorker:
             attempt = delivery.attempts + 1
             session.add(
                 DeliveryAttempt(
-                    delivery_id=delivery.id, attempt=attempt, attempted_at=now, duration_ms=outcome.duration_ms,
-                    status_code=outcome.status_code, error=outcome.error, response_excerpt=outcome.excerpt,
+                    delivery_id=delivery.id,
+                    attempt=attempt,
+                    attempted_at=now,
+                    duration_ms=outcome.duration_ms,
+                    status_code=outcome.status_code,
+                    error=outcome.error,
+                    response_excerpt=outcome.excerpt,
                 )
             )
             delivery.attempts = attempt
@@ -230,9 +264,13 @@ class DeliveryWorker:
                 delivery.status = DeliveryStatus.dead
                 log.warning("delivery %s dead-lettered after %s attempts", delivery.id, attempt)
             else:
-                wait = with_jitter(delay_after(self.schedule, attempt), self.settings.delivery_retry_jitter)
+                wait = with_jitter(
+                    delay_after(self.schedule, attempt), self.settings.delivery_retry_jitter
+                )
                 if outcome.retry_after is not None:
-                    wait = max(wait, min(outcome.retry_after, self.settings.delivery_retry_max_seconds))
+                    wait = max(
+                        wait, min(outcome.retry_after, self.settings.delivery_retry_max_seconds)
+                    )
                 delivery.next_attempt_at = now + dt.timedelta(seconds=wait)
             session.commit()
 
@@ -251,14 +289,21 @@ class DeliveryWorker:
         try:
             response = await self._http.post(out.url, content=out.body, headers=headers)
         except httpx.TimeoutException:
-            return Outcome(elapsed(), error=f"no answer within {self.settings.delivery_timeout_seconds}s")
+            return Outcome(
+                elapsed(), error=f"no answer within {self.settings.delivery_timeout_seconds}s"
+            )
         except httpx.TransportError as exc:
-            return Outcome(elapsed(), error=f"{type(exc).__name__}: could not reach {egress.host_of(out.url)}")
+            return Outcome(
+                elapsed(), error=f"{type(exc).__name__}: could not reach {egress.host_of(out.url)}"
+            )
         except egress.EgressRefused as exc:
             return Outcome(elapsed(), error=str(exc))
         error = None if response.is_success else f"HTTP {response.status_code}"
         return Outcome(
-            elapsed(), response.status_code, error, storable(response.text),
+            elapsed(),
+            response.status_code,
+            error,
+            storable(response.text),
             _retry_after(response.headers.get("Retry-After")),
         )
 
@@ -295,7 +340,9 @@ class DeliveryWorker:
 @asynccontextmanager
 async def delivery_worker(app: FastAPI) -> AsyncIterator[None]:
     """Lifespan hook: deliver pending webhooks until the app stops."""
-    worker = DeliveryWorker(app.state.db, app.state.secret_box, app.state.settings, app.state.egress)
+    worker = DeliveryWorker(
+        app.state.db, app.state.secret_box, app.state.settings, app.state.egress
+    )
     stop = asyncio.Event()
     task = asyncio.create_task(worker.run(stop), name="webhook-delivery")
     try:

@@ -123,7 +123,9 @@ def blocked_kind(address: Address) -> str | None:
         return "link-local (cloud metadata)"
     if address.is_multicast:
         return "multicast"
-    if isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network("100.64.0.0/10"):
+    if isinstance(address, ipaddress.IPv4Address) and address in ipaddress.ip_network(
+        "100.64.0.0/10"
+    ):
         return "carrier-grade NAT"
     if address.is_private or any(address in net for net in EXTRA_BLOCKED):
         return "private"
@@ -247,7 +249,9 @@ class GuardedBackend(httpcore.AsyncNetworkBackend):
         for address in addresses:
             try:
                 # The checked address, never the name: a second lookup could answer differently.
-                return await self._backend.connect_tcp(address, port, timeout, local_address, socket_options)
+                return await self._backend.connect_tcp(
+                    address, port, timeout, local_address, socket_options
+                )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 last = exc
         assert last is not None
@@ -273,7 +277,9 @@ class GuardedTransport(httpx.AsyncHTTPTransport):
     def __init__(self, policy: EgressPolicy, limits: httpx.Limits = DEFAULT_LIMITS) -> None:
         super().__init__(trust_env=False, limits=limits)
         if not isinstance(getattr(self, "_pool", None), httpcore.AsyncConnectionPool):
-            raise RuntimeError("httpx's transport changed shape; the egress guard cannot be installed")
+            raise RuntimeError(
+                "httpx's transport changed shape; the egress guard cannot be installed"
+            )
         self._pool = httpcore.AsyncConnectionPool(
             # trust_env here reads only SSL_CERT_FILE / SSL_CERT_DIR (a private CA bundle).
             ssl_context=httpx.create_ssl_context(trust_env=True),
@@ -289,5 +295,8 @@ def guarded_client(policy: EgressPolicy, **kwargs: Any) -> httpx.AsyncClient:
     connects only where ``policy`` allows."""
     limits = kwargs.pop("limits", DEFAULT_LIMITS)
     return httpx.AsyncClient(
-        follow_redirects=False, transport=GuardedTransport(policy, limits), trust_env=False, **kwargs
+        follow_redirects=False,
+        transport=GuardedTransport(policy, limits),
+        trust_env=False,
+        **kwargs,
     )

@@ -121,7 +121,9 @@ class InboundMessage(Base):
     source_id: Mapped[int] = mapped_column(ForeignKey("webhook_sources.id", ondelete="CASCADE"))
     message_id: Mapped[str] = mapped_column(String(255))
     event_type: Mapped[str | None] = mapped_column(String(200))
-    body: Mapped[bytes] = mapped_column(LargeBinary)  # exactly as received: the signature covers these bytes
+    body: Mapped[bytes] = mapped_column(
+        LargeBinary
+    )  # exactly as received: the signature covers these bytes
     content_type: Mapped[str | None] = mapped_column(String(200))
     signed_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
@@ -173,7 +175,9 @@ class Delivery(Timestamps, Base):
     status: Mapped[DeliveryStatus] = mapped_column(
         string_enum(DeliveryStatus, "delivery_status", length=32), default=DeliveryStatus.pending
     )
-    attempts: Mapped[int] = mapped_column(Integer, default=0)  # in the current round; a replay starts a new one
+    attempts: Mapped[int] = mapped_column(
+        Integer, default=0
+    )  # in the current round; a replay starts a new one
     replays: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     locked_until: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
@@ -203,7 +207,9 @@ class SyncJob(Timestamps, Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(String(100), unique=True)
-    connection_id: Mapped[int] = mapped_column(ForeignKey("connections.id", ondelete="RESTRICT"), index=True)
+    connection_id: Mapped[int] = mapped_column(
+        ForeignKey("connections.id", ondelete="RESTRICT"), index=True
+    )
     source_path: Mapped[str] = mapped_column(String(500))
     records_path: Mapped[str] = mapped_column(String(200), default="items")
     key_field: Mapped[str] = mapped_column(String(200), default="id")
@@ -217,7 +223,7 @@ class SyncJob(Timestamps, Base):
     field_map: Mapped[dict[str, str]] = mapped_column(JSON)
     conflict_policy: Mapped[ConflictPolicy] = mapped_column(
         string_enum(ConflictPolicy, "conflict_policy", length=32),
-        default=ConflictPolicy.source_wins
+        default=ConflictPolicy.source_wins,
     )
     interval_seconds: Mapped[int | None] = mapped_column(Integer)
     enabled: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -260,7 +266,9 @@ class SyncLink(Base):
     """Which BHIV record a source record became, and what this job last wrote to it."""
 
     __tablename__ = "sync_links"
-    __table_args__ = (UniqueConstraint("job_id", "source_key", name="uq_sync_links_job_source_key"),)
+    __table_args__ = (
+        UniqueConstraint("job_id", "source_key", name="uq_sync_links_job_source_key"),
+    )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     job_id: Mapped[int] = mapped_column(ForeignKey("sync_jobs.id", ondelete="CASCADE"))

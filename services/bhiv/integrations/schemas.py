@@ -33,7 +33,12 @@ from bhiv.integrations.models import (
 )
 from bhiv.integrations.signing import check_secret
 
-_URL = TypeAdapter(Annotated[AnyUrl, UrlConstraints(max_length=2000, allowed_schemes=["http", "https"], host_required=True)])
+_URL = TypeAdapter(
+    Annotated[
+        AnyUrl,
+        UrlConstraints(max_length=2000, allowed_schemes=["http", "https"], host_required=True),
+    ]
+)
 
 
 def _http_url(value: str) -> str:
@@ -42,11 +47,15 @@ def _http_url(value: str) -> str:
     except ValidationError as exc:
         raise ValueError(exc.errors()[0]["msg"]) from None
     if url.username or url.password:
-        raise ValueError("must not carry credentials; put them in 'credentials', where they are encrypted")
+        raise ValueError(
+            "must not carry credentials; put them in 'credentials', where they are encrypted"
+        )
     return str(url)
 
 
-Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), StorableText]
+Name = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), StorableText
+]
 Slug = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
 Description = Annotated[str, StringConstraints(max_length=2000), StorableText]
 # Validated as a URL, kept as the normalised string.
@@ -57,14 +66,26 @@ HttpUrl = Annotated[
     WithJsonSchema({"type": "string", "format": "uri", "minLength": 1, "maxLength": 2000}),
 ]
 # A path under a connection's base URL: it must stay there (no dot segments, ...).
-UrlPath = Annotated[str, StringConstraints(max_length=500, pattern=r"^/[!-~]*$"), AfterValidator(check_relative_path)]
-DottedPath = Annotated[str, StringConstraints(max_length=200, pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")]
+UrlPath = Annotated[
+    str,
+    StringConstraints(max_length=500, pattern=r"^/[!-~]*$"),
+    AfterValidator(check_relative_path),
+]
+DottedPath = Annotated[
+    str, StringConstraints(max_length=200, pattern=r"^[A-Za-z0-9_]+(\.[A-Za-z0-9_]+)*$")
+]
 ParamName = Annotated[str, StringConstraints(max_length=100, pattern=r"^[A-Za-z0-9_.\[\]-]+$")]
 HeaderName = Annotated[str, StringConstraints(max_length=100, pattern=r"^[A-Za-z0-9-]+$")]
-EventType = Annotated[str, StringConstraints(max_length=100, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")]
+EventType = Annotated[
+    str, StringConstraints(max_length=100, pattern=r"^[a-z0-9_]+(\.[a-z0-9_]+)+$")
+]
 # An exact type, "*" for every type, or "prefix.*" for a family ("shipment.*").
-EventPattern = Annotated[str, StringConstraints(max_length=100, pattern=r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")]
-WebhookSecret = Annotated[SecretStr, AfterValidator(lambda s: SecretStr(check_secret(s.get_secret_value())))]
+EventPattern = Annotated[
+    str, StringConstraints(max_length=100, pattern=r"^(\*|[a-z0-9_]+(\.[a-z0-9_]+)*(\.\*)?)$")
+]
+WebhookSecret = Annotated[
+    SecretStr, AfterValidator(lambda s: SecretStr(check_secret(s.get_secret_value())))
+]
 CredentialText = Annotated[SecretStr, Field(min_length=1, max_length=4096)]
 
 _SECRET_DOC = "Signing secret, 'whsec_' + base64 of 24-64 bytes. Omit it to have one generated."
@@ -85,42 +106,74 @@ class Credentials(_Model):
     """Secrets for the connection's auth type: ``token`` (bearer), ``username`` and
     ``password`` (basic) or ``api_key`` (API-key header). Stored encrypted, never returned."""
 
-    token: CredentialText | None = Field(None, description="Bearer token.", examples=["sk_live_abc123"])
+    token: CredentialText | None = Field(
+        None, description="Bearer token.", examples=["sk_live_abc123"]
+    )
     username: CredentialText | None = Field(None, description="Basic auth user.", examples=["bhiv"])
-    password: CredentialText | None = Field(None, description="Basic auth password.", examples=["s3cret"])
-    api_key: CredentialText | None = Field(None, description="API key sent in api_key_header.", examples=["k-123"])
+    password: CredentialText | None = Field(
+        None, description="Basic auth password.", examples=["s3cret"]
+    )
+    api_key: CredentialText | None = Field(
+        None, description="API key sent in api_key_header.", examples=["k-123"]
+    )
 
 
 class ConnectionCreate(_Model):
     name: Name = Field(description="Unique name.", examples=["acme-erp"])
-    description: Description | None = Field(None, description="What it connects to.", examples=["Acme's ERP API"])
-    base_url: HttpUrl = Field(description="Base URL; paths are appended to it.", examples=["http://127.0.0.1:9000/api"])
-    auth_type: AuthType = Field(AuthType.none, description="How calls authenticate.", examples=["bearer"])
+    description: Description | None = Field(
+        None, description="What it connects to.", examples=["Acme's ERP API"]
+    )
+    base_url: HttpUrl = Field(
+        description="Base URL; paths are appended to it.", examples=["http://127.0.0.1:9000/api"]
+    )
+    auth_type: AuthType = Field(
+        AuthType.none, description="How calls authenticate.", examples=["bearer"]
+    )
     api_key_header: HeaderName | None = Field(
-        None, description="Header carrying the API key (api_key auth; default X-API-Key).", examples=["X-API-Key"]
+        None,
+        description="Header carrying the API key (api_key auth; default X-API-Key).",
+        examples=["X-API-Key"],
     )
     credentials: Credentials | None = Field(None, description="Secrets for auth_type (write-only).")
-    timeout_seconds: float = Field(10.0, gt=0, le=120, description="Per-call timeout.", examples=[10])
-    rate_limit_per_minute: int | None = Field(
-        None, ge=1, le=100_000, description="Calls per minute at most (per replica); null: unlimited.", examples=[600]
+    timeout_seconds: float = Field(
+        10.0, gt=0, le=120, description="Per-call timeout.", examples=[10]
     )
-    health_path: UrlPath = Field("/", description="Path the test call and health check use.", examples=["/health"])
+    rate_limit_per_minute: int | None = Field(
+        None,
+        ge=1,
+        le=100_000,
+        description="Calls per minute at most (per replica); null: unlimited.",
+        examples=[600],
+    )
+    health_path: UrlPath = Field(
+        "/", description="Path the test call and health check use.", examples=["/health"]
+    )
 
 
 class ConnectionUpdate(_Model):
     description: Description | None = Field(None, description="What it connects to.")
-    base_url: HttpUrl | None = Field(None, description="Base URL.", examples=["http://127.0.0.1:9000/api"])
-    auth_type: AuthType | None = Field(None, description="How calls authenticate.", examples=["basic"])
+    base_url: HttpUrl | None = Field(
+        None, description="Base URL.", examples=["http://127.0.0.1:9000/api"]
+    )
+    auth_type: AuthType | None = Field(
+        None, description="How calls authenticate.", examples=["basic"]
+    )
     api_key_header: HeaderName | None = Field(None, description="Header carrying the API key.")
-    credentials: Credentials | None = Field(None, description="Replaces the stored secrets (write-only).")
+    credentials: Credentials | None = Field(
+        None, description="Replaces the stored secrets (write-only)."
+    )
     timeout_seconds: float | None = Field(None, gt=0, le=120, description="Per-call timeout.")
-    rate_limit_per_minute: int | None = Field(None, ge=1, le=100_000, description="Calls per minute; null: unlimited.")
+    rate_limit_per_minute: int | None = Field(
+        None, ge=1, le=100_000, description="Calls per minute; null: unlimited."
+    )
     health_path: UrlPath | None = Field(None, description="Path the test call uses.")
 
 
 class ConnectionMetrics(BaseModel):
     calls: int = Field(description="Calls made through the connection.", examples=[120])
-    errors: int = Field(description="Calls that failed (transport error or status >= 400).", examples=[3])
+    errors: int = Field(
+        description="Calls that failed (transport error or status >= 400).", examples=[3]
+    )
     error_rate: float = Field(description="errors / calls.", examples=[0.025])
     avg_latency_ms: float | None = Field(description="Mean latency.", examples=[42.5])
     last_latency_ms: float | None = Field(examples=[38.1])
@@ -150,7 +203,9 @@ class ConnectionRead(BaseModel):
 
 
 class TestCall(_Model):
-    path: UrlPath | None = Field(None, description="Path to GET (default: the connection's health_path).")
+    path: UrlPath | None = Field(
+        None, description="Path to GET (default: the connection's health_path)."
+    )
 
 
 class TestCallResult(BaseModel):
@@ -164,7 +219,10 @@ class TestCallResult(BaseModel):
 
 
 class WebhookSourceCreate(_Model):
-    name: Slug = Field(description="Unique slug; the endpoint is POST /webhooks/{name}.", examples=["acme-payments"])
+    name: Slug = Field(
+        description="Unique slug; the endpoint is POST /webhooks/{name}.",
+        examples=["acme-payments"],
+    )
     description: Description | None = Field(None, examples=["Payment events from Acme"])
     secret: WebhookSecret | None = Field(None, description=_SECRET_DOC)
     active: bool = Field(True, description="Inactive sources answer 410 Gone.")
@@ -184,13 +242,18 @@ class WebhookSourceRead(_Read):
     name: str = Field(examples=["acme-payments"])
     description: str | None
     active: bool
-    endpoint: str = Field(description="Where the sender posts.", examples=["/webhooks/acme-payments"])
+    endpoint: str = Field(
+        description="Where the sender posts.", examples=["/webhooks/acme-payments"]
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 
 
 class WebhookSourceWithSecret(WebhookSourceRead):
-    secret: str = Field(description="The signing secret: shown only now.", examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"])
+    secret: str = Field(
+        description="The signing secret: shown only now.",
+        examples=["whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"],
+    )
 
 
 class InboundAck(BaseModel):
@@ -203,8 +266,12 @@ class InboundAck(BaseModel):
 class InboundMessageRead(BaseModel):
     id: int
     source_id: int
-    message_id: str = Field(description="The sender's webhook-id.", examples=["msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"])
-    event_type: str | None = Field(description="The body's 'type', if it is JSON with one.", examples=["invoice.paid"])
+    message_id: str = Field(
+        description="The sender's webhook-id.", examples=["msg_2KWPBgLlAfxdpx2AI54pPJ85f4W"]
+    )
+    event_type: str | None = Field(
+        description="The body's 'type', if it is JSON with one.", examples=["invoice.paid"]
+    )
     content_type: str | None
     body: str = Field(description="The raw body as text (invalid UTF-8 replaced).")
     payload: Any = Field(description="The body parsed as JSON, or null.")
@@ -217,14 +284,20 @@ class InboundMessageRead(BaseModel):
 
 
 class SubscriptionCreate(_Model):
-    url: HttpUrl = Field(description="Where deliveries are POSTed.", examples=["http://127.0.0.1:9100/hooks"])
+    url: HttpUrl = Field(
+        description="Where deliveries are POSTed.", examples=["http://127.0.0.1:9100/hooks"]
+    )
     description: Description | None = Field(None, examples=["Ops alerts"])
     event_types: list[EventPattern] = Field(
-        min_length=1, max_length=50, description="Types to receive: exact, 'prefix.*' or '*'.",
+        min_length=1,
+        max_length=50,
+        description="Types to receive: exact, 'prefix.*' or '*'.",
         examples=[["inventory.low_stock", "shipment.*"]],
     )
     secret: WebhookSecret | None = Field(None, description=_SECRET_DOC)
-    active: bool = Field(True, description="Deliveries to an inactive subscription wait until it is active.")
+    active: bool = Field(
+        True, description="Deliveries to an inactive subscription wait until it is active."
+    )
 
 
 class SubscriptionUpdate(_Model):
@@ -240,7 +313,9 @@ class SubscriptionRead(_Read):
     description: str | None
     event_types: list[str]
     active: bool
-    disabled_reason: str | None = Field(description="Why the service deactivated it (e.g. the receiver answered 410).")
+    disabled_reason: str | None = Field(
+        description="Why the service deactivated it (e.g. the receiver answered 410)."
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -263,10 +338,14 @@ class DeliveryRead(BaseModel):
     subscription_id: int
     event_id: str = Field(description="Also the webhook-id header.", examples=["evt_5f0c..."])
     event_type: str
-    status: DeliveryStatus = Field(description="pending (retries scheduled), succeeded, or dead (dead-lettered).")
+    status: DeliveryStatus = Field(
+        description="pending (retries scheduled), succeeded, or dead (dead-lettered)."
+    )
     attempts: int = Field(description="Attempts in the current round.")
     replays: int = Field(description="Manual replays so far.")
-    next_attempt_at: dt.datetime | None = Field(description="When a pending delivery is next tried.")
+    next_attempt_at: dt.datetime | None = Field(
+        description="When a pending delivery is next tried."
+    )
     last_status_code: int | None
     last_error: str | None
     delivered_at: dt.datetime | None
@@ -287,12 +366,15 @@ class ReplayResult(BaseModel):
 
 class EventIn(_Model):
     id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,64}$")] = Field(
-        description="Unique event ID, the deduplication key.", examples=["evt_5f0c8a2e9b6d4c1fa3e7d2b8c9a1f0e4"]
+        description="Unique event ID, the deduplication key.",
+        examples=["evt_5f0c8a2e9b6d4c1fa3e7d2b8c9a1f0e4"],
     )
     type: EventType = Field(examples=["shipment.status_changed"])
     source: Slug = Field(description="The publishing service.", examples=["logistics"])
     occurred_at: UTCTimestamp = Field(examples=["2026-11-26T10:00:00Z"])
-    data: dict[str, Any] = Field(description="The event's payload.", examples=[{"shipment_id": 1, "to": "picked"}])
+    data: dict[str, Any] = Field(
+        description="The event's payload.", examples=[{"shipment_id": 1, "to": "picked"}]
+    )
 
 
 class EventAccepted(BaseModel):
@@ -322,14 +404,25 @@ class EventTypeInfo(BaseModel):
 
 class _SyncFields(_Model):
     records_path: DottedPath = Field("items", description="Where the records list is in each page.")
-    key_field: DottedPath = Field("id", description="The record field that identifies it at the source.")
-    cursor_field: DottedPath | None = Field(
-        None, description="The record field that grows on every change (e.g. updated_at); null: full refresh."
+    key_field: DottedPath = Field(
+        "id", description="The record field that identifies it at the source."
     )
-    cursor_param: ParamName = Field("updated_since", description="Query parameter carrying the saved cursor.")
-    page_param: ParamName = Field("cursor", description="Query parameter carrying the next-page token.")
-    next_page_path: DottedPath = Field("next_cursor", description="Where the next-page token is; null/absent: last page.")
-    page_size_param: ParamName | None = Field("limit", description="Query parameter for the page size, if any.")
+    cursor_field: DottedPath | None = Field(
+        None,
+        description="The record field that grows on every change (e.g. updated_at); null: full refresh.",
+    )
+    cursor_param: ParamName = Field(
+        "updated_since", description="Query parameter carrying the saved cursor."
+    )
+    page_param: ParamName = Field(
+        "cursor", description="Query parameter carrying the next-page token."
+    )
+    next_page_path: DottedPath = Field(
+        "next_cursor", description="Where the next-page token is; null/absent: last page."
+    )
+    page_size_param: ParamName | None = Field(
+        "limit", description="Query parameter for the page size, if any."
+    )
     page_size: int = Field(100, ge=1, le=1000)
     conflict_policy: ConflictPolicy = Field(
         ConflictPolicy.source_wins,
@@ -345,11 +438,19 @@ class _SyncFields(_Model):
 class SyncJobCreate(_SyncFields):
     name: Name = Field(examples=["acme-suppliers"])
     connection_id: int = Field(ge=1, le=2**31 - 1, description="The source connection.")
-    source_path: UrlPath = Field(description="Path of the records, under the connection's base URL.", examples=["/vendors"])
-    target: SyncTarget = Field(description="Where records are upserted.", examples=["logistics.suppliers"])
+    source_path: UrlPath = Field(
+        description="Path of the records, under the connection's base URL.", examples=["/vendors"]
+    )
+    target: SyncTarget = Field(
+        description="Where records are upserted.", examples=["logistics.suppliers"]
+    )
     field_map: dict[Annotated[str, StringConstraints(max_length=100)], DottedPath] = Field(
-        min_length=1, max_length=50, description="Target field -> source field (dotted path).",
-        examples=[{"name": "company_name", "email": "contact.email", "lead_time_days": "lead_days"}],
+        min_length=1,
+        max_length=50,
+        description="Target field -> source field (dotted path).",
+        examples=[
+            {"name": "company_name", "email": "contact.email", "lead_time_days": "lead_days"}
+        ],
     )
 
 
@@ -410,8 +511,12 @@ class SyncRunRead(_Read):
     updated: int
     skipped: int = Field(description="Unchanged records, and conflicts kept as BHIV has them.")
     failed: int = Field(description="Records the target refused; see record_errors.")
-    conflicts: int = Field(description="Records changed in BHIV since the last sync that the source also changed.")
+    conflicts: int = Field(
+        description="Records changed in BHIV since the last sync that the source also changed."
+    )
     cursor_before: str | None
     cursor_after: str | None
-    record_errors: list[dict[str, str]] = Field(description="The first failures: source key and reason.")
+    record_errors: list[dict[str, str]] = Field(
+        description="The first failures: source key and reason."
+    )
     error: str | None = Field(description="Why the run failed as a whole.")

@@ -50,10 +50,22 @@ SPEC = ServiceSpec(
     migrations="bhiv.integrations:migrations",
     capabilities=catalog.get("integrations").capabilities,
     openapi_tags=[
-        {"name": "connections", "description": "External APIs: auth, limits, test calls, health and metrics."},
-        {"name": "inbound webhooks", "description": "Sources that send us signed webhooks, and what they sent."},
-        {"name": "outbound webhooks", "description": "Subscriptions, their deliveries, retries and replays."},
-        {"name": "events", "description": "Domain events from BHIV services, and the catalogue of types."},
+        {
+            "name": "connections",
+            "description": "External APIs: auth, limits, test calls, health and metrics.",
+        },
+        {
+            "name": "inbound webhooks",
+            "description": "Sources that send us signed webhooks, and what they sent.",
+        },
+        {
+            "name": "outbound webhooks",
+            "description": "Subscriptions, their deliveries, retries and replays.",
+        },
+        {
+            "name": "events",
+            "description": "Domain events from BHIV services, and the catalogue of types.",
+        },
         {"name": "sync", "description": "Incremental data sync jobs and their run history."},
     ],
     # Entered in order: the caller exists before the sync scheduler uses it.

@@ -51,7 +51,9 @@ MAX_ID_CHARS = 255
 MAX_SIGNATURE_CHARS = 2048
 _ID = re.compile(rf"[\x21-\x7e](?:[\x20-\x7e]{{0,{MAX_ID_CHARS - 2}}}[\x21-\x7e])?")
 _TIMESTAMP = re.compile(r"[0-9]{1,12}")  # Unix seconds: 10 digits until 2286
-_SIGNATURE = re.compile(r"[a-z0-9]{1,8},[A-Za-z0-9+/=_-]{1,512}(?: [a-z0-9]{1,8},[A-Za-z0-9+/=_-]{1,512})*")
+_SIGNATURE = re.compile(
+    r"[a-z0-9]{1,8},[A-Za-z0-9+/=_-]{1,512}(?: [a-z0-9]{1,8},[A-Za-z0-9+/=_-]{1,512})*"
+)
 
 
 @dataclass(frozen=True)
@@ -74,7 +76,9 @@ def parse_headers(headers: Mapping[str, str]) -> WebhookHeaders:
         if not value:
             raise MalformedHeader(name, "is required (Standard Webhooks)")
     if not _ID.fullmatch(values["webhook-id"]):
-        raise MalformedHeader("webhook-id", f"must be 1 to {MAX_ID_CHARS} printable ASCII characters")
+        raise MalformedHeader(
+            "webhook-id", f"must be 1 to {MAX_ID_CHARS} printable ASCII characters"
+        )
     if not _TIMESTAMP.fullmatch(values["webhook-timestamp"]):
         raise MalformedHeader("webhook-timestamp", "must be Unix seconds: 1 to 12 ASCII digits")
     signature = values["webhook-signature"]
@@ -104,7 +108,9 @@ def check_secret(value: str) -> str:
     except (binascii.Error, ValueError):
         raise ValueError(f"must be '{SECRET_PREFIX}' followed by base64") from None
     if not MIN_SECRET_BYTES <= len(key) <= MAX_SECRET_BYTES:
-        raise ValueError(f"the key must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {len(key)}")
+        raise ValueError(
+            f"the key must be {MIN_SECRET_BYTES} to {MAX_SECRET_BYTES} bytes, not {len(key)}"
+        )
     return value
 
 
@@ -112,7 +118,11 @@ def sign(secret: str, msg_id: str, timestamp: int, body: bytes) -> dict[str, str
     """The three headers of one delivery attempt."""
     when = dt.datetime.fromtimestamp(timestamp, tz=dt.UTC)
     signature = Webhook(secret).sign(msg_id, when, body.decode())
-    return {"webhook-id": msg_id, "webhook-timestamp": str(timestamp), "webhook-signature": signature}
+    return {
+        "webhook-id": msg_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature,
+    }
 
 
 def verify(secret: str, headers: WebhookHeaders, body: bytes, *, tolerance_seconds: int) -> None:
@@ -122,7 +132,9 @@ def verify(secret: str, headers: WebhookHeaders, body: bytes, *, tolerance_secon
     try:
         text = body.decode()
     except UnicodeDecodeError:
-        raise SignatureError("the body is not UTF-8 text, so it cannot carry a Standard Webhooks signature") from None
+        raise SignatureError(
+            "the body is not UTF-8 text, so it cannot carry a Standard Webhooks signature"
+        ) from None
     try:
         Webhook(secret).verify(
             text,

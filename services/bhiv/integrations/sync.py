@@ -98,10 +98,20 @@ def cursor_order(value: Any) -> tuple[int, Any]:
 
 def queue_run(session: Session, job: SyncJob, trigger: RunTrigger) -> SyncRun:
     """A queued run for ``job``, or 409 if one is already queued or running (no commit)."""
-    active = session.scalar(select(SyncRun.id).where(SyncRun.job_id == job.id, SyncRun.status.in_(ACTIVE)).limit(1))
+    active = session.scalar(
+        select(SyncRun.id).where(SyncRun.job_id == job.id, SyncRun.status.in_(ACTIVE)).limit(1)
+    )
     if active is not None:
-        raise conflict(f"Sync job {job.id} already has run {active} queued or running.", run_id=active)
-    run = SyncRun(job_id=job.id, trigger=trigger, status=RunStatus.queued, record_errors=[], queued_at=utcnow())
+        raise conflict(
+            f"Sync job {job.id} already has run {active} queued or running.", run_id=active
+        )
+    run = SyncRun(
+        job_id=job.id,
+        trigger=trigger,
+        status=RunStatus.queued,
+        record_errors=[],
+        queued_at=utcnow(),
+    )
     session.add(run)
     session.flush()
     return run
@@ -146,7 +156,9 @@ class JobView:
 
 
 class SyncRunner:
-    def __init__(self, db: Database, box: SecretBox, settings: IntegrationsSettings, caller: ConnectionCaller) -> None:
+    def __init__(
+        self, db: Database, box: SecretBox, settings: IntegrationsSettings, caller: ConnectionCaller
+    ) -> None:
         self.db, self.box, self.settings, self.caller = db, box, settings, caller
         self.services = {
             "logistics": ServiceClient("logistics", settings.logistics_url, timeout=15.0),
@@ -166,11 +178,21 @@ class SyncRunner:
             if run is None or job is None:
                 return None
             return JobView(
-                id=job.id, run_id=run.id, source_path=job.source_path, records_path=job.records_path,
-                key_field=job.key_field, cursor_field=job.cursor_field, cursor_param=job.cursor_param,
-                page_param=job.page_param, next_page_path=job.next_page_path, page_size_param=job.page_size_param,
-                page_size=job.page_size, target=TARGETS[job.target], field_map=dict(job.field_map),
-                policy=job.conflict_policy, cursor=job.cursor_value,
+                id=job.id,
+                run_id=run.id,
+                source_path=job.source_path,
+                records_path=job.records_path,
+                key_field=job.key_field,
+                cursor_field=job.cursor_field,
+                cursor_param=job.cursor_param,
+                page_param=job.page_param,
+                next_page_path=job.next_page_path,
+                page_size_param=job.page_size_param,
+                page_size=job.page_size,
+                target=TARGETS[job.target],
+                field_map=dict(job.field_map),
+                policy=job.conflict_policy,
+                cursor=job.cursor_value,
                 endpoint=load_endpoint(self.db, self.box, job.connection_id),
             )
 
@@ -208,13 +230,23 @@ class SyncRunner:
 
     def link(self, job_id: int, source_key: str) -> SyncLink | None:
         with self.db.session(write=False) as session:
-            return session.scalar(select(SyncLink).where(SyncLink.job_id == job_id, SyncLink.source_key == source_key))
+            return session.scalar(
+                select(SyncLink).where(SyncLink.job_id == job_id, SyncLink.source_key == source_key)
+            )
 
-    def save_link(self, job_id: int, source_key: str, target_id: int, written: dict[str, Any]) -> None:
+    def save_link(
+        self, job_id: int, source_key: str, target_id: int, written: dict[str, Any]
+    ) -> None:
         with self.db.session() as session:
-            link = session.scalar(select(SyncLink).where(SyncLink.job_id == job_id, SyncLink.source_key == source_key))
+            link = session.scalar(
+                select(SyncLink).where(SyncLink.job_id == job_id, SyncLink.source_key == source_key)
+            )
             if link is None:
-                session.add(SyncLink(job_id=job_id, source_key=source_key, target_id=target_id, written=written))
+                session.add(
+                    SyncLink(
+                        job_id=job_id, source_key=source_key, target_id=target_id, written=written
+                    )
+                )
             else:
                 link.target_id, link.written, link.synced_at = target_id, written, utcnow()
             session.commit()
@@ -234,12 +266,16 @@ class SyncRunner:
             cursor = await self._pull(job, tally)
         except (SyncFailed, CallFailed, MissingServiceCredential) as exc:
             reason = str(exc)
-            await anyio.to_thread.run_sync(lambda: self.finish(job, tally, cursor=None, error=reason))
+            await anyio.to_thread.run_sync(
+                lambda: self.finish(job, tally, cursor=None, error=reason)
+            )
             return
         except Exception:
             log.exception("sync run %s crashed", run_id)
             await anyio.to_thread.run_sync(
-                lambda: self.finish(job, tally, cursor=None, error="internal error; see the service log")
+                lambda: self.finish(
+                    job, tally, cursor=None, error="internal error; see the service log"
+                )
             )
             return
         await anyio.to_thread.run_sync(lambda: self.finish(job, tally, cursor=cursor, error=None))
@@ -249,7 +285,12 @@ class SyncRunner:
             session.execute(
                 update(SyncRun)
                 .where(SyncRun.id == run_id)
-                .values(status=RunStatus.failed, error=storable(error), finished_at=utcnow(), locked_until=None)
+                .values(
+                    status=RunStatus.failed,
+                    error=storable(error),
+                    finished_at=utcnow(),
+                    locked_until=None,
+                )
             )
             session.commit()
 
@@ -269,13 +310,17 @@ class SyncRunner:
             page = await self._fetch(job, params, tally.pages + 1)
             records = dig(page, job.records_path)
             if not isinstance(records, list):
-                raise SyncFailed(f"page {tally.pages + 1}: '{job.records_path}' is not a list of records")
+                raise SyncFailed(
+                    f"page {tally.pages + 1}: '{job.records_path}' is not a list of records"
+                )
             for record in records:
                 await self._upsert(job, record, tally, headers)
                 if job.cursor_field and isinstance(record, dict):
                     value = dig(record, job.cursor_field)
-                    if value is not _MISSING and value is not None and (
-                        newest is None or cursor_order(value) > cursor_order(newest)
+                    if (
+                        value is not _MISSING
+                        and value is not None
+                        and (newest is None or cursor_order(value) > cursor_order(newest))
                     ):
                         newest = value
             tally.pages += 1
@@ -287,7 +332,9 @@ class SyncRunner:
                 raise SyncFailed(f"the source repeated the page token {str(token)[:100]!r}")
             seen_tokens.add(str(token))
             if tally.pages >= self.settings.sync_max_pages:
-                raise SyncFailed(f"more than {self.settings.sync_max_pages} pages; raise BHIV_SYNC_MAX_PAGES")
+                raise SyncFailed(
+                    f"more than {self.settings.sync_max_pages} pages; raise BHIV_SYNC_MAX_PAGES"
+                )
         return None if newest is None else str(newest)
 
     async def _fetch(self, job: JobView, params: dict[str, Any], number: int) -> Any:
@@ -312,7 +359,9 @@ class SyncRunner:
         except ValueError:
             raise SyncFailed(f"page {number}: the source's answer is not JSON") from None
 
-    async def _upsert(self, job: JobView, record: Any, tally: Tally, headers: dict[str, str]) -> None:
+    async def _upsert(
+        self, job: JobView, record: Any, tally: Tally, headers: dict[str, str]
+    ) -> None:
         target = job.target
         key = dig(record, job.key_field) if isinstance(record, dict) else _MISSING
         if key is _MISSING or key is None or isinstance(key, dict | list):
@@ -378,10 +427,13 @@ class SyncRunner:
                     tally.skipped += 1
                     return
         changes = {
-            n: v for n, v in desired.items()
+            n: v
+            for n, v in desired.items()
             if comparable(target, {n: v}, {n}) != comparable(target, current, {n})
         }
-        r = await client.request("PATCH", f"{target.path}/{current['id']}", json=changes, headers=headers)
+        r = await client.request(
+            "PATCH", f"{target.path}/{current['id']}", json=changes, headers=headers
+        )
         if r.status_code != 200:
             tally.fail(source_key, _problem(r))
             return
@@ -389,13 +441,19 @@ class SyncRunner:
         await self._remember(job, source_key, r.json(), desired)
 
     async def _find(
-        self, target: Target, desired: dict[str, Any], client: ServiceClient, headers: dict[str, str]
+        self,
+        target: Target,
+        desired: dict[str, Any],
+        client: ServiceClient,
+        headers: dict[str, str],
     ) -> dict[str, Any] | None:
         """The BHIV record whose natural key equals the source's, if any."""
         value = desired.get(target.natural_key)
         if not isinstance(value, str) or not value.strip():
             return None
-        r = await client.get(target.path, params={"q": value.strip(), "limit": 100}, headers=headers)
+        r = await client.get(
+            target.path, params={"q": value.strip(), "limit": 100}, headers=headers
+        )
         if r.status_code != 200:
             return None
         want = comparable(target, {target.natural_key: value}, {target.natural_key})
@@ -404,15 +462,24 @@ class SyncRunner:
                 return item
         return None
 
-    async def _remember(self, job: JobView, source_key: str, stored: dict[str, Any], desired: dict[str, Any]) -> None:
+    async def _remember(
+        self, job: JobView, source_key: str, stored: dict[str, Any], desired: dict[str, Any]
+    ) -> None:
         written = comparable(job.target, stored, set(desired))
-        await anyio.to_thread.run_sync(self.save_link, job.id, source_key, int(stored["id"]), written)
+        await anyio.to_thread.run_sync(
+            self.save_link, job.id, source_key, int(stored["id"]), written
+        )
 
 
 def _counts(tally: Tally) -> dict[str, Any]:
     return {
-        "pages": tally.pages, "created": tally.created, "updated": tally.updated, "skipped": tally.skipped,
-        "failed": tally.failed, "conflicts": tally.conflicts, "record_errors": list(tally.record_errors),
+        "pages": tally.pages,
+        "created": tally.created,
+        "updated": tally.updated,
+        "skipped": tally.skipped,
+        "failed": tally.failed,
+        "conflicts": tally.conflicts,
+        "record_errors": list(tally.record_errors),
     }
 
 
@@ -439,7 +506,9 @@ class SyncScheduler:
                 update(SyncRun)
                 .where(SyncRun.status == RunStatus.running, SyncRun.locked_until < now)
                 .values(
-                    status=RunStatus.failed, finished_at=now, locked_until=None,
+                    status=RunStatus.failed,
+                    finished_at=now,
+                    locked_until=None,
                     error="interrupted: the worker stopped during the run; the cursor was not advanced",
                 )
             )
@@ -451,7 +520,9 @@ class SyncScheduler:
         with self.db.session() as session:
             due = session.scalars(
                 select(SyncJob).where(
-                    SyncJob.enabled.is_(True), SyncJob.interval_seconds.is_not(None), SyncJob.next_run_at <= now
+                    SyncJob.enabled.is_(True),
+                    SyncJob.interval_seconds.is_not(None),
+                    SyncJob.next_run_at <= now,
                 )
             ).all()
             for job in due:
@@ -471,7 +542,10 @@ class SyncScheduler:
         now = utcnow()
         with self.db.session() as session:
             run_id = session.scalar(
-                select(SyncRun.id).where(SyncRun.status == RunStatus.queued).order_by(SyncRun.id).limit(1)
+                select(SyncRun.id)
+                .where(SyncRun.status == RunStatus.queued)
+                .order_by(SyncRun.id)
+                .limit(1)
             )
             if run_id is None:
                 return None
@@ -479,7 +553,8 @@ class SyncScheduler:
                 update(SyncRun)
                 .where(SyncRun.id == run_id, SyncRun.status == RunStatus.queued)
                 .values(
-                    status=RunStatus.running, started_at=now,
+                    status=RunStatus.running,
+                    started_at=now,
                     locked_until=now + dt.timedelta(seconds=self.settings.sync_lease_seconds),
                 )
             )

@@ -70,5 +70,7 @@ def _decimal_text(value: int | float | decimal.Decimal) -> Any:
     return format(number.normalize(), "f")
 
 
-def comparable(target: Target, values: Mapping[str, Any], names: set[str] | frozenset[str]) -> dict[str, Any]:
+def comparable(
+    target: Target, values: Mapping[str, Any], names: set[str] | frozenset[str]
+) -> dict[str, Any]:
     return {n: normalize(target, n, values.get(n)) for n in sorted(names)}

@@ -23,7 +23,10 @@ from bhiv.llm.upsert import insert_for
 
 def cache_key(aliases: list[str], messages: list[dict[str, Any]], params: dict[str, Any]) -> str:
     canonical = json.dumps(
-        {"route": aliases, "messages": messages, "params": params}, sort_keys=True, separators=(",", ":"), default=str
+        {"route": aliases, "messages": messages, "params": params},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
@@ -31,21 +34,32 @@ def cache_key(aliases: list[str], messages: list[dict[str, Any]], params: dict[s
 def lookup(session: Session, tenant: str, key: str) -> dict[str, Any] | None:
     """The cached answer, counting the hit; None when absent or expired."""
     entry = session.scalar(
-        select(CacheEntry).where(CacheEntry.tenant == tenant, CacheEntry.key == key, CacheEntry.expires_at > utcnow())
+        select(CacheEntry).where(
+            CacheEntry.tenant == tenant, CacheEntry.key == key, CacheEntry.expires_at > utcnow()
+        )
     )
     if entry is None:
         return None
     session.execute(
-        update(CacheEntry).where(CacheEntry.id == entry.id).values(hits=CacheEntry.hits + 1)
+        update(CacheEntry)
+        .where(CacheEntry.id == entry.id)
+        .values(hits=CacheEntry.hits + 1)
         .execution_options(synchronize_session=False)
     )
     return dict(entry.response)
 
 
-def store(session: Session, tenant: str, key: str, alias: str, response: dict[str, Any], ttl_seconds: int) -> None:
+def store(
+    session: Session, tenant: str, key: str, alias: str, response: dict[str, Any], ttl_seconds: int
+) -> None:
     now = utcnow()
-    values = {"response": response, "model_alias": alias, "created_at": now,
-              "expires_at": now + dt.timedelta(seconds=ttl_seconds), "hits": 0}
+    values = {
+        "response": response,
+        "model_alias": alias,
+        "created_at": now,
+        "expires_at": now + dt.timedelta(seconds=ttl_seconds),
+        "hits": 0,
+    }
     # Two identical requests that both missed may both store: the later wins.
     session.execute(
         insert_for(session, CacheEntry)
@@ -69,4 +83,6 @@ def clear(session: Session, tenant: str) -> int:
 
 
 def purge_expired(session: Session) -> int:
-    return session.execute(delete(CacheEntry).where(CacheEntry.expires_at <= utcnow())).rowcount or 0
+    return (
+        session.execute(delete(CacheEntry).where(CacheEntry.expires_at <= utcnow())).rowcount or 0
+    )

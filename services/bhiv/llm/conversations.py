@@ -51,7 +51,12 @@ def unsummarized(session: Session, conv: Conversation) -> list[Message]:
 
 
 def message_count(session: Session, conversation_id: int) -> int:
-    return session.scalar(select(func.count(Message.id)).where(Message.conversation_id == conversation_id)) or 0
+    return (
+        session.scalar(
+            select(func.count(Message.id)).where(Message.conversation_id == conversation_id)
+        )
+        or 0
+    )
 
 
 def _summary_message(summary: str) -> dict[str, Any]:
@@ -105,23 +110,50 @@ async def fit(
             ([f"(earlier summary) {summary}"] if summary else [])
             + [f"{m.role}: {m.content}" for m in dropped]
         )
-        summary = _clip(await engine.summarize(prep.caller, prep.routes, transcript), count, summary_budget)
+        summary = _clip(
+            await engine.summarize(prep.caller, prep.routes, transcript), count, summary_budget
+        )
         through = dropped[-1].id
         summarized = True
 
-    messages = [*head, *([_summary_message(summary)] if summary else []),
-                *({"role": m.role, "content": m.content} for m in kept), *new]
+    messages = [
+        *head,
+        *([_summary_message(summary)] if summary else []),
+        *({"role": m.role, "content": m.content} for m in kept),
+        *new,
+    ]
     return Fitted(messages, len(kept), len(dropped), summarized, summary, through)
 
 
 def append_turn(
-    session: Session, conv: Conversation, prompt: str, prompt_tokens: int, answer: str, answer_tokens: int,
-    alias: str, fitted: Fitted,
+    session: Session,
+    conv: Conversation,
+    prompt: str,
+    prompt_tokens: int,
+    answer: str,
+    answer_tokens: int,
+    alias: str,
+    fitted: Fitted,
 ) -> None:
     """Store one exchange (and the new summary) in one transaction."""
-    session.add(Message(conversation_id=conv.id, role="user", content=prompt, tokens=prompt_tokens, model_alias=alias))
-    session.add(Message(conversation_id=conv.id, role="assistant", content=answer, tokens=answer_tokens,
-                        model_alias=alias))
+    session.add(
+        Message(
+            conversation_id=conv.id,
+            role="user",
+            content=prompt,
+            tokens=prompt_tokens,
+            model_alias=alias,
+        )
+    )
+    session.add(
+        Message(
+            conversation_id=conv.id,
+            role="assistant",
+            content=answer,
+            tokens=answer_tokens,
+            model_alias=alias,
+        )
+    )
     if fitted.summarized:
         conv.summary, conv.summarized_through_id = fitted.summary, fitted.summarized_through_id
     conv.updated_at = utcnow()

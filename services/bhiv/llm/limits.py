@@ -32,8 +32,13 @@ def _window(now: float) -> tuple[int, int]:
     return minute, max(1, int((minute + 1) * 60 - now))
 
 
-def admit(session: Session, subject: str, policy: dict[str, Any], prompt_tokens: int,
-          now: float | None = None) -> dict[str, str]:
+def admit(
+    session: Session,
+    subject: str,
+    policy: dict[str, Any],
+    prompt_tokens: int,
+    now: float | None = None,
+) -> dict[str, str]:
     """Count one request against the caller's minute; 429 when a limit is reached.
 
     Returns the ``x-ratelimit-*`` headers to answer with.
@@ -48,26 +53,36 @@ def admit(session: Session, subject: str, policy: dict[str, Any], prompt_tokens:
         .values(subject=subject, window_start=window, requests=0, tokens=0)
         .on_conflict_do_nothing()
     )
-    stmt = update(RateWindow).where(RateWindow.subject == subject, RateWindow.window_start == window)
+    stmt = update(RateWindow).where(
+        RateWindow.subject == subject, RateWindow.window_start == window
+    )
     if rpm is not None:
         stmt = stmt.where(RateWindow.requests < rpm)
     if tpm is not None:
         stmt = stmt.where(RateWindow.tokens < tpm)
-    admitted = session.execute(
-        stmt.values(requests=RateWindow.requests + 1, tokens=RateWindow.tokens + prompt_tokens)
-        .execution_options(synchronize_session=False)
-    ).rowcount == 1
+    admitted = (
+        session.execute(
+            stmt.values(
+                requests=RateWindow.requests + 1, tokens=RateWindow.tokens + prompt_tokens
+            ).execution_options(synchronize_session=False)
+        ).rowcount
+        == 1
+    )
     row = session.get(RateWindow, (subject, window), populate_existing=True)
     used_requests, used_tokens = (row.requests, row.tokens) if row else (0, 0)
     headers = {}
     if rpm is not None:
-        headers |= {"x-ratelimit-limit-requests": str(rpm),
-                    "x-ratelimit-remaining-requests": str(max(0, rpm - used_requests)),
-                    "x-ratelimit-reset-requests": f"{reset}s"}
+        headers |= {
+            "x-ratelimit-limit-requests": str(rpm),
+            "x-ratelimit-remaining-requests": str(max(0, rpm - used_requests)),
+            "x-ratelimit-reset-requests": f"{reset}s",
+        }
     if tpm is not None:
-        headers |= {"x-ratelimit-limit-tokens": str(tpm),
-                    "x-ratelimit-remaining-tokens": str(max(0, tpm - used_tokens)),
-                    "x-ratelimit-reset-tokens": f"{reset}s"}
+        headers |= {
+            "x-ratelimit-limit-tokens": str(tpm),
+            "x-ratelimit-remaining-tokens": str(max(0, tpm - used_tokens)),
+            "x-ratelimit-reset-tokens": f"{reset}s",
+        }
     if not admitted:
         session.commit()
         which = "requests" if rpm is not None and used_requests >= rpm else "tokens"
@@ -118,7 +133,11 @@ def check_budget(session: Session, subject: str, policy: dict[str, Any], now: dt
             f"The monthly budget of {budget} USD for {subject} is used up ({spent} USD spent since "
             f"{month_start(now).date()}). Raise monthly_budget_usd in the key's policy or wait for next month.",
             kind="budget-exceeded",
-            extra={"budget_usd": str(budget), "spent_usd": str(spent), "period_start": month_start(now).isoformat()},
+            extra={
+                "budget_usd": str(budget),
+                "spent_usd": str(spent),
+                "period_start": month_start(now).isoformat(),
+            },
         )
 
 

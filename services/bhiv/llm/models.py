@@ -82,13 +82,17 @@ class Provider(Timestamps, Base):
 class LlmModel(Timestamps, Base):
     __tablename__ = "llm_models"
     __table_args__ = (
-        CheckConstraint("input_price_per_1k >= 0 AND output_price_per_1k >= 0", name="prices_nonnegative"),
+        CheckConstraint(
+            "input_price_per_1k >= 0 AND output_price_per_1k >= 0", name="prices_nonnegative"
+        ),
         CheckConstraint("context_window > 0", name="context_window_positive"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     alias: Mapped[str] = mapped_column(String(100), unique=True)
-    provider_id: Mapped[int] = mapped_column(ForeignKey("providers.id", ondelete="RESTRICT"), index=True)
+    provider_id: Mapped[int] = mapped_column(
+        ForeignKey("providers.id", ondelete="RESTRICT"), index=True
+    )
     provider_model: Mapped[str] = mapped_column(String(200))
     input_price_per_1k: Mapped[Decimal] = mapped_column(Numeric(18, 6), default=Decimal("0"))
     output_price_per_1k: Mapped[Decimal] = mapped_column(Numeric(18, 6), default=Decimal("0"))

@@ -130,11 +130,19 @@ class Answer:
 
 
 def verdict_summary(v: safety.Verdict) -> dict[str, Any]:
-    return {"decision": v.decision, "reason": v.reason, "score": v.score, "categories": v.categories}
+    return {
+        "decision": v.decision,
+        "reason": v.reason,
+        "score": v.score,
+        "categories": v.categories,
+    }
 
 
 def cost_of(route: Route, prompt_tokens: int, completion_tokens: int) -> Decimal:
-    cost = (Decimal(prompt_tokens) * route.input_price_per_1k + Decimal(completion_tokens) * route.output_price_per_1k)
+    cost = (
+        Decimal(prompt_tokens) * route.input_price_per_1k
+        + Decimal(completion_tokens) * route.output_price_per_1k
+    )
     return (cost / 1000).quantize(MONEY)
 
 
@@ -150,7 +158,8 @@ class Engine:
         self.db = db
         self.http = http
         self.breakers = AsyncCircuitBreakerFactory(
-            default_threshold=settings.llm_breaker_failures, default_ttl=settings.llm_breaker_seconds
+            default_threshold=settings.llm_breaker_failures,
+            default_ttl=settings.llm_breaker_seconds,
         )
 
     async def db_call(self, fn: Callable[[Session], T]) -> T:
@@ -172,7 +181,9 @@ class Engine:
 
         texts = [m["content"] for m in req.messages]
         verdict = safety.check(
-            texts, registry.safety_policy(policy), injection_in=[m["role"] in req.scan_roles for m in req.messages]
+            texts,
+            registry.safety_policy(policy),
+            injection_in=[m["role"] in req.scan_roles for m in req.messages],
         )
         messages = [{**m, "content": t} for m, t in zip(req.messages, verdict.texts, strict=True)]
         count = counter(primary.tokenizer)
@@ -184,8 +195,16 @@ class Engine:
 
         self._record_decision(session, caller, Direction.input, verdict, policy, primary.alias)
         if verdict.blocked:
-            self._record_usage(session, caller, req, primary, UsageStatus.blocked, prompt_tokens=prompt_tokens,
-                               usage_source=count.method, error=verdict.reason)
+            self._record_usage(
+                session,
+                caller,
+                req,
+                primary,
+                UsageStatus.blocked,
+                prompt_tokens=prompt_tokens,
+                usage_source=count.method,
+                error=verdict.reason,
+            )
             session.commit()
             raise Problem(
                 400,
@@ -198,18 +217,29 @@ class Engine:
         now = utcnow()
         limits.check_budget(session, caller.subject, policy, now)
         rate_headers = limits.admit(session, caller.subject, policy, prompt_tokens)
-        prepared = Prepared(req, caller, policy, routes, messages, verdict, count, prompt_tokens, rate_headers)
+        prepared = Prepared(
+            req, caller, policy, routes, messages, verdict, count, prompt_tokens, rate_headers
+        )
         if req.use_cache and policy["cache_enabled"] and self.settings.llm_cache_ttl_seconds > 0:
             prepared.cache_key = cache.cache_key([r.alias for r in routes], messages, req.params)
             prepared.cached = cache.lookup(session, caller.tenant, prepared.cache_key)
         session.commit()
         return prepared
 
-    def _fitting(self, routes: list[Route], prompt_tokens: int, max_tokens: int | None) -> list[Route]:
+    def _fitting(
+        self, routes: list[Route], prompt_tokens: int, max_tokens: int | None
+    ) -> list[Route]:
         primary = routes[0]
-        if primary.max_output_tokens is not None and max_tokens is not None and max_tokens > primary.max_output_tokens:
-            raise field_problem("max_tokens", f"model {primary.alias} answers with at most "
-                                f"{primary.max_output_tokens} tokens; {max_tokens} requested")
+        if (
+            primary.max_output_tokens is not None
+            and max_tokens is not None
+            and max_tokens > primary.max_output_tokens
+        ):
+            raise field_problem(
+                "max_tokens",
+                f"model {primary.alias} answers with at most "
+                f"{primary.max_output_tokens} tokens; {max_tokens} requested",
+            )
         needed = prompt_tokens + (max_tokens or 1)
         if needed > primary.context_window:
             raise Problem(
@@ -217,14 +247,22 @@ class Engine:
                 f"The messages take {prompt_tokens} tokens; with max_tokens={max_tokens or 0} that exceeds "
                 f"model {primary.alias}'s context window of {primary.context_window} tokens.",
                 kind="context-length-exceeded",
-                errors=[{"location": "body", "field": "messages", "type": "context_length_exceeded",
-                         "message": f"{prompt_tokens} tokens; the context window is {primary.context_window}"}],
+                errors=[
+                    {
+                        "location": "body",
+                        "field": "messages",
+                        "type": "context_length_exceeded",
+                        "message": f"{prompt_tokens} tokens; the context window is {primary.context_window}",
+                    }
+                ],
             )
         return [r for r in routes if r is primary or needed <= r.context_window]
 
     # --- the call -----------------------------------------------------------------
 
-    async def _routed(self, prep: Prepared, call: Callable[[Router], Awaitable[T]]) -> tuple[Router, T]:
+    async def _routed(
+        self, prep: Prepared, call: Callable[[Router], Awaitable[T]]
+    ) -> tuple[Router, T]:
         """Run a routed call; when no model answers, record the failure and raise its problem."""
         router = Router(self.http, self.breakers)
         try:
@@ -235,20 +273,35 @@ class Engine:
 
     async def complete(self, prep: Prepared) -> Answer:
         if prep.cached is not None:
-            return await self._finish(prep, _from_cache(prep), prep.cached["content"],
-                                      prep.cached["finish_reason"], None, [])
+            return await self._finish(
+                prep,
+                _from_cache(prep),
+                prep.cached["content"],
+                prep.cached["finish_reason"],
+                None,
+                [],
+            )
         router, (route, completion) = await self._routed(
-            prep, lambda r: r.complete(prep.routes, prep.messages, prep.request.params))
-        usage = (completion.usage.prompt_tokens, completion.usage.completion_tokens) if completion.usage else None
-        return await self._finish(prep, route, completion.content, completion.finish_reason, usage,
-                                  router.attempts)
+            prep, lambda r: r.complete(prep.routes, prep.messages, prep.request.params)
+        )
+        usage = (
+            (completion.usage.prompt_tokens, completion.usage.completion_tokens)
+            if completion.usage
+            else None
+        )
+        return await self._finish(
+            prep, route, completion.content, completion.finish_reason, usage, router.attempts
+        )
 
-    async def open_stream(self, prep: Prepared) -> tuple[Route, AsyncIterator[Delta], list[Attempt]]:
+    async def open_stream(
+        self, prep: Prepared
+    ) -> tuple[Route, AsyncIterator[Delta], list[Attempt]]:
         """Open the stream (retries and fallbacks happen here); problems raise before any byte is sent."""
         if prep.cached is not None:
             return _from_cache(prep), _replay(prep.cached), []
         router, (route, deltas) = await self._routed(
-            prep, lambda r: r.stream(prep.routes, prep.messages, prep.request.params))
+            prep, lambda r: r.stream(prep.routes, prep.messages, prep.request.params)
+        )
         return route, deltas, router.attempts
 
     async def relay(
@@ -306,17 +359,29 @@ class Engine:
                 if out is not None:
                     yield out
         except ProviderError as exc:
-            attempts.append(Attempt(route.alias, route.target.provider, "error", 0, exc.status, exc.message))
-            await self.db_call(lambda s: self._record_failure(s, prep, AllRoutesFailed(attempts), route=route,
-                                                          partial="".join(raw)))
+            attempts.append(
+                Attempt(route.alias, route.target.provider, "error", 0, exc.status, exc.message)
+            )
+            await self.db_call(
+                lambda s: self._record_failure(
+                    s, prep, AllRoutesFailed(attempts), route=route, partial="".join(raw)
+                )
+            )
             raise StreamBroken(exc.message) from None
         except (GeneratorExit, asyncio.CancelledError):
             # The client went away: what the provider produced so far is still
             # paid for, so it is still recorded (shielded from the cancellation).
             with anyio.CancelScope(shield=True):
-                await self.db_call(lambda s: self._record_failure(
-                    s, prep, AllRoutesFailed(attempts), route=route, partial="".join(raw),
-                    error="the client disconnected during the stream"))
+                await self.db_call(
+                    lambda s: self._record_failure(
+                        s,
+                        prep,
+                        AllRoutesFailed(attempts),
+                        route=route,
+                        partial="".join(raw),
+                        error="the client disconnected during the stream",
+                    )
+                )
             raise
         finally:
             await deltas.aclose()  # type: ignore[attr-defined]
@@ -327,7 +392,9 @@ class Engine:
         merged = safety.merge(verdicts)
         if blocked:
             finish = "content_filter"
-        yield await self._finish(prep, route, content, finish, usage, attempts, output_verdict=merged)
+        yield await self._finish(
+            prep, route, content, finish, usage, attempts, output_verdict=merged
+        )
 
     # --- after the call -------------------------------------------------------------
 
@@ -345,7 +412,9 @@ class Engine:
         """Filter the output (unless a stream already did), account for it and build the answer."""
         hit = prep.cached is not None
         if output_verdict is None:
-            output_verdict = safety.check([content], registry.safety_policy(prep.policy), injection_in=[False])
+            output_verdict = safety.check(
+                [content], registry.safety_policy(prep.policy), injection_in=[False]
+            )
             shown = "" if output_verdict.blocked else output_verdict.texts[0]
             if output_verdict.blocked:
                 finish_reason = "content_filter"
@@ -353,7 +422,10 @@ class Engine:
             shown = content  # already filtered piece by piece by relay()
 
         if hit:
-            prompt_tokens, completion_tokens = prep.cached["prompt_tokens"], prep.cached["completion_tokens"]
+            prompt_tokens, completion_tokens = (
+                prep.cached["prompt_tokens"],
+                prep.cached["completion_tokens"],
+            )
             usage_source = prep.cached["usage_source"]
         elif provider_usage is not None:
             prompt_tokens, completion_tokens = provider_usage
@@ -363,7 +435,9 @@ class Engine:
             prompt_tokens = count.messages(prep.messages)
             completion_tokens = count.text(content)
             usage_source = count.method
-        cost = Decimal(0).quantize(MONEY) if hit else cost_of(route, prompt_tokens, completion_tokens)
+        cost = (
+            Decimal(0).quantize(MONEY) if hit else cost_of(route, prompt_tokens, completion_tokens)
+        )
 
         answer = Answer(
             id=new_completion_id(),
@@ -382,88 +456,188 @@ class Engine:
             output_safety=verdict_summary(output_verdict),
         )
         cacheable = {
-            "content": content, "finish_reason": finish_reason, "alias": route.alias,
-            "prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "usage_source": usage_source,
+            "content": content,
+            "finish_reason": finish_reason,
+            "alias": route.alias,
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "usage_source": usage_source,
         }
 
         def record(session: Session) -> None:
-            self._record_decision(session, prep.caller, Direction.output, output_verdict, prep.policy, route.alias)
+            self._record_decision(
+                session, prep.caller, Direction.output, output_verdict, prep.policy, route.alias
+            )
             self._record_usage(
-                session, prep.caller, prep.request, route, UsageStatus.cache_hit if hit else UsageStatus.ok,
-                prompt_tokens=prompt_tokens, completion_tokens=completion_tokens, usage_source=usage_source,
-                cost=cost, attempts=len(attempts), started=prep.started,
+                session,
+                prep.caller,
+                prep.request,
+                route,
+                UsageStatus.cache_hit if hit else UsageStatus.ok,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                usage_source=usage_source,
+                cost=cost,
+                attempts=len(attempts),
+                started=prep.started,
             )
             limits.add_tokens(session, prep.caller.subject, completion_tokens)
             if prep.cache_key is not None and not hit and finish_reason in ("stop", "length"):
-                cache.store(session, prep.caller.tenant, prep.cache_key, route.alias, cacheable,
-                            self.settings.llm_cache_ttl_seconds)
+                cache.store(
+                    session,
+                    prep.caller.tenant,
+                    prep.cache_key,
+                    route.alias,
+                    cacheable,
+                    self.settings.llm_cache_ttl_seconds,
+                )
             session.commit()
 
         await self.db_call(record)
         return answer
 
     def _record_failure(
-        self, session: Session, prep: Prepared, exc: AllRoutesFailed | UpstreamRejected, *,
-        route: Route | None = None, partial: str = "", error: str | None = None,
+        self,
+        session: Session,
+        prep: Prepared,
+        exc: AllRoutesFailed | UpstreamRejected,
+        *,
+        route: Route | None = None,
+        partial: str = "",
+        error: str | None = None,
     ) -> None:
         route = route or prep.routes[0]
         completion = counter(route.tokenizer).text(partial)
         self._record_usage(
-            session, prep.caller, prep.request, route, UsageStatus.error, prompt_tokens=prep.prompt_tokens,
-            completion_tokens=completion, usage_source=prep.counter.method,
+            session,
+            prep.caller,
+            prep.request,
+            route,
+            UsageStatus.error,
+            prompt_tokens=prep.prompt_tokens,
+            completion_tokens=completion,
+            usage_source=prep.counter.method,
             cost=cost_of(route, prep.prompt_tokens, completion) if partial else Decimal(0),
-            attempts=len(exc.attempts), started=prep.started, error=error or _failure_text(exc),
+            attempts=len(exc.attempts),
+            started=prep.started,
+            error=error or _failure_text(exc),
         )
         session.commit()
 
     def _record_decision(
-        self, session: Session, caller: Caller, direction: Direction, v: safety.Verdict,
-        policy: dict[str, Any], alias: str | None,
+        self,
+        session: Session,
+        caller: Caller,
+        direction: Direction,
+        v: safety.Verdict,
+        policy: dict[str, Any],
+        alias: str | None,
     ) -> None:
-        session.add(SafetyDecision(
-            request_id=caller.request_id, subject=caller.subject, tenant=caller.tenant, direction=direction,
-            decision=v.decision, policy_action=policy["safety_action"], reason=v.reason[:500], score=v.score,
-            findings=v.findings, model_alias=alias,
-        ))
+        session.add(
+            SafetyDecision(
+                request_id=caller.request_id,
+                subject=caller.subject,
+                tenant=caller.tenant,
+                direction=direction,
+                decision=v.decision,
+                policy_action=policy["safety_action"],
+                reason=v.reason[:500],
+                score=v.score,
+                findings=v.findings,
+                model_alias=alias,
+            )
+        )
 
     def _record_usage(
-        self, session: Session, caller: Caller, req: ChatRequest, route: Route, status: UsageStatus, *,
-        prompt_tokens: int = 0, completion_tokens: int = 0, usage_source: str = "estimate",
-        cost: Decimal = Decimal(0), attempts: int = 0, started: float | None = None, error: str | None = None,
+        self,
+        session: Session,
+        caller: Caller,
+        req: ChatRequest,
+        route: Route,
+        status: UsageStatus,
+        *,
+        prompt_tokens: int = 0,
+        completion_tokens: int = 0,
+        usage_source: str = "estimate",
+        cost: Decimal = Decimal(0),
+        attempts: int = 0,
+        started: float | None = None,
+        error: str | None = None,
     ) -> None:
-        session.add(UsageRecord(
-            request_id=caller.request_id, subject=caller.subject, tenant=caller.tenant, endpoint=req.endpoint,
-            model_alias=route.alias, provider=route.target.provider, provider_model=route.target.model,
-            stream=req.stream, status=status, prompt_tokens=prompt_tokens, completion_tokens=completion_tokens,
-            total_tokens=prompt_tokens + completion_tokens, usage_source=usage_source, cost_usd=cost,
-            attempts=attempts, latency_ms=int((time.perf_counter() - started) * 1000) if started else 0,
-            error=error[:500] if error else None,
-        ))
+        session.add(
+            UsageRecord(
+                request_id=caller.request_id,
+                subject=caller.subject,
+                tenant=caller.tenant,
+                endpoint=req.endpoint,
+                model_alias=route.alias,
+                provider=route.target.provider,
+                provider_model=route.target.model,
+                stream=req.stream,
+                status=status,
+                prompt_tokens=prompt_tokens,
+                completion_tokens=completion_tokens,
+                total_tokens=prompt_tokens + completion_tokens,
+                usage_source=usage_source,
+                cost_usd=cost,
+                attempts=attempts,
+                latency_ms=int((time.perf_counter() - started) * 1000) if started else 0,
+                error=error[:500] if error else None,
+            )
+        )
 
     # --- helpers for conversations --------------------------------------------------
 
     async def summarize(self, caller: Caller, routes: list[Route], transcript: str) -> str:
         """Summarise earlier turns of a conversation with the conversation's own model."""
         messages = [
-            {"role": "system", "content": "Summarise the conversation below in a few sentences. Keep names, "
-                                          "numbers, decisions and open questions; write nothing else."},
+            {
+                "role": "system",
+                "content": "Summarise the conversation below in a few sentences. Keep names, "
+                "numbers, decisions and open questions; write nothing else.",
+            },
             {"role": "user", "content": transcript},
         ]
         req = ChatRequest("summarize", routes[0].alias, messages, {})
-        prep = Prepared(req, caller, {}, routes, messages, safety.Verdict("allowed", "", 0.0),
-                        counter(routes[0].tokenizer), 0, {})
+        prep = Prepared(
+            req,
+            caller,
+            {},
+            routes,
+            messages,
+            safety.Verdict("allowed", "", 0.0),
+            counter(routes[0].tokenizer),
+            0,
+            {},
+        )
         started = prep.started
-        router, (route, completion) = await self._routed(prep, lambda r: r.complete(routes, messages, {}))
+        router, (route, completion) = await self._routed(
+            prep, lambda r: r.complete(routes, messages, {})
+        )
         count = counter(route.tokenizer)
         if completion.usage:
-            p, c, source = completion.usage.prompt_tokens, completion.usage.completion_tokens, "provider"
+            p, c, source = (
+                completion.usage.prompt_tokens,
+                completion.usage.completion_tokens,
+                "provider",
+            )
         else:
             p, c, source = count.messages(messages), count.text(completion.content), count.method
 
         def record(session: Session) -> None:
-            self._record_usage(session, caller, req, route, UsageStatus.ok, prompt_tokens=p, completion_tokens=c,
-                               usage_source=source, cost=cost_of(route, p, c), attempts=len(router.attempts),
-                               started=started)
+            self._record_usage(
+                session,
+                caller,
+                req,
+                route,
+                UsageStatus.ok,
+                prompt_tokens=p,
+                completion_tokens=c,
+                usage_source=source,
+                cost=cost_of(route, p, c),
+                attempts=len(router.attempts),
+                started=started,
+            )
             limits.add_tokens(session, caller.subject, p + c)
             session.commit()
 
@@ -506,10 +680,22 @@ def _failure_text(exc: AllRoutesFailed | UpstreamRejected) -> str:
 def _upstream_problem(exc: AllRoutesFailed | UpstreamRejected) -> Problem:
     attempts = [a.as_dict() for a in exc.attempts]
     if isinstance(exc, UpstreamRejected):
-        return Problem(400, f"The provider refused the request: {exc.error.message}", kind="upstream-rejected",
-                       extra={"attempts": attempts})
+        return Problem(
+            400,
+            f"The provider refused the request: {exc.error.message}",
+            kind="upstream-rejected",
+            extra={"attempts": attempts},
+        )
     if exc.all_timeouts:
-        return Problem(504, "Every model in the route timed out.", kind="upstream-timeout",
-                       extra={"attempts": attempts})
-    return Problem(502, "Every model in the route failed; see attempts.", kind="upstream-failed",
-                   extra={"attempts": attempts})
+        return Problem(
+            504,
+            "Every model in the route timed out.",
+            kind="upstream-timeout",
+            extra={"attempts": attempts},
+        )
+    return Problem(
+        502,
+        "Every model in the route failed; see attempts.",
+        kind="upstream-failed",
+        extra={"attempts": attempts},
+    )

@@ -39,8 +39,17 @@ def apply_configuration(session: Session, settings: LlmSettings) -> None:
     for cfg in settings.llm_providers:
         row = providers.get(cfg.name) or Provider(name=cfg.name)
         if row.id is not None and row.source != Source.config:
-            log.warning("configuration takes over provider %s, which was created over the API", cfg.name)
-        for attr in ("kind", "base_url", "api_key_env", "timeout_seconds", "max_retries", "enabled"):
+            log.warning(
+                "configuration takes over provider %s, which was created over the API", cfg.name
+            )
+        for attr in (
+            "kind",
+            "base_url",
+            "api_key_env",
+            "timeout_seconds",
+            "max_retries",
+            "enabled",
+        ):
             setattr(row, attr, getattr(cfg, attr))
         row.source, row.updated_at = Source.config, utcnow()
         session.add(row)
@@ -51,14 +60,25 @@ def apply_configuration(session: Session, settings: LlmSettings) -> None:
     for mcfg in settings.llm_models:
         provider = providers.get(mcfg.provider)
         if provider is None:
-            raise ValueError(f"BHIV_LLM_MODELS: model {mcfg.alias!r} names provider {mcfg.provider!r}, "
-                             "which is neither configured nor registered")
+            raise ValueError(
+                f"BHIV_LLM_MODELS: model {mcfg.alias!r} names provider {mcfg.provider!r}, "
+                "which is neither configured nor registered"
+            )
         row = models.get(mcfg.alias) or LlmModel(alias=mcfg.alias)
         if row.id is not None and row.source != Source.config:
-            log.warning("configuration takes over model %s, which was created over the API", mcfg.alias)
+            log.warning(
+                "configuration takes over model %s, which was created over the API", mcfg.alias
+            )
         row.provider_id, row.provider_model = provider.id, mcfg.model
-        for attr in ("input_price_per_1k", "output_price_per_1k", "context_window", "max_output_tokens",
-                     "tokenizer", "fallbacks", "enabled"):
+        for attr in (
+            "input_price_per_1k",
+            "output_price_per_1k",
+            "context_window",
+            "max_output_tokens",
+            "tokenizer",
+            "fallbacks",
+            "enabled",
+        ):
             setattr(row, attr, getattr(mcfg, attr))
         row.source, row.updated_at = Source.config, utcnow()
         session.add(row)
@@ -80,8 +100,12 @@ def to_route(model: LlmModel) -> Route:
     return Route(
         alias=model.alias,
         target=Target(
-            provider=p.name, kind=p.kind, base_url=p.base_url, api_key_env=p.api_key_env,
-            timeout_seconds=p.timeout_seconds, model=model.provider_model,
+            provider=p.name,
+            kind=p.kind,
+            base_url=p.base_url,
+            api_key_env=p.api_key_env,
+            timeout_seconds=p.timeout_seconds,
+            model=model.provider_model,
         ),
         max_retries=p.max_retries,
         input_price_per_1k=model.input_price_per_1k,
@@ -97,7 +121,12 @@ def _usable(model: LlmModel) -> bool:
 
 
 def resolve_routes(
-    session: Session, settings: LlmSettings, alias: str | None, fallbacks: Sequence[str] | None, *, field: str = "model"
+    session: Session,
+    settings: LlmSettings,
+    alias: str | None,
+    fallbacks: Sequence[str] | None,
+    *,
+    field: str = "model",
 ) -> list[Route]:
     """The models to try, in order: the alias, then its (or the request's) fallbacks.
 
@@ -106,8 +135,12 @@ def resolve_routes(
     """
     models = {m.alias: m for m in session.scalars(select(LlmModel))}
     if not any(_usable(m) for m in models.values()):
-        raise Problem(503, NO_MODEL_DETAIL, kind="no-model-configured",
-                      extra={"settings": ["BHIV_LLM_PROVIDERS", "BHIV_LLM_MODELS"]})
+        raise Problem(
+            503,
+            NO_MODEL_DETAIL,
+            kind="no-model-configured",
+            extra={"settings": ["BHIV_LLM_PROVIDERS", "BHIV_LLM_MODELS"]},
+        )
     if alias is None:
         alias = settings.llm_default_model
         if alias is None or alias not in models:
@@ -132,7 +165,9 @@ def resolve_routes(
 
 def _unknown_model(field: str, alias: str, models: dict[str, LlmModel]) -> Problem:
     known = ", ".join(sorted(models)) or "none"
-    problem = field_problem(field, f"no model has alias '{alias}'; known aliases: {known}", status=404)
+    problem = field_problem(
+        field, f"no model has alias '{alias}'; known aliases: {known}", status=404
+    )
     problem.kind = "model-not-found"
     return problem
 
@@ -140,7 +175,9 @@ def _unknown_model(field: str, alias: str, models: dict[str, LlmModel]) -> Probl
 def policy_row(session: Session, subject: str) -> KeyPolicy | None:
     rows = {
         p.subject: p
-        for p in session.scalars(select(KeyPolicy).where(KeyPolicy.subject.in_([subject, DEFAULT_POLICY])))
+        for p in session.scalars(
+            select(KeyPolicy).where(KeyPolicy.subject.in_([subject, DEFAULT_POLICY]))
+        )
     }
     return rows.get(subject) or rows.get(DEFAULT_POLICY)
 

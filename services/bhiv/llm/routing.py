@@ -101,7 +101,9 @@ class Router:
             async with await self.breakers.get_breaker(name, exclude=NOT_A_MODEL_FAILURE):
                 return await call()
         except OpenedState:
-            raise ProviderError(f"{route.alias} is paused after repeated failures", circuit_open=True) from None
+            raise ProviderError(
+                f"{route.alias} is paused after repeated failures", circuit_open=True
+            ) from None
 
     async def _retrying(self, route: Route, call: Callable[[], Awaitable[T]]) -> T:
         retrying = AsyncRetrying(
@@ -116,16 +118,29 @@ class Router:
                 try:
                     result = await self._guarded(route, call)
                 except ProviderError as exc:
-                    outcome = "timeout" if exc.timeout else "skipped" if exc.circuit_open else "error"
+                    outcome = (
+                        "timeout" if exc.timeout else "skipped" if exc.circuit_open else "error"
+                    )
                     self.attempts.append(
-                        Attempt(route.alias, route.target.provider, outcome, _ms(started), exc.status, exc.message)
+                        Attempt(
+                            route.alias,
+                            route.target.provider,
+                            outcome,
+                            _ms(started),
+                            exc.status,
+                            exc.message,
+                        )
                     )
                     raise
-                self.attempts.append(Attempt(route.alias, route.target.provider, "ok", _ms(started)))
+                self.attempts.append(
+                    Attempt(route.alias, route.target.provider, "ok", _ms(started))
+                )
                 return result
         raise AssertionError("unreachable: tenacity reraises the last error")
 
-    async def _first_success(self, routes: list[Route], call: Callable[[Route], Awaitable[T]]) -> tuple[Route, T]:
+    async def _first_success(
+        self, routes: list[Route], call: Callable[[Route], Awaitable[T]]
+    ) -> tuple[Route, T]:
         for route in routes:
             try:
                 return route, await self._retrying(route, lambda r=route: call(r))
@@ -138,7 +153,9 @@ class Router:
         self, routes: list[Route], messages: list[dict[str, Any]], params: dict[str, Any]
     ) -> tuple[Route, Completion]:
         async def call(route: Route) -> Completion:
-            return await ADAPTERS[route.target.kind].complete(self.http, route.target, messages, params)
+            return await ADAPTERS[route.target.kind].complete(
+                self.http, route.target, messages, params
+            )
 
         return await self._first_success(routes, call)
 

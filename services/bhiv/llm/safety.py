@@ -43,15 +43,26 @@ def iban_ok(candidate: str) -> bool:
 
 
 _VERHOEFF_D = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 2, 3, 4, 0, 6, 7, 8, 9, 5], [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
-    [3, 4, 0, 1, 2, 8, 9, 5, 6, 7], [4, 0, 1, 2, 3, 9, 5, 6, 7, 8], [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
-    [6, 5, 9, 8, 7, 1, 0, 4, 3, 2], [7, 6, 5, 9, 8, 2, 1, 0, 4, 3], [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    [1, 2, 3, 4, 0, 6, 7, 8, 9, 5],
+    [2, 3, 4, 0, 1, 7, 8, 9, 5, 6],
+    [3, 4, 0, 1, 2, 8, 9, 5, 6, 7],
+    [4, 0, 1, 2, 3, 9, 5, 6, 7, 8],
+    [5, 9, 8, 7, 6, 0, 4, 3, 2, 1],
+    [6, 5, 9, 8, 7, 1, 0, 4, 3, 2],
+    [7, 6, 5, 9, 8, 2, 1, 0, 4, 3],
+    [8, 7, 6, 5, 9, 3, 2, 1, 0, 4],
     [9, 8, 7, 6, 5, 4, 3, 2, 1, 0],
 ]
 _VERHOEFF_P = [
-    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9], [1, 5, 7, 6, 2, 8, 3, 0, 9, 4], [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
-    [8, 9, 1, 6, 0, 4, 3, 5, 2, 7], [9, 4, 5, 3, 1, 2, 6, 8, 7, 0], [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
-    [2, 7, 9, 3, 8, 0, 6, 4, 1, 5], [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
+    [0, 1, 2, 3, 4, 5, 6, 7, 8, 9],
+    [1, 5, 7, 6, 2, 8, 3, 0, 9, 4],
+    [5, 8, 0, 3, 7, 9, 6, 1, 4, 2],
+    [8, 9, 1, 6, 0, 4, 3, 5, 2, 7],
+    [9, 4, 5, 3, 1, 2, 6, 8, 7, 0],
+    [4, 2, 8, 6, 5, 7, 3, 9, 0, 1],
+    [2, 7, 9, 3, 8, 0, 6, 4, 1, 5],
+    [7, 0, 4, 6, 9, 1, 3, 2, 5, 8],
 ]
 
 
@@ -95,7 +106,10 @@ def _aadhaar_ok(m: str) -> bool:
 # Order matters: earlier detectors claim their spans first, so a card number is
 # not also reported as a phone number.
 PII_DETECTORS: tuple[Detector, ...] = (
-    Detector("email", re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")),
+    Detector(
+        "email",
+        re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b"),
+    ),
     Detector(
         "api_key",
         re.compile(
@@ -111,7 +125,9 @@ PII_DETECTORS: tuple[Detector, ...] = (
     Detector("ipv4", re.compile(r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d]|\.\d)"), _ipv4_ok),
     Detector(
         "phone",
-        re.compile(r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]?\d{2,5}){1,4}(?![\w.-]\d)"),
+        re.compile(
+            r"(?<![\w+])(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{2,5}(?:[ .-]?\d{2,5}){1,4}(?![\w.-]\d)"
+        ),
         _phone_ok,
     ),
 )
@@ -121,10 +137,16 @@ PII_DETECTORS: tuple[Detector, ...] = (
 INJECTION_HEURISTICS: tuple[tuple[float, re.Pattern[str]], ...] = tuple(
     (w, re.compile(p, re.IGNORECASE))
     for w, p in (
-        (0.6, r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:previous|prior|above|earlier|all|any|your)\b"
-              r".{0,20}\b(?:instructions?|prompts?|rules?|directions?|guidelines?)"),
-        (0.5, r"\b(?:reveal|show|print|repeat|output|leak)\b.{0,40}\b(?:system|hidden|initial|secret)\s+"
-              r"(?:prompt|instructions?|message)"),
+        (
+            0.6,
+            r"\b(?:ignore|disregard|forget|override)\b.{0,40}\b(?:previous|prior|above|earlier|all|any|your)\b"
+            r".{0,20}\b(?:instructions?|prompts?|rules?|directions?|guidelines?)",
+        ),
+        (
+            0.5,
+            r"\b(?:reveal|show|print|repeat|output|leak)\b.{0,40}\b(?:system|hidden|initial|secret)\s+"
+            r"(?:prompt|instructions?|message)",
+        ),
         (0.4, r"\byou\s+are\s+now\b|\bfrom\s+now\s+on\s+you\s+(?:are|will)\b"),
         (0.4, r"\b(?:DAN|do\s+anything\s+now|developer\s+mode|jailbreak)\b"),
         (0.3, r"\bpretend\s+(?:to\s+be|you\s+are)\b|\bact\s+as\s+(?:if|an?\s+unrestricted)\b"),
@@ -212,7 +234,9 @@ def redact(text: str, findings: Sequence[Finding]) -> str:
     return "".join(out)
 
 
-def check(texts: Sequence[str], policy: Policy, *, injection_in: Sequence[bool] | None = None) -> Verdict:
+def check(
+    texts: Sequence[str], policy: Policy, *, injection_in: Sequence[bool] | None = None
+) -> Verdict:
     """Check texts (e.g. the messages of one request) and apply the policy.
 
     ``injection_in[i]`` says whether text ``i`` is scanned for prompt injection:
@@ -246,7 +270,11 @@ def check(texts: Sequence[str], policy: Policy, *, injection_in: Sequence[bool] 
     if policy.action == "redact" and "prompt_injection" not in counts:
         redacted = [redact(t, spans) for t, spans in zip(texts, per_text, strict=True)]
         return Verdict("redacted", f"redacted: {summary}", score, findings, redacted)
-    why = "prompt injection cannot be redacted" if policy.action == "redact" else "policy blocks findings"
+    why = (
+        "prompt injection cannot be redacted"
+        if policy.action == "redact"
+        else "policy blocks findings"
+    )
     return Verdict("blocked", f"blocked ({why}): {summary}", score, findings, list(texts))
 
 

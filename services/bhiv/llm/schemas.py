@@ -30,7 +30,9 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Alias = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Price = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=6)]
 Tokens = Annotated[int, Field(ge=1, le=1_000_000)]
-Term = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), StorableText]
+Term = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), StorableText
+]
 MAX_TEXT = 400_000
 Text = Annotated[str, StorableText]
 StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=100), StorableText]
@@ -57,10 +59,14 @@ class ChatMessage(_Model):
         description="Who wrote the message; 'developer' is treated as 'system'.", examples=["user"]
     )
     content: Text | list[TextPart] = Field(
-        description="Text, or a list of text parts (joined).", examples=["What is the capital of France?"]
+        description="Text, or a list of text parts (joined).",
+        examples=["What is the capital of France?"],
     )
     name: str | None = Field(
-        None, pattern=r"^[A-Za-z0-9_-]{1,64}$", description="Optional author name.", examples=["alice"]
+        None,
+        pattern=r"^[A-Za-z0-9_-]{1,64}$",
+        description="Optional author name.",
+        examples=["alice"],
     )
 
     @field_validator("content")
@@ -73,31 +79,49 @@ class ChatMessage(_Model):
 
 
 class StreamOptions(_Model):
-    include_usage: bool = Field(False, description="Send a last chunk with the usage before [DONE].")
+    include_usage: bool = Field(
+        False, description="Send a last chunk with the usage before [DONE]."
+    )
 
 
 class ChatCompletionRequest(_Model):
     model: Alias = Field(description="A model alias from GET /models.", examples=["gpt-4o-mini"])
-    messages: list[ChatMessage] = Field(min_length=1, max_length=1000, description="The conversation so far.")
-    temperature: float | None = Field(None, ge=0, le=2, description="Sampling temperature.", examples=[0.2])
-    top_p: float | None = Field(None, gt=0, le=1, description="Nucleus sampling mass.", examples=[1.0])
+    messages: list[ChatMessage] = Field(
+        min_length=1, max_length=1000, description="The conversation so far."
+    )
+    temperature: float | None = Field(
+        None, ge=0, le=2, description="Sampling temperature.", examples=[0.2]
+    )
+    top_p: float | None = Field(
+        None, gt=0, le=1, description="Nucleus sampling mass.", examples=[1.0]
+    )
     max_tokens: Tokens | None = Field(None, description="Most tokens to generate.", examples=[256])
-    max_completion_tokens: Tokens | None = Field(None, description="Newer name for max_tokens.", examples=[256])
+    max_completion_tokens: Tokens | None = Field(
+        None, description="Newer name for max_tokens.", examples=[256]
+    )
     n: Literal[1] = Field(1, description="Only one choice per request is supported.", examples=[1])
     stop: Text | list[StopSequence] | None = Field(
         None, description="Up to 4 stop sequences.", examples=[["\n\n"]]
     )
     presence_penalty: float | None = Field(None, ge=-2, le=2, examples=[0])
     frequency_penalty: float | None = Field(None, ge=-2, le=2, examples=[0])
-    seed: int | None = Field(None, ge=-(2**63), le=2**63 - 1, description="Best-effort determinism.", examples=[7])
-    user: Text | None = Field(None, max_length=200, description="End-user ID passed to the provider.")
+    seed: int | None = Field(
+        None, ge=-(2**63), le=2**63 - 1, description="Best-effort determinism.", examples=[7]
+    )
+    user: Text | None = Field(
+        None, max_length=200, description="End-user ID passed to the provider."
+    )
     stream: bool = Field(False, description="Answer as server-sent events (chat.completion.chunk).")
     stream_options: StreamOptions | None = Field(None, description="Streaming options.")
     fallbacks: list[Alias] | None = Field(
-        None, max_length=10, description="BHIV: aliases to try, in order, if the model fails (overrides the model's).",
+        None,
+        max_length=10,
+        description="BHIV: aliases to try, in order, if the model fails (overrides the model's).",
         examples=[["claude-haiku"]],
     )
-    cache: bool = Field(True, description="BHIV: use the response cache for this request.", examples=[True])
+    cache: bool = Field(
+        True, description="BHIV: use the response cache for this request.", examples=[True]
+    )
 
     @field_validator("stop")
     @classmethod
@@ -116,7 +140,9 @@ class Usage(BaseModel):
 
 
 class SafetySummary(BaseModel):
-    decision: str = Field(description="allowed, flagged, redacted or blocked.", examples=["redacted"])
+    decision: str = Field(
+        description="allowed, flagged, redacted or blocked.", examples=["redacted"]
+    )
     reason: str = Field(examples=["redacted: email x1"])
     score: float = Field(description="Highest finding score, 0-1.", examples=[0.9])
     categories: list[str] = Field(examples=[["email"]])
@@ -128,15 +154,23 @@ class SafetyPair(BaseModel):
 
 
 class BhivExtension(BaseModel):
-    cache_hit: bool = Field(description="Served from the response cache (cost 0).", examples=[False])
-    tokenizer: str = Field(description="How the service counted tokens: cl100k_base or estimate.",
-                           examples=["cl100k_base"])
-    usage_source: str = Field(description="Where `usage` comes from: provider, cl100k_base or estimate.",
-                              examples=["provider"])
+    cache_hit: bool = Field(
+        description="Served from the response cache (cost 0).", examples=[False]
+    )
+    tokenizer: str = Field(
+        description="How the service counted tokens: cl100k_base or estimate.",
+        examples=["cl100k_base"],
+    )
+    usage_source: str = Field(
+        description="Where `usage` comes from: provider, cl100k_base or estimate.",
+        examples=["provider"],
+    )
     cost_usd: Decimal = Field(description="Cost of this request.", examples=["0.000123"])
     provider: str = Field(examples=["openai"])
     provider_model: str = Field(examples=["gpt-4o-mini-2024-07-18"])
-    attempts: list[dict[str, Any]] = Field(description="Every call made: model, provider, outcome, duration_ms.")
+    attempts: list[dict[str, Any]] = Field(
+        description="Every call made: model, provider, outcome, duration_ms."
+    )
     safety: SafetyPair
 
 
@@ -155,8 +189,10 @@ class ChatCompletion(BaseModel):
     id: str = Field(examples=["chatcmpl-3f2a..."])
     object: Literal["chat.completion"] = "chat.completion"
     created: int = Field(description="Unix time.", examples=[1767225600])
-    model: str = Field(description="The alias that answered (a fallback if the first failed).",
-                       examples=["gpt-4o-mini"])
+    model: str = Field(
+        description="The alias that answered (a fallback if the first failed).",
+        examples=["gpt-4o-mini"],
+    )
     choices: list[Choice]
     usage: Usage
     bhiv: BhivExtension
@@ -178,20 +214,33 @@ class ModelCardList(BaseModel):
 
 
 class QueryRequest(_Model):
-    prompt: Text = Field(min_length=1, max_length=MAX_TEXT, description="The question.",
-                        examples=["Summarise our return policy in one sentence."])
-    model: Alias | None = Field(None, description="Alias; default: the conversation's, then the service's.",
-                                examples=["gpt-4o-mini"])
-    system: Text | None = Field(None, max_length=MAX_TEXT, description="System prompt (without a conversation).",
-                               examples=["You are terse."])
-    conversation_id: int | None = Field(None, ge=1, le=2**31 - 1,
-                                        description="Continue this conversation: history is sent and kept.")
+    prompt: Text = Field(
+        min_length=1,
+        max_length=MAX_TEXT,
+        description="The question.",
+        examples=["Summarise our return policy in one sentence."],
+    )
+    model: Alias | None = Field(
+        None,
+        description="Alias; default: the conversation's, then the service's.",
+        examples=["gpt-4o-mini"],
+    )
+    system: Text | None = Field(
+        None,
+        max_length=MAX_TEXT,
+        description="System prompt (without a conversation).",
+        examples=["You are terse."],
+    )
+    conversation_id: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="Continue this conversation: history is sent and kept.",
+    )
     max_tokens: Tokens | None = Field(None, description="Most tokens to generate.", examples=[256])
     temperature: float | None = Field(None, ge=0, le=2, examples=[0.2])
     top_p: float | None = Field(None, gt=0, le=1, examples=[1.0])
-    stop: list[StopSequence] | None = Field(
-        None, max_length=4, examples=[["\n\n"]]
-    )
+    stop: list[StopSequence] | None = Field(None, max_length=4, examples=[["\n\n"]])
     fallbacks: list[Alias] | None = Field(None, max_length=10, examples=[["claude-haiku"]])
     cache: bool = Field(True, description="Use the response cache (never for conversations).")
 
@@ -201,14 +250,22 @@ class QueryUsage(Usage):
 
 
 class ContextReport(BaseModel):
-    history_messages: int = Field(description="Earlier messages sent with this prompt.", examples=[6])
-    dropped_messages: int = Field(description="Earlier messages left out to fit the window.", examples=[2])
-    summarized: bool = Field(description="Left-out messages were replaced by a summary.", examples=[False])
+    history_messages: int = Field(
+        description="Earlier messages sent with this prompt.", examples=[6]
+    )
+    dropped_messages: int = Field(
+        description="Earlier messages left out to fit the window.", examples=[2]
+    )
+    summarized: bool = Field(
+        description="Left-out messages were replaced by a summary.", examples=[False]
+    )
 
 
 class QueryResponse(BaseModel):
     id: str = Field(examples=["chatcmpl-3f2a..."])
-    answer: str = Field(description="The answer after output filtering.", examples=["Returns are free for 30 days."])
+    answer: str = Field(
+        description="The answer after output filtering.", examples=["Returns are free for 30 days."]
+    )
     finish_reason: str = Field(examples=["stop"])
     model: str = Field(examples=["gpt-4o-mini"])
     provider: str = Field(examples=["openai"])
@@ -228,18 +285,28 @@ class QueryResponse(BaseModel):
 
 class ProviderCreate(_Model):
     name: Name = Field(description="Unique provider name.", examples=["openai"])
-    kind: ProviderKind = Field("openai", description="Wire format: openai (OpenAI-compatible) or anthropic.")
-    base_url: Text = Field(pattern=r"^https?://[^\s/]+(/\S*)?$", max_length=500,
-                          description="API root, e.g. https://api.openai.com/v1 or http://localhost:11434/v1.",
-                          # A loopback example: API fuzzers register their examples and then query them.
-                          examples=["http://127.0.0.1:11434/v1"])
+    kind: ProviderKind = Field(
+        "openai", description="Wire format: openai (OpenAI-compatible) or anthropic."
+    )
+    base_url: Text = Field(
+        pattern=r"^https?://[^\s/]+(/\S*)?$",
+        max_length=500,
+        description="API root, e.g. https://api.openai.com/v1 or http://localhost:11434/v1.",
+        # A loopback example: API fuzzers register their examples and then query them.
+        examples=["http://127.0.0.1:11434/v1"],
+    )
     api_key_env: str | None = Field(
-        None, pattern=KEY_ENV_PATTERN,
+        None,
+        pattern=KEY_ENV_PATTERN,
         description="Environment variable holding the key (must start with BHIV_LLM_KEY_); never the key itself.",
         examples=["BHIV_LLM_KEY_OPENAI"],
     )
-    timeout_seconds: float = Field(60.0, gt=0, le=600, description="Per-call timeout.", examples=[30])
-    max_retries: int = Field(2, ge=0, le=10, description="Retries on the same model before falling back.")
+    timeout_seconds: float = Field(
+        60.0, gt=0, le=600, description="Per-call timeout.", examples=[30]
+    )
+    max_retries: int = Field(
+        2, ge=0, le=10, description="Retries on the same model before falling back."
+    )
     enabled: bool = Field(True, description="Disabled providers are skipped.")
 
 
@@ -257,11 +324,15 @@ class ProviderRead(_Read):
     kind: str = Field(examples=["openai"])
     base_url: str = Field(examples=["http://127.0.0.1:11434/v1"])
     api_key_env: str | None = Field(examples=["BHIV_LLM_KEY_OPENAI"])
-    api_key_configured: bool = Field(description="The named variable is set (its value is never shown).")
+    api_key_configured: bool = Field(
+        description="The named variable is set (its value is never shown)."
+    )
     timeout_seconds: float = Field(examples=[30])
     max_retries: int = Field(examples=[2])
     enabled: bool
-    source: str = Field(description="config (from BHIV_LLM_PROVIDERS, read-only here) or api.", examples=["api"])
+    source: str = Field(
+        description="config (from BHIV_LLM_PROVIDERS, read-only here) or api.", examples=["api"]
+    )
     created_at: dt.datetime
     updated_at: dt.datetime
 
@@ -269,15 +340,30 @@ class ProviderRead(_Read):
 class ModelCreate(_Model):
     alias: Alias = Field(description="Name clients use.", examples=["gpt-4o-mini"])
     provider: Name = Field(description="A registered provider's name.", examples=["openai"])
-    model: Text = Field(min_length=1, max_length=200, description="The provider's model name.",
-                       examples=["gpt-4o-mini-2024-07-18"])
-    input_price_per_1k: Price = Field(Decimal("0"), description="USD per 1000 prompt tokens.", examples=["0.00015"])
-    output_price_per_1k: Price = Field(Decimal("0"), description="USD per 1000 answer tokens.", examples=["0.0006"])
-    context_window: int = Field(8192, ge=256, le=10_000_000, description="Tokens the model accepts in all.")
+    model: Text = Field(
+        min_length=1,
+        max_length=200,
+        description="The provider's model name.",
+        examples=["gpt-4o-mini-2024-07-18"],
+    )
+    input_price_per_1k: Price = Field(
+        Decimal("0"), description="USD per 1000 prompt tokens.", examples=["0.00015"]
+    )
+    output_price_per_1k: Price = Field(
+        Decimal("0"), description="USD per 1000 answer tokens.", examples=["0.0006"]
+    )
+    context_window: int = Field(
+        8192, ge=256, le=10_000_000, description="Tokens the model accepts in all."
+    )
     max_output_tokens: Tokens | None = Field(None, description="Most tokens the model generates.")
-    tokenizer: Tokenizer = Field("cl100k_base", description="How the service counts tokens for this model.")
-    fallbacks: list[Alias] = Field(default_factory=list, max_length=10,
-                                   description="Aliases tried, in order, when this one fails.")
+    tokenizer: Tokenizer = Field(
+        "cl100k_base", description="How the service counts tokens for this model."
+    )
+    fallbacks: list[Alias] = Field(
+        default_factory=list,
+        max_length=10,
+        description="Aliases tried, in order, when this one fails.",
+    )
     enabled: bool = True
 
 
@@ -302,8 +388,10 @@ class ModelRead(BaseModel):
     context_window: int = Field(examples=[128000])
     max_output_tokens: int | None = Field(examples=[16384])
     tokenizer: str = Field(description="Configured tokenizer.", examples=["cl100k_base"])
-    tokenizer_in_use: str = Field(description="What counting actually uses (estimate if the tokenizer is missing).",
-                                  examples=["cl100k_base"])
+    tokenizer_in_use: str = Field(
+        description="What counting actually uses (estimate if the tokenizer is missing).",
+        examples=["cl100k_base"],
+    )
     fallbacks: list[str] = Field(examples=[["claude-haiku"]])
     enabled: bool
     available: bool = Field(description="Enabled, and so is its provider.")
@@ -327,17 +415,26 @@ class ModelList(BaseModel):
 class PolicyPut(_Model):
     safety_action: SafetyAction = Field("redact", description="block, redact or flag findings.")
     blocklist: list[Term] = Field(default_factory=list, max_length=500, examples=[["project-x"]])
-    injection_threshold: float = Field(0.5, ge=0, le=1, description="Injection score counted as a finding.")
-    requests_per_minute: int | None = Field(None, ge=1, le=1_000_000, description="Unset: no limit.")
-    tokens_per_minute: int | None = Field(None, ge=1, le=1_000_000_000, description="Unset: no limit.")
-    monthly_budget_usd: Decimal | None = Field(None, ge=0, max_digits=14, decimal_places=6,
-                                               description="Unset: no budget.")
+    injection_threshold: float = Field(
+        0.5, ge=0, le=1, description="Injection score counted as a finding."
+    )
+    requests_per_minute: int | None = Field(
+        None, ge=1, le=1_000_000, description="Unset: no limit."
+    )
+    tokens_per_minute: int | None = Field(
+        None, ge=1, le=1_000_000_000, description="Unset: no limit."
+    )
+    monthly_budget_usd: Decimal | None = Field(
+        None, ge=0, max_digits=14, decimal_places=6, description="Unset: no budget."
+    )
     cache_enabled: bool = Field(True, description="Answer identical requests from the cache.")
 
 
 class PolicyRead(_Read):
-    subject: str = Field(description="The key's subject (e.g. apikey:partner-a), or default.",
-                         examples=["apikey:partner-a"])
+    subject: str = Field(
+        description="The key's subject (e.g. apikey:partner-a), or default.",
+        examples=["apikey:partner-a"],
+    )
     safety_action: str
     blocklist: list[str]
     injection_threshold: float
@@ -351,7 +448,9 @@ class PolicyRead(_Read):
 
 class Quota(BaseModel):
     subject: str = Field(examples=["apikey:partner-a"])
-    policy: str = Field(description="Whose policy applies: the subject, default, or settings.", examples=["default"])
+    policy: str = Field(
+        description="Whose policy applies: the subject, default, or settings.", examples=["default"]
+    )
     requests_per_minute: int | None
     tokens_per_minute: int | None
     requests_this_minute: int
@@ -366,10 +465,15 @@ class Quota(BaseModel):
 
 class ConversationCreate(_Model):
     title: Text | None = Field(None, max_length=200, examples=["Returns policy"])
-    model: Alias | None = Field(None, description="Default alias for this conversation.", examples=["gpt-4o-mini"])
-    system_prompt: Text | None = Field(None, max_length=MAX_TEXT, examples=["You are a support agent."])
+    model: Alias | None = Field(
+        None, description="Default alias for this conversation.", examples=["gpt-4o-mini"]
+    )
+    system_prompt: Text | None = Field(
+        None, max_length=MAX_TEXT, examples=["You are a support agent."]
+    )
     context_strategy: ContextStrategy | None = Field(
-        None, description="When history outgrows the window: truncate oldest turns, or summarize them.",
+        None,
+        description="When history outgrows the window: truncate oldest turns, or summarize them.",
     )
 
 

@@ -49,8 +49,10 @@ async def engine_lifespan(app: FastAPI) -> AsyncIterator[None]:
     await run_in_threadpool(configure)
     # One pooled client for every provider call; timeouts are set per call
     # from each provider's own setting.
-    http = httpx.AsyncClient(limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
-                             follow_redirects=False)
+    http = httpx.AsyncClient(
+        limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
+        follow_redirects=False,
+    )
     app.state.llm = Engine(settings, db, http)
 
     def purge() -> None:
@@ -92,9 +94,15 @@ SPEC = ServiceSpec(
     openapi_tags=[
         {"name": "chat", "description": "OpenAI-compatible chat completions and model list."},
         {"name": "query", "description": "The service's own query endpoint and conversations."},
-        {"name": "providers", "description": "Where models are served (keys referenced, never stored)."},
+        {
+            "name": "providers",
+            "description": "Where models are served (keys referenced, never stored).",
+        },
         {"name": "models", "description": "Aliases, prices, context windows and fallbacks."},
-        {"name": "policies", "description": "Per-key safety action, blocklist, rate limits and budget."},
+        {
+            "name": "policies",
+            "description": "Per-key safety action, blocklist, rate limits and budget.",
+        },
         {"name": "usage", "description": "Tokens and cost per key, tenant and model."},
         {"name": "safety", "description": "Safety decisions and a dry-run checker."},
         {"name": "cache", "description": "The response cache."},

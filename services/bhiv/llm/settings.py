@@ -73,24 +73,44 @@ class LlmSettings(ServiceSettings):
         default_factory=list, description="JSON list of model aliases, applied at every start."
     )
     llm_default_model: str | None = Field(
-        None, description="Alias used when a /query names no model (default: the first enabled alias)."
+        None,
+        description="Alias used when a /query names no model (default: the first enabled alias).",
     )
-    llm_cache_ttl_seconds: int = Field(600, ge=0, le=30 * 24 * 3600, description="0 turns the cache off.")
-    llm_safety_action: SafetyAction = Field("redact", description="What the default policy does with findings.")
+    llm_cache_ttl_seconds: int = Field(
+        600, ge=0, le=30 * 24 * 3600, description="0 turns the cache off."
+    )
+    llm_safety_action: SafetyAction = Field(
+        "redact", description="What the default policy does with findings."
+    )
     llm_blocklist: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated terms the default policy acts on."
     )
-    llm_injection_threshold: float = Field(0.5, ge=0, le=1, description="Injection score that counts as a finding.")
-    llm_requests_per_minute: int | None = Field(60, ge=1, description="Default per-key request limit; unset: none.")
-    llm_tokens_per_minute: int | None = Field(100_000, ge=1, description="Default per-key token limit; unset: none.")
-    llm_monthly_budget_usd: Decimal | None = Field(None, ge=0, description="Default per-key budget; unset: none.")
-    llm_context_strategy: ContextStrategy = Field("truncate", description="Default for new conversations.")
+    llm_injection_threshold: float = Field(
+        0.5, ge=0, le=1, description="Injection score that counts as a finding."
+    )
+    llm_requests_per_minute: int | None = Field(
+        60, ge=1, description="Default per-key request limit; unset: none."
+    )
+    llm_tokens_per_minute: int | None = Field(
+        100_000, ge=1, description="Default per-key token limit; unset: none."
+    )
+    llm_monthly_budget_usd: Decimal | None = Field(
+        None, ge=0, description="Default per-key budget; unset: none."
+    )
+    llm_context_strategy: ContextStrategy = Field(
+        "truncate", description="Default for new conversations."
+    )
     llm_breaker_failures: int = Field(
         5, ge=1, le=1000, description="Consecutive failures that pause a model (per replica)."
     )
-    llm_breaker_seconds: float = Field(30.0, gt=0, le=3600, description="How long a paused model is skipped.")
+    llm_breaker_seconds: float = Field(
+        30.0, gt=0, le=3600, description="How long a paused model is skipped."
+    )
     llm_reserve_output_tokens: int = Field(
-        1024, ge=1, le=1_000_000, description="Tokens kept free for the answer when a request sets no max_tokens."
+        1024,
+        ge=1,
+        le=1_000_000,
+        description="Tokens kept free for the answer when a request sets no max_tokens.",
     )
 
     @field_validator("llm_blocklist", mode="before")

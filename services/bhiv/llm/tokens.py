@@ -57,7 +57,9 @@ def _encoding() -> Any | None:
                 else:
                     os.environ["TIKTOKEN_CACHE_DIR"] = previous
     except Exception as exc:  # missing package, missing data file, hash mismatch
-        log.warning("cl100k_base tokenizer unavailable (%s); token counts are estimates", type(exc).__name__)
+        log.warning(
+            "cl100k_base tokenizer unavailable (%s); token counts are estimates", type(exc).__name__
+        )
         return None
 
 
@@ -77,7 +79,11 @@ class Counter:
         return math.ceil(len(text) / CHARS_PER_TOKEN)
 
     def message(self, message: Mapping[str, Any]) -> int:
-        n = TOKENS_PER_MESSAGE + self.text(str(message.get("role", ""))) + self.text(message_text(message))
+        n = (
+            TOKENS_PER_MESSAGE
+            + self.text(str(message.get("role", "")))
+            + self.text(message_text(message))
+        )
         if message.get("name"):
             n += TOKENS_PER_NAME + self.text(str(message["name"]))
         return n

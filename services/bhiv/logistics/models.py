@@ -81,8 +81,12 @@ class Item(Timestamps, Base):
     name: Mapped[str] = mapped_column(String(200))
     description: Mapped[str | None] = mapped_column(Text)
     category: Mapped[str | None] = mapped_column(String(100))
-    warehouse_id: Mapped[int | None] = mapped_column(ForeignKey("warehouses.id", ondelete="RESTRICT"), index=True)
-    supplier_id: Mapped[int | None] = mapped_column(ForeignKey("suppliers.id", ondelete="RESTRICT"), index=True)
+    warehouse_id: Mapped[int | None] = mapped_column(
+        ForeignKey("warehouses.id", ondelete="RESTRICT"), index=True
+    )
+    supplier_id: Mapped[int | None] = mapped_column(
+        ForeignKey("suppliers.id", ondelete="RESTRICT"), index=True
+    )
     quantity: Mapped[int] = mapped_column(Integer, default=0)
     reserved: Mapped[int] = mapped_column(Integer, default=0)
     reorder_level: Mapped[int] = mapped_column(Integer, default=0)
@@ -114,7 +118,9 @@ class StockMovement(Base):
     reserved_delta: Mapped[int] = mapped_column(Integer)
     reference: Mapped[str | None] = mapped_column(String(100))
     note: Mapped[str | None] = mapped_column(Text)
-    shipment_id: Mapped[int | None] = mapped_column(ForeignKey("shipments.id", ondelete="SET NULL"), index=True)
+    shipment_id: Mapped[int | None] = mapped_column(
+        ForeignKey("shipments.id", ondelete="SET NULL"), index=True
+    )
     actor: Mapped[str] = mapped_column(String(200))
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
 
@@ -127,16 +133,24 @@ class Shipment(Timestamps, Base):
     status: Mapped[ShipmentStatus] = mapped_column(
         string_enum(ShipmentStatus, "shipment_status"), default=ShipmentStatus.created, index=True
     )
-    warehouse_id: Mapped[int | None] = mapped_column(ForeignKey("warehouses.id", ondelete="RESTRICT"))
+    warehouse_id: Mapped[int | None] = mapped_column(
+        ForeignKey("warehouses.id", ondelete="RESTRICT")
+    )
     destination: Mapped[str] = mapped_column(Text)
     carrier: Mapped[str | None] = mapped_column(String(100))
     tracking_number: Mapped[str | None] = mapped_column(String(100))
 
     lines: Mapped[list[ShipmentLine]] = relationship(
-        back_populates="shipment", cascade="all, delete-orphan", order_by="ShipmentLine.id", lazy="selectin"
+        back_populates="shipment",
+        cascade="all, delete-orphan",
+        order_by="ShipmentLine.id",
+        lazy="selectin",
     )
     events: Mapped[list[TrackingEvent]] = relationship(
-        back_populates="shipment", cascade="all, delete-orphan", order_by="TrackingEvent.id", lazy="raise"
+        back_populates="shipment",
+        cascade="all, delete-orphan",
+        order_by="TrackingEvent.id",
+        lazy="raise",
     )
 
 
@@ -145,7 +159,9 @@ class ShipmentLine(Base):
     __table_args__ = (CheckConstraint("quantity > 0", name="quantity_positive"),)
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    shipment_id: Mapped[int] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
+    shipment_id: Mapped[int] = mapped_column(
+        ForeignKey("shipments.id", ondelete="CASCADE"), index=True
+    )
     item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="RESTRICT"), index=True)
     sku: Mapped[str] = mapped_column(String(64))
     quantity: Mapped[int] = mapped_column(Integer)
@@ -157,7 +173,9 @@ class TrackingEvent(Base):
     __tablename__ = "tracking_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
-    shipment_id: Mapped[int] = mapped_column(ForeignKey("shipments.id", ondelete="CASCADE"), index=True)
+    shipment_id: Mapped[int] = mapped_column(
+        ForeignKey("shipments.id", ondelete="CASCADE"), index=True
+    )
     status: Mapped[ShipmentStatus] = mapped_column(string_enum(ShipmentStatus, "tracking_status"))
     location: Mapped[str | None] = mapped_column(String(200))
     description: Mapped[str] = mapped_column(Text)

@@ -14,12 +14,20 @@ from bhiv.logistics.models import MovementType, ShipmentStatus
 
 # Free text a database can store (no NUL, no lone surrogates: docs in bhiv.core.fields).
 Text = Annotated[str, StorableText]
-Text200 = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), StorableText]
+Text200 = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), StorableText
+]
 Sku = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    ),
 ]
 Code = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    str,
+    StringConstraints(
+        strip_whitespace=True, min_length=1, max_length=32, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+    ),
 ]
 Money = Annotated[Decimal, Field(ge=0, max_digits=12, decimal_places=2)]
 Count = Annotated[int, Field(ge=0, le=1_000_000_000)]
@@ -40,13 +48,17 @@ class _Read(BaseModel):
 class WarehouseCreate(_Model):
     code: Code = Field(description="Short unique code.", examples=["BLR-1"])
     name: Text200 = Field(description="Display name.", examples=["Bengaluru central"])
-    address: Text | None = Field(None, max_length=2000, description="Postal address.", examples=["12 MG Road"])
+    address: Text | None = Field(
+        None, max_length=2000, description="Postal address.", examples=["12 MG Road"]
+    )
 
 
 class WarehouseUpdate(_Model):
     code: Code | None = Field(None, description="Short unique code.", examples=["BLR-1"])
     name: Text200 | None = Field(None, description="Display name.", examples=["Bengaluru central"])
-    address: Text | None = Field(None, max_length=2000, description="Postal address.", examples=["12 MG Road"])
+    address: Text | None = Field(
+        None, max_length=2000, description="Postal address.", examples=["12 MG Road"]
+    )
 
 
 class WarehouseRead(_Read):
@@ -63,24 +75,54 @@ class WarehouseRead(_Read):
 
 class SupplierCreate(_Model):
     name: Text200 = Field(description="Unique supplier name.", examples=["Acme Components"])
-    contact_name: Text | None = Field(None, max_length=200, description="Person to talk to.", examples=["Asha Rao"])
-    email: EmailStr | None = Field(None, description="Contact email.", examples=["orders@acme.example"])
-    phone: Text | None = Field(None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"])
-    rating: Decimal = Field(
-        Decimal("0"), ge=0, le=5, max_digits=2, decimal_places=1, description="Quality rating, 0-5.", examples=["4.5"]
+    contact_name: Text | None = Field(
+        None, max_length=200, description="Person to talk to.", examples=["Asha Rao"]
     )
-    lead_time_days: int = Field(7, ge=0, le=365, description="Days from order to delivery.", examples=[5])
+    email: EmailStr | None = Field(
+        None, description="Contact email.", examples=["orders@acme.example"]
+    )
+    phone: Text | None = Field(
+        None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"]
+    )
+    rating: Decimal = Field(
+        Decimal("0"),
+        ge=0,
+        le=5,
+        max_digits=2,
+        decimal_places=1,
+        description="Quality rating, 0-5.",
+        examples=["4.5"],
+    )
+    lead_time_days: int = Field(
+        7, ge=0, le=365, description="Days from order to delivery.", examples=[5]
+    )
 
 
 class SupplierUpdate(_Model):
-    name: Text200 | None = Field(None, description="Unique supplier name.", examples=["Acme Components"])
-    contact_name: Text | None = Field(None, max_length=200, description="Person to talk to.", examples=["Asha Rao"])
-    email: EmailStr | None = Field(None, description="Contact email.", examples=["orders@acme.example"])
-    phone: Text | None = Field(None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"])
-    rating: Decimal | None = Field(
-        None, ge=0, le=5, max_digits=2, decimal_places=1, description="Quality rating, 0-5.", examples=["4.5"]
+    name: Text200 | None = Field(
+        None, description="Unique supplier name.", examples=["Acme Components"]
     )
-    lead_time_days: int | None = Field(None, ge=0, le=365, description="Days from order to delivery.", examples=[5])
+    contact_name: Text | None = Field(
+        None, max_length=200, description="Person to talk to.", examples=["Asha Rao"]
+    )
+    email: EmailStr | None = Field(
+        None, description="Contact email.", examples=["orders@acme.example"]
+    )
+    phone: Text | None = Field(
+        None, max_length=50, description="Contact phone.", examples=["+91 80 5555 0100"]
+    )
+    rating: Decimal | None = Field(
+        None,
+        ge=0,
+        le=5,
+        max_digits=2,
+        decimal_places=1,
+        description="Quality rating, 0-5.",
+        examples=["4.5"],
+    )
+    lead_time_days: int | None = Field(
+        None, ge=0, le=365, description="Days from order to delivery.", examples=[5]
+    )
 
 
 class SupplierRead(_Read):
@@ -101,14 +143,20 @@ class SupplierRead(_Read):
 class ItemCreate(_Model):
     sku: Sku = Field(description="Unique stock-keeping unit.", examples=["WIDGET-001"])
     name: Text200 = Field(description="Item name.", examples=["Steel widget"])
-    description: Text | None = Field(None, max_length=5000, description="Free text.", examples=["M6, zinc plated"])
-    category: Text | None = Field(None, max_length=100, description="Category for reports.", examples=["hardware"])
+    description: Text | None = Field(
+        None, max_length=5000, description="Free text.", examples=["M6, zinc plated"]
+    )
+    category: Text | None = Field(
+        None, max_length=100, description="Category for reports.", examples=["hardware"]
+    )
     warehouse_id: RowId | None = Field(None, description="Where it is stored.", examples=[1])
     supplier_id: RowId | None = Field(None, description="Who supplies it.", examples=[1])
     quantity: Count = Field(
         0, description="Opening stock, recorded in the ledger as a receipt.", examples=[100]
     )
-    reorder_level: Count = Field(0, description="Alert when available stock falls to this.", examples=[20])
+    reorder_level: Count = Field(
+        0, description="Alert when available stock falls to this.", examples=[20]
+    )
     unit_cost: Money = Field(Decimal("0"), description="Cost of one unit.", examples=["2.50"])
 
 
@@ -116,11 +164,17 @@ class ItemUpdate(_Model):
     """Stock levels are not editable here: post a movement to the ledger instead."""
 
     name: Text200 | None = Field(None, description="Item name.", examples=["Steel widget"])
-    description: Text | None = Field(None, max_length=5000, description="Free text.", examples=["M6, zinc plated"])
-    category: Text | None = Field(None, max_length=100, description="Category for reports.", examples=["hardware"])
+    description: Text | None = Field(
+        None, max_length=5000, description="Free text.", examples=["M6, zinc plated"]
+    )
+    category: Text | None = Field(
+        None, max_length=100, description="Category for reports.", examples=["hardware"]
+    )
     warehouse_id: RowId | None = Field(None, description="Where it is stored.", examples=[1])
     supplier_id: RowId | None = Field(None, description="Who supplies it.", examples=[1])
-    reorder_level: Count | None = Field(None, description="Alert when available stock falls to this.", examples=[20])
+    reorder_level: Count | None = Field(
+        None, description="Alert when available stock falls to this.", examples=[20]
+    )
     unit_cost: Money | None = Field(None, description="Cost of one unit.", examples=["2.50"])
 
 
@@ -132,10 +186,18 @@ class ItemRead(_Read):
     category: str | None = Field(description="Category for reports.", examples=["hardware"])
     warehouse_id: int | None = Field(description="Where it is stored.", examples=[1])
     supplier_id: int | None = Field(description="Who supplies it.", examples=[1])
-    quantity: int = Field(description="Units on hand: the sum of the ledger's on-hand deltas.", examples=[100])
-    reserved: int = Field(description="Units promised to shipments and reservations.", examples=[10])
-    available: int = Field(description="quantity - reserved: what can still be reserved.", examples=[90])
-    reorder_level: int = Field(description="Alert when available stock falls to this.", examples=[20])
+    quantity: int = Field(
+        description="Units on hand: the sum of the ledger's on-hand deltas.", examples=[100]
+    )
+    reserved: int = Field(
+        description="Units promised to shipments and reservations.", examples=[10]
+    )
+    available: int = Field(
+        description="quantity - reserved: what can still be reserved.", examples=[90]
+    )
+    reorder_level: int = Field(
+        description="Alert when available stock falls to this.", examples=[20]
+    )
     unit_cost: Decimal = Field(description="Cost of one unit.", examples=["2.50"])
     low_stock: bool = Field(description="available <= reorder_level.", examples=[False])
     created_at: dt.datetime = Field(description="When it was created (UTC).")
@@ -154,7 +216,9 @@ class MovementCreate(_Model):
         description="Units; positive, except an adjustment which may be negative. Never 0.",
         examples=[5],
     )
-    reference: Text | None = Field(None, max_length=100, description="Your order or document number.", examples=["SO-1001"])
+    reference: Text | None = Field(
+        None, max_length=100, description="Your order or document number.", examples=["SO-1001"]
+    )
     note: Text | None = Field(None, max_length=2000, description="Why.", examples=["cycle count"])
 
     @model_validator(mode="after")
@@ -162,7 +226,9 @@ class MovementCreate(_Model):
         if self.quantity == 0:
             raise ValueError("quantity must not be 0")
         if self.type != MovementType.adjustment and self.quantity < 0:
-            raise ValueError(f"quantity must be positive for a {self.type.value}; only adjustments may be negative")
+            raise ValueError(
+                f"quantity must be positive for a {self.type.value}; only adjustments may be negative"
+            )
         return self
 
 
@@ -173,9 +239,13 @@ class MovementRead(_Read):
     quantity: int = Field(description="Units as requested.", examples=[5])
     on_hand_delta: int = Field(description="Change to quantity on hand.", examples=[0])
     reserved_delta: int = Field(description="Change to reserved units.", examples=[5])
-    reference: str | None = Field(description="Your order or document number.", examples=["SO-1001"])
+    reference: str | None = Field(
+        description="Your order or document number.", examples=["SO-1001"]
+    )
     note: str | None = Field(description="Why.", examples=["cycle count"])
-    shipment_id: int | None = Field(description="The shipment that caused it, if any.", examples=[None])
+    shipment_id: int | None = Field(
+        description="The shipment that caused it, if any.", examples=[None]
+    )
     actor: str = Field(description="Who recorded it (the caller's subject).", examples=["dev"])
     created_at: dt.datetime = Field(description="When it was recorded (UTC).")
 
@@ -187,7 +257,10 @@ class MovementResult(BaseModel):
 
 class ReorderAlert(BaseModel):
     item: ItemRead
-    shortfall: int = Field(description="reorder_level - available + 1: units to bring stock above the level.", examples=[5])
+    shortfall: int = Field(
+        description="reorder_level - available + 1: units to bring stock above the level.",
+        examples=[5],
+    )
     supplier: SupplierRead | None = Field(description="The item's supplier, to order from.")
     expected_days: int | None = Field(description="The supplier's lead time.", examples=[5])
 
@@ -197,16 +270,34 @@ class ReorderAlert(BaseModel):
 
 class ShipmentLineIn(_Model):
     sku: Sku = Field(description="Item to ship.", examples=["WIDGET-001"])
-    quantity: int = Field(ge=1, le=1_000_000, description="Units to ship; reserved when the shipment is created.", examples=[2])
+    quantity: int = Field(
+        ge=1,
+        le=1_000_000,
+        description="Units to ship; reserved when the shipment is created.",
+        examples=[2],
+    )
 
 
 class ShipmentCreate(_Model):
-    reference: Text | None = Field(None, max_length=100, description="Your unique order number.", examples=["SO-1001"])
+    reference: Text | None = Field(
+        None, max_length=100, description="Your unique order number.", examples=["SO-1001"]
+    )
     warehouse_id: RowId | None = Field(None, description="Origin warehouse.", examples=[1])
-    destination: Text = Field(min_length=1, max_length=2000, description="Delivery address.", examples=["5 Park St, Kolkata"])
-    carrier: Text | None = Field(None, max_length=100, description="Carrier name.", examples=["BlueDart"])
-    tracking_number: Text | None = Field(None, max_length=100, description="Carrier's tracking number.", examples=["BD123"])
-    lines: list[ShipmentLineIn] = Field(min_length=1, max_length=200, description="What to ship (distinct SKUs).")
+    destination: Text = Field(
+        min_length=1,
+        max_length=2000,
+        description="Delivery address.",
+        examples=["5 Park St, Kolkata"],
+    )
+    carrier: Text | None = Field(
+        None, max_length=100, description="Carrier name.", examples=["BlueDart"]
+    )
+    tracking_number: Text | None = Field(
+        None, max_length=100, description="Carrier's tracking number.", examples=["BD123"]
+    )
+    lines: list[ShipmentLineIn] = Field(
+        min_length=1, max_length=200, description="What to ship (distinct SKUs)."
+    )
 
     @model_validator(mode="after")
     def _distinct(self) -> ShipmentCreate:
@@ -225,11 +316,15 @@ class ShipmentLineRead(_Read):
 class ShipmentRead(_Read):
     id: int = Field(description="Shipment ID.", examples=[1])
     reference: str | None = Field(description="Your unique order number.", examples=["SO-1001"])
-    status: ShipmentStatus = Field(description="Where it is in its life cycle.", examples=["created"])
+    status: ShipmentStatus = Field(
+        description="Where it is in its life cycle.", examples=["created"]
+    )
     warehouse_id: int | None = Field(description="Origin warehouse.", examples=[1])
     destination: str = Field(description="Delivery address.", examples=["5 Park St, Kolkata"])
     carrier: str | None = Field(description="Carrier name.", examples=["BlueDart"])
-    tracking_number: str | None = Field(description="Carrier's tracking number.", examples=["BD123"])
+    tracking_number: str | None = Field(
+        description="Carrier's tracking number.", examples=["BD123"]
+    )
     lines: list[ShipmentLineRead] = Field(description="What is shipped.")
     created_at: dt.datetime = Field(description="When it was created (UTC).")
     updated_at: dt.datetime = Field(description="When it last changed (UTC).")
@@ -237,13 +332,21 @@ class ShipmentRead(_Read):
 
 class TransitionCreate(_Model):
     status: ShipmentStatus = Field(description="The next status.", examples=["picked"])
-    location: Text | None = Field(None, max_length=200, description="Where it happened.", examples=["Bengaluru hub"])
-    note: Text | None = Field(None, max_length=2000, description="Recorded on the tracking event.", examples=["Packed"])
+    location: Text | None = Field(
+        None, max_length=200, description="Where it happened.", examples=["Bengaluru hub"]
+    )
+    note: Text | None = Field(
+        None, max_length=2000, description="Recorded on the tracking event.", examples=["Packed"]
+    )
 
 
 class TrackingEventCreate(_Model):
-    location: Text | None = Field(None, max_length=200, description="Where the shipment is.", examples=["Pune hub"])
-    description: Text = Field(min_length=1, max_length=2000, description="What happened.", examples=["Arrived at hub"])
+    location: Text | None = Field(
+        None, max_length=200, description="Where the shipment is.", examples=["Pune hub"]
+    )
+    description: Text = Field(
+        min_length=1, max_length=2000, description="What happened.", examples=["Arrived at hub"]
+    )
     occurred_at: UTCTimestamp | None = Field(
         None, description="When (default: now). Must include a timezone (UTC offset)."
     )
@@ -251,7 +354,9 @@ class TrackingEventCreate(_Model):
 
 class TrackingEventRead(_Read):
     id: int = Field(description="Event ID.", examples=[1])
-    status: ShipmentStatus = Field(description="The shipment's status at that time.", examples=["in_transit"])
+    status: ShipmentStatus = Field(
+        description="The shipment's status at that time.", examples=["in_transit"]
+    )
     location: str | None = Field(description="Where.", examples=["Pune hub"])
     description: str = Field(description="What happened.", examples=["Arrived at hub"])
     occurred_at: dt.datetime = Field(description="When (UTC).")
@@ -262,7 +367,9 @@ class TrackingEventRead(_Read):
 
 
 class GroupTotals(BaseModel):
-    key: str | None = Field(description="Category name or warehouse code (null: none set).", examples=["hardware"])
+    key: str | None = Field(
+        description="Category name or warehouse code (null: none set).", examples=["hardware"]
+    )
     items: int = Field(description="Distinct items.", examples=[12])
     units: int = Field(description="Units on hand.", examples=[340])
     value: Decimal = Field(description="Units on hand x unit cost.", examples=["850.00"])
@@ -272,7 +379,9 @@ class InventoryAnalytics(BaseModel):
     items: int = Field(description="Distinct items.", examples=[12])
     units: int = Field(description="Units on hand.", examples=[340])
     reserved_units: int = Field(description="Units reserved.", examples=[20])
-    inventory_value: Decimal = Field(description="Sum of on-hand units x unit cost.", examples=["850.00"])
+    inventory_value: Decimal = Field(
+        description="Sum of on-hand units x unit cost.", examples=["850.00"]
+    )
     low_stock_count: int = Field(description="Items at or below their reorder level.", examples=[2])
     by_category: list[GroupTotals]
     by_warehouse: list[GroupTotals]

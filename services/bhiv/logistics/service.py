@@ -6,7 +6,8 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from bhiv import catalog
-from bhiv.core import ServiceSpec, create_app as _create_app
+from bhiv.core import ServiceSpec
+from bhiv.core import create_app as _create_app
 from bhiv.logistics.models import OUTBOX, Base
 from bhiv.logistics.routes import analytics, inventory, partners, shipments
 from bhiv.logistics.settings import LogisticsSettings
@@ -16,7 +17,13 @@ SPEC = ServiceSpec(
     title="BHIV Logistics",
     description="Inventory with an append-only stock ledger, suppliers, warehouses, shipments and analytics.",
     settings_class=LogisticsSettings,
-    routers=(inventory.router, partners.suppliers, partners.warehouses, shipments.router, analytics.router),
+    routers=(
+        inventory.router,
+        partners.suppliers,
+        partners.warehouses,
+        shipments.router,
+        analytics.router,
+    ),
     metadata=Base.metadata,
     migrations="bhiv.logistics:migrations",
     capabilities=catalog.get("logistics").capabilities,

@@ -65,8 +65,14 @@ def record(
             Item.quantity + d_on_hand >= Item.reserved + d_reserved,
             Item.reserved + d_reserved >= 0,
         )
-        .values(quantity=Item.quantity + d_on_hand, reserved=Item.reserved + d_reserved, updated_at=utcnow())
-        .returning(Item.sku, Item.name, Item.quantity, Item.reserved, Item.reorder_level, Item.supplier_id)
+        .values(
+            quantity=Item.quantity + d_on_hand,
+            reserved=Item.reserved + d_reserved,
+            updated_at=utcnow(),
+        )
+        .returning(
+            Item.sku, Item.name, Item.quantity, Item.reserved, Item.reorder_level, Item.supplier_id
+        )
         .execution_options(synchronize_session=False)
     ).first()
     if after is None:
@@ -102,7 +108,12 @@ def record(
                 "reserved": after.reserved,
                 "reorder_level": after.reorder_level,
                 "supplier_id": after.supplier_id,
-                "movement": {"id": movement.id, "type": kind.value, "quantity": quantity, "reference": reference},
+                "movement": {
+                    "id": movement.id,
+                    "type": kind.value,
+                    "quantity": quantity,
+                    "reference": reference,
+                },
             },
         )
     return movement
@@ -118,4 +129,10 @@ def _insufficient(item: Item, kind: MovementType, quantity: int):  # noqa: ANN20
         )
     else:
         detail = f"Only {item.available} of {item.sku} available; {quantity} requested."
-    return conflict(detail, sku=item.sku, available=item.available, reserved=item.reserved, quantity=item.quantity)
+    return conflict(
+        detail,
+        sku=item.sku,
+        available=item.available,
+        reserved=item.reserved,
+        quantity=item.quantity,
+    )

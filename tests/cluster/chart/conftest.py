@@ -22,7 +22,6 @@ import yaml
 
 from tests.cluster.conftest import REPO_ROOT, KubeCluster, Kubectl
 from tests.support.commands import run_tool
-from tests.support.kube import service_account_kubeconfig
 
 CHART = REPO_ROOT / "charts" / "bhiv"
 MANIFESTS = REPO_ROOT / "manifests"

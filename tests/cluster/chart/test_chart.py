@@ -26,9 +26,9 @@ from tests.cluster.chart.conftest import (
     Tool,
     deployed_operator_args,
     render,
-    service_account_kubeconfig,
 )
 from tests.cluster.conftest import Kubectl
+from tests.support.kube import service_account_kubeconfig
 
 RELEASE = "bhiv"
 DEFAULT_MODULES = {
@@ -219,11 +219,18 @@ def test_cluster_wide_mode_uses_cluster_scoped_rbac(helm: Tool) -> None:
 def test_allowed_images_become_operator_arguments(helm: Tool) -> None:
     def operator_args(*values: str) -> list[str]:
         docs = render(helm, *values)
-        return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"]["containers"][0]["args"]
+        return next(d for d in docs if d["kind"] == "Deployment")["spec"]["template"]["spec"][
+            "containers"
+        ][0]["args"]
 
-    args = operator_args("--set", "operator.allowedImages={registry.example.com/bhiv/,ghcr.io/acme/core}")
-    assert args[args.index("--allowed-image"):][:4] == [
-        "--allowed-image", "registry.example.com/bhiv/", "--allowed-image", "ghcr.io/acme/core",
+    args = operator_args(
+        "--set", "operator.allowedImages={registry.example.com/bhiv/,ghcr.io/acme/core}"
+    )
+    assert args[args.index("--allowed-image") :][:4] == [
+        "--allowed-image",
+        "registry.example.com/bhiv/",
+        "--allowed-image",
+        "ghcr.io/acme/core",
     ]
     assert "--allowed-image" not in operator_args()
 
@@ -338,7 +345,9 @@ def test_install_upgrade_test_uninstall(
         "Databases: integrations, llm-query, logistics, crm, agent-orchestration on the bundled"
         " PostgreSQL" in notes
     ), notes
-    assert "the Secrets bhiv-jwt, bhiv-credentials, bhiv-postgresql and PostgreSQL's volume" in notes
+    assert (
+        "the Secrets bhiv-jwt, bhiv-credentials, bhiv-postgresql and PostgreSQL's volume" in notes
+    )
     assert "WARNING" not in notes
     sa = service_account_kubeconfig(
         kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig"
@@ -672,15 +681,26 @@ def test_full_render_accepted_by_the_api_server(
 
 def test_ingress_trusted_proxies_reach_the_gateway_alone(helm: Tool) -> None:
     def env(docs: list[dict[str, Any]]) -> dict[str, list[Any] | None]:
-        return {d["metadata"]["name"]: d["spec"].get("env") for d in docs if d["kind"] == "BhivModule"}
+        return {
+            d["metadata"]["name"]: d["spec"].get("env") for d in docs if d["kind"] == "BhivModule"
+        }
 
     assert all(e is None for e in env(render(helm)).values())
-    rendered = env(render(helm, "--set", "ingress.trustedProxies={10.244.0.0/16,10.0.0.5}",
-                          "--set-json", 'services.gateway.env=[{"name":"BHIV_LOG_LEVEL","value":"DEBUG"}]'))
+    rendered = env(
+        render(
+            helm,
+            "--set",
+            "ingress.trustedProxies={10.244.0.0/16,10.0.0.5}",
+            "--set-json",
+            'services.gateway.env=[{"name":"BHIV_LOG_LEVEL","value":"DEBUG"}]',
+        )
+    )
     assert rendered.pop("gateway") == [
         {"name": "BHIV_LOG_LEVEL", "value": "DEBUG"},
         {"name": "BHIV_TRUSTED_PROXIES", "value": "10.244.0.0/16,10.0.0.5"},
     ]
     assert all(e is None for e in rendered.values())
-    refused = helm("template", RELEASE, str(CHART), "--set", "ingress.trustedProxies={everyone}", check=False)
+    refused = helm(
+        "template", RELEASE, str(CHART), "--set", "ingress.trustedProxies={everyone}", check=False
+    )
     assert refused.returncode != 0 and "trustedProxies" in refused.stderr

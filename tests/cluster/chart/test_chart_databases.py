@@ -12,7 +12,6 @@ from typing import Any
 
 from bhiv import catalog
 from bhiv.cli.databases import database_name, password_variable
-
 from tests.cluster.chart.conftest import VALUES_FULL, Tool, render
 
 # Every service with a database, in the chart's startup order.

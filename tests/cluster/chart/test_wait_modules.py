@@ -19,8 +19,9 @@ from typing import Any
 
 import pytest
 
-from tests.cluster.chart.conftest import CHART, Tool, service_account_kubeconfig
+from tests.cluster.chart.conftest import CHART, Tool
 from tests.cluster.conftest import Kubectl
+from tests.support.kube import service_account_kubeconfig
 from tests.support.net import free_port, wait_http
 
 

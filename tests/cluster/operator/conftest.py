@@ -16,7 +16,6 @@ from typing import Any
 
 import httpx
 import pytest
-import yaml
 
 from tests.support.kube import service_account_kubeconfig
 from tests.support.net import free_port, wait_http
@@ -28,7 +27,13 @@ MANIFESTS = REPO / "manifests"
 @pytest.fixture(scope="session")
 def crds(kubectl: Callable[..., Any]) -> None:
     kubectl("apply", "--server-side", "--force-conflicts", "-f", str(MANIFESTS / "crd"))
-    kubectl("wait", "--for=condition=Established", "--timeout=60s", "crd/bhivmodules.bhiv.io", "crd/kopfpeerings.kopf.dev")
+    kubectl(
+        "wait",
+        "--for=condition=Established",
+        "--timeout=60s",
+        "crd/bhivmodules.bhiv.io",
+        "crd/kopfpeerings.kopf.dev",
+    )
 
 
 @dataclass
@@ -46,14 +51,24 @@ class OperatorProcess:
         env = {k: v for k, v in os.environ.items() if k != "KUBECONFIG"}
         self.process = subprocess.Popen(
             [
-                sys.executable, "-m", "bhiv", "operator",
-                "--namespace", self.namespace,
-                "--kubeconfig", str(self.kubeconfig),
-                "--peering", "bhiv-operator",
-                "--priority", str(self.priority),
-                "--listen-host", "127.0.0.1",
-                "--liveness-port", str(self.liveness_port),
-                "--metrics-port", str(self.metrics_port),
+                sys.executable,
+                "-m",
+                "bhiv",
+                "operator",
+                "--namespace",
+                self.namespace,
+                "--kubeconfig",
+                str(self.kubeconfig),
+                "--peering",
+                "bhiv-operator",
+                "--priority",
+                str(self.priority),
+                "--listen-host",
+                "127.0.0.1",
+                "--liveness-port",
+                str(self.liveness_port),
+                "--metrics-port",
+                str(self.metrics_port),
                 *self.args,
             ],
             env=env,
@@ -61,10 +76,16 @@ class OperatorProcess:
             stderr=subprocess.STDOUT,
         )
         try:
-            wait_http(f"http://127.0.0.1:{self.liveness_port}/healthz", timeout=60, alive=lambda: self.process.poll() is None)
+            wait_http(
+                f"http://127.0.0.1:{self.liveness_port}/healthz",
+                timeout=60,
+                alive=lambda: self.process.poll() is None,
+            )
         except (RuntimeError, TimeoutError):
             self.stop()
-            raise RuntimeError(f"the operator did not start; its log:\n{self.log()[-4000:]}") from None
+            raise RuntimeError(
+                f"the operator did not start; its log:\n{self.log()[-4000:]}"
+            ) from None
         return self
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
@@ -88,7 +109,9 @@ def operator_rbac(kubectl: Callable[..., Any], namespace: str, crds: None, tmp_p
     """The operator's ServiceAccount, Role and peering in the test namespace; its kubeconfig."""
     for name in ("serviceaccount", "role", "rolebinding", "peering"):
         kubectl("apply", "-n", namespace, "-f", str(MANIFESTS / "operator" / f"{name}.yaml"))
-    return service_account_kubeconfig(kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig")
+    return service_account_kubeconfig(
+        kubectl, namespace, "bhiv-operator", tmp_path / "operator.kubeconfig"
+    )
 
 
 @pytest.fixture
@@ -109,7 +132,9 @@ def operator(namespace: str, operator_rbac: Path, tmp_path: Path) -> Iterator[Op
 def modules(kubectl: Callable[..., Any], namespace: str) -> Callable[..., None]:
     """``modules(name, service=..., depends_on=[...], **spec)`` applies one BhivModule."""
 
-    def apply(name: str, service: str = "logistics", depends_on: list[str] | None = None, **spec: Any) -> None:
+    def apply(
+        name: str, service: str = "logistics", depends_on: list[str] | None = None, **spec: Any
+    ) -> None:
         body = {
             "apiVersion": "bhiv.io/v1alpha1",
             "kind": "BhivModule",

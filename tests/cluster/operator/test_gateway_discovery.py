@@ -7,25 +7,45 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-
-from tests.cluster.operator.conftest import MANIFESTS, OperatorProcess, condition, get_json, wait_for
+from tests.cluster.operator.conftest import (
+    MANIFESTS,
+    OperatorProcess,
+    condition,
+    get_json,
+    wait_for,
+)
 from tests.support import browser
 from tests.support.kube import service_account_kubeconfig
 from tests.support.servers import service_process
 
 
 def test_routes_follow_the_modules_of_its_namespace(
-    kubectl: Callable[..., Any], namespace: str, operator: OperatorProcess, modules: Any, tmp_path: Path
+    kubectl: Callable[..., Any],
+    namespace: str,
+    operator: OperatorProcess,
+    modules: Any,
+    tmp_path: Path,
 ) -> None:
     kubectl("apply", "-n", namespace, "-f", str(MANIFESTS / "gateway" / "rbac.yaml"))
-    config = service_account_kubeconfig(kubectl, namespace, "bhiv-gateway", tmp_path / "gateway.kubeconfig")
+    config = service_account_kubeconfig(
+        kubectl, namespace, "bhiv-gateway", tmp_path / "gateway.kubeconfig"
+    )
     modules("logistics", service="logistics")
-    wait_for(lambda: condition(get_json(kubectl, "bm", "logistics", "-n", namespace), "Ready").get("status") == "True",
-             "logistics Ready")
+    wait_for(
+        lambda: (
+            condition(get_json(kubectl, "bm", "logistics", "-n", namespace), "Ready").get("status")
+            == "True"
+        ),
+        "logistics Ready",
+    )
 
     gateway = service_process(
-        "gateway", tmp_path, None,
-        BHIV_GATEWAY_DISCOVERY="kubernetes", BHIV_GATEWAY_NAMESPACE=namespace, KUBECONFIG=str(config),
+        "gateway",
+        tmp_path,
+        None,
+        BHIV_GATEWAY_DISCOVERY="kubernetes",
+        BHIV_GATEWAY_NAMESPACE=namespace,
+        KUBECONFIG=str(config),
     ).start()
     try:
         api = gateway.client("viewer")
@@ -41,6 +61,7 @@ def test_routes_follow_the_modules_of_its_namespace(
         # A module added later is routed without a restart; a deleted one goes away.
         modules("crm", service="crm", depends_on=["logistics"])
         wait_for(lambda: "crm" in routed(), "crm discovered after it was created")
+
         # /services also shows each module as the operator reports it (the console's graph).
         def shown() -> dict[str, Any]:
             return {m["name"]: m for m in api.get("/services").json()["modules"]}
@@ -61,8 +82,18 @@ def test_routes_follow_the_modules_of_its_namespace(
         assert r.headers["content-type"].startswith("application/problem+json")
         # Its ServiceAccount reads modules and nothing else.
         sa = f"system:serviceaccount:{namespace}:bhiv-gateway"
-        assert kubectl("auth", "can-i", "watch", "bhivmodules", "-n", namespace, "--as", sa, check=False).stdout.strip() == "yes"
-        assert kubectl("auth", "can-i", "get", "secrets", "-n", namespace, "--as", sa, check=False).stdout.strip() == "no"
+        assert (
+            kubectl(
+                "auth", "can-i", "watch", "bhivmodules", "-n", namespace, "--as", sa, check=False
+            ).stdout.strip()
+            == "yes"
+        )
+        assert (
+            kubectl(
+                "auth", "can-i", "get", "secrets", "-n", namespace, "--as", sa, check=False
+            ).stdout.strip()
+            == "no"
+        )
     finally:
         gateway.stop()
 
@@ -84,6 +115,7 @@ def test_the_console_draws_the_modules_and_what_they_wait_for(
         modules("integrations", service="integrations")
         modules("logistics", service="logistics", depends_on=["integrations"])
         modules("crm", service="crm", depends_on=["ghost"])
+
         def ready(name: str) -> bool:
             body = get_json(kubectl, "bm", name, "-n", namespace)
             return condition(body, "Ready").get("status") == "True"
@@ -91,7 +123,9 @@ def test_the_console_draws_the_modules_and_what_they_wait_for(
         for name in ("integrations", "logistics"):
             wait_for(lambda n=name: ready(n), f"{name} Ready")
         gateway = service_process(
-            "gateway", tmp_path, None,
+            "gateway",
+            tmp_path,
+            None,
             BHIV_GATEWAY_DISCOVERY="kubernetes",
             BHIV_GATEWAY_NAMESPACE=namespace,
             KUBECONFIG=str(config),

@@ -17,8 +17,12 @@ ALLOWED = "registry.example.com/bhiv/"
 
 
 @pytest.fixture
-def strict_operator(namespace: str, operator_rbac: Path, tmp_path: Path) -> Iterator[OperatorProcess]:
-    proc = OperatorProcess(namespace, operator_rbac, tmp_path / "operator.log", args=["--allowed-image", ALLOWED])
+def strict_operator(
+    namespace: str, operator_rbac: Path, tmp_path: Path
+) -> Iterator[OperatorProcess]:
+    proc = OperatorProcess(
+        namespace, operator_rbac, tmp_path / "operator.log", args=["--allowed-image", ALLOWED]
+    )
     proc.start()
     try:
         yield proc
@@ -48,21 +52,59 @@ def test_images_outside_the_allow_list_never_reach_a_deployment(
     assert ready["status"] == "False" and "evil.example/miner:latest" in ready["message"]
     assert get_json(kubectl, "deployment", "rogue", "-n", namespace) is None
     events = wait_for(
-        lambda: (out := kubectl(
-            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=rogue,type=Warning",
-        ).stdout) and "ImageNotAllowed" in out and out,
+        lambda: (
+            (
+                out := kubectl(
+                    "get",
+                    "events",
+                    "-n",
+                    namespace,
+                    "--field-selector",
+                    "involvedObject.name=rogue,type=Warning",
+                ).stdout
+            )
+            and "ImageNotAllowed" in out
+            and out
+        ),
         "a Warning event",
     )
     assert "ImageNotAllowed" in events
 
     # An allowed module runs; changed to a refused image, its Deployment is left as it was.
-    wait_for(lambda: image_of(kubectl, namespace, "shop") == f"{ALLOWED}core:1", "shop's Deployment")
-    kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p", '{"spec": {"image": "docker.io/evil/core:1"}}')
+    wait_for(
+        lambda: image_of(kubectl, namespace, "shop") == f"{ALLOWED}core:1", "shop's Deployment"
+    )
+    kubectl(
+        "patch",
+        "bm",
+        "shop",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        '{"spec": {"image": "docker.io/evil/core:1"}}',
+    )
     wait_for(lambda: refused(kubectl, namespace, "shop"), "shop refused")
     assert image_of(kubectl, namespace, "shop") == f"{ALLOWED}core:1"
 
     # Back to an allowed image: reconciled as usual.
-    kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p", f'{{"spec": {{"image": "{ALLOWED}core:2"}}}}')
-    wait_for(lambda: image_of(kubectl, namespace, "shop") == f"{ALLOWED}core:2", "shop rolled to core:2")
-    wait_for(lambda: condition(get_json(kubectl, "bm", "shop", "-n", namespace), "Ready").get("reason")
-             != "ImageNotAllowed", "shop no longer refused")
+    kubectl(
+        "patch",
+        "bm",
+        "shop",
+        "-n",
+        namespace,
+        "--type=merge",
+        "-p",
+        f'{{"spec": {{"image": "{ALLOWED}core:2"}}}}',
+    )
+    wait_for(
+        lambda: image_of(kubectl, namespace, "shop") == f"{ALLOWED}core:2", "shop rolled to core:2"
+    )
+    wait_for(
+        lambda: (
+            condition(get_json(kubectl, "bm", "shop", "-n", namespace), "Ready").get("reason")
+            != "ImageNotAllowed"
+        ),
+        "shop no longer refused",
+    )

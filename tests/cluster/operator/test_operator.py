@@ -35,10 +35,22 @@ class TestValidation:
     @pytest.mark.parametrize(
         ("spec", "message"),
         [
-            ({"service": "crm", "image": "x", "dependsOn": ["a", "a"]}, "spec.dependsOn lists a module more than once"),
-            ({"service": "crm", "image": "x", "dependsOn": ["bad"]}, "spec.dependsOn must not name the module itself"),
-            ({"service": "crm", "image": "x", "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2}},
-             "autoscaling.minReplicas must not exceed autoscaling.maxReplicas"),
+            (
+                {"service": "crm", "image": "x", "dependsOn": ["a", "a"]},
+                "spec.dependsOn lists a module more than once",
+            ),
+            (
+                {"service": "crm", "image": "x", "dependsOn": ["bad"]},
+                "spec.dependsOn must not name the module itself",
+            ),
+            (
+                {
+                    "service": "crm",
+                    "image": "x",
+                    "autoscaling": {"enabled": True, "minReplicas": 5, "maxReplicas": 2},
+                },
+                "autoscaling.minReplicas must not exceed autoscaling.maxReplicas",
+            ),
             ({"service": "nope", "image": "x"}, 'spec.service: Unsupported value: "nope"'),
             ({"service": "crm", "image": "x", "port": 70000}, "spec.port"),
             ({"service": "crm", "image": "x", "replicas": -1}, "spec.replicas"),
@@ -53,8 +65,15 @@ class TestValidation:
             ({"service": "crm", "image": "x", "storage": {"size": "lots"}}, "spec.storage.size"),
         ],
     )
-    def test_bad_specs_are_rejected(self, kubectl: Kubectl, namespace: str, crds: None, spec: dict, message: str) -> None:
-        body = {"apiVersion": "bhiv.io/v1alpha1", "kind": "BhivModule", "metadata": {"name": "bad"}, "spec": spec}
+    def test_bad_specs_are_rejected(
+        self, kubectl: Kubectl, namespace: str, crds: None, spec: dict, message: str
+    ) -> None:
+        body = {
+            "apiVersion": "bhiv.io/v1alpha1",
+            "kind": "BhivModule",
+            "metadata": {"name": "bad"},
+            "spec": spec,
+        }
         result = kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body), check=False)
         assert result.returncode != 0 and message in result.stderr, result.stderr
         assert kubectl("get", "bm", "-n", namespace, "-o", "name").stdout.strip() == ""
@@ -62,10 +81,18 @@ class TestValidation:
     @pytest.mark.parametrize(
         "spec",
         [
-            {"service": "crm", "image": "x", "replicas": 3,
-             "database": {"secretRef": {"name": "d"}}},
-            {"service": "crm", "image": "x", "autoscaling": {"enabled": True},
-             "storage": {"ephemeral": True}},
+            {
+                "service": "crm",
+                "image": "x",
+                "replicas": 3,
+                "database": {"secretRef": {"name": "d"}},
+            },
+            {
+                "service": "crm",
+                "image": "x",
+                "autoscaling": {"enabled": True},
+                "storage": {"ephemeral": True},
+            },
             {"service": "gateway", "image": "x", "replicas": 2},
             {"service": "crm", "image": "x", "replicas": 0},
         ],
@@ -74,8 +101,12 @@ class TestValidation:
     def test_several_pods_with_a_database_or_the_opt_out(
         self, kubectl: Kubectl, namespace: str, crds: None, spec: dict
     ) -> None:
-        body = {"apiVersion": "bhiv.io/v1alpha1", "kind": "BhivModule",
-                "metadata": {"name": "ok"}, "spec": spec}
+        body = {
+            "apiVersion": "bhiv.io/v1alpha1",
+            "kind": "BhivModule",
+            "metadata": {"name": "ok"},
+            "spec": spec,
+        }
         kubectl("apply", "-n", namespace, "-f", "-", input=json.dumps(body))
 
     def test_scaling_up_a_module_on_sqlite_is_refused(
@@ -96,7 +127,11 @@ class TestValidation:
     def test_defaults(self, kubectl: Kubectl, namespace: str, crds: None, modules: Any) -> None:
         modules("x", service="crm")
         spec = get_json(kubectl, "bm", "x", "-n", namespace)["spec"]  # type: ignore[index]
-        assert spec["replicas"] == 1 and spec["paused"] is False and spec["imagePullPolicy"] == "IfNotPresent"
+        assert (
+            spec["replicas"] == 1
+            and spec["paused"] is False
+            and spec["imagePullPolicy"] == "IfNotPresent"
+        )
         assert spec["storage"] == {"size": "1Gi", "ephemeral": False}
 
 
@@ -147,11 +182,16 @@ class TestDataClaim:
 
 
 class TestStartupOrder:
-    def test_dependent_waits_then_proceeds(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_dependent_waits_then_proceeds(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("logistics", service="logistics", depends_on=["integrations"])
         body = wait_for(
-            lambda: (b := get_json(kubectl, "bm", "logistics", "-n", namespace))
-            and condition(b, "DependenciesReady").get("reason") == "DependencyNotFound" and b,
+            lambda: (
+                (b := get_json(kubectl, "bm", "logistics", "-n", namespace))
+                and condition(b, "DependenciesReady").get("reason") == "DependencyNotFound"
+                and b
+            ),
             "logistics to report its missing dependency",
         )
         assert body["status"]["waitingFor"] == ["integrations"]
@@ -159,61 +199,125 @@ class TestStartupOrder:
 
         modules("integrations", service="integrations")
         wait_for(lambda: ready(kubectl, namespace, "integrations"), "integrations Ready")
-        wait_for(lambda: ready(kubectl, namespace, "logistics"), "logistics Ready after integrations")
+        wait_for(
+            lambda: ready(kubectl, namespace, "logistics"), "logistics Ready after integrations"
+        )
         body = get_json(kubectl, "bm", "logistics", "-n", namespace)
-        assert body["status"]["waitingFor"] == [] and condition(body, "DependenciesReady")["status"] == "True"
+        assert (
+            body["status"]["waitingFor"] == []
+            and condition(body, "DependenciesReady")["status"] == "True"
+        )
         assert body["status"]["url"] == f"http://logistics.{namespace}.svc.cluster.local:8001"
-        assert body["status"]["selector"] == "app.kubernetes.io/name=bhiv,app.kubernetes.io/instance=logistics"
+        assert (
+            body["status"]["selector"]
+            == "app.kubernetes.io/name=bhiv,app.kubernetes.io/instance=logistics"
+        )
         # The dependency's Ready transition came first.
-        dep = condition(get_json(kubectl, "bm", "integrations", "-n", namespace), "Ready")["lastTransitionTime"]
+        dep = condition(get_json(kubectl, "bm", "integrations", "-n", namespace), "Ready")[
+            "lastTransitionTime"
+        ]
         assert dep <= condition(body, "Ready")["lastTransitionTime"]
 
-    def test_waiting_for_a_dependency_that_is_not_ready(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_waiting_for_a_dependency_that_is_not_ready(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("integrations", service="integrations", paused=True)
         modules("llm", service="llm-query", depends_on=["integrations"])
         body = wait_for(
-            lambda: (b := get_json(kubectl, "bm", "llm", "-n", namespace))
-            and condition(b, "Ready").get("reason") == "WaitingForDependencies" and b,
+            lambda: (
+                (b := get_json(kubectl, "bm", "llm", "-n", namespace))
+                and condition(b, "Ready").get("reason") == "WaitingForDependencies"
+                and b
+            ),
             "llm to wait",
         )
         assert body["status"]["waitingFor"] == ["integrations"]
         printed = kubectl("get", "bm", "-n", namespace).stdout
         assert "WaitingForDependencies" in printed and "REASON" in printed
-        events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=llm").stdout
+        events = kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=llm"
+        ).stdout
         assert "WaitingForDependencies" in events
-        kubectl("patch", "bm", "integrations", "-n", namespace, "--type=merge", "-p", '{"spec": {"paused": false}}')
+        kubectl(
+            "patch",
+            "bm",
+            "integrations",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec": {"paused": false}}',
+        )
         wait_for(lambda: ready(kubectl, namespace, "llm"), "llm Ready once its dependency runs")
 
-    def test_cycle_reported_by_every_member_until_broken(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_cycle_reported_by_every_member_until_broken(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("a", depends_on=["b"])
         modules("b", depends_on=["c"])
         modules("c", depends_on=["a"])
         for name in "abc":
             wait_for(
-                lambda n=name: condition(get_json(kubectl, "bm", n, "-n", namespace), "DependenciesReady").get("reason") == "DependencyCycle",
+                lambda n=name: (
+                    condition(get_json(kubectl, "bm", n, "-n", namespace), "DependenciesReady").get(
+                        "reason"
+                    )
+                    == "DependencyCycle"
+                ),
                 f"{name} to report the cycle",
             )
-        msg = condition(get_json(kubectl, "bm", "a", "-n", namespace), "DependenciesReady")["message"]
+        msg = condition(get_json(kubectl, "bm", "a", "-n", namespace), "DependenciesReady")[
+            "message"
+        ]
         assert "a, b, c" in msg
-        kubectl("patch", "bm", "c", "-n", namespace, "--type=json", "-p", '[{"op": "remove", "path": "/spec/dependsOn"}]')
+        kubectl(
+            "patch",
+            "bm",
+            "c",
+            "-n",
+            namespace,
+            "--type=json",
+            "-p",
+            '[{"op": "remove", "path": "/spec/dependsOn"}]',
+        )
         for name in "cba":
-            wait_for(lambda n=name: ready(kubectl, namespace, n), f"{name} Ready once the cycle is broken")
+            wait_for(
+                lambda n=name: ready(kubectl, namespace, n),
+                f"{name} Ready once the cycle is broken",
+            )
 
-    def test_running_dependents_survive_an_unready_dependency(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_running_dependents_survive_an_unready_dependency(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("base", service="integrations")
         modules("app", depends_on=["base"])
         wait_for(lambda: ready(kubectl, namespace, "app"), "app Ready")
         kubectl("scale", "bm/base", "-n", namespace, "--replicas=0")
         wait_for(
-            lambda: condition(get_json(kubectl, "bm", "app", "-n", namespace), "DependenciesReady").get("status") == "False",
+            lambda: (
+                condition(get_json(kubectl, "bm", "app", "-n", namespace), "DependenciesReady").get(
+                    "status"
+                )
+                == "False"
+            ),
             "app to report base unready",
         )
-        assert deployment(kubectl, namespace, "app") is not None and ready(kubectl, namespace, "app")
+        assert deployment(kubectl, namespace, "app") is not None and ready(
+            kubectl, namespace, "app"
+        )
 
 
 class TestWorkloads:
-    def test_children_labels_owner_and_restricted_pods(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
-        kubectl("label", "namespace", namespace, "pod-security.kubernetes.io/enforce=restricted", "--overwrite")
+    def test_children_labels_owner_and_restricted_pods(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        kubectl(
+            "label",
+            "namespace",
+            namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "--overwrite",
+        )
         modules("shop", service="logistics", replicas=2, **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready in a restricted namespace")
         for kind in ("deployment", "service", "pdb"):
@@ -221,71 +325,170 @@ class TestWorkloads:
             assert obj is not None, kind
             assert obj["metadata"]["labels"]["app.kubernetes.io/managed-by"] == "bhiv-operator"
             assert obj["metadata"]["ownerReferences"][0]["kind"] == "BhivModule"
-            managers = {m["manager"] for m in obj["metadata"].get("managedFields", []) if m.get("operation") == "Apply"}
+            managers = {
+                m["manager"]
+                for m in obj["metadata"].get("managedFields", [])
+                if m.get("operation") == "Apply"
+            }
             assert managers == {"bhiv-operator"}
-        pods = json.loads(kubectl("get", "pods", "-n", namespace, "-l", "app.kubernetes.io/instance=shop", "-o", "json").stdout)
+        pods = json.loads(
+            kubectl(
+                "get",
+                "pods",
+                "-n",
+                namespace,
+                "-l",
+                "app.kubernetes.io/instance=shop",
+                "-o",
+                "json",
+            ).stdout
+        )
         assert len(pods["items"]) == 2
 
-    def test_drift_is_restored(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_drift_is_restored(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("shop")
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
         uid = deployment(kubectl, namespace, "shop")["metadata"]["uid"]  # type: ignore[index]
         kubectl("delete", "deployment", "shop", "-n", namespace)
-        wait_for(lambda: (d := deployment(kubectl, namespace, "shop")) and d["metadata"]["uid"] != uid, "Deployment recreated", timeout=5)
+        wait_for(
+            lambda: (d := deployment(kubectl, namespace, "shop")) and d["metadata"]["uid"] != uid,
+            "Deployment recreated",
+            timeout=5,
+        )
         kubectl("set", "image", "deployment/shop", "-n", namespace, "logistics=evil:latest")
         wait_for(
-            lambda: deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0]["image"] == "bhiv-core:test",
-            "image edit reverted", timeout=5,
+            lambda: (
+                deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0][
+                    "image"
+                ]
+                == "bhiv-core:test"
+            ),
+            "image edit reverted",
+            timeout=5,
         )
         kubectl("delete", "service", "shop", "-n", namespace)
-        wait_for(lambda: get_json(kubectl, "service", "shop", "-n", namespace), "Service recreated", timeout=5)
+        wait_for(
+            lambda: get_json(kubectl, "service", "shop", "-n", namespace),
+            "Service recreated",
+            timeout=5,
+        )
 
-    def test_scale_and_autoscaling_toggle(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_scale_and_autoscaling_toggle(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("shop", **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
         kubectl("scale", "bm/shop", "-n", namespace, "--replicas=3")
-        wait_for(lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 3, "Deployment scaled to 3")
-        wait_for(lambda: get_json(kubectl, "bm", "shop", "-n", namespace)["status"].get("replicasReady") == "3/3", "3/3 ready")
+        wait_for(
+            lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 3,
+            "Deployment scaled to 3",
+        )
+        wait_for(
+            lambda: (
+                get_json(kubectl, "bm", "shop", "-n", namespace)["status"].get("replicasReady")
+                == "3/3"
+            ),
+            "3/3 ready",
+        )
         assert get_json(kubectl, "pdb", "shop", "-n", namespace) is not None
 
-        kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p",
-                '{"spec": {"autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}}}')
+        kubectl(
+            "patch",
+            "bm",
+            "shop",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec": {"autoscaling": {"enabled": true, "minReplicas": 2, "maxReplicas": 6}}}',
+        )
         hpa = wait_for(lambda: get_json(kubectl, "hpa", "shop", "-n", namespace), "HPA created")
         assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 6)
-        wait_for(lambda: not any(
-            m.get("operation") == "Apply" and "f:replicas" in json.dumps(m.get("fieldsV1", {}).get("f:spec", {}))
-            for m in deployment(kubectl, namespace, "shop")["metadata"]["managedFields"] if m["manager"] == "bhiv-operator"
-        ), "replicas handed to the HPA")
+        wait_for(
+            lambda: (
+                not any(
+                    m.get("operation") == "Apply"
+                    and "f:replicas" in json.dumps(m.get("fieldsV1", {}).get("f:spec", {}))
+                    for m in deployment(kubectl, namespace, "shop")["metadata"]["managedFields"]
+                    if m["manager"] == "bhiv-operator"
+                )
+            ),
+            "replicas handed to the HPA",
+        )
         # Handing replicas to the HPA never dropped the Deployment to the default of 1.
         assert deployment(kubectl, namespace, "shop")["spec"]["replicas"] >= 2
 
-        kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p", '{"spec": {"autoscaling": {"enabled": false}, "replicas": 1}}')
+        kubectl(
+            "patch",
+            "bm",
+            "shop",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec": {"autoscaling": {"enabled": false}, "replicas": 1}}',
+        )
         wait_for(lambda: get_json(kubectl, "hpa", "shop", "-n", namespace) is None, "HPA removed")
-        wait_for(lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 1, "replicas back to spec")
-        wait_for(lambda: get_json(kubectl, "pdb", "shop", "-n", namespace) is None, "PDB removed with one pod")
+        wait_for(
+            lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 1,
+            "replicas back to spec",
+        )
+        wait_for(
+            lambda: get_json(kubectl, "pdb", "shop", "-n", namespace) is None,
+            "PDB removed with one pod",
+        )
 
-    def test_image_change_rolls_the_deployment(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_image_change_rolls_the_deployment(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("shop", replicas=2, **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
-        kubectl("patch", "bm", "shop", "-n", namespace, "--type=merge", "-p", '{"spec": {"image": "bhiv-core:next"}}')
+        kubectl(
+            "patch",
+            "bm",
+            "shop",
+            "-n",
+            namespace,
+            "--type=merge",
+            "-p",
+            '{"spec": {"image": "bhiv-core:next"}}',
+        )
         body = wait_for(
-            lambda: (b := get_json(kubectl, "bm", "shop", "-n", namespace))
-            and b["status"]["observedGeneration"] == b["metadata"]["generation"]
-            and condition(b, "Progressing").get("reason") == "RolloutComplete" and ready(kubectl, namespace, "shop") and b,
+            lambda: (
+                (b := get_json(kubectl, "bm", "shop", "-n", namespace))
+                and b["status"]["observedGeneration"] == b["metadata"]["generation"]
+                and condition(b, "Progressing").get("reason") == "RolloutComplete"
+                and ready(kubectl, namespace, "shop")
+                and b
+            ),
             "rollout to complete",
         )
-        assert deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0]["image"] == "bhiv-core:next"
-        events = kubectl("get", "events", "-n", namespace, "--field-selector", "involvedObject.name=shop").stdout
+        assert (
+            deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0][
+                "image"
+            ]
+            == "bhiv-core:next"
+        )
+        events = kubectl(
+            "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=shop"
+        ).stdout
         assert "RollingOut" in events or "ScalingReplicaSet" in events
         assert condition(body, "Ready")["observedGeneration"] == body["metadata"]["generation"]
 
-    def test_delete_removes_children_and_never_sticks(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_delete_removes_children_and_never_sticks(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("shop", replicas=2, **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
         assert not get_json(kubectl, "bm", "shop", "-n", namespace)["metadata"].get("finalizers")
         kubectl("delete", "bm", "shop", "-n", namespace, "--timeout=30s")
         for kind in ("deployment", "service", "pdb"):
-            wait_for(lambda k=kind: get_json(kubectl, k, "shop", "-n", namespace) is None, f"{kind} garbage-collected")
+            wait_for(
+                lambda k=kind: get_json(kubectl, k, "shop", "-n", namespace) is None,
+                f"{kind} garbage-collected",
+            )
 
 
 class TestOperations:
@@ -299,23 +502,49 @@ class TestOperations:
         operator.stop(signal.SIGKILL)
         operator.start()
         for name in names:
-            wait_for(lambda n=name: ready(kubectl, namespace, n), f"{name} Ready after the restart", timeout=120)
-        deployments = json.loads(kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout)["items"]
+            wait_for(
+                lambda n=name: ready(kubectl, namespace, n),
+                f"{name} Ready after the restart",
+                timeout=120,
+            )
+        deployments = json.loads(
+            kubectl("get", "deployments", "-n", namespace, "-o", "json").stdout
+        )["items"]
         assert sorted(d["metadata"]["name"] for d in deployments) == sorted(names)
-        rs = json.loads(kubectl("get", "replicasets", "-n", namespace, "-o", "json").stdout)["items"]
+        rs = json.loads(kubectl("get", "replicasets", "-n", namespace, "-o", "json").stdout)[
+            "items"
+        ]
         assert len(rs) == len(names)
 
-    def test_metrics_and_liveness(self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any) -> None:
+    def test_metrics_and_liveness(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
         modules("shop")
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
-        text = wait_for(lambda: (t := operator.metrics()) and 'ready="True"' in t and t, "module gauge", timeout=30)
+        text = wait_for(
+            lambda: (t := operator.metrics()) and 'ready="True"' in t and t,
+            "module gauge",
+            timeout=30,
+        )
         assert 'bhiv_operator_reconciles_total{result="ok"}' in text
         assert "bhiv_operator_reconcile_duration_seconds_bucket" in text
 
-    def test_operator_is_refused_what_its_role_does_not_grant(self, kubectl: Kubectl, namespace: str, operator_rbac: Any) -> None:
+    def test_operator_is_refused_what_its_role_does_not_grant(
+        self, kubectl: Kubectl, namespace: str, operator_rbac: Any
+    ) -> None:
         sa = f"system:serviceaccount:{namespace}:bhiv-operator"
-        assert kubectl("auth", "can-i", "patch", "deployments", "-n", namespace, "--as", sa, check=False).stdout.strip() == "yes"
-        for verb, resource in (("get", "secrets"), ("create", "pods"), ("delete", "bhivmodules"), ("list", "deployments -A")):
+        assert (
+            kubectl(
+                "auth", "can-i", "patch", "deployments", "-n", namespace, "--as", sa, check=False
+            ).stdout.strip()
+            == "yes"
+        )
+        for verb, resource in (
+            ("get", "secrets"),
+            ("create", "pods"),
+            ("delete", "bhivmodules"),
+            ("list", "deployments -A"),
+        ):
             args = ["auth", "can-i", verb, *resource.split(), "--as", sa]
             if "-A" not in resource:
                 args += ["-n", namespace]
@@ -372,9 +601,18 @@ def test_kustomization_applies_in_one_run_on_a_fresh_cluster(
         names = ["integrations", "llm-query", "logistics", "crm", "agent-orchestration", "gateway"]
         for name in names:
             wait_for(lambda n=name: ready(kubectl, namespace, n), f"{name} Ready", timeout=90)
-        became = {n: condition(get_json(kubectl, "bm", n, "-n", namespace), "Ready")["lastTransitionTime"] for n in names}
-        assert became["integrations"] <= became["llm-query"] <= min(became["logistics"], became["crm"])
-        assert max(became["logistics"], became["crm"]) <= became["agent-orchestration"] <= became["gateway"]
+        became = {
+            n: condition(get_json(kubectl, "bm", n, "-n", namespace), "Ready")["lastTransitionTime"]
+            for n in names
+        }
+        assert (
+            became["integrations"] <= became["llm-query"] <= min(became["logistics"], became["crm"])
+        )
+        assert (
+            max(became["logistics"], became["crm"])
+            <= became["agent-orchestration"]
+            <= became["gateway"]
+        )
 
         secret = get_json(kubectl, "secret", "bhiv-shared-secrets", "-n", namespace)
         assert secret is not None

@@ -359,7 +359,9 @@ def test_cancel_a_run_cancels_its_tasks(agents: ServiceProcess) -> None:
     api = agents.client("editor")
     name = unique("cancel")
     capability = unique("nobody").replace("-", "_")
-    define(api, name, {"id": "work", "type": "agent", "capability": capability, "wait_for_agent": True})
+    define(
+        api, name, {"id": "work", "type": "agent", "capability": capability, "wait_for_agent": True}
+    )
     run = start(api, name)
     task_id = wait_for(
         lambda: steps(api.get(f"/runs/{run['id']}").json())["work"]["task_id"], bool, 10
@@ -585,7 +587,11 @@ def test_on_conflict_adopts_only_what_already_exists(
         "body": {"type": "reservation", "quantity": 5, "reference": "{{ input.ref }}"},
     }
     lookup = {
-        "call": {"service": "logistics", "method": "GET", "path": f"/inventory/{item['id']}/movements"},
+        "call": {
+            "service": "logistics",
+            "method": "GET",
+            "path": f"/inventory/{item['id']}/movements",
+        },
         "output": "{{ response['items'][0] if response['total'] else None }}",
     }
     name = unique("shortage")
@@ -611,8 +617,17 @@ def test_an_agent_step_no_agent_can_take_fails_at_once(agents: ServiceProcess) -
     assert steps(run)["ask"]["attempts"] <= 1
 
     patient = unique("patient")
-    define(api, patient, {"id": "ask", "type": "agent", "capability": capability,
-                          "payload": {"q": 1}, "wait_for_agent": True})
+    define(
+        api,
+        patient,
+        {
+            "id": "ask",
+            "type": "agent",
+            "capability": capability,
+            "payload": {"q": 1},
+            "wait_for_agent": True,
+        },
+    )
     waiting = start(api, patient)
     time.sleep(1.5)
     assert api.get(f"/runs/{waiting['id']}").json()["status"] == "running"

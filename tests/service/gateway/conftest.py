@@ -26,19 +26,26 @@ from tests.support.servers import ServiceProcess, service_process
 
 VIEWER_KEY = "bhiv_test_viewer_key_0123456789"
 EDITOR_KEY = "bhiv_test_editor_key_0123456789"
-API_KEYS = json.dumps([
-    {"name": "ci-viewer", "role": "viewer", "sha256": hash_api_key(VIEWER_KEY)},
-    {"name": "ci-editor", "role": "editor", "sha256": hash_api_key(EDITOR_KEY)},
-])
-ROUTES = json.dumps({
-    "echo": {
-        "timeout_seconds": 1.0,
-        "retries": 2,
-        "rules": [{"path": "/admin", "role": "admin"}, {"path": "/reports", "methods": ["GET"], "role": "editor"}],
-        "public_paths": ["/public"],
-    },
-    "solo": {"timeout_seconds": 5, "load_balancer": "least_outstanding"},
-})
+API_KEYS = json.dumps(
+    [
+        {"name": "ci-viewer", "role": "viewer", "sha256": hash_api_key(VIEWER_KEY)},
+        {"name": "ci-editor", "role": "editor", "sha256": hash_api_key(EDITOR_KEY)},
+    ]
+)
+ROUTES = json.dumps(
+    {
+        "echo": {
+            "timeout_seconds": 1.0,
+            "retries": 2,
+            "rules": [
+                {"path": "/admin", "role": "admin"},
+                {"path": "/reports", "methods": ["GET"], "role": "editor"},
+            ],
+            "public_paths": ["/public"],
+        },
+        "solo": {"timeout_seconds": 5, "load_balancer": "least_outstanding"},
+    }
+)
 
 
 @pytest.fixture(scope="module")
@@ -92,8 +99,11 @@ def gateway(
 
 @pytest.fixture
 def api(gateway: ServiceProcess) -> Iterator[httpx.Client]:
-    with httpx.Client(base_url=gateway.url, headers={"Authorization": f"Bearer {gateway.token('admin')}"},
-                      timeout=30) as client:
+    with httpx.Client(
+        base_url=gateway.url,
+        headers={"Authorization": f"Bearer {gateway.token('admin')}"},
+        timeout=30,
+    ) as client:
         yield client
 
 
@@ -108,9 +118,24 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     port = free_port()
     workdir = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
-         "--dir", str(workdir), "--daemonize", "no"],
-        stdout=(workdir / "redis.log").open("wb"), stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(workdir),
+            "--daemonize",
+            "no",
+        ],
+        stdout=(workdir / "redis.log").open("wb"),
+        stderr=subprocess.STDOUT,
+        stdin=subprocess.DEVNULL,
     )
     try:
         deadline = time.monotonic() + 10
@@ -123,7 +148,9 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             except OSError:
                 pass
             if time.monotonic() > deadline or process.poll() is not None:
-                raise RuntimeError(f"redis-server did not start: {(workdir / 'redis.log').read_text()}")
+                raise RuntimeError(
+                    f"redis-server did not start: {(workdir / 'redis.log').read_text()}"
+                )
             time.sleep(0.05)
         yield f"redis://127.0.0.1:{port}/0"
     finally:

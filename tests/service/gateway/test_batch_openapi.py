@@ -14,14 +14,25 @@ from tests.support.servers import ServiceProcess
 
 def test_batch_runs_items_concurrently_in_order_with_per_item_failures(api: httpx.Client) -> None:
     started = time.monotonic()
-    r = api.post("/batch", json={"requests": [
-        {"id": "slow", "path": "/api/solo/slow?seconds=0.6"},
-        {"id": "echo", "method": "POST", "path": "/api/echo/orders?x=1", "body": {"sku": "A-1", "n": 2},
-         "headers": {"X-Trace": "t1"}},
-        {"id": "missing", "path": "/api/nowhere"},
-        {"id": "teapot", "path": "/api/echo/x?status=418"},
-        {"id": "slow2", "path": "/api/solo/slow?seconds=0.6"},
-    ]}, headers={"X-Request-ID": "batch-1"})
+    r = api.post(
+        "/batch",
+        json={
+            "requests": [
+                {"id": "slow", "path": "/api/solo/slow?seconds=0.6"},
+                {
+                    "id": "echo",
+                    "method": "POST",
+                    "path": "/api/echo/orders?x=1",
+                    "body": {"sku": "A-1", "n": 2},
+                    "headers": {"X-Trace": "t1"},
+                },
+                {"id": "missing", "path": "/api/nowhere"},
+                {"id": "teapot", "path": "/api/echo/x?status=418"},
+                {"id": "slow2", "path": "/api/solo/slow?seconds=0.6"},
+            ]
+        },
+        headers={"X-Request-ID": "batch-1"},
+    )
     elapsed = time.monotonic() - started
     assert r.status_code == 200, r.text
     results = r.json()["results"]
@@ -39,14 +50,23 @@ def test_batch_runs_items_concurrently_in_order_with_per_item_failures(api: http
 
 
 def test_batch_items_are_authorized_one_by_one(gateway: ServiceProcess) -> None:
-    r = httpx.post(f"{gateway.url}/batch", headers={"X-API-Key": VIEWER_KEY}, json={"requests": [
-        {"path": "/api/echo/read"},
-        {"method": "DELETE", "path": "/api/echo/items/1"},
-        {"path": "/api/echo/admin/users"},
-    ]})
+    r = httpx.post(
+        f"{gateway.url}/batch",
+        headers={"X-API-Key": VIEWER_KEY},
+        json={
+            "requests": [
+                {"path": "/api/echo/read"},
+                {"method": "DELETE", "path": "/api/echo/items/1"},
+                {"path": "/api/echo/admin/users"},
+            ]
+        },
+    )
     assert r.status_code == 200
     assert [x["status"] for x in r.json()["results"]] == [200, 403, 403]
-    assert httpx.post(f"{gateway.url}/batch", json={"requests": [{"path": "/api/echo/x"}]}).status_code == 401
+    assert (
+        httpx.post(f"{gateway.url}/batch", json={"requests": [{"path": "/api/echo/x"}]}).status_code
+        == 401
+    )
 
 
 def test_malformed_batches_are_422(api: httpx.Client) -> None:
@@ -79,7 +99,9 @@ def test_aggregated_openapi_and_docs(api: httpx.Client, gateway: ServiceProcess)
     assert docs.status_code == 200 and "/openapi.json" in docs.text
 
 
-def test_openapi_follows_the_live_system(api: httpx.Client, gateway: ServiceProcess, solo: Upstream) -> None:
+def test_openapi_follows_the_live_system(
+    api: httpx.Client, gateway: ServiceProcess, solo: Upstream
+) -> None:
     solo.healthy = False
     try:
         deadline = time.monotonic() + 10
@@ -95,8 +117,9 @@ def test_openapi_follows_the_live_system(api: httpx.Client, gateway: ServiceProc
         time.sleep(0.2)
 
 
-def test_services_lists_instances_and_needs_a_credential(api: httpx.Client, gateway: ServiceProcess,
-                                                         echo_a: Upstream, echo_b: Upstream) -> None:
+def test_services_lists_instances_and_needs_a_credential(
+    api: httpx.Client, gateway: ServiceProcess, echo_a: Upstream, echo_b: Upstream
+) -> None:
     assert httpx.get(f"{gateway.url}/services").status_code == 401
     view = api.get("/services").json()
     assert view["discovery"] == "local" and view["rate_limit_backend"] == "memory"
@@ -111,13 +134,21 @@ def test_services_lists_instances_and_needs_a_credential(api: httpx.Client, gate
 def test_request_ids_access_logs_and_metrics(api: httpx.Client, gateway: ServiceProcess) -> None:
     generated = api.get("/api/echo/rid")
     rid = generated.headers["x-request-id"]
-    assert len(rid) == 32 and [v for k, v in generated.json()["headers"] if k == "x-request-id"] == [rid]
+    assert len(rid) == 32 and [
+        v for k, v in generated.json()["headers"] if k == "x-request-id"
+    ] == [rid]
     token = api.headers["Authorization"].removeprefix("Bearer ")
-    api.get("/api/echo/logged", params={"api_key": "query-secret"}, headers={"X-Request-ID": "log-check-1"})
+    api.get(
+        "/api/echo/logged",
+        params={"api_key": "query-secret"},
+        headers={"X-Request-ID": "log-check-1"},
+    )
     httpx.get(f"{gateway.url}/api/echo/x", headers={"X-API-Key": VIEWER_KEY})
     time.sleep(0.3)
     lines = [json.loads(line) for line in gateway.log().splitlines() if line.startswith("{")]
-    access = next(x for x in lines if x.get("request_id") == "log-check-1" and x["logger"] == "bhiv.access")
+    access = next(
+        x for x in lines if x.get("request_id") == "log-check-1" and x["logger"] == "bhiv.access"
+    )
     assert access["route"] == "/api/echo/{path}" and access["upstream"] == "echo"
     assert access["instance"].startswith("http://127.0.0.1:") and access["status"] == 200
     text = gateway.log()

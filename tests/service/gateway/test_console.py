@@ -11,8 +11,8 @@ import re
 
 import httpx
 import pytest
-from bhiv.gateway.console import ASSETS, PAGES
 
+from bhiv.gateway.console import ASSETS, PAGES
 from tests.service.gateway.conftest import EDITOR_KEY, VIEWER_KEY
 from tests.support.servers import TEST_JWT_SECRET, ServiceProcess
 
@@ -22,9 +22,7 @@ ASSET_PATHS = [f"/console/static/{name}" for name in ASSETS]
 
 def _csp(response: httpx.Response) -> dict[str, list[str]]:
     policy = response.headers["content-security-policy"]
-    return {
-        d.split()[0]: d.split()[1:] for d in (part.strip() for part in policy.split(";")) if d
-    }
+    return {d.split()[0]: d.split()[1:] for d in (part.strip() for part in policy.split(";")) if d}
 
 
 @pytest.mark.parametrize("path", PAGE_PATHS + ASSET_PATHS)
@@ -64,7 +62,7 @@ def test_no_page_or_asset_holds_a_secret_or_an_outside_url(gateway: ServiceProce
             assert secret not in anonymous.text, path
         # Every URL is relative (it works behind an Ingress); nothing from a CDN.
         assert not re.search(r"""(src|href)=["']?(https?:)?//""", anonymous.text), path
-        assert "fetch(\"http" not in anonymous.text and "://" not in anonymous.text.replace(
+        assert 'fetch("http' not in anonymous.text and "://" not in anonymous.text.replace(
             "http://www.w3.org/2000/svg", ""
         ), path
 

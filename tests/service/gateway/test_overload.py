@@ -30,7 +30,9 @@ BURST = 300
 @pytest.fixture(scope="module")
 def plain(solo: Upstream, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceProcess]:
     """A gateway with default server settings (no rate limit configured)."""
-    gw = start_gateway(tmp_path_factory.mktemp("overload"), {"solo": {"urls": [solo.url], "prefix": "/api/solo"}})
+    gw = start_gateway(
+        tmp_path_factory.mktemp("overload"), {"solo": {"urls": [solo.url], "prefix": "/api/solo"}}
+    )
     try:
         yield gw
     finally:
@@ -44,14 +46,18 @@ def idle_sockets(port: int, count: int) -> list[socket.socket]:
 async def burst(gw: ServiceProcess) -> list[httpx.Response | BaseException]:
     token = gw.token("viewer")
     limits = httpx.Limits(max_connections=BURST, max_keepalive_connections=0)
-    async with httpx.AsyncClient(base_url=gw.url, limits=limits, timeout=60,
-                                 headers={"Authorization": f"Bearer {token}"}) as client:
+    async with httpx.AsyncClient(
+        base_url=gw.url, limits=limits, timeout=60, headers={"Authorization": f"Bearer {token}"}
+    ) as client:
         return await asyncio.gather(
-            *(client.get("/api/solo/slow", params={"seconds": "0.5"}) for _ in range(BURST)), return_exceptions=True
+            *(client.get("/api/solo/slow", params={"seconds": "0.5"}) for _ in range(BURST)),
+            return_exceptions=True,
         )
 
 
-def test_idle_sockets_and_a_burst_leave_liveness_answering_and_lose_nothing(plain: ServiceProcess) -> None:
+def test_idle_sockets_and_a_burst_leave_liveness_answering_and_lose_nothing(
+    plain: ServiceProcess,
+) -> None:
     idle = idle_sockets(plain.port, IDLE_SOCKETS)
     try:
         results: list[httpx.Response | BaseException] = []

@@ -31,7 +31,9 @@ def service_view(api: httpx.Client, name: str) -> dict:
     return next(s for s in api.get("/services").json()["services"] if s["name"] == name)
 
 
-def test_round_robin_spreads_requests(api: httpx.Client, echo_a: Upstream, echo_b: Upstream) -> None:
+def test_round_robin_spreads_requests(
+    api: httpx.Client, echo_a: Upstream, echo_b: Upstream
+) -> None:
     seen = [api.get("/api/echo/rr").headers["x-upstream"] for _ in range(10)]
     assert seen.count("a") == seen.count("b") == 5
 
@@ -41,7 +43,9 @@ def test_least_outstanding_avoids_the_busy_instance(
 ) -> None:
     routes = json.dumps({"echo": {"load_balancer": "least_outstanding", "timeout_seconds": 10}})
     gw = start_gateway(
-        tmp_path, {"echo": {"urls": [echo_a.url, echo_b.url], "prefix": "/api/echo"}}, BHIV_GATEWAY_ROUTES=routes
+        tmp_path,
+        {"echo": {"urls": [echo_a.url, echo_b.url], "prefix": "/api/echo"}},
+        BHIV_GATEWAY_ROUTES=routes,
     )
     try:
         with gw.client("viewer") as api, ThreadPoolExecutor(2) as pool:
@@ -55,7 +59,9 @@ def test_least_outstanding_avoids_the_busy_instance(
         gw.stop()
 
 
-def test_idempotent_requests_are_retried_on_another_instance(api: httpx.Client, echo_a: Upstream, echo_b: Upstream) -> None:
+def test_idempotent_requests_are_retried_on_another_instance(
+    api: httpx.Client, echo_a: Upstream, echo_b: Upstream
+) -> None:
     # Each instance fails its first request on this path: a, b, then a again succeeds.
     r = api.get("/api/echo/flaky/get-1", params={"fail": 1})
     assert r.status_code == 200 and r.json()["attempts"] == 2
@@ -83,10 +89,17 @@ def test_refused_connections_are_retried_for_any_method(solo: Upstream, tmp_path
 
     with upstream("doomed") as doomed:
         dead = doomed.url
-        gw = start_gateway(tmp_path, {"mixed": {"urls": [dead, solo.url], "prefix": "/api/mixed"}},
-                           BHIV_GATEWAY_HEALTH_INTERVAL_SECONDS="60")  # one probe at start, then passive only
+        gw = start_gateway(
+            tmp_path,
+            {"mixed": {"urls": [dead, solo.url], "prefix": "/api/mixed"}},
+            BHIV_GATEWAY_HEALTH_INTERVAL_SECONDS="60",
+        )  # one probe at start, then passive only
         with gw.client("editor") as api:
-            wait_for(lambda: all(i["health"] == "healthy" for i in service_view(api, "mixed")["instances"]))
+            wait_for(
+                lambda: all(
+                    i["health"] == "healthy" for i in service_view(api, "mixed")["instances"]
+                )
+            )
     # `doomed` has stopped listening, and the gateway has not probed since.
     try:
         with gw.client("editor") as api:
@@ -96,20 +109,36 @@ def test_refused_connections_are_retried_for_any_method(solo: Upstream, tmp_path
             states = {i["url"]: i["health"] for i in view["instances"]}
             assert states[dead] == "unhealthy" and view["status"] == "degraded"
             metrics = gw.client("admin").get("/metrics").text  # the edge's metrics are admin-only
-            assert 'bhiv_gateway_upstream_requests_total{instance="%s",outcome="refused",service="mixed"} 1.0' % dead in metrics
+            assert (
+                'bhiv_gateway_upstream_requests_total{instance="%s",outcome="refused",service="mixed"} 1.0'
+                % dead
+                in metrics
+            )
             assert 'bhiv_gateway_retries_total{service="mixed"} 1.0' in metrics
     finally:
         gw.stop()
 
 
-def test_health_checks_and_passive_ejection(api: httpx.Client, echo_a: Upstream, echo_b: Upstream) -> None:
+def test_health_checks_and_passive_ejection(
+    api: httpx.Client, echo_a: Upstream, echo_b: Upstream
+) -> None:
     # Active: b's readiness fails, so within a few probes it leaves the rotation.
     echo_b.healthy = False
     try:
-        wait_for(lambda: not next(i for i in service_view(api, "echo")["instances"] if i["url"] == echo_b.url)["available"])
+        wait_for(
+            lambda: (
+                not next(
+                    i for i in service_view(api, "echo")["instances"] if i["url"] == echo_b.url
+                )["available"]
+            )
+        )
         assert {api.get("/api/echo/h").headers["x-upstream"] for _ in range(6)} == {"a"}
         b = next(i for i in service_view(api, "echo")["instances"] if i["url"] == echo_b.url)
-        assert b["health"] == "unhealthy" and b["last_error"] == "/health/ready answered 503" and b["last_check"]
+        assert (
+            b["health"] == "unhealthy"
+            and b["last_error"] == "/health/ready answered 503"
+            and b["last_check"]
+        )
     finally:
         echo_b.healthy = True
     wait_for(lambda: service_view(api, "echo")["status"] == "up")
@@ -144,13 +173,21 @@ def test_breaker_opens_and_fails_fast(tmp_path: Path) -> None:
         )
         try:
             with gw.client("viewer") as api:
-                assert [api.get("/api/fragile/status/503").status_code for _ in range(3)] == [503] * 3
+                assert [api.get("/api/fragile/status/503").status_code for _ in range(3)] == [
+                    503
+                ] * 3
                 assert fragile.hits["/status/503"] == 3
                 start = time.monotonic()
                 r = api.get("/api/fragile/status/200")
                 assert time.monotonic() - start < 0.2
-                assert r.status_code == 503 and r.json()["type"].endswith("/circuit-open") and r.headers["retry-after"]
-                assert "/status/200" not in fragile.hits  # the breaker answered; the service saw nothing
+                assert (
+                    r.status_code == 503
+                    and r.json()["type"].endswith("/circuit-open")
+                    and r.headers["retry-after"]
+                )
+                assert (
+                    "/status/200" not in fragile.hits
+                )  # the breaker answered; the service saw nothing
                 assert service_view(api, "fragile")["breaker"]["state"] == "opened"
                 time.sleep(1.1)  # half-open after the reset time: a success closes it
                 assert api.get("/api/fragile/status/200").status_code == 200
@@ -177,7 +214,10 @@ def test_a_killed_service_answers_503_fast_and_comes_back(
 ) -> None:
     logistics, gw = logistics_and_gateway
     with gw.client("editor") as api:
-        created = api.post("/api/logistics/inventory", json={"sku": "GW-1", "name": "Through the gateway", "quantity": 4})
+        created = api.post(
+            "/api/logistics/inventory",
+            json={"sku": "GW-1", "name": "Through the gateway", "quantity": 4},
+        )
         assert created.status_code == 201, created.text
         assert api.get("/api/logistics/inventory/1").json()["sku"] == "GW-1"
 
@@ -219,36 +259,58 @@ def test_bhiv_up_routes_through_the_gateway(tmp_path: Path) -> None:
     env.update(BHIV_DATA_DIR=str(tmp_path), BHIV_JWT_SECRET=TEST_JWT_SECRET, PYTHONUNBUFFERED="1")
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
-        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset)], env=env, stdout=log, stderr=subprocess.STDOUT
+        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(offset)],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         gateway_url = f"http://127.0.0.1:{catalog.get('gateway').port + offset}"
         wait_http(f"{gateway_url}/health/ready", timeout=120, alive=lambda: up.poll() is None)
         token = ServiceProcess("x", 0, tmp_path, {}, tmp_path / "x.log").token("editor")
         services = {name: e for name, e in catalog.SERVICES.items() if name != "gateway"}
-        with httpx.Client(base_url=gateway_url, headers={"Authorization": f"Bearer {token}"}) as api:
-            wait_for(lambda: all(s["status"] == "up" for s in api.get("/services").json()["services"]), timeout=10)
-            assert sorted(s["name"] for s in api.get("/services").json()["services"]) == sorted(services)
+        with httpx.Client(
+            base_url=gateway_url, headers={"Authorization": f"Bearer {token}"}
+        ) as api:
+            wait_for(
+                lambda: all(s["status"] == "up" for s in api.get("/services").json()["services"]),
+                timeout=10,
+            )
+            assert sorted(s["name"] for s in api.get("/services").json()["services"]) == sorted(
+                services
+            )
             for entry in services.values():
                 who = api.get(f"{entry.prefix}/auth/verify")
                 assert who.status_code == 200, (entry.name, who.text)
                 assert who.json()["roles"] == ["editor"]
-            r = api.post("/api/logistics/inventory", json={"sku": "UP-GW", "name": "via bhiv up", "quantity": 1})
+            r = api.post(
+                "/api/logistics/inventory",
+                json={"sku": "UP-GW", "name": "via bhiv up", "quantity": 1},
+            )
             assert r.status_code == 201, r.text
             paths = httpx.get(f"{gateway_url}/openapi.json").json()["paths"]
             for entry in services.values():
                 assert any(p.startswith(entry.prefix + "/") for p in paths), entry.name
             # Integrations declares its webhook receiver public: a sender needs no token at the gateway.
             admin = ServiceProcess("x", 0, tmp_path, {}, tmp_path / "x.log").token("admin")
-            source = api.post("/api/integrations/webhook-sources", json={"name": "up-sender"},
-                              headers={"Authorization": f"Bearer {admin}"}).json()
+            source = api.post(
+                "/api/integrations/webhook-sources",
+                json={"name": "up-sender"},
+                headers={"Authorization": f"Bearer {admin}"},
+            ).json()
             body = b'{"type": "ping"}'
             at = dt.datetime.now(tz=dt.UTC)
             signature = Webhook(source["secret"]).sign("msg_up_1", at, body.decode())
-            hook = {"webhook-id": "msg_up_1", "webhook-timestamp": str(int(at.timestamp())),
-                    "webhook-signature": signature, "content-type": "application/json"}
+            hook = {
+                "webhook-id": "msg_up_1",
+                "webhook-timestamp": str(int(at.timestamp())),
+                "webhook-signature": signature,
+                "content-type": "application/json",
+            }
             url = f"{gateway_url}/api/integrations/webhooks/up-sender"
-            wait_for(lambda: httpx.post(url, content=body, headers=hook).status_code != 401, timeout=20)
+            wait_for(
+                lambda: httpx.post(url, content=body, headers=hook).status_code != 401, timeout=20
+            )
             assert httpx.post(url, content=body, headers=hook).status_code in (200, 202)
     finally:
         up.send_signal(signal.SIGTERM)

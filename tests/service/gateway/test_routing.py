@@ -33,7 +33,9 @@ def test_method_path_query_headers_and_body_pass_through(api: httpx.Client) -> N
     assert echo["body"] == "hello \x00 world"
     assert header(echo, "x-custom") == ["kept"] and header(echo, "content-type") == ["text/plain"]
     # The request ID travels on and comes back once.
-    assert header(echo, "x-request-id") == ["trace-7"] and r.headers.get_list("x-request-id") == ["trace-7"]
+    assert header(echo, "x-request-id") == ["trace-7"] and r.headers.get_list("x-request-id") == [
+        "trace-7"
+    ]
     assert r.headers["x-upstream"] in ("a", "b")
 
 
@@ -72,7 +74,9 @@ def test_forwarded_headers_and_hop_by_hop(api: httpx.Client) -> None:
 
 def test_cookies_are_not_kept_by_the_gateway(api: httpx.Client) -> None:
     api.get("/api/echo/set-cookie")
-    r = httpx.get(f"{api.base_url}/api/echo/again", headers={"Authorization": api.headers["Authorization"]})
+    r = httpx.get(
+        f"{api.base_url}/api/echo/again", headers={"Authorization": api.headers["Authorization"]}
+    )
     assert header(r.json(), "cookie") == []
 
 
@@ -107,10 +111,14 @@ def test_large_upload_is_streamed_not_buffered(api: httpx.Client, solo: Upstream
         for _ in range(size // len(chunk) - 1):
             yield chunk
 
-    r = api.post("/api/solo/upload", content=body(), headers={"Content-Type": "application/octet-stream"})
+    r = api.post(
+        "/api/solo/upload", content=body(), headers={"Content-Type": "application/octet-stream"}
+    )
     assert r.status_code == 200, r.text
     assert seen_first and seen_first[0] >= len(chunk)
-    assert r.json()["size"] == size and r.json()["sha256"] == hashlib.sha256(b"z" * size).hexdigest()
+    assert (
+        r.json()["size"] == size and r.json()["sha256"] == hashlib.sha256(b"z" * size).hexdigest()
+    )
 
 
 def test_large_download_is_streamed(api: httpx.Client, solo: Upstream) -> None:

@@ -44,14 +44,26 @@ def _query(scope: dict) -> dict[str, str]:
 
 
 def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
-    async def respond(send, status: int, body: bytes, headers: list | None = None, ctype: bytes = b"application/json"):
+    async def respond(
+        send,
+        status: int,
+        body: bytes,
+        headers: list | None = None,
+        ctype: bytes = b"application/json",
+    ):
         if status in (204, 304):
             body = b""
-        await send({
-            "type": "http.response.start",
-            "status": status,
-            "headers": [(b"content-type", ctype), (b"content-length", str(len(body)).encode()), *(headers or [])],
-        })
+        await send(
+            {
+                "type": "http.response.start",
+                "status": status,
+                "headers": [
+                    (b"content-type", ctype),
+                    (b"content-length", str(len(body)).encode()),
+                    *(headers or []),
+                ],
+            }
+        )
         await send({"type": "http.response.body", "body": body})
 
     async def app(scope, receive, send):  # noqa: ANN001, ANN202
@@ -76,9 +88,24 @@ def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
             doc = {
                 "openapi": "3.1.0",
                 "info": {"title": f"upstream {state.name}", "version": "1.0"},
-                "paths": {"/echo/{rest}": {"get": {"operationId": "echo", "tags": ["echo"], "responses": {
-                    "200": {"description": "ok", "content": {"application/json": {"schema": {
-                        "$ref": "#/components/schemas/Echo"}}}}}}}},
+                "paths": {
+                    "/echo/{rest}": {
+                        "get": {
+                            "operationId": "echo",
+                            "tags": ["echo"],
+                            "responses": {
+                                "200": {
+                                    "description": "ok",
+                                    "content": {
+                                        "application/json": {
+                                            "schema": {"$ref": "#/components/schemas/Echo"}
+                                        }
+                                    },
+                                }
+                            },
+                        }
+                    }
+                },
                 "components": {"schemas": {"Echo": {"type": "object"}}},
                 "tags": [{"name": "echo", "description": "Echoes."}],
             }
@@ -99,11 +126,21 @@ def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
                 chunks += 1 if chunk else 0
                 state.progress["upload"] = size
                 more = message.get("more_body", False)
-            await respond(send, 200, json.dumps({"size": size, "sha256": digest.hexdigest(), "chunks": chunks}).encode())
+            await respond(
+                send,
+                200,
+                json.dumps({"size": size, "sha256": digest.hexdigest(), "chunks": chunks}).encode(),
+            )
             return
         if path.startswith("/download"):
             size, chunk = int(q.get("size", "1048576")), int(q.get("chunk", "65536"))
-            await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"application/octet-stream")]})
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")],
+                }
+            )
             sent = 0
             first = True
             while sent < size:
@@ -126,14 +163,18 @@ def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
             if n <= int(q.get("fail", "1")):
                 await respond(send, int(q.get("status", "503")), b'{"flaky": "failing"}')
             else:
-                await respond(send, 200, json.dumps({"attempts": n, "instance": state.name}).encode())
+                await respond(
+                    send, 200, json.dumps({"attempts": n, "instance": state.name}).encode()
+                )
             return
         if path.startswith("/redirect"):
             await respond(send, 302, b"{}", [(b"location", q.get("to", "/").encode())])
             return
         if path.startswith("/status/"):
             state.hit(path)
-            await respond(send, int(path.rsplit("/", 1)[1]), json.dumps({"instance": state.name}).encode())
+            await respond(
+                send, int(path.rsplit("/", 1)[1]), json.dumps({"instance": state.name}).encode()
+            )
             return
         # Anything else: echo the request as received.
         body = b""
@@ -152,8 +193,13 @@ def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
             "headers": [[k.decode("latin-1"), v.decode("latin-1")] for k, v in scope["headers"]],
             "body": body.decode("latin-1"),
         }
-        extra = [(b"x-upstream", state.name.encode()), (b"set-cookie", b"session=abc; Path=/"),
-                 (b"connection", b"x-hop"), (b"x-hop", b"drop me"), (b"access-control-allow-origin", b"*")]
+        extra = [
+            (b"x-upstream", state.name.encode()),
+            (b"set-cookie", b"session=abc; Path=/"),
+            (b"connection", b"x-hop"),
+            (b"x-hop", b"drop me"),
+            (b"access-control-allow-origin", b"*"),
+        ]
         await respond(send, int(q.get("status", "200")), json.dumps(echo).encode(), extra)
 
     return app

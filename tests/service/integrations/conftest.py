@@ -3,10 +3,9 @@ retry schedules so retries, dead-letters and schedules happen within a test."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
-
-import json
 
 import pytest
 
@@ -49,17 +48,24 @@ def integrations(backend: str, request: pytest.FixtureRequest) -> Iterator[Servi
 
 
 @contextmanager
-def publishing(name: str, backend: str, request: pytest.FixtureRequest) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+def publishing(
+    name: str, backend: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     """The integrations service and service ``name``, whose outbox relay points at it."""
 
     def database() -> str | None:
-        return request.getfixturevalue("postgres").create_database() if backend == "postgres" else None
+        return (
+            request.getfixturevalue("postgres").create_database() if backend == "postgres" else None
+        )
 
     tmp = request.getfixturevalue("tmp_path_factory")
     integrations = service_process("integrations", tmp.mktemp("int"), database(), **FAST)
     publisher = service_process(
-        name, tmp.mktemp(name), database(),
-        BHIV_INTEGRATIONS_URL=integrations.url, BHIV_OUTBOX_RELAY_INTERVAL="0.2",
+        name,
+        tmp.mktemp(name),
+        database(),
+        BHIV_INTEGRATIONS_URL=integrations.url,
+        BHIV_OUTBOX_RELAY_INTERVAL="0.2",
     )
     integrations.start()
     try:

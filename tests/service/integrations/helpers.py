@@ -23,14 +23,19 @@ def new_source(api: httpx.Client, **fields: Any) -> dict[str, Any]:
     return created(api.post("/webhook-sources", json={"name": unique("src"), **fields}))
 
 
-def new_subscription(api: httpx.Client, url: str, types: list[str], **fields: Any) -> dict[str, Any]:
+def new_subscription(
+    api: httpx.Client, url: str, types: list[str], **fields: Any
+) -> dict[str, Any]:
     return created(api.post("/subscriptions", json={"url": url, "event_types": types, **fields}))
 
 
 def event(type: str = "test.happened", **data: Any) -> dict[str, Any]:
     return {
-        "id": f"evt_{uuid.uuid4().hex}", "type": type, "source": "tests",
-        "occurred_at": "2026-11-26T10:00:00Z", "data": data,
+        "id": f"evt_{uuid.uuid4().hex}",
+        "type": type,
+        "source": "tests",
+        "occurred_at": "2026-11-26T10:00:00Z",
+        "data": data,
     }
 
 
@@ -40,16 +45,22 @@ def deliveries(api: httpx.Client, subscription_id: int, **params: Any) -> list[d
     return r.json()["items"]
 
 
-def settled(api: httpx.Client, subscription_id: int, count: int, status: str, timeout: float = 30) -> list[dict]:
+def settled(
+    api: httpx.Client, subscription_id: int, count: int, status: str, timeout: float = 30
+) -> list[dict]:
     """Wait until ``count`` deliveries of the subscription have ``status``."""
     return wait_until(
         lambda: len(got := deliveries(api, subscription_id, status=status)) >= count and got,
-        timeout, f"{count} {status} deliveries",
+        timeout,
+        f"{count} {status} deliveries",
     )
 
 
 def finished_run(api: httpx.Client, run_id: int, timeout: float = 30) -> dict[str, Any]:
     return wait_until(
-        lambda: (r := api.get(f"/sync-runs/{run_id}").json())["status"] in ("succeeded", "failed") and r,
-        timeout, f"sync run {run_id}",
+        lambda: (
+            (r := api.get(f"/sync-runs/{run_id}").json())["status"] in ("succeeded", "failed") and r
+        ),
+        timeout,
+        f"sync run {run_id}",
     )

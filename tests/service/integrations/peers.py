@@ -46,7 +46,11 @@ class Receiver:
             return [r for r in self.received if r.path == path]
 
     def wait_for(self, path: str, count: int, timeout: float = 30.0) -> list[Received]:
-        return wait_until(lambda: (got := self.at(path)) and len(got) >= count and got, timeout, f"{count} at {path}")
+        return wait_until(
+            lambda: (got := self.at(path)) and len(got) >= count and got,
+            timeout,
+            f"{count} at {path}",
+        )
 
 
 def wait_until(check: Callable[[], Any], timeout: float = 30.0, what: str = "condition") -> Any:
@@ -94,7 +98,9 @@ def receiver() -> Iterator[Receiver]:
             body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
             path = self.path
             with state._lock:
-                state.received.append(Received(path, {k.lower(): v for k, v in self.headers.items()}, body))
+                state.received.append(
+                    Received(path, {k.lower(): v for k, v in self.headers.items()}, body)
+                )
             if path in state.delay:
                 time.sleep(state.delay[path])
             self._send(state.answer(path))
@@ -139,7 +145,10 @@ class Source:
             size = int(query.get("limit", "100"))
             chunk = rows[start : start + size]
             more = start + size < len(rows)
-            return {"data": {"vendors": [dict(r) for r in chunk]}, "next": f"page-{start + size}" if more else None}
+            return {
+                "data": {"vendors": [dict(r) for r in chunk]},
+                "next": f"page-{start + size}" if more else None,
+            }
 
 
 @contextmanager

@@ -24,7 +24,12 @@ def api_server() -> Iterator[Source]:
 
 
 def connection(api, base_url: str, **fields: object) -> dict:
-    body = {"name": unique("conn"), "base_url": base_url, "auth_type": "bearer", "credentials": {"token": TOKEN}}
+    body = {
+        "name": unique("conn"),
+        "base_url": base_url,
+        "auth_type": "bearer",
+        "credentials": {"token": TOKEN},
+    }
     return created(api.post("/connections", json=body | fields))
 
 
@@ -52,16 +57,26 @@ def test_test_call_health_and_metrics(integrations: ServiceProcess, api_server: 
     assert seen["health"] == "failing"
     metrics = seen["metrics"]
     assert metrics["calls"] == 2 and metrics["errors"] == 1 and metrics["error_rate"] == 0.5
-    assert metrics["last_status_code"] == 404 and metrics["avg_latency_ms"] > 0 and metrics["last_success_at"]
+    assert (
+        metrics["last_status_code"] == 404
+        and metrics["avg_latency_ms"] > 0
+        and metrics["last_success_at"]
+    )
 
 
-def test_wrong_credentials_and_unreachable_hosts_are_reported(integrations: ServiceProcess, api_server: Source) -> None:
+def test_wrong_credentials_and_unreachable_hosts_are_reported(
+    integrations: ServiceProcess, api_server: Source
+) -> None:
     api = integrations.client()
     wrong = connection(api, api_server.url, credentials={"token": "wrong"}, health_path="/health")
     assert api.post(f"/connections/{wrong['id']}/test").json()["status_code"] == 401
     down = connection(api, "http://127.0.0.1:9", timeout_seconds=1)
     result = api.post(f"/connections/{down['id']}/test").json()
-    assert result["ok"] is False and result["status_code"] is None and "could not reach" in result["error"]
+    assert (
+        result["ok"] is False
+        and result["status_code"] is None
+        and "could not reach" in result["error"]
+    )
 
 
 def test_credentials_are_encrypted_never_returned_never_logged(
@@ -84,7 +99,9 @@ def test_credentials_are_encrypted_never_returned_never_logged(
     assert secret not in integrations.log() and TOKEN not in integrations.log()
 
 
-def test_bad_input_is_422_naming_the_field_and_nothing_is_saved(integrations: ServiceProcess) -> None:
+def test_bad_input_is_422_naming_the_field_and_nothing_is_saved(
+    integrations: ServiceProcess,
+) -> None:
     api = integrations.client()
     name = unique("bad")
     cases = [
@@ -101,16 +118,31 @@ def test_bad_input_is_422_naming_the_field_and_nothing_is_saved(integrations: Se
         body = {"name": name, "base_url": "http://127.0.0.1:9000/"} | fields
         assert_problem(api.post("/connections", json=body), 422, field)
     assert api.get("/connections", params={"q": name}).json()["total"] == 0
-    assert_problem(integrations.client("editor").post("/connections", json={"name": name, "base_url": "http://127.0.0.1/"}), 403)
+    assert_problem(
+        integrations.client("editor").post(
+            "/connections", json={"name": name, "base_url": "http://127.0.0.1/"}
+        ),
+        403,
+    )
 
 
-def test_changing_auth_type_needs_the_new_credentials(integrations: ServiceProcess, api_server: Source) -> None:
+def test_changing_auth_type_needs_the_new_credentials(
+    integrations: ServiceProcess, api_server: Source
+) -> None:
     api = integrations.client()
     conn = connection(api, api_server.url)
-    assert_problem(api.patch(f"/connections/{conn['id']}", json={"auth_type": "api_key"}), 422, "credentials.api_key")
+    assert_problem(
+        api.patch(f"/connections/{conn['id']}", json={"auth_type": "api_key"}),
+        422,
+        "credentials.api_key",
+    )
     changed = api.patch(
         f"/connections/{conn['id']}",
-        json={"auth_type": "api_key", "api_key_header": "X-Vendor-Key", "credentials": {"api_key": "k1"}},
+        json={
+            "auth_type": "api_key",
+            "api_key_header": "X-Vendor-Key",
+            "credentials": {"api_key": "k1"},
+        },
     ).json()
     assert changed["auth_type"] == "api_key" and changed["api_key_header"] == "X-Vendor-Key"
     none = api.patch(f"/connections/{conn['id']}", json={"auth_type": "none"}).json()
@@ -145,16 +177,37 @@ def test_paths_never_leave_the_base_url_with_its_credential(
     conn = connection(api, f"{api_server.url}/api", health_path="/health")
     seen_before = len(api_server.paths)
     for path in ESCAPING_PATHS:
-        assert_problem(api.post(f"/connections/{conn['id']}/test", json={"path": path}), 422, "path")
-        assert_problem(api.post("/connections", json={
-            "name": unique("conn"), "base_url": api_server.url, "health_path": path,
-        }), 422, "health_path")
-        assert_problem(api.patch(f"/connections/{conn['id']}", json={"health_path": path}), 422, "health_path")
+        assert_problem(
+            api.post(f"/connections/{conn['id']}/test", json={"path": path}), 422, "path"
+        )
+        assert_problem(
+            api.post(
+                "/connections",
+                json={
+                    "name": unique("conn"),
+                    "base_url": api_server.url,
+                    "health_path": path,
+                },
+            ),
+            422,
+            "health_path",
+        )
+        assert_problem(
+            api.patch(f"/connections/{conn['id']}", json={"health_path": path}), 422, "health_path"
+        )
     # An absolute URL is not a path at all.
-    assert_problem(api.post(f"/connections/{conn['id']}/test", json={"path": "http://evil.example/"}), 422, "path")
-    assert api_server.paths[seen_before:] == []  # the API was never called, so the token went nowhere
+    assert_problem(
+        api.post(f"/connections/{conn['id']}/test", json={"path": "http://evil.example/"}),
+        422,
+        "path",
+    )
+    assert (
+        api_server.paths[seen_before:] == []
+    )  # the API was never called, so the token went nowhere
 
     # A path under the base is still called there (this API answers 404 under /api).
-    result = api.post(f"/connections/{conn['id']}/test", json={"path": "/v1/status?next=../x"}).json()
+    result = api.post(
+        f"/connections/{conn['id']}/test", json={"path": "/v1/status?next=../x"}
+    ).json()
     assert result["status_code"] == 404
     assert api_server.paths[seen_before:] == ["/api/v1/status?next=../x"]

@@ -29,7 +29,9 @@ def platform(backend: str, request: pytest.FixtureRequest) -> Iterator[Platform]
         yield Platform(integrations, crm)
 
 
-def test_converting_a_lead_publishes_lead_converted_once(platform: Platform, hooks: Receiver) -> None:
+def test_converting_a_lead_publishes_lead_converted_once(
+    platform: Platform, hooks: Receiver
+) -> None:
     where = "/" + unique("converted")
     new_subscription(platform.integrations.client(), hooks.url + where, ["lead.converted"])
     api = platform.crm.client()
@@ -43,7 +45,9 @@ def test_converting_a_lead_publishes_lead_converted_once(platform: Platform, hoo
     assert again.status_code == 200 and again.json()["customer"]["id"] == customer_id
 
     def received() -> list[dict]:
-        r = platform.integrations.client().get("/events", params={"type": "lead.converted", "limit": 500})
+        r = platform.integrations.client().get(
+            "/events", params={"type": "lead.converted", "limit": 500}
+        )
         assert r.status_code == 200, r.text
         return [e for e in r.json()["items"] if e["data"]["lead_id"] == lead["id"]]
 
@@ -56,8 +60,11 @@ def test_converting_a_lead_publishes_lead_converted_once(platform: Platform, hoo
     event = got[0]
     assert event["source"] == "crm"
     assert event["data"] == {
-        "lead_id": lead["id"], "customer_id": customer_id, "name": "Ravi Menon",
-        "email": lead["email"], "company": company,
+        "lead_id": lead["id"],
+        "customer_id": customer_id,
+        "name": "Ravi Menon",
+        "email": lead["email"],
+        "company": company,
     }
     delivered = hooks.at(where)
     assert [d.json["id"] for d in delivered] == [event["id"]]
@@ -74,7 +81,9 @@ def test_a_refused_conversion_publishes_nothing(platform: Platform) -> None:
     assert api.post(f"/leads/{later['id']}/convert").status_code == 201
 
     def lead_ids() -> set[int]:
-        r = platform.integrations.client().get("/events", params={"type": "lead.converted", "limit": 500})
+        r = platform.integrations.client().get(
+            "/events", params={"type": "lead.converted", "limit": 500}
+        )
         return {e["data"]["lead_id"] for e in r.json()["items"]}
 
     wait_until(lambda: later["id"] in lead_ids(), 30, "the later conversion's event")

@@ -17,12 +17,18 @@ def client(integrations: ServiceProcess, headers: dict[str, str]) -> httpx.Clien
 
 
 def as_caller(integrations: ServiceProcess, subject: str, role: str = "editor") -> httpx.Client:
-    return client(integrations, {"Authorization": f"Bearer {integrations.token(role, subject=subject)}"})
+    return client(
+        integrations, {"Authorization": f"Bearer {integrations.token(role, subject=subject)}"}
+    )
 
 
 def test_an_editor_cannot_forge_a_platform_event(integrations: ServiceProcess) -> None:
-    forged = event("shipment.status_changed", shipment_id=1, to="delivered") | {"source": "logistics"}
-    problem = assert_problem(as_caller(integrations, "dev").post("/events", json=forged), 403, "source", "forbidden")
+    forged = event("shipment.status_changed", shipment_id=1, to="delivered") | {
+        "source": "logistics"
+    }
+    problem = assert_problem(
+        as_caller(integrations, "dev").post("/events", json=forged), 403, "source", "forbidden"
+    )
     assert "logistics" in problem["detail"]
     # Nothing was stored, so nothing was fanned out to subscribers.
     assert integrations.client().get(f"/events/{forged['id']}").status_code == 404
@@ -41,16 +47,26 @@ def test_a_service_publishes_as_itself_only(integrations: ServiceProcess) -> Non
     problem = assert_problem(logistics.post("/events", json=as_crm), 403, "source")
     assert "the logistics service" in problem["detail"]
     # A person whose subject merely contains the word is not the service.
-    assert_problem(as_caller(integrations, "service:").post("/events", json=own | {"id": "evt_x1"}), 403)
-    assert_problem(as_caller(integrations, "logistics").post("/events", json=own | {"id": "evt_x2"}), 403)
+    assert_problem(
+        as_caller(integrations, "service:").post("/events", json=own | {"id": "evt_x1"}), 403
+    )
+    assert_problem(
+        as_caller(integrations, "logistics").post("/events", json=own | {"id": "evt_x2"}), 403
+    )
 
 
-def test_a_service_api_key_publishes_as_the_service_it_is_named_for(integrations: ServiceProcess) -> None:
+def test_a_service_api_key_publishes_as_the_service_it_is_named_for(
+    integrations: ServiceProcess,
+) -> None:
     crm = client(integrations, {"X-API-Key": CRM_SERVICE_API_KEY})
     assert created(crm.post("/events", json=event("lead.converted", lead_id=2) | {"source": "crm"}))
-    assert_problem(crm.post("/events", json=event("shipment.status_changed") | {"source": "logistics"}), 403)
+    assert_problem(
+        crm.post("/events", json=event("shipment.status_changed") | {"source": "logistics"}), 403
+    )
 
 
 def test_an_admin_may_publish_as_any_source(integrations: ServiceProcess) -> None:
     admin = as_caller(integrations, "ops-backfill", role="admin")
-    assert created(admin.post("/events", json=event("shipment.status_changed") | {"source": "logistics"}))
+    assert created(
+        admin.post("/events", json=event("shipment.status_changed") | {"source": "logistics"})
+    )

@@ -43,9 +43,14 @@ class TestDelivery:
         [delivery] = settled(api, sub["id"], 1, "succeeded")
         detail = api.get(f"/deliveries/{delivery['id']}").json()
         assert [a["status_code"] for a in detail["attempt_log"]] == [500, 503, 200]
-        assert detail["attempts"] == 3 and detail["delivered_at"] and detail["next_attempt_at"] is None
+        assert (
+            detail["attempts"] == 3 and detail["delivered_at"] and detail["next_attempt_at"] is None
+        )
         gaps = [
-            (dt.datetime.fromisoformat(b["attempted_at"]) - dt.datetime.fromisoformat(a["attempted_at"])).total_seconds()
+            (
+                dt.datetime.fromisoformat(b["attempted_at"])
+                - dt.datetime.fromisoformat(a["attempted_at"])
+            ).total_seconds()
             for a, b in zip(detail["attempt_log"], detail["attempt_log"][1:], strict=False)
         ]
         # 0.3 s then 0.6 s (exponential, base 2), each stretched by up to 10 %.
@@ -53,16 +58,24 @@ class TestDelivery:
 
         attempts = hooks.at(where)
         assert len(attempts) == 3
-        assert len({a.headers["webhook-id"] for a in attempts}) == 1 and attempts[0].headers["webhook-id"] == sent["id"]
+        assert (
+            len({a.headers["webhook-id"] for a in attempts}) == 1
+            and attempts[0].headers["webhook-id"] == sent["id"]
+        )
         for attempt in attempts:
             # Any Standard Webhooks consumer verifies it with the subscription's secret.
             Webhook(sub["secret"]).verify(attempt.body, attempt.headers)
         assert attempts[-1].json == {
-            "id": sent["id"], "type": "order.placed", "timestamp": "2026-11-26T10:00:00Z",
-            "source": "tests", "data": {"order_id": 7},
+            "id": sent["id"],
+            "type": "order.placed",
+            "timestamp": "2026-11-26T10:00:00Z",
+            "source": "tests",
+            "data": {"order_id": 7},
         }
 
-    def test_patterns_choose_the_subscriptions(self, integrations: ServiceProcess, hooks: Receiver) -> None:
+    def test_patterns_choose_the_subscriptions(
+        self, integrations: ServiceProcess, hooks: Receiver
+    ) -> None:
         api = integrations.client()
         kind = unique("fam").replace("-", "_")
         exact = new_subscription(api, hooks.url + path(), [f"{kind}.one"])
@@ -74,7 +87,9 @@ class TestDelivery:
         assert len(settled(api, family["id"], 2, "succeeded")) == 2
         assert deliveries(api, paused["id"]) == []
 
-    def test_an_event_sent_twice_is_delivered_once(self, integrations: ServiceProcess, hooks: Receiver) -> None:
+    def test_an_event_sent_twice_is_delivered_once(
+        self, integrations: ServiceProcess, hooks: Receiver
+    ) -> None:
         api = integrations.client()
         where = path()
         sub = new_subscription(api, hooks.url + where, ["dedup.test"])
@@ -85,13 +100,17 @@ class TestDelivery:
         settled(api, sub["id"], 1, "succeeded")
         assert len(deliveries(api, sub["id"])) == 1 and len(hooks.at(where)) == 1
 
-    def test_timeouts_count_as_failures(self, integrations: ServiceProcess, hooks: Receiver) -> None:
+    def test_timeouts_count_as_failures(
+        self, integrations: ServiceProcess, hooks: Receiver
+    ) -> None:
         api = integrations.client()
         where = path()
         hooks.delay[where] = 1.5  # the service waits 1 s
         sub = new_subscription(api, hooks.url + where, ["slow.receiver"])
         created(api.post("/events", json=event("slow.receiver")))
-        wait_until(lambda: deliveries(api, sub["id"])[0]["attempts"] >= 1, 30, "a timed-out attempt")
+        wait_until(
+            lambda: deliveries(api, sub["id"])[0]["attempts"] >= 1, 30, "a timed-out attempt"
+        )
         first = deliveries(api, sub["id"])[0]
         assert first["last_status_code"] is None and "no answer within" in first["last_error"]
         del hooks.delay[where]
@@ -99,7 +118,9 @@ class TestDelivery:
 
 
 class TestDeadLetters:
-    def test_dead_after_the_last_attempt_then_replayed(self, integrations: ServiceProcess, hooks: Receiver) -> None:
+    def test_dead_after_the_last_attempt_then_replayed(
+        self, integrations: ServiceProcess, hooks: Receiver
+    ) -> None:
         api = integrations.client()
         where = path()
         hooks.script[where] = [500]
@@ -133,7 +154,9 @@ class TestDeadLetters:
         assert api.post(f"/subscriptions/{sub['id']}/replay").json() == {"replayed": 3}
         settled(api, sub["id"], 3, "succeeded")
 
-    def test_410_gone_disables_the_subscription(self, integrations: ServiceProcess, hooks: Receiver) -> None:
+    def test_410_gone_disables_the_subscription(
+        self, integrations: ServiceProcess, hooks: Receiver
+    ) -> None:
         api = integrations.client()
         where = path()
         hooks.script[where] = [410]
@@ -150,21 +173,38 @@ class TestDeadLetters:
 
 
 class TestSubscriptions:
-    def test_secret_shown_once_and_egress_checked(self, integrations: ServiceProcess, hooks: Receiver) -> None:
+    def test_secret_shown_once_and_egress_checked(
+        self, integrations: ServiceProcess, hooks: Receiver
+    ) -> None:
         api = integrations.client()
         sub = new_subscription(api, hooks.url + path(), ["a.b"])
         assert sub["secret"].startswith("whsec_")
         assert "secret" not in api.get(f"/subscriptions/{sub['id']}").json()
         assert sub["secret"] not in api.get("/subscriptions", params={"limit": 500}).text
         problem = assert_problem(
-            api.post("/subscriptions", json={"url": "https://hooks.partner.example/x", "event_types": ["a.b"]}), 422, "url"
+            api.post(
+                "/subscriptions",
+                json={"url": "https://hooks.partner.example/x", "event_types": ["a.b"]},
+            ),
+            422,
+            "url",
         )
         assert "BHIV_EGRESS_ALLOWED_HOSTS" in problem["detail"]
-        assert_problem(api.post("/subscriptions", json={"url": hooks.url, "event_types": ["Bad Type"]}), 422, "event_types.0")
-        assert_problem(api.post("/subscriptions", json={"url": hooks.url, "event_types": []}), 422, "event_types")
+        assert_problem(
+            api.post("/subscriptions", json={"url": hooks.url, "event_types": ["Bad Type"]}),
+            422,
+            "event_types.0",
+        )
+        assert_problem(
+            api.post("/subscriptions", json={"url": hooks.url, "event_types": []}),
+            422,
+            "event_types",
+        )
         assert_problem(api.patch(f"/subscriptions/{sub['id']}", json={"url": None}), 422, "url")
 
-    def test_rotated_secret_signs_the_next_attempts(self, integrations: ServiceProcess, hooks: Receiver) -> None:
+    def test_rotated_secret_signs_the_next_attempts(
+        self, integrations: ServiceProcess, hooks: Receiver
+    ) -> None:
         api = integrations.client()
         where = path()
         sub = new_subscription(api, hooks.url + where, ["rotate.me"])
@@ -178,7 +218,9 @@ class TestSubscriptions:
 @pytest.fixture
 def patient(backend: str, request: pytest.FixtureRequest) -> Iterator[ServiceProcess]:
     """A service that keeps retrying long enough to outlive its own restart."""
-    yield from run_service("integrations", backend, request, **(FAST | {"BHIV_DELIVERY_MAX_ATTEMPTS": "50"}))
+    yield from run_service(
+        "integrations", backend, request, **(FAST | {"BHIV_DELIVERY_MAX_ATTEMPTS": "50"})
+    )
 
 
 def test_pending_deliveries_survive_a_restart(patient: ServiceProcess) -> None:

@@ -19,7 +19,12 @@ from tests.support.problems import assert_problem
 from tests.support.servers import ServiceProcess
 
 TOKEN = "vendor-api-token-3f9a"
-FIELD_MAP = {"name": "company", "email": "contact.email", "lead_time_days": "lead_days", "rating": "score"}
+FIELD_MAP = {
+    "name": "company",
+    "email": "contact.email",
+    "lead_time_days": "lead_days",
+    "rating": "score",
+}
 
 
 @dataclass
@@ -30,11 +35,15 @@ class Setup:
 
 
 @pytest.fixture(scope="module")
-def services(backend: str, request: pytest.FixtureRequest) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
+def services(
+    backend: str, request: pytest.FixtureRequest
+) -> Iterator[tuple[ServiceProcess, ServiceProcess]]:
     logistics_run = run_service("logistics", backend, request)
     logistics = next(logistics_run)
     try:
-        for integrations in run_service("integrations", backend, request, **FAST, BHIV_LOGISTICS_URL=logistics.url):
+        for integrations in run_service(
+            "integrations", backend, request, **FAST, BHIV_LOGISTICS_URL=logistics.url
+        ):
             yield integrations, logistics
     finally:
         logistics_run.close()
@@ -52,15 +61,28 @@ def job(setup: Setup, **fields: Any) -> dict[str, Any]:
     conn = created(
         api.post(
             "/connections",
-            json={"name": unique("vendors"), "base_url": setup.vendors.url, "auth_type": "bearer",
-                  "credentials": {"token": TOKEN}},
+            json={
+                "name": unique("vendors"),
+                "base_url": setup.vendors.url,
+                "auth_type": "bearer",
+                "credentials": {"token": TOKEN},
+            },
         )
     )
     body = {
-        "name": unique("sync"), "connection_id": conn["id"], "source_path": "/vendors",
-        "records_path": "data.vendors", "key_field": "vendor_id", "cursor_field": "updated_at",
-        "cursor_param": "updated_since", "page_param": "cursor", "next_page_path": "next",
-        "page_size_param": "limit", "page_size": 2, "target": "logistics.suppliers", "field_map": FIELD_MAP,
+        "name": unique("sync"),
+        "connection_id": conn["id"],
+        "source_path": "/vendors",
+        "records_path": "data.vendors",
+        "key_field": "vendor_id",
+        "cursor_field": "updated_at",
+        "cursor_param": "updated_since",
+        "page_param": "cursor",
+        "next_page_path": "next",
+        "page_size_param": "limit",
+        "page_size": 2,
+        "target": "logistics.suppliers",
+        "field_map": FIELD_MAP,
     }
     return created(api.post("/sync-jobs", json=body | fields))
 
@@ -82,7 +104,12 @@ def counts(r: dict[str, Any]) -> tuple[int, int, int, int]:
 
 
 def vendor(setup: Setup, key: str, company: str, **extra: Any) -> None:
-    fields = {"company": company, "contact": {"email": f"{key}@vendor.example"}, "lead_days": 5, "score": 4.5}
+    fields = {
+        "company": company,
+        "contact": {"email": f"{key}@vendor.example"},
+        "lead_days": 5,
+        "score": 4.5,
+    }
     setup.vendors.put(key, **(fields | extra))
 
 
@@ -96,7 +123,11 @@ def test_incremental_sync_picks_up_only_what_changed(setup: Setup) -> None:
     assert first["status"] == "succeeded", first
     assert counts(first) == (5, 0, 0, 0) and first["pages"] == 3 and first["cursor_before"] is None
     made = supplier(setup, f"{prefix} Co 3")
-    assert made["email"] == f"{prefix}-3@vendor.example" and made["lead_time_days"] == 5 and made["rating"] == "4.5"
+    assert (
+        made["email"] == f"{prefix}-3@vendor.example"
+        and made["lead_time_days"] == 5
+        and made["rating"] == "4.5"
+    )
 
     requests_before = len(setup.vendors.requests)
     vendor(setup, f"{prefix}-1", f"{prefix} Co 1", lead_days=9)
@@ -112,7 +143,10 @@ def test_incremental_sync_picks_up_only_what_changed(setup: Setup) -> None:
     assert counts(third) == (0, 0, 0, 0) and third["cursor_after"] == second["cursor_after"]
     history = setup.integrations.client().get(f"/sync-jobs/{j['id']}/runs").json()
     assert [r["id"] for r in history["items"]] == [third["id"], second["id"], first["id"]]
-    assert setup.integrations.client().get(f"/sync-jobs/{j['id']}").json()["cursor_value"] == third["cursor_after"]
+    assert (
+        setup.integrations.client().get(f"/sync-jobs/{j['id']}").json()["cursor_value"]
+        == third["cursor_after"]
+    )
 
 
 def test_existing_suppliers_are_matched_by_name_and_unchanged_ones_skipped(setup: Setup) -> None:
@@ -120,7 +154,9 @@ def test_existing_suppliers_are_matched_by_name_and_unchanged_ones_skipped(setup
     email = f"{unique('x')}@vendor.example"
     body = {"name": name, "email": email, "lead_time_days": 5, "rating": "4.5"}
     existing = created(setup.logistics.client().post("/suppliers", json=body))
-    setup.vendors.put(unique("k"), company=f"  {name} ", contact={"email": email}, lead_days="5", score="4.50")
+    setup.vendors.put(
+        unique("k"), company=f"  {name} ", contact={"email": email}, lead_days="5", score="4.50"
+    )
     result = run(setup, job(setup)["id"])
     assert counts(result) == (0, 0, 1, 0), result
     assert supplier(setup, name)["id"] == existing["id"]
@@ -135,7 +171,12 @@ def test_conflict_policy(setup: Setup) -> None:
         run(setup, j["id"])
         bhiv = supplier(setup, name)
         # Edited in BHIV, then changed at the source too.
-        assert setup.logistics.client().patch(f"/suppliers/{bhiv['id']}", json={"lead_time_days": 30}).status_code == 200
+        assert (
+            setup.logistics.client()
+            .patch(f"/suppliers/{bhiv['id']}", json={"lead_time_days": 30})
+            .status_code
+            == 200
+        )
         vendor(setup, key, name, lead_days=12)
         result = run(setup, j["id"])
         assert result["conflicts"] == 1, result
@@ -177,7 +218,11 @@ def test_scheduled_jobs_run_by_themselves(setup: Setup) -> None:
     name = unique("Scheduled")
     vendor(setup, unique("s"), name)
     j = job(setup, interval_seconds=1)
-    wait_until(lambda: setup.integrations.client().get(f"/sync-jobs/{j['id']}/runs").json()["total"] >= 2, 30, "2 runs")
+    wait_until(
+        lambda: setup.integrations.client().get(f"/sync-jobs/{j['id']}/runs").json()["total"] >= 2,
+        30,
+        "2 runs",
+    )
     runs = setup.integrations.client().get(f"/sync-jobs/{j['id']}/runs").json()["items"]
     assert {r["trigger"] for r in runs} == {"schedule"}
     assert supplier(setup, name)
@@ -186,13 +231,30 @@ def test_scheduled_jobs_run_by_themselves(setup: Setup) -> None:
 
 def test_job_validation(setup: Setup) -> None:
     api = setup.integrations.client()
-    base = {"name": unique("v"), "connection_id": 2**31 - 1, "source_path": "/x", "target": "logistics.suppliers",
-            "field_map": {"name": "n"}}
+    base = {
+        "name": unique("v"),
+        "connection_id": 2**31 - 1,
+        "source_path": "/x",
+        "target": "logistics.suppliers",
+        "field_map": {"name": "n"},
+    }
     assert_problem(api.post("/sync-jobs", json=base), 422, "connection_id")
     conn = job(setup)["connection_id"]
-    assert_problem(api.post("/sync-jobs", json=base | {"connection_id": conn, "field_map": {"colour": "c"}}), 422, "field_map.colour")
-    assert_problem(api.post("/sync-jobs", json=base | {"connection_id": conn, "field_map": {"name": "a..b"}}), 422, "field_map.name")
-    assert_problem(api.post("/sync-jobs", json=base | {"connection_id": conn, "target": "crm.leads"}), 422, "target")
+    assert_problem(
+        api.post("/sync-jobs", json=base | {"connection_id": conn, "field_map": {"colour": "c"}}),
+        422,
+        "field_map.colour",
+    )
+    assert_problem(
+        api.post("/sync-jobs", json=base | {"connection_id": conn, "field_map": {"name": "a..b"}}),
+        422,
+        "field_map.name",
+    )
+    assert_problem(
+        api.post("/sync-jobs", json=base | {"connection_id": conn, "target": "crm.leads"}),
+        422,
+        "target",
+    )
     # A connection in use cannot be deleted.
     assert_problem(api.delete(f"/connections/{conn}"), 409)
 

@@ -33,7 +33,8 @@ NEAR_MISS_TIMESTAMPS = st.one_of(
     st.just(str(int(time.time())).encode()),
 )
 SIGNATURE_SHAPES = st.lists(
-    st.tuples(st.sampled_from(["v1", "v1a", "v2", "", "V1", "v1,"]), st.binary(max_size=40)), max_size=5
+    st.tuples(st.sampled_from(["v1", "v1a", "v2", "", "V1", "v1,"]), st.binary(max_size=40)),
+    max_size=5,
 ).map(lambda parts: b" ".join(v.encode() + b"," + base64.b64encode(p) for v, p in parts))
 
 VALUE = st.one_of(st.none(), FIELD_BYTES, UNICODE_DIGITS, NEAR_MISS_TIMESTAMPS, SIGNATURE_SHAPES)
@@ -44,21 +45,39 @@ def fuzz_source(integrations: ServiceProcess) -> dict[str, Any]:
     return new_source(integrations.client())
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
 @given(msg_id=VALUE, stamp=VALUE, signature=VALUE)
 def test_no_header_value_makes_a_server_error(
-    integrations: ServiceProcess, fuzz_source: dict[str, Any], msg_id: bytes | None, stamp: bytes | None,
+    integrations: ServiceProcess,
+    fuzz_source: dict[str, Any],
+    msg_id: bytes | None,
+    stamp: bytes | None,
     signature: bytes | None,
 ) -> None:
     headers: dict[str, str | bytes] = dict(signed(fuzz_source["secret"], BODY))
-    for name, value in (("webhook-id", msg_id), ("webhook-timestamp", stamp), ("webhook-signature", signature)):
+    for name, value in (
+        ("webhook-id", msg_id),
+        ("webhook-timestamp", stamp),
+        ("webhook-signature", signature),
+    ):
         if value is not None:  # None keeps the genuine header, so the others are checked past it
             headers[name] = value
-    r = httpx.post(f"{integrations.url}/webhooks/{fuzz_source['name']}", content=BODY, headers=headers, timeout=30)
+    r = httpx.post(
+        f"{integrations.url}/webhooks/{fuzz_source['name']}",
+        content=BODY,
+        headers=headers,
+        timeout=30,
+    )
     assert r.status_code < 500, r.text
     if r.status_code >= 400:
         assert r.headers["content-type"].startswith("application/problem+json"), r.text
         if r.status_code == 400:
-            assert r.json()["errors"][0]["field"] in ("webhook-id", "webhook-timestamp", "webhook-signature")
+            assert r.json()["errors"][0]["field"] in (
+                "webhook-id",
+                "webhook-timestamp",
+                "webhook-signature",
+            )
     else:
         assert r.status_code in (200, 202)

@@ -27,7 +27,7 @@ def fake(fake_server: FakeOpenAI) -> FakeOpenAI:
 
 
 @pytest.fixture(scope="module")
-def llm(backend: str, request: pytest.FixtureRequest, fake_server: FakeOpenAI) -> Iterator[ServiceProcess]:
+def llm(
+    backend: str, request: pytest.FixtureRequest, fake_server: FakeOpenAI
+) -> Iterator[ServiceProcess]:
     yield from run_service("llm-query", backend, request, **registry_env(fake_server))
-
-

@@ -6,9 +6,9 @@ import json
 import uuid
 
 import httpx
+
 from bhiv.core.auth import mint_token
 from bhiv.core.settings import ServiceSettings
-
 from tests.support.fake_openai import FakeOpenAI
 from tests.support.servers import TEST_JWT_SECRET, ServiceProcess
 
@@ -24,23 +24,66 @@ def registry_env(fake: FakeOpenAI) -> dict[str, str]:
     providers = [
         # Generous: a stream that stalls for a moment on a loaded 2-core CI machine must
         # not time out (it did once, at 1.5 s). Timeouts are tested on "fake-slow".
-        {"name": "fake", "kind": "openai", "base_url": fake.base_url, "api_key_env": KEY_ENV,
-         "timeout_seconds": 10, "max_retries": 1},
-        {"name": "fake-slow", "kind": "openai", "base_url": fake.base_url, "api_key_env": KEY_ENV,
-         "timeout_seconds": 1.5, "max_retries": 1},
-        {"name": "fake-anthropic", "kind": "anthropic", "base_url": fake.url, "api_key_env": KEY_ENV,
-         "timeout_seconds": 5, "max_retries": 0},
+        {
+            "name": "fake",
+            "kind": "openai",
+            "base_url": fake.base_url,
+            "api_key_env": KEY_ENV,
+            "timeout_seconds": 10,
+            "max_retries": 1,
+        },
+        {
+            "name": "fake-slow",
+            "kind": "openai",
+            "base_url": fake.base_url,
+            "api_key_env": KEY_ENV,
+            "timeout_seconds": 1.5,
+            "max_retries": 1,
+        },
+        {
+            "name": "fake-anthropic",
+            "kind": "anthropic",
+            "base_url": fake.url,
+            "api_key_env": KEY_ENV,
+            "timeout_seconds": 5,
+            "max_retries": 0,
+        },
     ]
     models = [
-        {"alias": "primary", "provider": "fake", "model": PRIMARY, "input_price_per_1k": "0.5",
-         "output_price_per_1k": "1.5", "context_window": 8192, "fallbacks": ["backup"]},
-        {"alias": "backup", "provider": "fake", "model": BACKUP, "input_price_per_1k": "0.1",
-         "output_price_per_1k": "0.2", "context_window": 8192},
+        {
+            "alias": "primary",
+            "provider": "fake",
+            "model": PRIMARY,
+            "input_price_per_1k": "0.5",
+            "output_price_per_1k": "1.5",
+            "context_window": 8192,
+            "fallbacks": ["backup"],
+        },
+        {
+            "alias": "backup",
+            "provider": "fake",
+            "model": BACKUP,
+            "input_price_per_1k": "0.1",
+            "output_price_per_1k": "0.2",
+            "context_window": 8192,
+        },
         {"alias": "slow", "provider": "fake-slow", "model": SLOW, "fallbacks": ["backup"]},
-        {"alias": "tiny", "provider": "fake", "model": TINY, "context_window": 300, "max_output_tokens": 50},
+        {
+            "alias": "tiny",
+            "provider": "fake",
+            "model": TINY,
+            "context_window": 300,
+            "max_output_tokens": 50,
+        },
         {"alias": "cheap", "provider": "fake", "model": CHEAP, "tokenizer": "estimate"},
-        {"alias": "claude", "provider": "fake-anthropic", "model": CLAUDE, "input_price_per_1k": "3",
-         "output_price_per_1k": "15", "context_window": 200000},
+        {
+            "alias": "claude",
+            "provider": "fake-anthropic",
+            "model": CLAUDE,
+            "input_price_per_1k": "3",
+            "output_price_per_1k": "15",
+            "context_window": 200000,
+        },
     ]
     return {
         "BHIV_LLM_PROVIDERS": json.dumps(providers),
@@ -55,13 +98,20 @@ def registry_env(fake: FakeOpenAI) -> dict[str, str]:
     }
 
 
-def client(server: ServiceProcess, *, role: str = "editor", subject: str | None = None,
-           tenant: str | None = None) -> httpx.Client:
+def client(
+    server: ServiceProcess,
+    *,
+    role: str = "editor",
+    subject: str | None = None,
+    tenant: str | None = None,
+) -> httpx.Client:
     """A client for a fresh caller (its own rate limits, budget, usage), unless ``subject`` is given."""
     settings = ServiceSettings(jwt_secret=TEST_JWT_SECRET, data_dir=server.data_dir)
     subject = subject or f"user-{uuid.uuid4().hex[:8]}"
     token = mint_token(settings, subject=subject, roles=[role], ttl_seconds=900, tenant=tenant)
-    c = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0)
+    c = httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {token}"}, timeout=30.0
+    )
     server._clients.append(c)
     return c
 
@@ -71,8 +121,10 @@ def admin(server: ServiceProcess) -> httpx.Client:
 
 
 def ask(api: httpx.Client, content: str, model: str = "primary", **extra: object) -> httpx.Response:
-    return api.post("/v1/chat/completions",
-                    json={"model": model, "messages": [{"role": "user", "content": content}], **extra})
+    return api.post(
+        "/v1/chat/completions",
+        json={"model": model, "messages": [{"role": "user", "content": content}], **extra},
+    )
 
 
 def sse_events(r: httpx.Response) -> list[dict | str]:

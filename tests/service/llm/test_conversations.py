@@ -26,21 +26,34 @@ def summarising(messages: list[dict]) -> str:
 class TestQuery:
     def test_query_answers_with_its_own_shape(self, llm: ServiceProcess, fake: FakeOpenAI) -> None:
         fake.script(PRIMARY, Reply("Returns are free for 30 days."))
-        r = client(llm).post("/query", json={"prompt": unique("Returns?"), "system": "Be terse.", "max_tokens": 50})
+        r = client(llm).post(
+            "/query", json={"prompt": unique("Returns?"), "system": "Be terse.", "max_tokens": 50}
+        )
         assert r.status_code == 200, r.text
         body = r.json()
         assert body["answer"] == "Returns are free for 30 days." and body["model"] == "primary"
         assert body["usage"]["source"] == "provider" and body["tokenizer"] == "cl100k_base"
-        assert body["cache_hit"] is False and body["conversation_id"] is None and body["context"] is None
+        assert (
+            body["cache_hit"] is False
+            and body["conversation_id"] is None
+            and body["context"] is None
+        )
         sent = fake.calls_for(PRIMARY)[-1].body
-        assert sent["messages"][0] == {"role": "system", "content": "Be terse."} and sent["max_tokens"] == 50
+        assert (
+            sent["messages"][0] == {"role": "system", "content": "Be terse."}
+            and sent["max_tokens"] == 50
+        )
 
-    def test_bad_queries_are_422_naming_the_field(self, llm: ServiceProcess, fake: FakeOpenAI) -> None:
+    def test_bad_queries_are_422_naming_the_field(
+        self, llm: ServiceProcess, fake: FakeOpenAI
+    ) -> None:
         api = client(llm)
         assert_problem(api.post("/query", json={"prompt": ""}), 422, "prompt")
         assert_problem(api.post("/query", json={"prompt": "x", "max_tokens": 0}), 422, "max_tokens")
         assert_problem(api.post("/query", json={"prompt": "x", "colour": "red"}), 422, "colour")
-        assert_problem(api.post("/query", json={"prompt": "x", "conversation_id": 0}), 422, "conversation_id")
+        assert_problem(
+            api.post("/query", json={"prompt": "x", "conversation_id": 0}), 422, "conversation_id"
+        )
         assert fake.calls == []
 
 
@@ -54,11 +67,18 @@ class TestConversations:
         assert r.headers["Location"] == f"/conversations/{conv['id']}"
 
         fake.script(PRIMARY, Reply("Goa is sunny."), Reply("Pack sunscreen."))
-        first = api.post("/query", json={"prompt": "Where should I go?", "conversation_id": conv["id"]}).json()
+        first = api.post(
+            "/query", json={"prompt": "Where should I go?", "conversation_id": conv["id"]}
+        ).json()
         assert first["conversation_id"] == conv["id"] and first["context"]["history_messages"] == 0
-        second = api.post("/query", json={"prompt": "What do I pack?", "conversation_id": conv["id"]}).json()
+        second = api.post(
+            "/query", json={"prompt": "What do I pack?", "conversation_id": conv["id"]}
+        ).json()
         assert second["answer"] == "Pack sunscreen." and second["context"] == {
-            "history_messages": 2, "dropped_messages": 0, "summarized": False}
+            "history_messages": 2,
+            "dropped_messages": 0,
+            "summarized": False,
+        }
         assert fake.calls_for(PRIMARY)[-1].body["messages"] == [
             {"role": "system", "content": "You plan trips."},
             {"role": "user", "content": "Where should I go?"},
@@ -67,8 +87,10 @@ class TestConversations:
         ]
         history = api.get(f"/conversations/{conv['id']}/messages").json()
         assert [(m["role"], m["content"]) for m in history["items"]] == [
-            ("user", "Where should I go?"), ("assistant", "Goa is sunny."),
-            ("user", "What do I pack?"), ("assistant", "Pack sunscreen."),
+            ("user", "Where should I go?"),
+            ("assistant", "Goa is sunny."),
+            ("user", "What do I pack?"),
+            ("assistant", "Pack sunscreen."),
         ]
         assert all(m["tokens"] > 0 and m["model_alias"] == "primary" for m in history["items"])
         assert api.get(f"/conversations/{conv['id']}").json()["message_count"] == 4
@@ -87,13 +109,22 @@ class TestConversations:
         conv = api.post("/conversations", json={"model": "tiny"}).json()
         fake.default(TINY, Reply("noted " * 40))
         for i in range(4):
-            r = api.post("/query", json={"prompt": f"turn {i} " + "detail " * 40, "conversation_id": conv["id"],
-                                         "max_tokens": 40})
+            r = api.post(
+                "/query",
+                json={
+                    "prompt": f"turn {i} " + "detail " * 40,
+                    "conversation_id": conv["id"],
+                    "max_tokens": 40,
+                },
+            )
             assert r.status_code == 200, r.text
         context = r.json()["context"]
         assert context["dropped_messages"] > 0 and context["summarized"] is False
         sent = fake.calls_for(TINY)[-1].body["messages"]
-        assert sent[-1]["content"].startswith("turn 3") and len(sent) == 1 + context["history_messages"]
+        assert (
+            sent[-1]["content"].startswith("turn 3")
+            and len(sent) == 1 + context["history_messages"]
+        )
         assert not any(m["content"].startswith("turn 0") for m in sent)
         assert r.json()["usage"]["prompt_tokens"] + 40 <= 300
         # Everything is still in the stored history.
@@ -101,33 +132,53 @@ class TestConversations:
 
     def test_older_turns_can_be_summarised(self, llm: ServiceProcess, fake: FakeOpenAI) -> None:
         api = client(llm)
-        conv = api.post("/conversations", json={"model": "tiny", "context_strategy": "summarize"}).json()
+        conv = api.post(
+            "/conversations", json={"model": "tiny", "context_strategy": "summarize"}
+        ).json()
         fake.default(TINY, Reply(summarising))
         for i in range(4):
-            r = api.post("/query", json={"prompt": f"turn {i} " + "weather " * 60, "conversation_id": conv["id"],
-                                         "max_tokens": 40})
+            r = api.post(
+                "/query",
+                json={
+                    "prompt": f"turn {i} " + "weather " * 60,
+                    "conversation_id": conv["id"],
+                    "max_tokens": 40,
+                },
+            )
             assert r.status_code == 200, r.text
-        summaries = [c for c in fake.calls_for(TINY)
-                     if c.body["messages"][0]["content"].startswith("Summarise the conversation")]
+        summaries = [
+            c
+            for c in fake.calls_for(TINY)
+            if c.body["messages"][0]["content"].startswith("Summarise the conversation")
+        ]
         assert summaries and "turn 0" in summaries[0].body["messages"][1]["content"]
         stored = api.get(f"/conversations/{conv['id']}").json()
         assert stored["summary"] == "SUMMARY: they talked about the weather."
         last = fake.calls_for(TINY)[-1].body["messages"]
-        assert last[0] == {"role": "system", "content": "Summary of the earlier conversation: "
-                                                        "SUMMARY: they talked about the weather."}
+        assert last[0] == {
+            "role": "system",
+            "content": "Summary of the earlier conversation: "
+            "SUMMARY: they talked about the weather.",
+        }
         usage = api.get("/usage", params={"limit": 500}).json()["items"]
         assert {u["endpoint"] for u in usage} == {"query", "summarize"}
 
-    def test_a_blocked_prompt_leaves_the_history_untouched(self, llm: ServiceProcess, fake: FakeOpenAI) -> None:
+    def test_a_blocked_prompt_leaves_the_history_untouched(
+        self, llm: ServiceProcess, fake: FakeOpenAI
+    ) -> None:
         api = client(llm)
         conv = api.post("/conversations", json={}).json()
-        assert_problem(api.post("/query", json={"prompt": INJECTION_TEXT, "conversation_id": conv["id"]}), 400)
+        assert_problem(
+            api.post("/query", json={"prompt": INJECTION_TEXT, "conversation_id": conv["id"]}), 400
+        )
         assert api.get(f"/conversations/{conv['id']}/messages").json()["total"] == 0
 
     def test_redacted_text_is_what_is_stored(self, llm: ServiceProcess, fake: FakeOpenAI) -> None:
         api = client(llm)
         conv = api.post("/conversations", json={}).json()
-        api.post("/query", json={"prompt": "I am at priya@example.in", "conversation_id": conv["id"]})
+        api.post(
+            "/query", json={"prompt": "I am at priya@example.in", "conversation_id": conv["id"]}
+        )
         stored = api.get(f"/conversations/{conv['id']}/messages").json()["items"]
         assert stored[0]["content"] == "I am at [REDACTED:email]" and "priya" not in str(stored)
 
@@ -136,19 +187,28 @@ class TestConversations:
         conv = owner.post("/conversations", json={"title": "mine"}).json()
         assert_problem(other.get(f"/conversations/{conv['id']}"), 404)
         assert_problem(other.get(f"/conversations/{conv['id']}/messages"), 404)
-        assert_problem(other.post("/query", json={"prompt": "x", "conversation_id": conv["id"]}), 404)
+        assert_problem(
+            other.post("/query", json={"prompt": "x", "conversation_id": conv["id"]}), 404
+        )
         assert_problem(admin(llm).delete(f"/conversations/{conv['id']}"), 404)
         assert conv["id"] not in [c["id"] for c in other.get("/conversations").json()["items"]]
 
     def test_update_and_delete(self, llm: ServiceProcess, fake: FakeOpenAI) -> None:
         api = client(llm)
         conv = api.post("/conversations", json={"title": "old"}).json()
-        r = api.patch(f"/conversations/{conv['id']}", json={"title": "new", "model": "claude",
-                                                            "context_strategy": "summarize"})
+        r = api.patch(
+            f"/conversations/{conv['id']}",
+            json={"title": "new", "model": "claude", "context_strategy": "summarize"},
+        )
         assert r.status_code == 200 and r.json()["title"] == "new" and r.json()["model"] == "claude"
-        assert_problem(api.patch(f"/conversations/{conv['id']}", json={"model": "nope"}), 422, "model")
-        assert_problem(api.patch(f"/conversations/{conv['id']}", json={"context_strategy": None}), 422,
-                       "context_strategy")
+        assert_problem(
+            api.patch(f"/conversations/{conv['id']}", json={"model": "nope"}), 422, "model"
+        )
+        assert_problem(
+            api.patch(f"/conversations/{conv['id']}", json={"context_strategy": None}),
+            422,
+            "context_strategy",
+        )
         assert_problem(api.post("/conversations", json={"model": "nope"}), 422, "model")
         api.post("/query", json={"prompt": "hello", "conversation_id": conv["id"]})
         assert api.delete(f"/conversations/{conv['id']}").status_code == 204

@@ -5,9 +5,9 @@ from __future__ import annotations
 import shutil
 import subprocess
 import uuid
-from pathlib import Path
 from concurrent.futures import ThreadPoolExecutor
 from decimal import Decimal
+from pathlib import Path
 
 import httpx
 import pytest
@@ -41,7 +41,11 @@ class TestItems:
         assert api.get(f"/inventory/sku/{item['sku']}").json()["id"] == item["id"]
 
         r = api.patch(f"/inventory/{item['id']}", json={"name": "Blue widget", "reorder_level": 12})
-        assert r.status_code == 200 and r.json()["name"] == "Blue widget" and r.json()["low_stock"] is True
+        assert (
+            r.status_code == 200
+            and r.json()["name"] == "Blue widget"
+            and r.json()["low_stock"] is True
+        )
 
         page = api.get("/inventory", params={"q": item["sku"][4:], "sort": "-quantity"}).json()
         assert [i["id"] for i in page["items"]] == [item["id"]] and page["total"] == 1
@@ -50,17 +54,25 @@ class TestItems:
         api = logistics.client()
         item = new_item(api, quantity=7)
         rows = api.get(f"/inventory/{item['id']}/movements").json()["items"]
-        assert [(r["type"], r["on_hand_delta"], r["actor"]) for r in rows] == [("receipt", 7, "tester")]
+        assert [(r["type"], r["on_hand_delta"], r["actor"]) for r in rows] == [
+            ("receipt", 7, "tester")
+        ]
 
     def test_filters_sorting_and_pages(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
         category = f"cat-{uuid.uuid4().hex[:6]}"
         ids = [new_item(api, category=category, quantity=q)["id"] for q in (5, 1, 9)]
-        page = api.get("/inventory", params={"category": category, "sort": "quantity", "limit": 2}).json()
+        page = api.get(
+            "/inventory", params={"category": category, "sort": "quantity", "limit": 2}
+        ).json()
         assert page["total"] == 3 and [i["id"] for i in page["items"]] == [ids[1], ids[0]]
-        page2 = api.get("/inventory", params={"category": category, "sort": "quantity", "limit": 2, "offset": 2})
+        page2 = api.get(
+            "/inventory", params={"category": category, "sort": "quantity", "limit": 2, "offset": 2}
+        )
         assert [i["id"] for i in page2.json()["items"]] == [ids[2]]
-        ranged = api.get("/inventory", params={"category": category, "quantity_min": 2, "quantity_max": 6}).json()
+        ranged = api.get(
+            "/inventory", params={"category": category, "quantity_min": 2, "quantity_max": 6}
+        ).json()
         assert [i["id"] for i in ranged["items"]] == [ids[0]]
 
     def test_search_treats_wildcards_literally(self, logistics: ServiceProcess) -> None:
@@ -73,7 +85,9 @@ class TestItems:
     def test_duplicate_sku_is_409_naming_the_field(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
         item = new_item(api)
-        body = assert_problem(api.post("/inventory", json={"sku": item["sku"], "name": "Again"}), 409, "sku")
+        body = assert_problem(
+            api.post("/inventory", json={"sku": item["sku"], "name": "Again"}), 409, "sku"
+        )
         assert item["sku"] in body["detail"]
 
     @pytest.mark.parametrize(
@@ -89,7 +103,9 @@ class TestItems:
             ({"name": "x", "warehouse_id": 999999}, "warehouse_id"),
         ],
     )
-    def test_bad_input_is_422_and_changes_nothing(self, logistics: ServiceProcess, body: dict, field: str) -> None:
+    def test_bad_input_is_422_and_changes_nothing(
+        self, logistics: ServiceProcess, body: dict, field: str
+    ) -> None:
         api = logistics.client()
         before = api.get("/inventory", params={"limit": 1}).json()["total"]
         assert_problem(api.post("/inventory", json={"sku": sku(), **body}), 422, field)
@@ -97,7 +113,9 @@ class TestItems:
 
     def test_malformed_json_and_unknown_sort_are_422(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
-        r = api.post("/inventory", content=b"{not json", headers={"content-type": "application/json"})
+        r = api.post(
+            "/inventory", content=b"{not json", headers={"content-type": "application/json"}
+        )
         assert_problem(r, 422)
         assert_problem(api.get("/inventory", params={"sort": "price"}), 422, "sort")
         assert_problem(api.get("/inventory", params={"limit": 100000}), 422, "limit")
@@ -112,7 +130,9 @@ class TestItems:
         api = logistics.client()
         assert_problem(api.get("/inventory/999999"), 404)
         assert_problem(api.get("/inventory/sku/NOPE-404"), 404)
-        assert_problem(api.post("/inventory/999999/movements", json={"type": "receipt", "quantity": 1}), 404)
+        assert_problem(
+            api.post("/inventory/999999/movements", json={"type": "receipt", "quantity": 1}), 404
+        )
 
     def test_delete_refused_while_stock_remains(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
@@ -124,7 +144,9 @@ class TestItems:
 
 
 class TestLedger:
-    def test_every_movement_kind_keeps_stock_equal_to_the_ledger(self, logistics: ServiceProcess) -> None:
+    def test_every_movement_kind_keeps_stock_equal_to_the_ledger(
+        self, logistics: ServiceProcess
+    ) -> None:
         api = logistics.client()
         item = new_item(api, quantity=10)
         steps = [
@@ -135,9 +157,15 @@ class TestLedger:
             ("adjustment", -3, 10, 3),
         ]
         for kind, qty, on_hand, reserved in steps:
-            r = api.post(f"/inventory/{item['id']}/movements", json={"type": kind, "quantity": qty, "reference": "T-1"})
+            r = api.post(
+                f"/inventory/{item['id']}/movements",
+                json={"type": kind, "quantity": qty, "reference": "T-1"},
+            )
             assert r.status_code == 201, r.text
-            assert (r.json()["item"]["quantity"], r.json()["item"]["reserved"]) == (on_hand, reserved)
+            assert (r.json()["item"]["quantity"], r.json()["item"]["reserved"]) == (
+                on_hand,
+                reserved,
+            )
         assert ledger_sum(api, item["id"]) == (10, 3)
 
     @pytest.mark.parametrize(
@@ -149,14 +177,21 @@ class TestLedger:
     ) -> None:
         api = logistics.client()
         item = new_item(api, quantity=10)
-        body = assert_problem(api.post(f"/inventory/{item['id']}/movements", json={"type": kind, "quantity": qty}), 409)
+        body = assert_problem(
+            api.post(f"/inventory/{item['id']}/movements", json={"type": kind, "quantity": qty}),
+            409,
+        )
         assert body["sku"] == item["sku"]
         after = api.get(f"/inventory/{item['id']}").json()
         assert (after["quantity"], after["reserved"]) == (10, 0)
         assert api.get(f"/inventory/{item['id']}/movements").json()["total"] == 1
 
-    @pytest.mark.parametrize("body", [{"type": "receipt", "quantity": 0}, {"type": "reservation", "quantity": -1}])
-    def test_zero_or_negative_quantities_are_422(self, logistics: ServiceProcess, body: dict) -> None:
+    @pytest.mark.parametrize(
+        "body", [{"type": "receipt", "quantity": 0}, {"type": "reservation", "quantity": -1}]
+    )
+    def test_zero_or_negative_quantities_are_422(
+        self, logistics: ServiceProcess, body: dict
+    ) -> None:
         api = logistics.client()
         item = new_item(api)
         assert_problem(api.post(f"/inventory/{item['id']}/movements", json=body), 422)
@@ -191,13 +226,20 @@ class TestPartners:
     def test_suppliers_crud_filters_and_uniqueness(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
         name = f"Acme {uuid.uuid4().hex[:6]}"
-        r = api.post("/suppliers", json={"name": name, "email": "a@acme.example", "rating": "4.5", "lead_time_days": 3})
+        r = api.post(
+            "/suppliers",
+            json={"name": name, "email": "a@acme.example", "rating": "4.5", "lead_time_days": 3},
+        )
         assert r.status_code == 201 and r.headers["location"] == f"/suppliers/{r.json()['id']}"
         sid = r.json()["id"]
         assert_problem(api.post("/suppliers", json={"name": name}), 409, "name")
         assert_problem(api.post("/suppliers", json={"name": "x", "rating": 6}), 422, "rating")
-        assert_problem(api.post("/suppliers", json={"name": "x", "email": "not-an-email"}), 422, "email")
-        found = api.get("/suppliers", params={"q": name, "rating_min": "4", "lead_time_max": 5}).json()
+        assert_problem(
+            api.post("/suppliers", json={"name": "x", "email": "not-an-email"}), 422, "email"
+        )
+        found = api.get(
+            "/suppliers", params={"q": name, "rating_min": "4", "lead_time_max": 5}
+        ).json()
         assert [s["id"] for s in found["items"]] == [sid]
         assert api.patch(f"/suppliers/{sid}", json={"rating": "3.0"}).json()["rating"] == "3.0"
 
@@ -215,12 +257,17 @@ class TestPartners:
 
 
 class TestShipments:
-    def test_full_life_cycle_moves_stock_through_the_ledger(self, logistics: ServiceProcess) -> None:
+    def test_full_life_cycle_moves_stock_through_the_ledger(
+        self, logistics: ServiceProcess
+    ) -> None:
         api = logistics.client()
         a, b = new_item(api, quantity=10), new_item(api, quantity=5)
         r = api.post(
             "/shipments",
-            json={"destination": "5 Park St", "lines": [{"sku": a["sku"], "quantity": 3}, {"sku": b["sku"], "quantity": 5}]},
+            json={
+                "destination": "5 Park St",
+                "lines": [{"sku": a["sku"], "quantity": 3}, {"sku": b["sku"], "quantity": 5}],
+            },
         )
         assert r.status_code == 201, r.text
         shipment = r.json()
@@ -228,31 +275,53 @@ class TestShipments:
         assert api.get(f"/inventory/{a['id']}").json()["reserved"] == 3
 
         for status in ("picked", "shipped", "in_transit"):
-            r = api.post(f"/shipments/{shipment['id']}/transitions", json={"status": status, "location": "hub"})
+            r = api.post(
+                f"/shipments/{shipment['id']}/transitions",
+                json={"status": status, "location": "hub"},
+            )
             assert r.status_code == 200 and r.json()["status"] == status, r.text
         after_a = api.get(f"/inventory/{a['id']}").json()
         assert (after_a["quantity"], after_a["reserved"]) == (7, 0)
         assert ledger_sum(api, a["id"]) == (7, 0) and ledger_sum(api, b["id"]) == (0, 0)
 
-        r = api.post(f"/shipments/{shipment['id']}/events", json={"description": "Arrived at Pune hub", "location": "Pune"})
+        r = api.post(
+            f"/shipments/{shipment['id']}/events",
+            json={"description": "Arrived at Pune hub", "location": "Pune"},
+        )
         assert r.status_code == 201 and r.json()["status"] == "in_transit"
         api.post(f"/shipments/{shipment['id']}/transitions", json={"status": "delivered"})
         events = api.get(f"/shipments/{shipment['id']}/events").json()
-        assert [e["status"] for e in events] == ["created", "picked", "shipped", "in_transit", "in_transit", "delivered"]
+        assert [e["status"] for e in events] == [
+            "created",
+            "picked",
+            "shipped",
+            "in_transit",
+            "in_transit",
+            "delivered",
+        ]
 
     def test_illegal_transition_is_409(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
         item = new_item(api)
-        sid = api.post("/shipments", json={"destination": "x", "lines": [{"sku": item["sku"], "quantity": 1}]}).json()["id"]
-        body = assert_problem(api.post(f"/shipments/{sid}/transitions", json={"status": "delivered"}), 409)
+        sid = api.post(
+            "/shipments", json={"destination": "x", "lines": [{"sku": item["sku"], "quantity": 1}]}
+        ).json()["id"]
+        body = assert_problem(
+            api.post(f"/shipments/{sid}/transitions", json={"status": "delivered"}), 409
+        )
         assert body["current"] == "created" and body["allowed"] == ["cancelled", "picked"]
 
     def test_cancel_releases_the_reservation(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
         item = new_item(api, quantity=4)
-        sid = api.post("/shipments", json={"destination": "x", "lines": [{"sku": item["sku"], "quantity": 4}]}).json()["id"]
+        sid = api.post(
+            "/shipments", json={"destination": "x", "lines": [{"sku": item["sku"], "quantity": 4}]}
+        ).json()["id"]
         assert api.get(f"/inventory/{item['id']}").json()["available"] == 0
-        assert api.post(f"/shipments/{sid}/transitions", json={"status": "cancelled"}).status_code == 200
+        assert (
+            api.post(f"/shipments/{sid}/transitions", json={"status": "cancelled"}).status_code
+            == 200
+        )
         assert api.get(f"/inventory/{item['id']}").json()["available"] == 4
         assert_problem(api.post(f"/shipments/{sid}/transitions", json={"status": "picked"}), 409)
         assert_problem(api.post(f"/shipments/{sid}/events", json={"description": "late"}), 409)
@@ -262,7 +331,10 @@ class TestShipments:
         a, b = new_item(api, quantity=10), new_item(api, quantity=1)
         r = api.post(
             "/shipments",
-            json={"destination": "x", "lines": [{"sku": a["sku"], "quantity": 2}, {"sku": b["sku"], "quantity": 2}]},
+            json={
+                "destination": "x",
+                "lines": [{"sku": a["sku"], "quantity": 2}, {"sku": b["sku"], "quantity": 2}],
+            },
         )
         assert_problem(r, 409)
         assert api.get(f"/inventory/{a['id']}").json()["reserved"] == 0
@@ -270,17 +342,24 @@ class TestShipments:
 
     def test_unknown_sku_names_the_line(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
-        r = api.post("/shipments", json={"destination": "x", "lines": [{"sku": "NO-SUCH-SKU", "quantity": 1}]})
+        r = api.post(
+            "/shipments",
+            json={"destination": "x", "lines": [{"sku": "NO-SUCH-SKU", "quantity": 1}]},
+        )
         assert_problem(r, 422, "lines.0.sku")
 
 
 class TestAlertsAndAnalytics:
     def test_reorder_alerts_include_the_supplier(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
-        supplier = api.post("/suppliers", json={"name": f"S {uuid.uuid4().hex[:6]}", "lead_time_days": 4}).json()
+        supplier = api.post(
+            "/suppliers", json={"name": f"S {uuid.uuid4().hex[:6]}", "lead_time_days": 4}
+        ).json()
         low = new_item(api, quantity=2, reorder_level=5, supplier_id=supplier["id"])
         new_item(api, quantity=50, reorder_level=5)
-        alerts = {a["item"]["id"]: a for a in api.get("/alerts/reorder", params={"limit": 500}).json()}
+        alerts = {
+            a["item"]["id"]: a for a in api.get("/alerts/reorder", params={"limit": 500}).json()
+        }
         assert low["id"] in alerts
         assert alerts[low["id"]]["shortfall"] == 4 and alerts[low["id"]]["expected_days"] == 4
         assert all(a["item"]["available"] <= a["item"]["reorder_level"] for a in alerts.values())
@@ -306,7 +385,9 @@ class TestUnstorableInput:
         "params, field",
         [({"q": "wid\x00get"}, "q"), ({"category": "hard\x00ware"}, "category")],
     )
-    def test_search_with_a_nul_is_422(self, logistics: ServiceProcess, params: dict, field: str) -> None:
+    def test_search_with_a_nul_is_422(
+        self, logistics: ServiceProcess, params: dict, field: str
+    ) -> None:
         assert_problem(logistics.client().get("/inventory", params=params), 422, field)
 
     @pytest.mark.parametrize(
@@ -315,10 +396,16 @@ class TestUnstorableInput:
             ("/inventory", {"name": "Wid\x00get"}, "name"),
             ("/inventory", {"name": "Widget", "description": "M6\x00"}, "description"),
             ("/suppliers", {"name": "Acme\x00"}, "name"),
-            ("/warehouses", {"code": "W1", "name": "Central", "address": "12\x00 MG Road"}, "address"),
+            (
+                "/warehouses",
+                {"code": "W1", "name": "Central", "address": "12\x00 MG Road"},
+                "address",
+            ),
         ],
     )
-    def test_text_with_a_nul_is_422(self, logistics: ServiceProcess, path: str, body: dict, field: str) -> None:
+    def test_text_with_a_nul_is_422(
+        self, logistics: ServiceProcess, path: str, body: dict, field: str
+    ) -> None:
         api = logistics.client()
         if path == "/inventory":
             body = {"sku": sku(), **body}
@@ -328,7 +415,9 @@ class TestUnstorableInput:
 
     def test_a_lone_surrogate_is_422(self, logistics: ServiceProcess) -> None:
         body = b'{"sku": "%s", "name": "Wid\\ud800get"}' % sku().encode()
-        r = logistics.client().post("/inventory", content=body, headers={"content-type": "application/json"})
+        r = logistics.client().post(
+            "/inventory", content=body, headers={"content-type": "application/json"}
+        )
         assert_problem(r, 422, "name")
 
     @pytest.mark.parametrize(
@@ -346,7 +435,10 @@ class TestUnstorableInput:
     ) -> None:
         api = logistics.client()
         widget = new_item(api, quantity=5)
-        r = api.post("/shipments", json={"destination": "Goa", "lines": [{"sku": widget["sku"], "quantity": 1}]})
+        r = api.post(
+            "/shipments",
+            json={"destination": "Goa", "lines": [{"sku": widget["sku"], "quantity": 1}]},
+        )
         assert r.status_code == 201, r.text
         shipment_id = r.json()["id"]
         assert_problem(api.post(f"/shipments/{shipment_id}/events", json=body), 422, field)
@@ -356,16 +448,22 @@ class TestUnstorableInput:
     def test_shipment_and_movement_text_with_a_nul_is_422(self, logistics: ServiceProcess) -> None:
         api = logistics.client()
         widget = new_item(api, quantity=5)
-        r = api.post("/shipments", json={"destination": "Goa\x00", "lines": [{"sku": widget["sku"], "quantity": 1}]})
+        r = api.post(
+            "/shipments",
+            json={"destination": "Goa\x00", "lines": [{"sku": widget["sku"], "quantity": 1}]},
+        )
         assert_problem(r, 422, "destination")
-        r = api.post(f"/inventory/{widget['id']}/movements", json={"type": "receipt", "quantity": 1, "note": "\x00"})
+        r = api.post(
+            f"/inventory/{widget['id']}/movements",
+            json={"type": "receipt", "quantity": 1, "note": "\x00"},
+        )
         assert_problem(r, 422, "note")
         assert api.get(f"/inventory/{widget['id']}").json()["quantity"] == 5
 
 
-
-
-def test_sustained_concurrent_reads_are_never_refused(logistics: ServiceProcess, tmp_path: Path) -> None:
+def test_sustained_concurrent_reads_are_never_refused(
+    logistics: ServiceProcess, tmp_path: Path
+) -> None:
     """Under load from a real generator (wrk, 32 connections), no read is refused.
 
     Sessions are closed after the response has been sent; when that lagged,
@@ -380,7 +478,10 @@ def test_sustained_concurrent_reads_are_never_refused(logistics: ServiceProcess,
     script.write_text(f'wrk.headers["Authorization"] = "Bearer {logistics.token("viewer")}"\n')
     out = subprocess.run(
         [wrk, "-t2", "-c32", "-d3s", "-s", str(script), f"{logistics.url}/inventory/{item['id']}"],
-        capture_output=True, text=True, check=True, timeout=60,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
     ).stdout
     assert "requests in" in out, out
     assert "Non-2xx" not in out and "Socket errors" not in out, out

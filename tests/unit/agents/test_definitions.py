@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
+
 from bhiv.agents.definitions import Step, WorkflowSpec, builtin_workflows, dag_problem
 from bhiv.agents.engine import satisfied
 from bhiv.agents.models import StepStatus
-from pydantic import ValidationError
 
 
 def steps(*raw: dict) -> list[Step]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from bhiv.agents import expressions
 from bhiv.agents.expressions import ExpressionError, check, evaluate, render
 

@@ -29,8 +29,16 @@ def test_excess_requests_wait_then_are_shed_and_probes_are_exempt() -> None:
                     started.update(message)
                 else:
                     headers = dict(started["headers"])
-                    answers.append((name, started["status"], {**json.loads(message["body"] or b"{}"), **{
-                        k.decode(): v.decode() for k, v in headers.items()}}))
+                    answers.append(
+                        (
+                            name,
+                            started["status"],
+                            {
+                                **json.loads(message["body"] or b"{}"),
+                                **{k.decode(): v.decode() for k, v in headers.items()},
+                            },
+                        )
+                    )
 
             await shed({"type": "http", "path": path, "headers": []}, None, send)
 
@@ -49,5 +57,7 @@ def test_excess_requests_wait_then_are_shed_and_probes_are_exempt() -> None:
     assert answers["probe"][0] == 200 and answers["first"][0] == 200
     for name in ("overflow", "queued"):
         status, body = answers[name]
-        assert status == 503 and body["type"].endswith("/overloaded") and body["retry-after"] == "1", body
+        assert (
+            status == 503 and body["type"].endswith("/overloaded") and body["retry-after"] == "1"
+        ), body
         assert body["content-type"] == "application/problem+json"

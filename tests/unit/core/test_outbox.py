@@ -10,11 +10,12 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import Integer, String, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
 from bhiv.core.client import ServiceClient, UpstreamError
 from bhiv.core.db import Database, new_metadata
 from bhiv.core.outbox import Outbox, RelayBlocked
-from sqlalchemy import Integer, String, select
-from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
 class Base(DeclarativeBase):
@@ -42,7 +43,12 @@ def client(answer: Callable[[httpx.Request], httpx.Response], seen: list[dict]) 
         seen.append(json.loads(request.content))
         return answer(request)
 
-    return ServiceClient("integrations", "http://integrations.test", attempts=1, transport=httpx.MockTransport(handler))
+    return ServiceClient(
+        "integrations",
+        "http://integrations.test",
+        attempts=1,
+        transport=httpx.MockTransport(handler),
+    )
 
 
 def unsent(db: Database) -> list[str]:
@@ -75,7 +81,9 @@ def test_relay_marks_sent_only_after_2xx(db: Database) -> None:
     assert [b["type"] for b in seen] == ["thing.n0", "thing.n1", "thing.n2"]
     assert seen[0]["source"] == "unit" and seen[0]["data"] == {"n": 0} and seen[0]["occurred_at"]
     # Nothing is sent twice once acknowledged.
-    assert asyncio.run(OUTBOX.relay_once(db, client(lambda r: httpx.Response(201), seen), {}, 10)) == 0
+    assert (
+        asyncio.run(OUTBOX.relay_once(db, client(lambda r: httpx.Response(201), seen), {}, 10)) == 0
+    )
 
 
 def test_a_failing_integrations_service_leaves_events_pending(db: Database) -> None:
@@ -86,7 +94,9 @@ def test_a_failing_integrations_service_leaves_events_pending(db: Database) -> N
     seen: list[dict] = []
     with pytest.raises(UpstreamError):
         asyncio.run(OUTBOX.relay_once(db, client(lambda r: httpx.Response(503), seen), {}, 10))
-    assert unsent(db) == ["thing.a", "thing.b"] and len(seen) == 1  # the batch stops at the first 5xx
+    assert (
+        unsent(db) == ["thing.a", "thing.b"] and len(seen) == 1
+    )  # the batch stops at the first 5xx
 
     def refused(r: httpx.Request) -> httpx.Response:
         return httpx.Response(422 if json.loads(r.content)["type"] == "thing.a" else 200)

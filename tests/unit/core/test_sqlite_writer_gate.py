@@ -8,9 +8,10 @@ import time
 from pathlib import Path
 
 import pytest
-from bhiv.core.db import Database
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
+
+from bhiv.core.db import Database
 
 
 @pytest.fixture

@@ -7,8 +7,14 @@ from typing import Any
 from bhiv.gateway.kubernetes import ModuleIndex, serving
 
 
-def module(name: str, service: str, url: str | None = None, ready: str | None = "True", rv: str = "1",
-           **spec: Any) -> dict[str, Any]:
+def module(
+    name: str,
+    service: str,
+    url: str | None = None,
+    ready: str | None = "True",
+    rv: str = "1",
+    **spec: Any,
+) -> dict[str, Any]:
     status: dict[str, Any] = {}
     if url:
         status["url"] = url
@@ -34,16 +40,26 @@ def test_list_then_events_change_the_routes() -> None:
     index = ModuleIndex()
     index.reset([module("logistics", "logistics", "http://logistics.bhiv.svc:8001")], "10")
     assert routes(index) == {
-        "logistics": ("/api/logistics", ("http://logistics.bhiv.svc:8001",), {"http://logistics.bhiv.svc:8001": True})
+        "logistics": (
+            "/api/logistics",
+            ("http://logistics.bhiv.svc:8001",),
+            {"http://logistics.bhiv.svc:8001": True},
+        )
     }
     assert index.resource_version == "10"
 
     assert index.apply("ADDED", module("crm", "crm", "http://crm.bhiv.svc:8002/", rv="11"))
-    assert routes(index)["crm"] == ("/api/crm", ("http://crm.bhiv.svc:8002",), {"http://crm.bhiv.svc:8002": True})
+    assert routes(index)["crm"] == (
+        "/api/crm",
+        ("http://crm.bhiv.svc:8002",),
+        {"http://crm.bhiv.svc:8002": True},
+    )
     assert index.resource_version == "11"
 
     # Not Ready any more: still routed (503, not 404), out of rotation.
-    assert index.apply("MODIFIED", module("crm", "crm", "http://crm.bhiv.svc:8002", ready="False", rv="12"))
+    assert index.apply(
+        "MODIFIED", module("crm", "crm", "http://crm.bhiv.svc:8002", ready="False", rv="12")
+    )
     assert routes(index)["crm"][2] == {"http://crm.bhiv.svc:8002": False}
 
     assert index.apply("DELETED", module("crm", "crm", "http://crm.bhiv.svc:8002", rv="13"))
@@ -53,7 +69,9 @@ def test_list_then_events_change_the_routes() -> None:
 def test_changes_that_do_not_affect_routing_are_ignored() -> None:
     index = ModuleIndex()
     index.reset([module("logistics", "logistics", "http://l:8001", replicas=2)], "1")
-    assert not index.apply("MODIFIED", module("logistics", "logistics", "http://l:8001", replicas=5, rv="2"))
+    assert not index.apply(
+        "MODIFIED", module("logistics", "logistics", "http://l:8001", replicas=5, rv="2")
+    )
     assert not index.apply("BOOKMARK", {"metadata": {"resourceVersion": "3"}})
     assert index.resource_version == "3"
     assert not index.apply("ERROR", {"metadata": {"name": "x"}})
@@ -123,8 +141,14 @@ def test_module_views_show_status_and_dependencies_but_no_configuration() -> Non
     index = ModuleIndex()
     secret_ref = {"secretKeyRef": {"name": "bhiv-shared-secrets", "key": "BHIV_JWT_SECRET"}}
     crm = module(
-        "crm", "crm", "http://crm:8002", ready="False", image="bhiv-core:0.1.0", replicas=2,
-        dependsOn=["llm-query"], env=[{"name": "BHIV_JWT_SECRET", "valueFrom": secret_ref}],
+        "crm",
+        "crm",
+        "http://crm:8002",
+        ready="False",
+        image="bhiv-core:0.1.0",
+        replicas=2,
+        dependsOn=["llm-query"],
+        env=[{"name": "BHIV_JWT_SECRET", "valueFrom": secret_ref}],
         database={"secretRef": {"name": "crm-db", "key": "url"}},
     )
     crm["status"].update(readyReplicas=0, replicasReady="0/2", waitingFor=["llm-query"])
@@ -133,15 +157,31 @@ def test_module_views_show_status_and_dependencies_but_no_configuration() -> Non
     view, gateway = index.module_views()  # by name
     assert gateway["name"] == "gateway" and gateway["dependsOn"] == ["crm"]
     assert view == {
-        "name": "crm", "service": "crm", "image": "bhiv-core:0.1.0", "replicas": 2, "paused": False,
-        "dependsOn": ["llm-query"], "readyReplicas": 0, "replicasReady": "0/2",
+        "name": "crm",
+        "service": "crm",
+        "image": "bhiv-core:0.1.0",
+        "replicas": 2,
+        "paused": False,
+        "dependsOn": ["llm-query"],
+        "readyReplicas": 0,
+        "replicasReady": "0/2",
         "waitingFor": ["llm-query"],
         "url": "http://crm:8002",
         "conditions": [
-            {"type": "DependenciesReady", "status": "True", "reason": None, "message": None,
-             "lastTransitionTime": None},
-            {"type": "Ready", "status": "False", "reason": "Test", "message": None,
-             "lastTransitionTime": None},
+            {
+                "type": "DependenciesReady",
+                "status": "True",
+                "reason": None,
+                "message": None,
+                "lastTransitionTime": None,
+            },
+            {
+                "type": "Ready",
+                "status": "False",
+                "reason": "Test",
+                "message": None,
+                "lastTransitionTime": None,
+            },
         ],
     }
     assert "secret" not in repr(index.module_views()).lower()

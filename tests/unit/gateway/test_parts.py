@@ -16,16 +16,17 @@ from bhiv.gateway.openapi import merge
 from bhiv.gateway.ratelimit import Decision, MemoryBuckets, rate_limit_headers
 from bhiv.gateway.registry import DiscoveredService, Health, Registry
 from bhiv.gateway.settings import GatewaySettings, RateSpec, RoutePolicy
-
 from tests.support.servers import TEST_JWT_SECRET
 
 
 def registry(lb: str = "round_robin") -> Registry:
     reg = Registry(lambda name: RoutePolicy(load_balancer=lb))
-    reg.update([
-        DiscoveredService("a", "/api/a", ("http://a1", "http://a2", "http://a3")),
-        DiscoveredService("ab", "/api/a/b", ("http://ab",)),
-    ])
+    reg.update(
+        [
+            DiscoveredService("a", "/api/a", ("http://a1", "http://a2", "http://a3")),
+            DiscoveredService("ab", "/api/a/b", ("http://ab",)),
+        ]
+    )
     return reg
 
 
@@ -86,7 +87,9 @@ def test_passive_ejection() -> None:
 
 def test_platform_readiness_keeps_an_instance_out() -> None:
     reg = Registry(lambda name: RoutePolicy())
-    reg.update([DiscoveredService("a", "/api/a", ("http://a1", "http://a2"), ready={"http://a2": False})])
+    reg.update(
+        [DiscoveredService("a", "/api/a", ("http://a1", "http://a2"), ready={"http://a2": False})]
+    )
     assert {reg.upstreams["a"].pick().url for _ in range(4)} == {"http://a1"}  # type: ignore[union-attr]
 
 
@@ -132,14 +135,25 @@ def test_retry_budget(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_roles_per_route() -> None:
-    policy = RoutePolicy.model_validate({
-        "rules": [{"path": "/admin", "role": "admin"}, {"path": "/admin/read", "methods": ["GET"], "role": "viewer"}],
-        "public_paths": ["/public"],
-    })
+    policy = RoutePolicy.model_validate(
+        {
+            "rules": [
+                {"path": "/admin", "role": "admin"},
+                {"path": "/admin/read", "methods": ["GET"], "role": "viewer"},
+            ],
+            "public_paths": ["/public"],
+        }
+    )
     role = EdgeAuth.required_role
     assert role(policy, "GET", "/items") == "viewer" and role(policy, "POST", "/items") == "editor"
-    assert role(policy, "GET", "/admin/users") == "admin" and role(policy, "GET", "/admin/read/x") == "viewer"
-    assert role(policy, "POST", "/admin/read/x") == "admin" and role(policy, "GET", "/administrator") == "viewer"
+    assert (
+        role(policy, "GET", "/admin/users") == "admin"
+        and role(policy, "GET", "/admin/read/x") == "viewer"
+    )
+    assert (
+        role(policy, "POST", "/admin/read/x") == "admin"
+        and role(policy, "GET", "/administrator") == "viewer"
+    )
     assert EdgeAuth.is_public(policy, "/public/x") and not EdgeAuth.is_public(policy, "/publicity")
     EdgeAuth.authorize(Identity("u", ("admin",), "jwt"), "editor")
     with pytest.raises(Problem) as denied:
@@ -148,10 +162,19 @@ def test_roles_per_route() -> None:
 
 
 def test_upstreams_setting() -> None:
-    s = GatewaySettings(gateway_upstreams=json.loads('{"logistics": ["http://h:1/"], "x": {"urls": ["http://x"], "prefix": "/api/x"}}'))
+    s = GatewaySettings(
+        gateway_upstreams=json.loads(
+            '{"logistics": ["http://h:1/"], "x": {"urls": ["http://x"], "prefix": "/api/x"}}'
+        )
+    )
     assert s.gateway_upstreams["logistics"].urls == ["http://h:1"]  # type: ignore[index]
-    for bad in ({"billing": ["http://b"]}, {"gateway": ["http://g"]}, {"x": {"urls": ["http://x"], "prefix": "/x"}},
-                {"logistics": ["ftp://h"]}, {"logistics": []}):
+    for bad in (
+        {"billing": ["http://b"]},
+        {"gateway": ["http://g"]},
+        {"x": {"urls": ["http://x"], "prefix": "/x"}},
+        {"logistics": ["ftp://h"]},
+        {"logistics": []},
+    ):
         with pytest.raises(ValidationError):
             GatewaySettings(gateway_upstreams=bad)
 
@@ -160,19 +183,47 @@ def test_openapi_merge_renames_schemas_and_refs() -> None:
     base = {"openapi": "3.1.0", "info": {"title": "gw", "version": "1"}, "paths": {"/services": {}}}
     doc = {
         "info": {"title": "Logistics", "version": "2"},
-        "paths": {"/items/{id}": {"get": {"operationId": "get_item", "tags": ["inventory"], "responses": {
-            "200": {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Item"}}}}}},
-            "parameters": [{"name": "id", "in": "path"}]}},
-        "components": {"schemas": {"Item": {"properties": {"p": {"$ref": "#/components/schemas/ProblemDetail"}}},
-                                   "ProblemDetail": {}}},
+        "paths": {
+            "/items/{id}": {
+                "get": {
+                    "operationId": "get_item",
+                    "tags": ["inventory"],
+                    "responses": {
+                        "200": {
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Item"}
+                                }
+                            }
+                        }
+                    },
+                },
+                "parameters": [{"name": "id", "in": "path"}],
+            }
+        },
+        "components": {
+            "schemas": {
+                "Item": {"properties": {"p": {"$ref": "#/components/schemas/ProblemDetail"}}},
+                "ProblemDetail": {},
+            }
+        },
         "tags": [{"name": "inventory"}],
     }
-    out = merge(base, {"logistics": ("/api/logistics", doc), "crm": ("/api/crm", {"paths": {"/": {"get": {}}}})})
+    out = merge(
+        base,
+        {"logistics": ("/api/logistics", doc), "crm": ("/api/crm", {"paths": {"/": {"get": {}}}})},
+    )
     op = out["paths"]["/api/logistics/items/{id}"]["get"]
     assert op["operationId"] == "logistics.get_item" and op["tags"] == ["logistics: inventory"]
-    assert op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"] == "#/components/schemas/logistics.Item"
+    assert (
+        op["responses"]["200"]["content"]["application/json"]["schema"]["$ref"]
+        == "#/components/schemas/logistics.Item"
+    )
     schemas = out["components"]["schemas"]
-    assert schemas["logistics.Item"]["properties"]["p"]["$ref"] == "#/components/schemas/logistics.ProblemDetail"
+    assert (
+        schemas["logistics.Item"]["properties"]["p"]["$ref"]
+        == "#/components/schemas/logistics.ProblemDetail"
+    )
     assert out["paths"]["/api/crm/"]["get"]["tags"] == ["crm"]
     assert {"name": "logistics: inventory"} in out["tags"] and "/services" in out["paths"]
     assert base["paths"] == {"/services": {}}  # the base document is not changed
@@ -189,8 +240,12 @@ def test_minted_tokens_carry_the_whole_identity_and_never_outlive_the_caller(tmp
 
     def claims(identity: Identity) -> dict:
         header = dict(auth.upstream_credentials(identity, None))[b"authorization"].decode()
-        return jwt.decode(header.removeprefix("Bearer "), settings.jwt_signing_secret(), algorithms=["HS256"],
-                          audience="bhiv")
+        return jwt.decode(
+            header.removeprefix("Bearer "),
+            settings.jwt_signing_secret(),
+            algorithms=["HS256"],
+            audience="bhiv",
+        )
 
     acme = Identity("dev", ("editor",), "api_key", tenant="acme")
     globex = Identity("dev", ("editor",), "api_key", tenant="globex")
@@ -204,7 +259,9 @@ def test_minted_tokens_carry_the_whole_identity_and_never_outlive_the_caller(tmp
     assert caught.value.status == 401
 
 
-def test_memory_buckets_stay_bounded_under_address_spraying(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_memory_buckets_stay_bounded_under_address_spraying(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     now = [1000.0]
     monkeypatch.setattr(ratelimit.time, "monotonic", lambda: now[0])
     spec = RateSpec(rate=1, burst=2)
@@ -224,16 +281,22 @@ def test_memory_buckets_stay_bounded_under_address_spraying(monkeypatch: pytest.
 def test_public_operations_come_from_the_services_openapi() -> None:
     from bhiv.gateway.openapi import public_operations
 
-    doc = {"paths": {
-        "/webhooks/{source}": {"post": {"x-bhiv-public": True}, "get": {}},
-        "/webhook-sources": {"get": {"x-bhiv-public": "yes"}},  # only a literal true counts
-        "/a.b/{x}/c": {"get": {"x-bhiv-public": True}, "parameters": []},
-    }}
+    doc = {
+        "paths": {
+            "/webhooks/{source}": {"post": {"x-bhiv-public": True}, "get": {}},
+            "/webhook-sources": {"get": {"x-bhiv-public": "yes"}},  # only a literal true counts
+            "/a.b/{x}/c": {"get": {"x-bhiv-public": True}, "parameters": []},
+        }
+    }
     ops = public_operations(doc)
     up = registry().upstreams["a"]
     up.public_operations = ops
-    assert up.declares_public("POST", "/webhooks/acme") and not up.declares_public("GET", "/webhooks/acme")
-    assert not up.declares_public("POST", "/webhooks/acme/x") and not up.declares_public("POST", "/webhooks/")
+    assert up.declares_public("POST", "/webhooks/acme") and not up.declares_public(
+        "GET", "/webhooks/acme"
+    )
+    assert not up.declares_public("POST", "/webhooks/acme/x") and not up.declares_public(
+        "POST", "/webhooks/"
+    )
     assert not up.declares_public("GET", "/webhook-sources")
     assert up.declares_public("HEAD", "/a.b/1/c") and not up.declares_public("GET", "/aXb/1/c")
     assert public_operations({"paths": ["junk"]}) == () and public_operations({}) == ()
@@ -244,7 +307,8 @@ def test_metrics_can_be_turned_off(tmp_path) -> None:  # noqa: ANN001
 
     from bhiv.gateway.service import create_app
 
-    app = create_app(GatewaySettings(metrics_access="off", jwt_secret=TEST_JWT_SECRET,
-                                     data_dir=tmp_path))
+    app = create_app(
+        GatewaySettings(metrics_access="off", jwt_secret=TEST_JWT_SECRET, data_dir=tmp_path)
+    )
     answer = TestClient(app).get("/metrics")
     assert answer.status_code == 404 and answer.json()["type"].endswith("/not-found")

@@ -60,18 +60,22 @@ def fake_dns(table: dict[str, list[str]]) -> egress.Resolver:
     return resolve
 
 
-DNS = fake_dns({
-    "partner.example": ["93.184.215.14"],
-    "rebind.example": ["127.0.0.1"],
-    "mixed.example": ["93.184.215.14", "10.0.0.7"],
-    "metadata.example": ["169.254.169.254"],
-    "mapped.example": ["::ffff:192.168.0.1"],
-    "lab.example": ["10.20.0.5"],
-    "agents.bhiv.svc": ["10.96.0.12"],
-})
+DNS = fake_dns(
+    {
+        "partner.example": ["93.184.215.14"],
+        "rebind.example": ["127.0.0.1"],
+        "mixed.example": ["93.184.215.14", "10.0.0.7"],
+        "metadata.example": ["169.254.169.254"],
+        "mapped.example": ["::ffff:192.168.0.1"],
+        "lab.example": ["10.20.0.5"],
+        "agents.bhiv.svc": ["10.96.0.12"],
+    }
+)
 
 
-def policy(hosts: list[str], networks: list[str] = (), platform: frozenset = frozenset()) -> EgressPolicy:  # type: ignore[assignment]
+def policy(
+    hosts: list[str], networks: list[str] = (), platform: frozenset = frozenset()
+) -> EgressPolicy:  # type: ignore[assignment]
     return EgressPolicy(hosts, egress.parse_networks(networks), platform, DNS)
 
 
@@ -83,12 +87,16 @@ class TestResolvedAddresses:
     def test_a_public_answer_is_used_as_resolved(self) -> None:
         assert addresses(policy(["*"]), "partner.example") == ["93.184.215.14"]
 
-    @pytest.mark.parametrize("host", ["rebind.example", "mixed.example", "metadata.example", "mapped.example"])
+    @pytest.mark.parametrize(
+        "host", ["rebind.example", "mixed.example", "metadata.example", "mapped.example"]
+    )
     def test_an_allowed_name_that_resolves_inward_is_refused(self, host: str) -> None:
         with pytest.raises(EgressRefused) as refused:
             addresses(policy(["*", host]), host)
         assert "BHIV_EGRESS_ALLOWED_NETWORKS" in str(refused.value)
-        assert "10.0.0.7" not in str(refused.value) and "169.254" not in str(refused.value)  # no DNS oracle
+        assert "10.0.0.7" not in str(refused.value) and "169.254" not in str(
+            refused.value
+        )  # no DNS oracle
 
     def test_an_explicitly_allowed_network_is_reachable(self) -> None:
         assert addresses(policy(["lab.example"], ["10.20.0.0/16"]), "lab.example") == ["10.20.0.5"]
@@ -96,12 +104,18 @@ class TestResolvedAddresses:
             addresses(policy(["*"], ["10.20.0.0/16"]), "rebind.example")
 
     def test_platform_services_are_reachable_at_their_own_urls_only(self) -> None:
-        platform = egress.platform_destinations({"BHIV_AGENT_ORCHESTRATION_URL": "http://agents.bhiv.svc:8003"})
+        platform = egress.platform_destinations(
+            {"BHIV_AGENT_ORCHESTRATION_URL": "http://agents.bhiv.svc:8003"}
+        )
         p = policy([], platform=platform)
         assert addresses(p, "agents.bhiv.svc", 8003) == ["10.96.0.12"]
         assert p.url_refusal("http://agents.bhiv.svc:8003/triggers/1") is None
-        assert p.url_refusal("http://127.0.0.1:8005/events") is None  # the catalog default of an unset one
-        assert p.url_refusal("http://agents.bhiv.svc:9999/") is not None  # another port is not the service
+        assert (
+            p.url_refusal("http://127.0.0.1:8005/events") is None
+        )  # the catalog default of an unset one
+        assert (
+            p.url_refusal("http://agents.bhiv.svc:9999/") is not None
+        )  # another port is not the service
         with pytest.raises(EgressRefused):
             addresses(policy(["*"], platform=platform), "agents.bhiv.svc", 9999)
 
@@ -113,15 +127,25 @@ class TestResolvedAddresses:
 class TestUrlsAsSaved:
     @pytest.mark.parametrize(
         "url",
-        ["http://10.1.2.3/", "http://169.254.169.254/latest/meta-data/", "http://[::ffff:127.0.0.1]:8000/",
-         "http://[fe80::1]/", "http://0.0.0.0:8005/", "http://100.64.1.1/"],
+        [
+            "http://10.1.2.3/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://[::ffff:127.0.0.1]:8000/",
+            "http://[fe80::1]/",
+            "http://0.0.0.0:8005/",
+            "http://100.64.1.1/",
+        ],
     )
     def test_internal_literals_are_refused_even_with_a_wildcard(self, url: str) -> None:
         assert "BHIV_EGRESS_ALLOWED_NETWORKS" in (policy(["*"]).url_refusal(url) or "")
 
     def test_names_pass_until_resolved_and_the_name_list_still_applies(self) -> None:
-        assert policy(["*"]).url_refusal("https://rebind.example/") is None  # its address is checked on connect
-        assert "BHIV_EGRESS_ALLOWED_HOSTS" in (policy(["partner.example"]).url_refusal("https://x.example/") or "")
+        assert (
+            policy(["*"]).url_refusal("https://rebind.example/") is None
+        )  # its address is checked on connect
+        assert "BHIV_EGRESS_ALLOWED_HOSTS" in (
+            policy(["partner.example"]).url_refusal("https://x.example/") or ""
+        )
 
     def test_bad_networks_name_the_entry(self) -> None:
         with pytest.raises(ValueError, match="'10.0.0.0/33'"):

@@ -60,7 +60,10 @@ class TestSigning:
             ("webhook-signature", "v1," + "A" * 2100),
             ("webhook-timestamp", "abc"),
             ("webhook-timestamp", "12.5e3"),
-            ("webhook-timestamp", "\u00b2\u00b3"),  # Unicode digits: str.isdigit() says yes, int() says no
+            (
+                "webhook-timestamp",
+                "\u00b2\u00b3",
+            ),  # Unicode digits: str.isdigit() says yes, int() says no
             ("webhook-timestamp", "\u0663\u0664"),  # Arabic-Indic digits: int() accepts them
             ("webhook-timestamp", "1" * 13),
             ("webhook-timestamp", "-1"),
@@ -71,14 +74,18 @@ class TestSigning:
         ],
     )
     def test_malformed_headers_name_the_header(self, header: str, value: str) -> None:
-        headers = signing.sign(signing.new_secret(), "msg_1", int(time.time()), b"{}") | {header: value}
+        headers = signing.sign(signing.new_secret(), "msg_1", int(time.time()), b"{}") | {
+            header: value
+        }
         with pytest.raises(signing.MalformedHeader) as caught:
             signing.parse_headers(headers)
         assert caught.value.header == header
 
     def test_strict_parse_keeps_well_formed_headers(self) -> None:
         headers = signing.sign(signing.new_secret(), "msg_1", 1614265330, b"{}")
-        parsed = signing.parse_headers(headers | {"webhook-signature": headers["webhook-signature"] + " v1a,xyz="})
+        parsed = signing.parse_headers(
+            headers | {"webhook-signature": headers["webhook-signature"] + " v1a,xyz="}
+        )
         assert (parsed.msg_id, parsed.timestamp) == ("msg_1", 1614265330)
 
     def test_non_utf8_bodies_are_refused(self) -> None:
@@ -134,7 +141,15 @@ class TestSecretBox:
 class TestRetrySchedule:
     def test_exponential_then_capped(self) -> None:
         schedule = exponential(5, 4, 36_000)
-        assert [delay_after(schedule, n) for n in range(1, 8)] == [5, 20, 80, 320, 1280, 5120, 20480]
+        assert [delay_after(schedule, n) for n in range(1, 8)] == [
+            5,
+            20,
+            80,
+            320,
+            1280,
+            5120,
+            20480,
+        ]
         assert delay_after(schedule, 9) == 36_000
 
     def test_jitter_only_stretches(self) -> None:
@@ -166,15 +181,27 @@ class TestSyncPieces:
         suppliers = TARGETS[SyncTarget.logistics_suppliers]
         source = {"name": " Acme ", "rating": 4.5, "lead_time_days": "5"}
         stored = {"name": "Acme", "rating": "4.50", "lead_time_days": 5}
-        assert comparable(suppliers, source, set(source)) == comparable(suppliers, stored, set(source))
+        assert comparable(suppliers, source, set(source)) == comparable(
+            suppliers, stored, set(source)
+        )
         customers = TARGETS[SyncTarget.crm_customers]
-        assert comparable(customers, {"email": "A@X.io"}, {"email"}) == comparable(customers, {"email": "a@x.io"}, {"email"})
-        assert comparable(customers, {"tags": ["b", "a"]}, {"tags"}) == comparable(customers, {"tags": ["a", "b"]}, {"tags"})
+        assert comparable(customers, {"email": "A@X.io"}, {"email"}) == comparable(
+            customers, {"email": "a@x.io"}, {"email"}
+        )
+        assert comparable(customers, {"tags": ["b", "a"]}, {"tags"}) == comparable(
+            customers, {"tags": ["a", "b"]}, {"tags"}
+        )
 
 
 def test_event_timestamps_are_utc_z() -> None:
     from bhiv.integrations.delivery import payload
     from bhiv.integrations.models import Event
 
-    event = Event(event_id="e1", type="a.b", source="s", occurred_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC), data={})
+    event = Event(
+        event_id="e1",
+        type="a.b",
+        source="s",
+        occurred_at=dt.datetime(2026, 1, 1, tzinfo=dt.UTC),
+        data={},
+    )
     assert b'"timestamp":"2026-01-01T00:00:00Z"' in payload(event)

@@ -65,7 +65,12 @@ def test_chat_framing_is_counted() -> None:
 
 
 def test_content_parts_are_joined() -> None:
-    assert tokens.message_text({"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}) == "ab"
+    assert (
+        tokens.message_text(
+            {"content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]}
+        )
+        == "ab"
+    )
     assert tokens.message_text({"content": None}) == ""
 
 

@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+
 from bhiv_operator.bootstrap import BootstrapError, build_shared_secret, load_manifests
 
 MANIFESTS = Path(__file__).resolve().parents[3] / "manifests"

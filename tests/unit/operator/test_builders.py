@@ -25,7 +25,9 @@ class TestModel:
         assert (m.port, m.replicas, m.autoscaling.enabled, m.paused) == (8001, 1, False, False)
         assert m.resources["requests"] == {"cpu": "100m", "memory": "128Mi"}
 
-    @pytest.mark.parametrize(("service", "port"), [("gateway", 8000), ("crm", 8002), ("integrations", 8005)])
+    @pytest.mark.parametrize(
+        ("service", "port"), [("gateway", 8000), ("crm", 8002), ("integrations", 8005)]
+    )
     def test_port_defaults_to_the_service_kind(self, service: str, port: int) -> None:
         assert Module.from_body(body(service=service)).port == port
 
@@ -43,7 +45,9 @@ class TestDeployment:
         assert {"name": "tmp", "mountPath": "/tmp"} in c["volumeMounts"]
 
     def test_probes_and_command(self) -> None:
-        c = builders.build_deployment(module(), replicas=1)["spec"]["template"]["spec"]["containers"][0]
+        c = builders.build_deployment(module(), replicas=1)["spec"]["template"]["spec"][
+            "containers"
+        ][0]
         assert c["args"] == ["serve", "logistics"]
         assert c["livenessProbe"]["httpGet"]["path"] == "/health"
         assert c["readinessProbe"]["httpGet"]["path"] == "/health/ready"
@@ -76,8 +80,13 @@ class TestDeployment:
         assert builders.build_deployment(module(), replicas=0)["spec"]["replicas"] == 0
 
     def test_database_secret_and_user_env_last(self) -> None:
-        m = module(database={"secretRef": {"name": "db"}}, env=[{"name": "BHIV_LOG_LEVEL", "value": "DEBUG"}])
-        env = builders.build_deployment(m, replicas=1)["spec"]["template"]["spec"]["containers"][0]["env"]
+        m = module(
+            database={"secretRef": {"name": "db"}},
+            env=[{"name": "BHIV_LOG_LEVEL", "value": "DEBUG"}],
+        )
+        env = builders.build_deployment(m, replicas=1)["spec"]["template"]["spec"]["containers"][0][
+            "env"
+        ]
         names = [e["name"] for e in env]
         assert names.index("BHIV_DATABASE_URL") < names.index("BHIV_LOG_LEVEL") == len(names) - 1
         db = next(e for e in env if e["name"] == "BHIV_DATABASE_URL")
@@ -87,12 +96,16 @@ class TestDeployment:
 class TestServiceHpaPdb:
     def test_service(self) -> None:
         s = builders.build_service(module(port=9000))
-        assert s["spec"]["ports"] == [{"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}]
+        assert s["spec"]["ports"] == [
+            {"name": "http", "port": 9000, "targetPort": "http", "protocol": "TCP"}
+        ]
         assert s["spec"]["selector"]["app.kubernetes.io/instance"] == "logistics"
 
     def test_hpa_only_when_enabled(self) -> None:
         assert builders.build_hpa(module()) is None
-        hpa = builders.build_hpa(module(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5}))
+        hpa = builders.build_hpa(
+            module(autoscaling={"enabled": True, "minReplicas": 2, "maxReplicas": 5})
+        )
         assert hpa is not None and hpa["apiVersion"] == "autoscaling/v2"
         assert (hpa["spec"]["minReplicas"], hpa["spec"]["maxReplicas"]) == (2, 5)
         assert hpa["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"] == 80
@@ -102,8 +115,20 @@ class TestServiceHpaPdb:
         [
             ({"replicas": 1}, False),
             ({"replicas": 3}, True),
-            ({"replicas": 3, "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}}, False),
-            ({"replicas": 1, "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4}}, True),
+            (
+                {
+                    "replicas": 3,
+                    "autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4},
+                },
+                False,
+            ),
+            (
+                {
+                    "replicas": 1,
+                    "autoscaling": {"enabled": True, "minReplicas": 2, "maxReplicas": 4},
+                },
+                True,
+            ),
         ],
     )
     def test_pdb_when_more_than_one_pod(self, spec: dict[str, Any], expected: bool) -> None:
@@ -119,18 +144,31 @@ class TestServiceHpaPdb:
 def test_only_the_gateway_gets_an_api_token_and_discovers_from_modules() -> None:
     plain = builders.build_deployment(module(), replicas=1)["spec"]["template"]["spec"]
     assert plain["automountServiceAccountToken"] is False and "serviceAccountName" not in plain
-    gw = builders.build_deployment(Module.from_body(body(service="gateway")), replicas=1)["spec"]["template"]["spec"]
+    gw = builders.build_deployment(Module.from_body(body(service="gateway")), replicas=1)["spec"][
+        "template"
+    ]["spec"]
     assert gw["automountServiceAccountToken"] is True and gw["serviceAccountName"] == "bhiv-gateway"
     env = {e["name"]: e for e in gw["containers"][0]["env"]}
     assert env["BHIV_GATEWAY_DISCOVERY"]["value"] == "kubernetes"
-    assert env["BHIV_GATEWAY_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    assert (
+        env["BHIV_GATEWAY_NAMESPACE"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.namespace"
+    )
 
 
 def test_user_env_overrides_a_default_of_the_same_name_once() -> None:
     # Server-side apply refuses a list with two entries of one name.
-    m = Module.from_body(body(service="gateway", env=[{"name": "BHIV_GATEWAY_DISCOVERY", "value": "local"},
-                                                      {"name": "EXTRA", "value": "1"}]))
-    env = builders.build_deployment(m, replicas=1)["spec"]["template"]["spec"]["containers"][0]["env"]
+    m = Module.from_body(
+        body(
+            service="gateway",
+            env=[
+                {"name": "BHIV_GATEWAY_DISCOVERY", "value": "local"},
+                {"name": "EXTRA", "value": "1"},
+            ],
+        )
+    )
+    env = builders.build_deployment(m, replicas=1)["spec"]["template"]["spec"]["containers"][0][
+        "env"
+    ]
     names = [e["name"] for e in env]
     assert len(names) == len(set(names))
     assert next(e for e in env if e["name"] == "BHIV_GATEWAY_DISCOVERY")["value"] == "local"

@@ -24,10 +24,20 @@ class TestGraph:
         assert dependency_state("d", g, found).reason == "WaitingForDependencies"
 
     def test_missing_waiting_and_ready(self) -> None:
-        g = nodes(a=((), True), b=(("a", "ghost"), False), c=(("a",), False), d=(("c",), False), e=((), False))
+        g = nodes(
+            a=((), True),
+            b=(("a", "ghost"), False),
+            c=(("a",), False),
+            d=(("c",), False),
+            e=((), False),
+        )
         found = cycles(g)
         missing = dependency_state("b", g, found)
-        assert (missing.reason, missing.waiting_for, missing.satisfied) == ("DependencyNotFound", ("ghost",), False)
+        assert (missing.reason, missing.waiting_for, missing.satisfied) == (
+            "DependencyNotFound",
+            ("ghost",),
+            False,
+        )
         assert dependency_state("c", g, found).satisfied
         waiting = dependency_state("d", g, found)
         assert (waiting.reason, waiting.waiting_for) == ("WaitingForDependencies", ("c",))
@@ -42,11 +52,23 @@ class TestGraph:
 
 class TestConditions:
     def test_transition_time_kept_while_status_holds(self) -> None:
-        first = merge_conditions([], [Condition("Ready", False, "Waiting", "x")], 1, "2026-01-01T00:00:00Z")
-        same = merge_conditions(first, [Condition("Ready", False, "Other", "y")], 2, "2026-01-02T00:00:00Z")
-        assert same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z" and same[0]["observedGeneration"] == 2
-        flipped = merge_conditions(same, [Condition("Ready", True, "Ok", "z")], 2, "2026-01-03T00:00:00Z")
-        assert flipped[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z" and flipped[0]["status"] == "True"
+        first = merge_conditions(
+            [], [Condition("Ready", False, "Waiting", "x")], 1, "2026-01-01T00:00:00Z"
+        )
+        same = merge_conditions(
+            first, [Condition("Ready", False, "Other", "y")], 2, "2026-01-02T00:00:00Z"
+        )
+        assert (
+            same[0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+            and same[0]["observedGeneration"] == 2
+        )
+        flipped = merge_conditions(
+            same, [Condition("Ready", True, "Ok", "z")], 2, "2026-01-03T00:00:00Z"
+        )
+        assert (
+            flipped[0]["lastTransitionTime"] == "2026-01-03T00:00:00Z"
+            and flipped[0]["status"] == "True"
+        )
         assert [c["reason"] for c in transitions(same, flipped)] == ["Ok"]
         assert transitions(flipped, flipped) == []
 

@@ -77,7 +77,7 @@ def _load_assets() -> dict[str, Asset]:
     # of these (no path from the URL reaches the file system).
     assets = {}
     for name, body in _package_files("static").items():
-        suffix = name[name.rfind("."):]
+        suffix = name[name.rfind(".") :]
         if suffix in _TYPES:
             etag = '"' + hashlib.sha256(body).hexdigest()[:32] + '"'
             assets[name] = Asset(body, _TYPES[suffix], etag)

@@ -38,7 +38,12 @@ ConnectionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Connection I
 ADMIN = [Depends(require("admin"))]
 
 pages = page_params(
-    {"id": Connection.id, "name": Connection.name, "created_at": Connection.created_at, "calls": Connection.calls},
+    {
+        "id": Connection.id,
+        "name": Connection.name,
+        "created_at": Connection.created_at,
+        "calls": Connection.calls,
+    },
     default_sort="id",
 )
 
@@ -50,17 +55,30 @@ def read(conn: Connection) -> ConnectionRead:
     else:
         health = "healthy" if conn.last_error is None else "failing"
     return ConnectionRead(
-        id=conn.id, name=conn.name, description=conn.description, base_url=conn.base_url,
-        auth_type=conn.auth_type, api_key_header=conn.api_key_header, has_credentials=conn.credentials is not None,
-        timeout_seconds=conn.timeout_seconds, rate_limit_per_minute=conn.rate_limit_per_minute,
-        health_path=conn.health_path, health=health,
+        id=conn.id,
+        name=conn.name,
+        description=conn.description,
+        base_url=conn.base_url,
+        auth_type=conn.auth_type,
+        api_key_header=conn.api_key_header,
+        has_credentials=conn.credentials is not None,
+        timeout_seconds=conn.timeout_seconds,
+        rate_limit_per_minute=conn.rate_limit_per_minute,
+        health_path=conn.health_path,
+        health=health,
         metrics=ConnectionMetrics(
-            calls=calls, errors=conn.errors or 0, error_rate=round((conn.errors or 0) / calls, 4) if calls else 0.0,
+            calls=calls,
+            errors=conn.errors or 0,
+            error_rate=round((conn.errors or 0) / calls, 4) if calls else 0.0,
             avg_latency_ms=round(conn.latency_ms_total / calls, 2) if calls else None,
-            last_latency_ms=conn.last_latency_ms, last_status_code=conn.last_status_code, last_error=conn.last_error,
-            last_called_at=conn.last_called_at, last_success_at=conn.last_success_at,
+            last_latency_ms=conn.last_latency_ms,
+            last_status_code=conn.last_status_code,
+            last_error=conn.last_error,
+            last_called_at=conn.last_called_at,
+            last_success_at=conn.last_success_at,
         ),
-        created_at=conn.created_at, updated_at=conn.updated_at,
+        created_at=conn.created_at,
+        updated_at=conn.updated_at,
     )
 
 
@@ -80,14 +98,20 @@ def _check_egress(request: Request, url: str, field: str) -> None:
 def list_connections(
     session: SessionDep,
     params: Annotated[PageParams, Depends(pages)],
-    q: Annotated[Annotated[str, StorableText] | None, Query(max_length=200, description="Search name and URL.")] = None,
+    q: Annotated[
+        Annotated[str, StorableText] | None,
+        Query(max_length=200, description="Search name and URL."),
+    ] = None,
     auth_type: Annotated[AuthType | None, Query(description="Only this auth type.")] = None,
 ) -> Page[ConnectionRead]:
     stmt = select(Connection)
     if q:
         pattern = like_pattern(q)
         stmt = stmt.where(
-            or_(Connection.name.ilike(pattern, escape="\\"), Connection.base_url.ilike(pattern, escape="\\"))
+            or_(
+                Connection.name.ilike(pattern, escape="\\"),
+                Connection.base_url.ilike(pattern, escape="\\"),
+            )
         )
     if auth_type is not None:
         stmt = stmt.where(Connection.auth_type == auth_type)
@@ -103,7 +127,9 @@ def list_connections(
     dependencies=ADMIN,
     responses={409: {"description": "The name is taken."}},
 )
-def create_connection(body: ConnectionCreate, request: Request, session: SessionDep, response: Response) -> ConnectionRead:
+def create_connection(
+    body: ConnectionCreate, request: Request, session: SessionDep, response: Response
+) -> ConnectionRead:
     _check_egress(request, body.base_url, "base_url")
     secrets = _plain(body.credentials)
     check_credentials(body.auth_type, secrets)
@@ -122,7 +148,11 @@ def create_connection(body: ConnectionCreate, request: Request, session: Session
     return result
 
 
-@router.get("/connections/{connection_id}", response_model=ConnectionRead, summary="A connection, its health and metrics")
+@router.get(
+    "/connections/{connection_id}",
+    response_model=ConnectionRead,
+    summary="A connection, its health and metrics",
+)
 def get_connection(connection_id: ConnectionId, session: SessionDep) -> ConnectionRead:
     return read(get_or_404(session, Connection, connection_id))
 
@@ -177,8 +207,13 @@ def update_connection(
 )
 def delete_connection(connection_id: ConnectionId, session: SessionDep) -> Response:
     conn = get_or_404(session, Connection, connection_id)
-    if session.scalar(select(SyncJob.id).where(SyncJob.connection_id == connection_id).limit(1)) is not None:
-        raise conflict(f"Connection {connection_id} is used by sync jobs; delete or move them first.")
+    if (
+        session.scalar(select(SyncJob.id).where(SyncJob.connection_id == connection_id).limit(1))
+        is not None
+    ):
+        raise conflict(
+            f"Connection {connection_id} is used by sync jobs; delete or move them first."
+        )
     session.delete(conn)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -192,7 +227,9 @@ def delete_connection(connection_id: ConnectionId, session: SessionDep) -> Respo
     "happened; the call counts in the connection's metrics. 429 when its rate limit is used up.",
     responses={429: {"description": "The connection's rate limit is used up."}},
 )
-async def test_connection(connection_id: ConnectionId, request: Request, body: TestCall | None = None) -> Any:
+async def test_connection(
+    connection_id: ConnectionId, request: Request, body: TestCall | None = None
+) -> Any:
     state = request.app.state
     conn = await run_in_threadpool(_existing, state.db, connection_id)
     try:
@@ -201,14 +238,21 @@ async def test_connection(connection_id: ConnectionId, request: Request, body: T
         return TestCallResult(ok=False, status_code=None, latency_ms=0.0, error=str(exc))
     start = utcnow()
     try:
-        r = await state.caller.get(ep, (body.path if body and body.path else None) or conn.health_path, wait=False)
+        r = await state.caller.get(
+            ep, (body.path if body and body.path else None) or conn.health_path, wait=False
+        )
     except RateLimited:
         raise rate_limited_problem() from None
     except CallFailed as exc:
-        return TestCallResult(ok=False, status_code=None, latency_ms=_ms_since(start), error=str(exc))
+        return TestCallResult(
+            ok=False, status_code=None, latency_ms=_ms_since(start), error=str(exc)
+        )
     ok = r.status_code < 400
     return TestCallResult(
-        ok=ok, status_code=r.status_code, latency_ms=_ms_since(start), error=None if ok else f"HTTP {r.status_code}"
+        ok=ok,
+        status_code=r.status_code,
+        latency_ms=_ms_since(start),
+        error=None if ok else f"HTTP {r.status_code}",
     )
 
 

@@ -26,8 +26,12 @@ pages = page_params({"id": Event.id, "occurred_at": Event.occurred_at}, default_
 
 def read(event: Event) -> EventRead:
     return EventRead(
-        id=event.event_id, type=event.type, source=event.source, occurred_at=event.occurred_at,
-        received_at=event.received_at, data=event.data,
+        id=event.event_id,
+        type=event.type,
+        source=event.source,
+        occurred_at=event.occurred_at,
+        received_at=event.received_at,
+        data=event.data,
     )
 
 
@@ -42,9 +46,13 @@ def check_publisher(identity: Identity, source: str) -> None:
     if "admin" in identity.permissions or speaks_for == source:
         return
     who = f"the {speaks_for} service" if speaks_for else f"'{identity.subject}'"
-    message = f"only the {source} service itself (or an admin) may publish as '{source}'; you are {who}"
+    message = (
+        f"only the {source} service itself (or an admin) may publish as '{source}'; you are {who}"
+    )
     raise Problem(
-        403, f"source: {message}.", kind="forbidden",
+        403,
+        f"source: {message}.",
+        kind="forbidden",
         errors=[{"location": "body", "field": "source", "message": message, "type": "forbidden"}],
     )
 
@@ -67,15 +75,22 @@ def _known(session: Session, event_id: str) -> Event | None:
     },
 )
 def ingest(
-    body: EventIn, session: SessionDep, response: Response, identity: Annotated[Identity, Depends(current_identity)]
+    body: EventIn,
+    session: SessionDep,
+    response: Response,
+    identity: Annotated[Identity, Depends(current_identity)],
 ) -> EventAccepted:
     check_publisher(identity, body.source)
     if _known(session, body.id) is not None:
         response.status_code = status.HTTP_200_OK
         return EventAccepted(id=body.id, duplicate=True, deliveries=0)
     event = Event(
-        event_id=body.id, type=body.type, source=body.source, occurred_at=body.occurred_at,
-        data=body.data, received_at=utcnow(),
+        event_id=body.id,
+        type=body.type,
+        source=body.source,
+        occurred_at=body.occurred_at,
+        data=body.data,
+        received_at=utcnow(),
     )
     try:
         session.add(event)
@@ -94,10 +109,19 @@ def ingest(
 def list_events(
     session: SessionDep,
     params: Annotated[PageParams, Depends(pages)],
-    type: Annotated[str | None, Query(max_length=100, pattern=r"^[a-z0-9_.]+$", description="Only this type.")] = None,
-    source: Annotated[str | None, Query(max_length=64, pattern=r"^[a-z0-9_-]+$", description="Only from this service.")] = None,
-    occurred_at_min: Annotated[UTCTimestamp | None, Query(description="Occurred at or after.")] = None,
-    occurred_at_max: Annotated[UTCTimestamp | None, Query(description="Occurred at or before.")] = None,
+    type: Annotated[
+        str | None, Query(max_length=100, pattern=r"^[a-z0-9_.]+$", description="Only this type.")
+    ] = None,
+    source: Annotated[
+        str | None,
+        Query(max_length=64, pattern=r"^[a-z0-9_-]+$", description="Only from this service."),
+    ] = None,
+    occurred_at_min: Annotated[
+        UTCTimestamp | None, Query(description="Occurred at or after.")
+    ] = None,
+    occurred_at_max: Annotated[
+        UTCTimestamp | None, Query(description="Occurred at or before.")
+    ] = None,
 ) -> Page[EventRead]:
     stmt = select(Event)
     if type is not None:
@@ -113,7 +137,9 @@ def list_events(
 
 @router.get("/events/{event_id}", response_model=EventRead, summary="Get an event by its ID")
 def get_event(
-    event_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The event's ID.")],
+    event_id: Annotated[
+        str, Path(pattern=r"^[A-Za-z0-9_.:-]{1,64}$", description="The event's ID.")
+    ],
     session: SessionDep,
 ) -> EventRead:
     event = _known(session, event_id)

@@ -43,13 +43,20 @@ SourceId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Webhook source I
 ADMIN = [Depends(require("admin"))]
 
 source_pages = page_params({"id": WebhookSource.id, "name": WebhookSource.name}, default_sort="id")
-message_pages = page_params({"id": InboundMessage.id, "received_at": InboundMessage.received_at}, default_sort="-id")
+message_pages = page_params(
+    {"id": InboundMessage.id, "received_at": InboundMessage.received_at}, default_sort="-id"
+)
 
 
 def read(source: WebhookSource) -> WebhookSourceRead:
     return WebhookSourceRead(
-        id=source.id, name=source.name, description=source.description, active=source.active,
-        endpoint=f"/webhooks/{source.name}", created_at=source.created_at, updated_at=source.updated_at,
+        id=source.id,
+        name=source.name,
+        description=source.description,
+        active=source.active,
+        endpoint=f"/webhooks/{source.name}",
+        created_at=source.created_at,
+        updated_at=source.updated_at,
     )
 
 
@@ -60,14 +67,27 @@ def read_message(m: InboundMessage) -> InboundMessageRead:
     except ValueError:
         parsed = None
     return InboundMessageRead(
-        id=m.id, source_id=m.source_id, message_id=m.message_id, event_type=m.event_type,
-        content_type=m.content_type, body=text, payload=parsed, signed_at=m.signed_at,
-        received_at=m.received_at, duplicates=m.duplicates,
+        id=m.id,
+        source_id=m.source_id,
+        message_id=m.message_id,
+        event_type=m.event_type,
+        content_type=m.content_type,
+        body=text,
+        payload=parsed,
+        signed_at=m.signed_at,
+        received_at=m.received_at,
+        duplicates=m.duplicates,
     )
 
 
-@sources.get("/webhook-sources", response_model=Page[WebhookSourceRead], summary="List inbound webhook sources")
-def list_sources(session: SessionDep, params: Annotated[PageParams, Depends(source_pages)]) -> Page[WebhookSourceRead]:
+@sources.get(
+    "/webhook-sources",
+    response_model=Page[WebhookSourceRead],
+    summary="List inbound webhook sources",
+)
+def list_sources(
+    session: SessionDep, params: Annotated[PageParams, Depends(source_pages)]
+) -> Page[WebhookSourceRead]:
     return paginate(session, select(WebhookSource), params, read)
 
 
@@ -86,7 +106,9 @@ def create_source(
 ) -> WebhookSourceWithSecret:
     box: SecretBox = request.app.state.secret_box
     secret = signing.given_or_new(body.secret)
-    source = WebhookSource(name=body.name, description=body.description, active=body.active, secret=box.seal(secret))
+    source = WebhookSource(
+        name=body.name, description=body.description, active=body.active, secret=box.seal(secret)
+    )
     with unique_as_conflict(session, "webhook_sources", {"name": body.name}, "webhook source"):
         session.add(source)
         session.flush()
@@ -96,16 +118,22 @@ def create_source(
     return result
 
 
-@sources.get("/webhook-sources/{source_id}", response_model=WebhookSourceRead, summary="Get a webhook source")
+@sources.get(
+    "/webhook-sources/{source_id}", response_model=WebhookSourceRead, summary="Get a webhook source"
+)
 def get_source(source_id: SourceId, session: SessionDep) -> WebhookSourceRead:
     return read(get_or_404(session, WebhookSource, source_id, "Webhook source"))
 
 
 @sources.patch(
-    "/webhook-sources/{source_id}", response_model=WebhookSourceRead, summary="Change a webhook source",
+    "/webhook-sources/{source_id}",
+    response_model=WebhookSourceRead,
+    summary="Change a webhook source",
     dependencies=ADMIN,
 )
-def update_source(source_id: SourceId, body: WebhookSourceUpdate, session: SessionDep) -> WebhookSourceRead:
+def update_source(
+    source_id: SourceId, body: WebhookSourceUpdate, session: SessionDep
+) -> WebhookSourceRead:
     source = get_or_404(session, WebhookSource, source_id, "Webhook source")
     apply_patch(source, body)
     result = read(source)
@@ -166,8 +194,13 @@ def list_messages(
 
 
 def _store(
-    db: Database, box: SecretBox, name: str, headers: signing.WebhookHeaders, content_type: str | None,
-    body: bytes, tolerance: int,
+    db: Database,
+    box: SecretBox,
+    name: str,
+    headers: signing.WebhookHeaders,
+    content_type: str | None,
+    body: bytes,
+    tolerance: int,
 ) -> InboundAck:
     with db.session() as session:
         source = session.scalar(select(WebhookSource).where(WebhookSource.name == name))
@@ -179,12 +212,18 @@ def _store(
         try:
             secret = box.open(source.secret)
         except UnreadableSecret:
-            raise Problem(503, "The source's secret cannot be read; an operator must fix the key.", kind="not-ready") from None
+            raise Problem(
+                503,
+                "The source's secret cannot be read; an operator must fix the key.",
+                kind="not-ready",
+            ) from None
         try:
             signing.verify(secret, headers, body, tolerance_seconds=tolerance)
         except signing.SignatureError as exc:
             raise Problem(
-                401, f"The signature is not valid: {exc}.", kind="invalid-signature",
+                401,
+                f"The signature is not valid: {exc}.",
+                kind="invalid-signature",
                 headers={"WWW-Authenticate": 'Signature realm="bhiv-webhooks"'},
             ) from None
         message_id = headers.msg_id
@@ -192,8 +231,13 @@ def _store(
         if existing is not None:
             return existing
         message = InboundMessage(
-            source_id=source.id, message_id=message_id, event_type=_event_type(body), body=body,
-            content_type=content_type, signed_at=_at(headers.timestamp), received_at=utcnow(),
+            source_id=source.id,
+            message_id=message_id,
+            event_type=_event_type(body),
+            body=body,
+            content_type=content_type,
+            signed_at=_at(headers.timestamp),
+            received_at=utcnow(),
         )
         session.add(message)
         try:
@@ -201,7 +245,9 @@ def _store(
         except IntegrityError:
             # A concurrent retry of the same message won the insert.
             session.rollback()
-            return _duplicate(session, source.id, message_id) or InboundAck(id=0, status="duplicate")
+            return _duplicate(session, source.id, message_id) or InboundAck(
+                id=0, status="duplicate"
+            )
         ack = InboundAck(id=message.id, status="accepted")
         session.commit()
         return ack
@@ -209,12 +255,16 @@ def _store(
 
 def _duplicate(session: Session, source_id: int, message_id: str) -> InboundAck | None:
     existing = session.scalar(
-        select(InboundMessage.id).where(InboundMessage.source_id == source_id, InboundMessage.message_id == message_id)
+        select(InboundMessage.id).where(
+            InboundMessage.source_id == source_id, InboundMessage.message_id == message_id
+        )
     )
     if existing is None:
         return None
     session.execute(
-        update(InboundMessage).where(InboundMessage.id == existing).values(duplicates=InboundMessage.duplicates + 1)
+        update(InboundMessage)
+        .where(InboundMessage.id == existing)
+        .values(duplicates=InboundMessage.duplicates + 1)
     )
     session.commit()
     return InboundAck(id=existing, status="duplicate")
@@ -246,21 +296,30 @@ def _at(seconds: int) -> dt.datetime:
     responses={
         200: {"model": InboundAck, "description": "A duplicate webhook-id: ignored."},
         400: {"description": "A webhook header is missing or malformed."},
-        401: {"description": "The signature does not match, or the timestamp is outside the tolerance."},
+        401: {
+            "description": "The signature does not match, or the timestamp is outside the tolerance."
+        },
         404: {"description": "No such source."},
         410: {"description": "The source is inactive: stop sending."},
     },
     # Public: the gateway lets senders through without a bearer token.
-    openapi_extra=public_operation({
-        "requestBody": {"required": True, "content": {"application/json": {"schema": {"type": "object"}}}},
-        "parameters": [
-            {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-            for name in signing.HEADERS
-        ],
-    }),
+    openapi_extra=public_operation(
+        {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "parameters": [
+                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                for name in signing.HEADERS
+            ],
+        }
+    ),
 )
 async def receive(
-    source: Annotated[str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="The source's name.")],
+    source: Annotated[
+        str, Path(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$", description="The source's name.")
+    ],
     request: Request,
     response: Response,
 ) -> InboundAck:
@@ -272,7 +331,13 @@ async def receive(
     body = await request.body()
     state = request.app.state
     ack = await run_in_threadpool(
-        _store, state.db, state.secret_box, source, headers, content_type, body,
+        _store,
+        state.db,
+        state.secret_box,
+        source,
+        headers,
+        content_type,
+        body,
         state.settings.webhook_tolerance_seconds,
     )
     if ack.status == "duplicate":

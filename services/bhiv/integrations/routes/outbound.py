@@ -33,9 +33,15 @@ SubscriptionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Subscripti
 DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Delivery ID.")]
 ADMIN = [Depends(require("admin"))]
 
-subscription_pages = page_params({"id": Subscription.id, "created_at": Subscription.created_at}, default_sort="id")
+subscription_pages = page_params(
+    {"id": Subscription.id, "created_at": Subscription.created_at}, default_sort="id"
+)
 delivery_pages = page_params(
-    {"id": Delivery.id, "created_at": Delivery.created_at, "next_attempt_at": Delivery.next_attempt_at},
+    {
+        "id": Delivery.id,
+        "created_at": Delivery.created_at,
+        "next_attempt_at": Delivery.next_attempt_at,
+    },
     default_sort="-id",
 )
 
@@ -47,23 +53,35 @@ def _check_url(request: Request, url: str) -> None:
 
 
 def _with_secret(sub: Subscription, secret: str) -> SubscriptionWithSecret:
-    return SubscriptionWithSecret(**SubscriptionRead.model_validate(sub).model_dump(), secret=secret)
+    return SubscriptionWithSecret(
+        **SubscriptionRead.model_validate(sub).model_dump(), secret=secret
+    )
 
 
 def read_delivery(d: Delivery) -> DeliveryRead:
     event = d.event
     return DeliveryRead(
-        id=d.id, subscription_id=d.subscription_id, event_id=event.event_id, event_type=event.type,
-        status=d.status, attempts=d.attempts, replays=d.replays,
+        id=d.id,
+        subscription_id=d.subscription_id,
+        event_id=event.event_id,
+        event_type=event.type,
+        status=d.status,
+        attempts=d.attempts,
+        replays=d.replays,
         next_attempt_at=d.next_attempt_at if d.status == DeliveryStatus.pending else None,
-        last_status_code=d.last_status_code, last_error=d.last_error, delivered_at=d.delivered_at,
-        created_at=d.created_at, updated_at=d.updated_at,
+        last_status_code=d.last_status_code,
+        last_error=d.last_error,
+        delivered_at=d.delivered_at,
+        created_at=d.created_at,
+        updated_at=d.updated_at,
     )
 
 
 def _detail(session: Session, delivery: Delivery) -> DeliveryDetail:
     attempts = session.scalars(
-        select(DeliveryAttempt).where(DeliveryAttempt.delivery_id == delivery.id).order_by(DeliveryAttempt.id)
+        select(DeliveryAttempt)
+        .where(DeliveryAttempt.delivery_id == delivery.id)
+        .order_by(DeliveryAttempt.id)
     )
     return DeliveryDetail(
         **read_delivery(delivery).model_dump(),
@@ -71,11 +89,15 @@ def _detail(session: Session, delivery: Delivery) -> DeliveryDetail:
     )
 
 
-@router.get("/subscriptions", response_model=Page[SubscriptionRead], summary="List webhook subscriptions")
+@router.get(
+    "/subscriptions", response_model=Page[SubscriptionRead], summary="List webhook subscriptions"
+)
 def list_subscriptions(
     session: SessionDep,
     params: Annotated[PageParams, Depends(subscription_pages)],
-    active: Annotated[bool | None, Query(description="Only active (true) or inactive (false) ones.")] = None,
+    active: Annotated[
+        bool | None, Query(description="Only active (true) or inactive (false) ones.")
+    ] = None,
 ) -> Page[SubscriptionRead]:
     stmt = select(Subscription)
     if active is not None:
@@ -99,8 +121,11 @@ def create_subscription(
     secret = signing.given_or_new(body.secret)
     box: SecretBox = request.app.state.secret_box
     sub = Subscription(
-        url=body.url, description=body.description, event_types=sorted(set(body.event_types)),
-        active=body.active, secret=box.seal(secret),
+        url=body.url,
+        description=body.description,
+        event_types=sorted(set(body.event_types)),
+        active=body.active,
+        secret=box.seal(secret),
     )
     session.add(sub)
     session.flush()
@@ -110,7 +135,11 @@ def create_subscription(
     return result
 
 
-@router.get("/subscriptions/{subscription_id}", response_model=SubscriptionRead, summary="Get a subscription")
+@router.get(
+    "/subscriptions/{subscription_id}",
+    response_model=SubscriptionRead,
+    summary="Get a subscription",
+)
 def get_subscription(subscription_id: SubscriptionId, session: SessionDep) -> SubscriptionRead:
     return SubscriptionRead.model_validate(get_or_404(session, Subscription, subscription_id))
 
@@ -153,7 +182,10 @@ def update_subscription(
     dependencies=ADMIN,
 )
 def rotate_subscription_secret(
-    subscription_id: SubscriptionId, request: Request, session: SessionDep, body: SecretRotation | None = None
+    subscription_id: SubscriptionId,
+    request: Request,
+    session: SessionDep,
+    body: SecretRotation | None = None,
 ) -> SubscriptionWithSecret:
     sub = get_or_404(session, Subscription, subscription_id)
     secret = signing.given_or_new(body.secret if body else None)
@@ -185,7 +217,9 @@ def list_deliveries(
     subscription_id: SubscriptionId,
     session: SessionDep,
     params: Annotated[PageParams, Depends(delivery_pages)],
-    status_: Annotated[DeliveryStatus | None, Query(alias="status", description="Only this status.")] = None,
+    status_: Annotated[
+        DeliveryStatus | None, Query(alias="status", description="Only this status.")
+    ] = None,
 ) -> Page[DeliveryRead]:
     get_or_404(session, Subscription, subscription_id)
     stmt = select(Delivery).where(Delivery.subscription_id == subscription_id)
@@ -207,7 +241,11 @@ def replay_dead(subscription_id: SubscriptionId, session: SessionDep) -> ReplayR
     return ReplayResult(replayed=count)
 
 
-@router.get("/deliveries/{delivery_id}", response_model=DeliveryDetail, summary="A delivery and its attempts")
+@router.get(
+    "/deliveries/{delivery_id}",
+    response_model=DeliveryDetail,
+    summary="A delivery and its attempts",
+)
 def get_delivery(delivery_id: DeliveryId, session: SessionDep) -> DeliveryDetail:
     return _detail(session, get_or_404(session, Delivery, delivery_id))
 

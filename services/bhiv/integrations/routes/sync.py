@@ -30,7 +30,9 @@ RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sync run ID.")]
 ADMIN = [Depends(require("admin"))]
 NULLABLE = {"cursor_field", "page_size_param", "interval_seconds"}
 
-job_pages = page_params({"id": SyncJob.id, "name": SyncJob.name, "created_at": SyncJob.created_at}, default_sort="id")
+job_pages = page_params(
+    {"id": SyncJob.id, "name": SyncJob.name, "created_at": SyncJob.created_at}, default_sort="id"
+)
 run_pages = page_params({"id": SyncRun.id, "queued_at": SyncRun.queued_at}, default_sort="-id")
 
 
@@ -39,7 +41,8 @@ def _check_map(target: SyncTarget, field_map: dict[str, str]) -> None:
     for name in field_map:
         if name not in known:
             raise field_problem(
-                f"field_map.{name}", f"{target.value} has no field '{name}'; it has {', '.join(sorted(known))}"
+                f"field_map.{name}",
+                f"{target.value} has no field '{name}'; it has {', '.join(sorted(known))}",
             )
 
 
@@ -77,12 +80,19 @@ def create_job(body: SyncJobCreate, session: SessionDep, response: Response) -> 
     return result
 
 
-@router.get("/sync-jobs/{job_id}", response_model=SyncJobRead, summary="Get a sync job and its saved state")
+@router.get(
+    "/sync-jobs/{job_id}", response_model=SyncJobRead, summary="Get a sync job and its saved state"
+)
 def get_job(job_id: JobId, session: SessionDep) -> SyncJobRead:
     return SyncJobRead.model_validate(get_or_404(session, SyncJob, job_id, "Sync job"))
 
 
-@router.patch("/sync-jobs/{job_id}", response_model=SyncJobRead, summary="Change a sync job", dependencies=ADMIN)
+@router.patch(
+    "/sync-jobs/{job_id}",
+    response_model=SyncJobRead,
+    summary="Change a sync job",
+    dependencies=ADMIN,
+)
 def update_job(job_id: JobId, body: SyncJobUpdate, session: SessionDep) -> SyncJobRead:
     job = get_or_404(session, SyncJob, job_id, "Sync job")
     changes = body.model_dump(exclude_unset=True)
@@ -152,12 +162,16 @@ def run_job(job_id: JobId, session: SessionDep, response: Response) -> SyncRunRe
     return result
 
 
-@router.get("/sync-jobs/{job_id}/runs", response_model=Page[SyncRunRead], summary="A sync job's run history")
+@router.get(
+    "/sync-jobs/{job_id}/runs", response_model=Page[SyncRunRead], summary="A sync job's run history"
+)
 def list_runs(
     job_id: JobId,
     session: SessionDep,
     params: Annotated[PageParams, Depends(run_pages)],
-    status_: Annotated[RunStatus | None, Query(alias="status", description="Only this status.")] = None,
+    status_: Annotated[
+        RunStatus | None, Query(alias="status", description="Only this status.")
+    ] = None,
 ) -> Page[SyncRunRead]:
     get_or_404(session, SyncJob, job_id, "Sync job")
     stmt = select(SyncRun).where(SyncRun.job_id == job_id)

@@ -45,7 +45,9 @@ def _headers(target: Target) -> dict[str, str]:
     return headers
 
 
-def _body(target: Target, messages: list[dict[str, Any]], params: dict[str, Any], stream: bool) -> dict[str, Any]:
+def _body(
+    target: Target, messages: list[dict[str, Any]], params: dict[str, Any], stream: bool
+) -> dict[str, Any]:
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     turns = [
         {"role": "assistant" if m["role"] == "assistant" else "user", "content": m["content"]}
@@ -75,7 +77,11 @@ def _url(target: Target) -> str:
 
 class AnthropicAdapter:
     async def complete(
-        self, http: httpx.AsyncClient, target: Target, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
     ) -> Completion:
         body = _body(target, messages, params, stream=False)
         data = await post_json(http, target, _url(target), body, _headers(target))
@@ -83,7 +89,9 @@ class AnthropicAdapter:
             text = "".join(b.get("text", "") for b in data["content"] if b.get("type") == "text")
             usage = data.get("usage") or {}
         except (KeyError, TypeError, AttributeError):
-            raise ProviderError(f"{target.provider} answered 200 without a message", status=502) from None
+            raise ProviderError(
+                f"{target.provider} answered 200 without a message", status=502
+            ) from None
         return Completion(
             content=text,
             finish_reason=STOP_REASONS.get(data.get("stop_reason") or "", "stop"),
@@ -91,7 +99,11 @@ class AnthropicAdapter:
         )
 
     async def stream(
-        self, http: httpx.AsyncClient, target: Target, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
     ) -> AsyncIterator[Delta]:
         body = _body(target, messages, params, stream=True)
         input_tokens = output_tokens = None
@@ -105,7 +117,9 @@ class AnthropicAdapter:
                 if text:
                     yield Delta(content=text)
             elif kind == "message_delta":
-                finish = STOP_REASONS.get((event.get("delta") or {}).get("stop_reason") or "", finish)
+                finish = STOP_REASONS.get(
+                    (event.get("delta") or {}).get("stop_reason") or "", finish
+                )
                 output_tokens = (event.get("usage") or {}).get("output_tokens", output_tokens)
             elif kind == "error":
                 raise status_error(target, 502, json.dumps(event).encode())

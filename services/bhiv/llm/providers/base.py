@@ -30,7 +30,12 @@ class ProviderError(Exception):
     """
 
     def __init__(
-        self, message: str, *, status: int | None = None, timeout: bool = False, circuit_open: bool = False
+        self,
+        message: str,
+        *,
+        status: int | None = None,
+        timeout: bool = False,
+        circuit_open: bool = False,
     ) -> None:
         super().__init__(message)
         self.message = message
@@ -88,26 +93,42 @@ class Target:
         key = os.environ.get(self.api_key_env)
         if not key:
             # Said without the value (there is none) and without guessing one.
-            raise ProviderError(f"provider {self.provider}: environment variable {self.api_key_env} is not set")
+            raise ProviderError(
+                f"provider {self.provider}: environment variable {self.api_key_env} is not set"
+            )
         return key
 
 
 class Adapter(Protocol):
-    async def complete(self, http: httpx.AsyncClient, target: Target, messages: list[dict[str, Any]],
-                       params: dict[str, Any]) -> Completion: ...
+    async def complete(
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> Completion: ...
 
-    def stream(self, http: httpx.AsyncClient, target: Target, messages: list[dict[str, Any]],
-               params: dict[str, Any]) -> AsyncIterator[Delta]: ...
+    def stream(
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+    ) -> AsyncIterator[Delta]: ...
 
 
 def transport_error(target: Target, exc: Exception) -> ProviderError:
     if isinstance(exc, httpx.TimeoutException):
-        return ProviderError(f"{target.provider} timed out after {target.timeout_seconds:g}s", timeout=True)
+        return ProviderError(
+            f"{target.provider} timed out after {target.timeout_seconds:g}s", timeout=True
+        )
     return ProviderError(f"{target.provider} unreachable ({type(exc).__name__})")
 
 
 def status_error(target: Target, status: int, body: bytes) -> ProviderError:
-    return ProviderError(f"{target.provider} answered {status}: {upstream_message(body)}", status=status)
+    return ProviderError(
+        f"{target.provider} answered {status}: {upstream_message(body)}", status=status
+    )
 
 
 def upstream_message(body: bytes) -> str:
@@ -122,8 +143,9 @@ def upstream_message(body: bytes) -> str:
     return " ".join(text.split())[:300] or "no detail"
 
 
-async def post_json(http: httpx.AsyncClient, target: Target, url: str, body: dict[str, Any],
-                    headers: dict[str, str]) -> Any:
+async def post_json(
+    http: httpx.AsyncClient, target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> Any:
     """POST a JSON body and return the JSON answer; every failure as a :class:`ProviderError`."""
     try:
         r = await http.post(url, json=body, headers=headers, timeout=target.timeout_seconds)
@@ -134,14 +156,19 @@ async def post_json(http: httpx.AsyncClient, target: Target, url: str, body: dic
     try:
         return r.json()
     except ValueError:
-        raise ProviderError(f"{target.provider} answered 200 with a body that is not JSON", status=502) from None
+        raise ProviderError(
+            f"{target.provider} answered 200 with a body that is not JSON", status=502
+        ) from None
 
 
-async def sse_data(http: httpx.AsyncClient, target: Target, url: str, body: dict[str, Any],
-                   headers: dict[str, str]) -> AsyncIterator[Any]:
+async def sse_data(
+    http: httpx.AsyncClient, target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
+) -> AsyncIterator[Any]:
     """POST a JSON body and yield each server-sent event's decoded ``data``, up to ``[DONE]``."""
     try:
-        async with http.stream("POST", url, json=body, headers=headers, timeout=target.timeout_seconds) as r:
+        async with http.stream(
+            "POST", url, json=body, headers=headers, timeout=target.timeout_seconds
+        ) as r:
             if r.status_code >= 400:
                 raise status_error(target, r.status_code, await r.aread())
             async for line in r.aiter_lines():
@@ -153,6 +180,8 @@ async def sse_data(http: httpx.AsyncClient, target: Target, url: str, body: dict
                 try:
                     yield json.loads(payload)
                 except ValueError:
-                    raise ProviderError(f"{target.provider} sent a malformed stream event", status=502) from None
+                    raise ProviderError(
+                        f"{target.provider} sent a malformed stream event", status=502
+                    ) from None
     except httpx.HTTPError as exc:
         raise transport_error(target, exc) from None

@@ -48,7 +48,11 @@ def _url(target: Target) -> str:
 
 class OpenAIAdapter:
     async def complete(
-        self, http: httpx.AsyncClient, target: Target, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
     ) -> Completion:
         body = {"model": target.model, "messages": messages, **params, "stream": False}
         data = await post_json(http, target, _url(target), body, _headers(target))
@@ -57,15 +61,24 @@ class OpenAIAdapter:
             content = choice["message"].get("content") or ""
             finish = choice.get("finish_reason") or "stop"
         except (KeyError, IndexError, TypeError, AttributeError):
-            raise ProviderError(f"{target.provider} answered 200 without a chat completion", status=502) from None
+            raise ProviderError(
+                f"{target.provider} answered 200 without a chat completion", status=502
+            ) from None
         return Completion(content=content, finish_reason=finish, usage=_usage(data.get("usage")))
 
     async def stream(
-        self, http: httpx.AsyncClient, target: Target, messages: list[dict[str, Any]], params: dict[str, Any]
+        self,
+        http: httpx.AsyncClient,
+        target: Target,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
     ) -> AsyncIterator[Delta]:
         body = {
-            "model": target.model, "messages": messages, **params,
-            "stream": True, "stream_options": {"include_usage": True},
+            "model": target.model,
+            "messages": messages,
+            **params,
+            "stream": True,
+            "stream_options": {"include_usage": True},
         }
         finish: str | None = None
         usage: ProviderUsage | None = None

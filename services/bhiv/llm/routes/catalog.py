@@ -32,25 +32,53 @@ router = APIRouter()
 Admin = [Depends(require("admin"))]
 ProviderName = Annotated[str, Path(pattern=NAME_PATTERN, description="Provider name.")]
 ModelAlias = Annotated[str, Path(pattern=NAME_PATTERN, description="Model alias.")]
-provider_page = page_params({"id": Provider.id, "name": Provider.name, "created_at": Provider.created_at}, "name")
-model_page = page_params({"id": LlmModel.id, "alias": LlmModel.alias, "created_at": LlmModel.created_at}, "alias")
+provider_page = page_params(
+    {"id": Provider.id, "name": Provider.name, "created_at": Provider.created_at}, "name"
+)
+model_page = page_params(
+    {"id": LlmModel.id, "alias": LlmModel.alias, "created_at": LlmModel.created_at}, "alias"
+)
 
 
 def provider_read(p: Provider) -> ProviderRead:
-    data = {c: getattr(p, c) for c in ("name", "kind", "base_url", "api_key_env", "timeout_seconds", "max_retries",
-                                         "enabled", "created_at", "updated_at")}
-    return ProviderRead(**data, source=p.source.value,
-                        api_key_configured=bool(p.api_key_env and os.environ.get(p.api_key_env)))
+    data = {
+        c: getattr(p, c)
+        for c in (
+            "name",
+            "kind",
+            "base_url",
+            "api_key_env",
+            "timeout_seconds",
+            "max_retries",
+            "enabled",
+            "created_at",
+            "updated_at",
+        )
+    }
+    return ProviderRead(
+        **data,
+        source=p.source.value,
+        api_key_configured=bool(p.api_key_env and os.environ.get(p.api_key_env)),
+    )
 
 
 def model_read(m: LlmModel) -> ModelRead:
     return ModelRead(
-        alias=m.alias, provider=m.provider.name, model=m.provider_model,
-        input_price_per_1k=m.input_price_per_1k, output_price_per_1k=m.output_price_per_1k,
-        context_window=m.context_window, max_output_tokens=m.max_output_tokens, tokenizer=m.tokenizer,
-        tokenizer_in_use=counter(m.tokenizer).method, fallbacks=list(m.fallbacks or []), enabled=m.enabled,
-        available=m.enabled and m.provider.enabled, source=m.source.value,
-        created_at=m.created_at, updated_at=m.updated_at,
+        alias=m.alias,
+        provider=m.provider.name,
+        model=m.provider_model,
+        input_price_per_1k=m.input_price_per_1k,
+        output_price_per_1k=m.output_price_per_1k,
+        context_window=m.context_window,
+        max_output_tokens=m.max_output_tokens,
+        tokenizer=m.tokenizer,
+        tokenizer_in_use=counter(m.tokenizer).method,
+        fallbacks=list(m.fallbacks or []),
+        enabled=m.enabled,
+        available=m.enabled and m.provider.enabled,
+        source=m.source.value,
+        created_at=m.created_at,
+        updated_at=m.updated_at,
     )
 
 
@@ -71,14 +99,24 @@ def _model(session: Session, alias: str) -> LlmModel:
 # --- providers ---------------------------------------------------------------------
 
 
-@router.get("/providers", response_model=Page[ProviderRead], tags=["providers"], summary="List providers")
-def list_providers(session: SessionDep, params: Annotated[PageParams, Depends(provider_page)]) -> Page[ProviderRead]:
+@router.get(
+    "/providers", response_model=Page[ProviderRead], tags=["providers"], summary="List providers"
+)
+def list_providers(
+    session: SessionDep, params: Annotated[PageParams, Depends(provider_page)]
+) -> Page[ProviderRead]:
     return paginate(session, select(Provider), params, provider_read)
 
 
-@router.post("/providers", response_model=ProviderRead, status_code=status.HTTP_201_CREATED, tags=["providers"],
-             dependencies=Admin, summary="Register a provider",
-             responses={409: {"description": "A provider with this name exists."}})
+@router.post(
+    "/providers",
+    response_model=ProviderRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["providers"],
+    dependencies=Admin,
+    summary="Register a provider",
+    responses={409: {"description": "A provider with this name exists."}},
+)
 def create_provider(body: ProviderCreate, session: SessionDep, response: Response) -> ProviderRead:
     row = Provider(**body.model_dump(), source=Source.api)
     with unique_as_conflict(session, "providers", {"name": body.name}, "provider"):
@@ -88,13 +126,21 @@ def create_provider(body: ProviderCreate, session: SessionDep, response: Respons
     return provider_read(row)
 
 
-@router.get("/providers/{name}", response_model=ProviderRead, tags=["providers"], summary="Get a provider")
+@router.get(
+    "/providers/{name}", response_model=ProviderRead, tags=["providers"], summary="Get a provider"
+)
 def get_provider(name: ProviderName, session: SessionDep) -> ProviderRead:
     return provider_read(_provider(session, name))
 
 
-@router.patch("/providers/{name}", response_model=ProviderRead, tags=["providers"], dependencies=Admin,
-              summary="Change a provider", responses={409: {"description": "Managed by configuration."}})
+@router.patch(
+    "/providers/{name}",
+    response_model=ProviderRead,
+    tags=["providers"],
+    dependencies=Admin,
+    summary="Change a provider",
+    responses={409: {"description": "Managed by configuration."}},
+)
 def update_provider(name: ProviderName, body: ProviderUpdate, session: SessionDep) -> ProviderRead:
     row = _provider(session, name)
     registry.refuse_if_configured(row, f"Provider {name}", "BHIV_LLM_PROVIDERS")
@@ -103,15 +149,23 @@ def update_provider(name: ProviderName, body: ProviderUpdate, session: SessionDe
     return provider_read(row)
 
 
-@router.delete("/providers/{name}", status_code=status.HTTP_204_NO_CONTENT, tags=["providers"], dependencies=Admin,
-               summary="Remove a provider", responses={409: {"description": "Models use it, or configuration does."}})
+@router.delete(
+    "/providers/{name}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["providers"],
+    dependencies=Admin,
+    summary="Remove a provider",
+    responses={409: {"description": "Models use it, or configuration does."}},
+)
 def delete_provider(name: ProviderName, session: SessionDep) -> Response:
     row = _provider(session, name)
     registry.refuse_if_configured(row, f"Provider {name}", "BHIV_LLM_PROVIDERS")
     users = list(session.scalars(select(LlmModel.alias).where(LlmModel.provider_id == row.id)))
     if users:
-        raise conflict(f"Provider {name} is used by models {', '.join(sorted(users))}; remove them first.",
-                       models=sorted(users))
+        raise conflict(
+            f"Provider {name} is used by models {', '.join(sorted(users))}; remove them first.",
+            models=sorted(users),
+        )
     session.delete(row)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)
@@ -120,26 +174,42 @@ def delete_provider(name: ProviderName, session: SessionDep) -> Response:
 # --- models --------------------------------------------------------------------------
 
 
-@router.get("/models", response_model=ModelList, tags=["models"], summary="The model registry",
-            description="`configured` is false, and `hint` says what to set, while no model can take queries.")
+@router.get(
+    "/models",
+    response_model=ModelList,
+    tags=["models"],
+    summary="The model registry",
+    description="`configured` is false, and `hint` says what to set, while no model can take queries.",
+)
 def list_models(
     session: SessionDep,
     params: Annotated[PageParams, Depends(model_page)],
-    enabled: Annotated[bool | None, Query(description="Only enabled (or disabled) aliases.")] = None,
-    provider: Annotated[str | None, Query(pattern=NAME_PATTERN, description="Only this provider's.")] = None,
+    enabled: Annotated[
+        bool | None, Query(description="Only enabled (or disabled) aliases.")
+    ] = None,
+    provider: Annotated[
+        str | None, Query(pattern=NAME_PATTERN, description="Only this provider's.")
+    ] = None,
 ) -> ModelList:
     stmt = select(LlmModel)
     if enabled is not None:
         stmt = stmt.where(LlmModel.enabled.is_(enabled))
     if provider is not None:
-        stmt = stmt.join(Provider, LlmModel.provider_id == Provider.id).where(Provider.name == provider)
+        stmt = stmt.join(Provider, LlmModel.provider_id == Provider.id).where(
+            Provider.name == provider
+        )
     page = paginate(session, stmt, params, model_read)
     configured = any(m.enabled and m.provider.enabled for m in session.scalars(select(LlmModel)))
-    return ModelList(**page.model_dump(), configured=configured,
-                     hint=None if configured else registry.NO_MODEL_DETAIL)
+    return ModelList(
+        **page.model_dump(),
+        configured=configured,
+        hint=None if configured else registry.NO_MODEL_DETAIL,
+    )
 
 
-def _check_links(session: Session, alias: str, provider: str | None, fallbacks: list[str] | None) -> int | None:
+def _check_links(
+    session: Session, alias: str, provider: str | None, fallbacks: list[str] | None
+) -> int | None:
     """The provider's ID; 422 naming the field when the provider or a fallback does not exist."""
     provider_id = None
     if provider is not None:
@@ -155,9 +225,15 @@ def _check_links(session: Session, alias: str, provider: str | None, fallbacks: 
     return provider_id
 
 
-@router.post("/models", response_model=ModelRead, status_code=status.HTTP_201_CREATED, tags=["models"],
-             dependencies=Admin, summary="Register a model alias",
-             responses={409: {"description": "The alias exists."}})
+@router.post(
+    "/models",
+    response_model=ModelRead,
+    status_code=status.HTTP_201_CREATED,
+    tags=["models"],
+    dependencies=Admin,
+    summary="Register a model alias",
+    responses={409: {"description": "The alias exists."}},
+)
 def create_model(body: ModelCreate, session: SessionDep, response: Response) -> ModelRead:
     provider_id = _check_links(session, body.alias, body.provider, body.fallbacks)
     values: dict[str, Any] = body.model_dump(exclude={"provider", "model"})
@@ -169,13 +245,21 @@ def create_model(body: ModelCreate, session: SessionDep, response: Response) -> 
     return model_read(_model(session, row.alias))
 
 
-@router.get("/models/{alias}", response_model=ModelRead, tags=["models"], summary="Get a model alias")
+@router.get(
+    "/models/{alias}", response_model=ModelRead, tags=["models"], summary="Get a model alias"
+)
 def get_model(alias: ModelAlias, session: SessionDep) -> ModelRead:
     return model_read(_model(session, alias))
 
 
-@router.patch("/models/{alias}", response_model=ModelRead, tags=["models"], dependencies=Admin,
-              summary="Change a model alias", responses={409: {"description": "Managed by configuration."}})
+@router.patch(
+    "/models/{alias}",
+    response_model=ModelRead,
+    tags=["models"],
+    dependencies=Admin,
+    summary="Change a model alias",
+    responses={409: {"description": "Managed by configuration."}},
+)
 def update_model(alias: ModelAlias, body: ModelUpdate, session: SessionDep) -> ModelRead:
     row = _model(session, alias)
     registry.refuse_if_configured(row, f"Model {alias}", "BHIV_LLM_MODELS")
@@ -183,7 +267,9 @@ def update_model(alias: ModelAlias, body: ModelUpdate, session: SessionDep) -> M
     for name in ("provider", "model"):
         if name in changes and changes[name] is None:
             raise field_problem(name, "may not be null")
-    provider_id = _check_links(session, alias, changes.pop("provider", None), changes.get("fallbacks"))
+    provider_id = _check_links(
+        session, alias, changes.pop("provider", None), changes.get("fallbacks")
+    )
     if provider_id is not None:
         row.provider_id = provider_id
     if "model" in changes:
@@ -195,15 +281,27 @@ def update_model(alias: ModelAlias, body: ModelUpdate, session: SessionDep) -> M
     return model_read(_model(session, alias))
 
 
-@router.delete("/models/{alias}", status_code=status.HTTP_204_NO_CONTENT, tags=["models"], dependencies=Admin,
-               summary="Remove a model alias",
-               responses={409: {"description": "Another model falls back to it, or configuration declares it."}})
+@router.delete(
+    "/models/{alias}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["models"],
+    dependencies=Admin,
+    summary="Remove a model alias",
+    responses={
+        409: {"description": "Another model falls back to it, or configuration declares it."}
+    },
+)
 def delete_model(alias: ModelAlias, session: SessionDep) -> Response:
     row = _model(session, alias)
     registry.refuse_if_configured(row, f"Model {alias}", "BHIV_LLM_MODELS")
-    dependents = sorted(m.alias for m in session.scalars(select(LlmModel)) if alias in (m.fallbacks or []))
+    dependents = sorted(
+        m.alias for m in session.scalars(select(LlmModel)) if alias in (m.fallbacks or [])
+    )
     if dependents:
-        raise conflict(f"Models {', '.join(dependents)} fall back to {alias}; change them first.", models=dependents)
+        raise conflict(
+            f"Models {', '.join(dependents)} fall back to {alias}; change them first.",
+            models=dependents,
+        )
     session.delete(row)
     session.commit()
     return Response(status_code=status.HTTP_204_NO_CONTENT)

@@ -23,14 +23,27 @@ from bhiv.llm.tokens import message_text
 
 router = APIRouter(tags=["chat"])
 
-SAMPLING = ("temperature", "top_p", "max_tokens", "stop", "presence_penalty", "frequency_penalty", "seed", "user")
+SAMPLING = (
+    "temperature",
+    "top_p",
+    "max_tokens",
+    "stop",
+    "presence_penalty",
+    "frequency_penalty",
+    "seed",
+    "user",
+)
 PROBLEMS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Blocked by the safety policy, too long for the model, or refused by the provider."},
+    400: {
+        "description": "Blocked by the safety policy, too long for the model, or refused by the provider."
+    },
     402: {"description": "The key's monthly budget is used up."},
     404: {"description": "No model has this alias (errors names the field)."},
     429: {"description": "A rate limit was reached; Retry-After says when to retry."},
     502: {"description": "Every model in the route failed."},
-    503: {"description": "No model is configured (the detail names the settings), or the route is disabled."},
+    503: {
+        "description": "No model is configured (the detail names the settings), or the route is disabled."
+    },
     504: {"description": "Every model in the route timed out."},
 }
 
@@ -49,8 +62,13 @@ def to_chat_request(body: ChatCompletionRequest) -> ChatRequest:
             msg["name"] = m.name
         messages.append(msg)
     return ChatRequest(
-        endpoint="chat.completions", model=body.model, messages=messages, params=params,
-        fallbacks=body.fallbacks, stream=body.stream, use_cache=body.cache,
+        endpoint="chat.completions",
+        model=body.model,
+        messages=messages,
+        params=params,
+        fallbacks=body.fallbacks,
+        stream=body.stream,
+        use_cache=body.cache,
     )
 
 
@@ -60,10 +78,18 @@ def completion_body(answer: Answer) -> dict[str, Any]:
         "object": "chat.completion",
         "created": answer.created,
         "model": answer.route.alias,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": answer.content},
-                     "finish_reason": answer.finish_reason}],
-        "usage": {"prompt_tokens": answer.prompt_tokens, "completion_tokens": answer.completion_tokens,
-                  "total_tokens": answer.total_tokens},
+        "choices": [
+            {
+                "index": 0,
+                "message": {"role": "assistant", "content": answer.content},
+                "finish_reason": answer.finish_reason,
+            }
+        ],
+        "usage": {
+            "prompt_tokens": answer.prompt_tokens,
+            "completion_tokens": answer.completion_tokens,
+            "total_tokens": answer.total_tokens,
+        },
         "bhiv": json.loads(json.dumps(answer.extension(), default=str)),
     }
 
@@ -77,17 +103,27 @@ def completion_body(answer: Answer) -> dict[str, Any]:
     "`text/event-stream` chunks (`chat.completion.chunk`) ending with `data: [DONE]`.",
     responses={**PROBLEMS, 200: {"content": {"text/event-stream": {}}}},
 )
-async def chat_completions(body: ChatCompletionRequest, engine: EngineDep, caller: CallerDep) -> Any:
+async def chat_completions(
+    body: ChatCompletionRequest, engine: EngineDep, caller: CallerDep
+) -> Any:
     prep = await engine.prepare(caller, to_chat_request(body))
     if not body.stream:
         answer = await engine.complete(prep)
-        return JSONResponse(completion_body(answer), headers={**prep.rate_headers, **answer.headers()})
+        return JSONResponse(
+            completion_body(answer), headers={**prep.rate_headers, **answer.headers()}
+        )
     route, deltas, attempts = await engine.open_stream(prep)
     include_usage = bool(body.stream_options and body.stream_options.include_usage)
-    headers = {**prep.rate_headers, "Cache-Control": "no-cache", "X-Accel-Buffering": "no",
-               "X-BHIV-Cache": "HIT" if prep.cached is not None else "MISS", "X-BHIV-Model": route.alias}
+    headers = {
+        **prep.rate_headers,
+        "Cache-Control": "no-cache",
+        "X-Accel-Buffering": "no",
+        "X-BHIV-Cache": "HIT" if prep.cached is not None else "MISS",
+        "X-BHIV-Model": route.alias,
+    }
     return StreamingResponse(
-        _events(engine, prep, route, deltas, attempts, include_usage), media_type="text/event-stream",
+        _events(engine, prep, route, deltas, attempts, include_usage),
+        media_type="text/event-stream",
         headers=headers,
     )
 
@@ -97,14 +133,26 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 async def _events(
-    engine: Engine, prep: Prepared, route: Route, deltas: AsyncIterator[Delta], attempts: list[Attempt],
+    engine: Engine,
+    prep: Prepared,
+    route: Route,
+    deltas: AsyncIterator[Delta],
+    attempts: list[Attempt],
     include_usage: bool,
 ) -> AsyncIterator[str]:
     cid, created = new_completion_id(), int(time.time())
 
     def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> str:
-        return _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": route.alias,
-                     "choices": [{"index": 0, "delta": delta, "finish_reason": finish}], **extra})
+        return _sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": route.alias,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+                **extra,
+            }
+        )
 
     yield chunk({"role": "assistant", "content": ""})
     answer: Answer | None = None
@@ -120,22 +168,50 @@ async def _events(
     except StreamBroken as exc:
         # Mid-stream failures cannot become an HTTP status any more; OpenAI
         # clients raise on an `error` event.
-        yield _sse({"error": {"message": f"The provider failed during the stream: {exc}", "type": "upstream_error"}})
+        yield _sse(
+            {
+                "error": {
+                    "message": f"The provider failed during the stream: {exc}",
+                    "type": "upstream_error",
+                }
+            }
+        )
         return
     assert answer is not None
-    yield chunk({}, answer.finish_reason, bhiv=json.loads(json.dumps(answer.extension(), default=str)))
+    yield chunk(
+        {}, answer.finish_reason, bhiv=json.loads(json.dumps(answer.extension(), default=str))
+    )
     if include_usage:
-        yield _sse({"id": cid, "object": "chat.completion.chunk", "created": created, "model": route.alias,
-                    "choices": [], "usage": {"prompt_tokens": answer.prompt_tokens,
-                                             "completion_tokens": answer.completion_tokens,
-                                             "total_tokens": answer.total_tokens}})
+        yield _sse(
+            {
+                "id": cid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": route.alias,
+                "choices": [],
+                "usage": {
+                    "prompt_tokens": answer.prompt_tokens,
+                    "completion_tokens": answer.completion_tokens,
+                    "total_tokens": answer.total_tokens,
+                },
+            }
+        )
     yield _sse("[DONE]")
 
 
-@router.get("/v1/models", response_model=ModelCardList, summary="Models that take queries (OpenAI-compatible)")
+@router.get(
+    "/v1/models",
+    response_model=ModelCardList,
+    summary="Models that take queries (OpenAI-compatible)",
+)
 def list_v1_models(session: SessionDep) -> ModelCardList:
-    rows = session.scalars(select(LlmModel).where(LlmModel.enabled.is_(True)).order_by(LlmModel.alias))
-    return ModelCardList(data=[
-        ModelCard(id=m.alias, created=int(m.created_at.timestamp()), owned_by=m.provider.name)
-        for m in rows if m.provider.enabled
-    ])
+    rows = session.scalars(
+        select(LlmModel).where(LlmModel.enabled.is_(True)).order_by(LlmModel.alias)
+    )
+    return ModelCardList(
+        data=[
+            ModelCard(id=m.alias, created=int(m.created_at.timestamp()), owned_by=m.provider.name)
+            for m in rows
+            if m.provider.enabled
+        ]
+    )

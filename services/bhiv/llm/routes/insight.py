@@ -30,13 +30,28 @@ from bhiv.llm.schemas import (
 
 router = APIRouter()
 IdentityDep = Annotated[Identity, Depends(current_identity)]
-Since = Annotated[UTCTimestamp | None, Query(description="From this time (inclusive, with a timezone).")]
+Since = Annotated[
+    UTCTimestamp | None, Query(description="From this time (inclusive, with a timezone).")
+]
 Until = Annotated[UTCTimestamp | None, Query(description="Before this time (with a timezone).")]
 Filter = Annotated[Annotated[str, StorableText] | None, Query(max_length=200)]
-usage_page = page_params({"id": UsageRecord.id, "created_at": UsageRecord.created_at,
-                          "cost_usd": UsageRecord.cost_usd, "total_tokens": UsageRecord.total_tokens}, "-id")
-decision_page = page_params({"id": SafetyDecision.id, "created_at": SafetyDecision.created_at,
-                             "score": SafetyDecision.score}, "-id")
+usage_page = page_params(
+    {
+        "id": UsageRecord.id,
+        "created_at": UsageRecord.created_at,
+        "cost_usd": UsageRecord.cost_usd,
+        "total_tokens": UsageRecord.total_tokens,
+    },
+    "-id",
+)
+decision_page = page_params(
+    {
+        "id": SafetyDecision.id,
+        "created_at": SafetyDecision.created_at,
+        "score": SafetyDecision.score,
+    },
+    "-id",
+)
 
 
 def _utc_day(dialect: str) -> Any:
@@ -45,7 +60,9 @@ def _utc_day(dialect: str) -> Any:
     return func.date(UsageRecord.created_at)  # SQLite keeps UTC ISO strings
 
 
-def _scope(model: Any, identity: Identity, subject: str | None, tenant: str | None) -> list[ColumnElement[bool]]:
+def _scope(
+    model: Any, identity: Identity, subject: str | None, tenant: str | None
+) -> list[ColumnElement[bool]]:
     """Admins may filter by anyone; others are pinned to themselves."""
     if not is_admin(identity):
         subject, tenant = identity.subject, None
@@ -57,11 +74,19 @@ def _scope(model: Any, identity: Identity, subject: str | None, tenant: str | No
     return clauses
 
 
-@router.get("/usage", response_model=Page[UsageRead], tags=["usage"], summary="Usage records, newest first")
+@router.get(
+    "/usage", response_model=Page[UsageRead], tags=["usage"], summary="Usage records, newest first"
+)
 def list_usage(
-    session: SessionDep, identity: IdentityDep, params: Annotated[PageParams, Depends(usage_page)],
-    subject: Filter = None, tenant: Filter = None, model: Filter = None,
-    status_: Annotated[UsageStatus | None, Query(alias="status")] = None, since: Since = None, until: Until = None,
+    session: SessionDep,
+    identity: IdentityDep,
+    params: Annotated[PageParams, Depends(usage_page)],
+    subject: Filter = None,
+    tenant: Filter = None,
+    model: Filter = None,
+    status_: Annotated[UsageStatus | None, Query(alias="status")] = None,
+    since: Since = None,
+    until: Until = None,
 ) -> Page[UsageRead]:
     stmt = select(UsageRecord).where(*_scope(UsageRecord, identity, subject, tenant))
     if model is not None:
@@ -75,16 +100,29 @@ def list_usage(
     return paginate(session, stmt, params, UsageRead.model_validate)
 
 
-@router.get("/analytics/usage", response_model=UsageAnalytics, tags=["usage"],
-            summary="Requests, tokens and cost grouped by model, key, tenant or day")
+@router.get(
+    "/analytics/usage",
+    response_model=UsageAnalytics,
+    tags=["usage"],
+    summary="Requests, tokens and cost grouped by model, key, tenant or day",
+)
 def usage_analytics(
-    session: SessionDep, identity: IdentityDep,
-    group_by: Annotated[Literal["model", "key", "tenant", "day", "provider", "status"], Query()] = "model",
-    subject: Filter = None, tenant: Filter = None, since: Since = None, until: Until = None,
+    session: SessionDep,
+    identity: IdentityDep,
+    group_by: Annotated[
+        Literal["model", "key", "tenant", "day", "provider", "status"], Query()
+    ] = "model",
+    subject: Filter = None,
+    tenant: Filter = None,
+    since: Since = None,
+    until: Until = None,
 ) -> UsageAnalytics:
     key_column: Any = {
-        "model": UsageRecord.model_alias, "key": UsageRecord.subject, "tenant": UsageRecord.tenant,
-        "provider": UsageRecord.provider, "status": UsageRecord.status,
+        "model": UsageRecord.model_alias,
+        "key": UsageRecord.subject,
+        "tenant": UsageRecord.tenant,
+        "provider": UsageRecord.provider,
+        "status": UsageRecord.status,
         "day": _utc_day(session.get_bind().dialect.name),
     }[group_by]
     aggregates = (
@@ -105,22 +143,46 @@ def usage_analytics(
 
     def group(key: Any, row: Any) -> UsageGroup:
         n, p, c, t, cost, hits, errors, blocked = row
-        return UsageGroup(key=None if key is None else str(getattr(key, "value", key)), requests=n, prompt_tokens=p,
-                          completion_tokens=c, total_tokens=t, cost_usd=Decimal(str(cost)).quantize(MONEY),
-                          cache_hits=hits, errors=errors, blocked=blocked)
+        return UsageGroup(
+            key=None if key is None else str(getattr(key, "value", key)),
+            requests=n,
+            prompt_tokens=p,
+            completion_tokens=c,
+            total_tokens=t,
+            cost_usd=Decimal(str(cost)).quantize(MONEY),
+            cache_hits=hits,
+            errors=errors,
+            blocked=blocked,
+        )
 
-    rows = session.execute(select(key_column, *aggregates).where(*where).group_by(key_column).order_by(key_column))
+    rows = session.execute(
+        select(key_column, *aggregates).where(*where).group_by(key_column).order_by(key_column)
+    )
     totals = session.execute(select(*aggregates).where(*where)).one()
-    return UsageAnalytics(group_by=group_by, since=since, until=until,
-                          rows=[group(r[0], r[1:]) for r in rows], totals=group("total", totals))
+    return UsageAnalytics(
+        group_by=group_by,
+        since=since,
+        until=until,
+        rows=[group(r[0], r[1:]) for r in rows],
+        totals=group("total", totals),
+    )
 
 
-@router.get("/safety/decisions", response_model=Page[DecisionRead], tags=["safety"],
-            summary="Safety decisions with reason and score, newest first")
+@router.get(
+    "/safety/decisions",
+    response_model=Page[DecisionRead],
+    tags=["safety"],
+    summary="Safety decisions with reason and score, newest first",
+)
 def list_decisions(
-    session: SessionDep, identity: IdentityDep, params: Annotated[PageParams, Depends(decision_page)],
-    subject: Filter = None, tenant: Filter = None,
-    decision: Annotated[Literal["allowed", "flagged", "redacted", "blocked"] | None, Query()] = None,
+    session: SessionDep,
+    identity: IdentityDep,
+    params: Annotated[PageParams, Depends(decision_page)],
+    subject: Filter = None,
+    tenant: Filter = None,
+    decision: Annotated[
+        Literal["allowed", "flagged", "redacted", "blocked"] | None, Query()
+    ] = None,
     direction: Annotated[Literal["input", "output"] | None, Query()] = None,
     request_id: Annotated[str | None, Query(pattern=r"^[A-Za-z0-9._:-]{1,128}$")] = None,
 ) -> Page[DecisionRead]:
@@ -134,28 +196,44 @@ def list_decisions(
     return paginate(session, stmt, params, DecisionRead.model_validate)
 
 
-@router.post("/safety/check", response_model=SafetyCheckResult, tags=["safety"],
-             summary="Check a text against a policy without calling a model (nothing is recorded)")
-def check_text(body: SafetyCheckRequest, session: SessionDep, caller: CallerDep,
-               settings: SettingsDep) -> SafetyCheckResult:
+@router.post(
+    "/safety/check",
+    response_model=SafetyCheckResult,
+    tags=["safety"],
+    summary="Check a text against a policy without calling a model (nothing is recorded)",
+)
+def check_text(
+    body: SafetyCheckRequest, session: SessionDep, caller: CallerDep, settings: SettingsDep
+) -> SafetyCheckResult:
     policy = registry.safety_policy(registry.effective_policy(session, settings, caller.subject))
     if body.action is not None:
         policy = safety.Policy(body.action, policy.blocklist, policy.injection_threshold)
     v = safety.check([body.text], policy, injection_in=[body.check_injection])
-    return SafetyCheckResult(decision=v.decision, reason=v.reason, score=v.score, findings=v.findings,
-                             text=v.texts[0])
+    return SafetyCheckResult(
+        decision=v.decision, reason=v.reason, score=v.score, findings=v.findings, text=v.texts[0]
+    )
 
 
-@router.get("/cache", response_model=CacheStats, tags=["cache"], summary="Live cache entries and their hits")
-def cache_stats(session: SessionDep, identity: IdentityDep, settings: SettingsDep,
-                tenant: Filter = None) -> CacheStats:
+@router.get(
+    "/cache", response_model=CacheStats, tags=["cache"], summary="Live cache entries and their hits"
+)
+def cache_stats(
+    session: SessionDep, identity: IdentityDep, settings: SettingsDep, tenant: Filter = None
+) -> CacheStats:
     if not is_admin(identity):
         tenant = identity.tenant or "default"
-    return CacheStats(tenant=tenant, ttl_seconds=settings.llm_cache_ttl_seconds, **cache.stats(session, tenant))
+    return CacheStats(
+        tenant=tenant, ttl_seconds=settings.llm_cache_ttl_seconds, **cache.stats(session, tenant)
+    )
 
 
-@router.delete("/cache", status_code=status.HTTP_204_NO_CONTENT, tags=["cache"],
-               dependencies=[Depends(require("admin"))], summary="Empty the caller's tenant's cache")
+@router.delete(
+    "/cache",
+    status_code=status.HTTP_204_NO_CONTENT,
+    tags=["cache"],
+    dependencies=[Depends(require("admin"))],
+    summary="Empty the caller's tenant's cache",
+)
 def clear_cache(session: SessionDep, caller: CallerDep) -> Response:
     cache.clear(session, caller.tenant)
     session.commit()

@@ -19,18 +19,36 @@ from bhiv.llm.schemas import PolicyPut, PolicyRead, Quota
 
 router = APIRouter(tags=["policies"])
 Admin = [Depends(require("admin"))]
-Subject = Annotated[str, Path(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9._:@-]+$",
-                              description="A key's subject (as /auth/verify shows it), or 'default'.")]
+Subject = Annotated[
+    str,
+    Path(
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._:@-]+$",
+        description="A key's subject (as /auth/verify shows it), or 'default'.",
+    ),
+]
 policy_page = page_params({"id": KeyPolicy.id, "subject": KeyPolicy.subject}, "subject")
 
 
-@router.get("/policies", response_model=Page[PolicyRead], dependencies=Admin, summary="List per-key policies")
-def list_policies(session: SessionDep, params: Annotated[PageParams, Depends(policy_page)]) -> Page[PolicyRead]:
+@router.get(
+    "/policies",
+    response_model=Page[PolicyRead],
+    dependencies=Admin,
+    summary="List per-key policies",
+)
+def list_policies(
+    session: SessionDep, params: Annotated[PageParams, Depends(policy_page)]
+) -> Page[PolicyRead]:
     return paginate(session, select(KeyPolicy), params, PolicyRead.model_validate)
 
 
-@router.get("/policies/{subject}", response_model=PolicyRead, dependencies=Admin,
-            summary="A key's policy ('default' falls back to the settings)")
+@router.get(
+    "/policies/{subject}",
+    response_model=PolicyRead,
+    dependencies=Admin,
+    summary="A key's policy ('default' falls back to the settings)",
+)
 def get_policy(subject: Subject, session: SessionDep, settings: SettingsDep) -> PolicyRead:
     row = session.scalar(select(KeyPolicy).where(KeyPolicy.subject == subject))
     if row is not None:
@@ -41,10 +59,16 @@ def get_policy(subject: Subject, session: SessionDep, settings: SettingsDep) -> 
     raise not_found("Policy", subject)
 
 
-@router.put("/policies/{subject}", response_model=PolicyRead, dependencies=Admin,
-            summary="Set a key's policy (replaces it whole)",
-            description="A key with its own policy ignores the default one entirely. Unset limits mean none.")
-def put_policy(subject: Subject, body: PolicyPut, session: SessionDep, response: Response) -> PolicyRead:
+@router.put(
+    "/policies/{subject}",
+    response_model=PolicyRead,
+    dependencies=Admin,
+    summary="Set a key's policy (replaces it whole)",
+    description="A key with its own policy ignores the default one entirely. Unset limits mean none.",
+)
+def put_policy(
+    subject: Subject, body: PolicyPut, session: SessionDep, response: Response
+) -> PolicyRead:
     row = session.scalar(select(KeyPolicy).where(KeyPolicy.subject == subject))
     created = row is None
     row = row or KeyPolicy(subject=subject)
@@ -58,8 +82,12 @@ def put_policy(subject: Subject, body: PolicyPut, session: SessionDep, response:
     return PolicyRead.model_validate(row)
 
 
-@router.delete("/policies/{subject}", status_code=status.HTTP_204_NO_CONTENT, dependencies=Admin,
-               summary="Remove a key's policy (the default applies again)")
+@router.delete(
+    "/policies/{subject}",
+    status_code=status.HTTP_204_NO_CONTENT,
+    dependencies=Admin,
+    summary="Remove a key's policy (the default applies again)",
+)
 def delete_policy(subject: Subject, session: SessionDep) -> Response:
     row = session.scalar(select(KeyPolicy).where(KeyPolicy.subject == subject))
     if row is None:
@@ -69,7 +97,11 @@ def delete_policy(subject: Subject, session: SessionDep) -> Response:
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
-@router.get("/quota", response_model=Quota, summary="The caller's limits, this minute's use and this month's spend")
+@router.get(
+    "/quota",
+    response_model=Quota,
+    summary="The caller's limits, this minute's use and this month's spend",
+)
 def quota(session: SessionDep, caller: CallerDep, settings: SettingsDep) -> Quota:
     policy = registry.effective_policy(session, settings, caller.subject)
     window = session.get(RateWindow, (caller.subject, int(time.time() // 60)))

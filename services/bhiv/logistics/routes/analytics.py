@@ -21,16 +21,24 @@ def _money(value: object) -> Decimal:
     return Decimal(str(value or 0)).quantize(Decimal("0.01"))
 
 
-@router.get("/analytics/inventory", response_model=InventoryAnalytics, summary="Inventory value and stock health")
+@router.get(
+    "/analytics/inventory",
+    response_model=InventoryAnalytics,
+    summary="Inventory value and stock health",
+)
 def inventory_analytics(session: SessionDep) -> InventoryAnalytics:
     items, units, reserved, value = session.execute(
         select(func.count(Item.id), _units, func.coalesce(func.sum(Item.reserved), 0), _value)
     ).one()
-    low = session.scalar(select(func.count(Item.id)).where(Item.quantity - Item.reserved <= Item.reorder_level))
+    low = session.scalar(
+        select(func.count(Item.id)).where(Item.quantity - Item.reserved <= Item.reorder_level)
+    )
     by_category = [
         GroupTotals(key=cat, items=n, units=u, value=_money(v))
         for cat, n, u, v in session.execute(
-            select(Item.category, func.count(Item.id), _units, _value).group_by(Item.category).order_by(Item.category)
+            select(Item.category, func.count(Item.id), _units, _value)
+            .group_by(Item.category)
+            .order_by(Item.category)
         )
     ]
     by_warehouse = [
@@ -45,7 +53,9 @@ def inventory_analytics(session: SessionDep) -> InventoryAnalytics:
     ]
     shipments = {
         status.value: n
-        for status, n in session.execute(select(Shipment.status, func.count(Shipment.id)).group_by(Shipment.status))
+        for status, n in session.execute(
+            select(Shipment.status, func.count(Shipment.id)).group_by(Shipment.status)
+        )
     }
     return InventoryAnalytics(
         items=items,

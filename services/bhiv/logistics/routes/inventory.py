@@ -72,14 +72,17 @@ def list_items(
     session: SessionDep,
     params: Annotated[PageParams, Depends(item_page)],
     q: Annotated[
-        Annotated[str, StorableText] | None, Query(max_length=200, description="Search SKU, name and description.")
+        Annotated[str, StorableText] | None,
+        Query(max_length=200, description="Search SKU, name and description."),
     ] = None,
     category: Annotated[
         Annotated[str, StorableText] | None, Query(max_length=100, description="Exact category.")
     ] = None,
     warehouse_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     supplier_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
-    low_stock: Annotated[bool | None, Query(description="Only items at (or above) their reorder level.")] = None,
+    low_stock: Annotated[
+        bool | None, Query(description="Only items at (or above) their reorder level.")
+    ] = None,
     quantity_min: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
     quantity_max: Annotated[int | None, Query(ge=0, le=2**31 - 1)] = None,
 ) -> Page[ItemRead]:
@@ -117,7 +120,10 @@ def list_items(
     responses={409: {"description": "The SKU exists already."}},
 )
 def create_item(
-    body: ItemCreate, session: SessionDep, response: Response, identity: Identity = Depends(current_identity)
+    body: ItemCreate,
+    session: SessionDep,
+    response: Response,
+    identity: Identity = Depends(current_identity),
 ) -> ItemRead:
     require_reference(session, Warehouse, body.warehouse_id, "warehouse_id")
     require_reference(session, Supplier, body.supplier_id, "supplier_id")
@@ -127,7 +133,12 @@ def create_item(
         session.flush()
         if body.quantity:
             stock.record(
-                session, item.id, MovementType.receipt, body.quantity, actor=identity.subject, note="opening stock"
+                session,
+                item.id,
+                MovementType.receipt,
+                body.quantity,
+                actor=identity.subject,
+                note="opening stock",
             )
         result = ItemRead.model_validate(_fresh(session, item.id))
         session.commit()
@@ -172,7 +183,10 @@ def delete_item(item_id: ItemId, session: SessionDep) -> Response:
             f"Item {item.sku} still has {item.quantity} on hand and {item.reserved} reserved; "
             "adjust its stock to 0 before deleting it."
         )
-    if session.scalar(select(ShipmentLine.id).where(ShipmentLine.item_id == item_id).limit(1)) is not None:
+    if (
+        session.scalar(select(ShipmentLine.id).where(ShipmentLine.item_id == item_id).limit(1))
+        is not None
+    ):
         raise conflict(f"Item {item.sku} appears on shipments and is kept for their history.")
     session.delete(item)
     session.commit()
@@ -189,22 +203,36 @@ def delete_item(item_id: ItemId, session: SessionDep) -> Response:
     responses={409: {"description": "Not enough stock."}},
 )
 def create_movement(
-    item_id: ItemId, body: MovementCreate, session: SessionDep, identity: Identity = Depends(current_identity)
+    item_id: ItemId,
+    body: MovementCreate,
+    session: SessionDep,
+    identity: Identity = Depends(current_identity),
 ) -> MovementResult:
     movement = stock.record(
-        session, item_id, body.type, body.quantity, actor=identity.subject, reference=body.reference, note=body.note
+        session,
+        item_id,
+        body.type,
+        body.quantity,
+        actor=identity.subject,
+        reference=body.reference,
+        note=body.note,
     )
     result = MovementResult(
-        movement=MovementRead.model_validate(movement), item=ItemRead.model_validate(_fresh(session, item_id))
+        movement=MovementRead.model_validate(movement),
+        item=ItemRead.model_validate(_fresh(session, item_id)),
     )
     session.commit()
     return result
 
 
-movement_page = page_params({"id": StockMovement.id, "created_at": StockMovement.created_at}, default_sort="id")
+movement_page = page_params(
+    {"id": StockMovement.id, "created_at": StockMovement.created_at}, default_sort="id"
+)
 
 
-@router.get("/inventory/{item_id}/movements", response_model=Page[MovementRead], summary="An item's ledger")
+@router.get(
+    "/inventory/{item_id}/movements", response_model=Page[MovementRead], summary="An item's ledger"
+)
 def list_movements(
     item_id: ItemId,
     session: SessionDep,

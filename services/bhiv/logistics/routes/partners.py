@@ -24,7 +24,9 @@ from bhiv.logistics.schemas import (
 
 def supplier_filters(
     rating_min: Annotated[Decimal | None, Query(ge=0, le=5, description="Minimum rating.")] = None,
-    lead_time_max: Annotated[int | None, Query(ge=0, le=365, description="Maximum lead time in days.")] = None,
+    lead_time_max: Annotated[
+        int | None, Query(ge=0, le=365, description="Maximum lead time in days.")
+    ] = None,
 ) -> list[ColumnElement[bool]]:
     clauses: list[ColumnElement[bool]] = []
     if rating_min is not None:
@@ -37,7 +39,9 @@ def supplier_filters(
 def _refuse_if_used(column: Any, what: str) -> Any:
     def guard(session: Session, obj: Any) -> None:
         if session.scalar(select(column).where(column == obj.id).limit(1)) is not None:
-            raise conflict(f"{what} {obj.id} is still referenced by items or shipments; move them first.")
+            raise conflict(
+                f"{what} {obj.id} is still referenced by items or shipments; move them first."
+            )
 
     return guard
 
@@ -77,7 +81,12 @@ warehouses = resource_router(
     read_schema=WarehouseRead,
     unique=("code",),
     search=(Warehouse.code, Warehouse.name, Warehouse.address),
-    sortable={"id": Warehouse.id, "code": Warehouse.code, "name": Warehouse.name, "created_at": Warehouse.created_at},
+    sortable={
+        "id": Warehouse.id,
+        "code": Warehouse.code,
+        "name": Warehouse.name,
+        "created_at": Warehouse.created_at,
+    },
     before_delete=_warehouse_in_use,
     tag="warehouses",
 )

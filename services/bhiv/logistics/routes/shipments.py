@@ -59,7 +59,12 @@ SHIPMENT_WORKFLOW: Workflow[ShipmentStatus] = Workflow(
 TRANSITIONS = SHIPMENT_WORKFLOW.transitions
 
 shipment_page = page_params(
-    {"id": Shipment.id, "status": Shipment.status, "created_at": Shipment.created_at, "updated_at": Shipment.updated_at},
+    {
+        "id": Shipment.id,
+        "status": Shipment.status,
+        "created_at": Shipment.created_at,
+        "updated_at": Shipment.updated_at,
+    },
     default_sort="-id",
 )
 
@@ -68,7 +73,9 @@ shipment_page = page_params(
 def list_shipments(
     session: SessionDep,
     params: Annotated[PageParams, Depends(shipment_page)],
-    status_: Annotated[ShipmentStatus | None, Query(alias="status", description="Only this status.")] = None,
+    status_: Annotated[
+        ShipmentStatus | None, Query(alias="status", description="Only this status.")
+    ] = None,
     warehouse_id: Annotated[int | None, Query(ge=1, le=2**31 - 1)] = None,
     reference: Annotated[Annotated[str, StorableText] | None, Query(max_length=100)] = None,
 ) -> Page[ShipmentRead]:
@@ -91,7 +98,10 @@ def list_shipments(
     responses={409: {"description": "Not enough stock, or the reference exists."}},
 )
 def create_shipment(
-    body: ShipmentCreate, session: SessionDep, response: Response, identity: Identity = Depends(current_identity)
+    body: ShipmentCreate,
+    session: SessionDep,
+    response: Response,
+    identity: Identity = Depends(current_identity),
 ) -> ShipmentRead:
     require_reference(session, Warehouse, body.warehouse_id, "warehouse_id")
     skus = [line.sku for line in body.lines]
@@ -107,13 +117,27 @@ def create_shipment(
         # Lock rows in a fixed order (item ID) so concurrent shipments cannot deadlock.
         for line in sorted(body.lines, key=lambda ln: items[ln.sku].id):
             item = items[line.sku]
-            session.add(ShipmentLine(shipment_id=shipment.id, item_id=item.id, sku=item.sku, quantity=line.quantity))
+            session.add(
+                ShipmentLine(
+                    shipment_id=shipment.id, item_id=item.id, sku=item.sku, quantity=line.quantity
+                )
+            )
             stock.record(
-                session, item.id, MovementType.reservation, line.quantity,
-                actor=identity.subject, reference=body.reference, shipment_id=shipment.id,
+                session,
+                item.id,
+                MovementType.reservation,
+                line.quantity,
+                actor=identity.subject,
+                reference=body.reference,
+                shipment_id=shipment.id,
             )
         session.add(
-            TrackingEvent(shipment_id=shipment.id, status=S.created, description="Shipment created", actor=identity.subject)
+            TrackingEvent(
+                shipment_id=shipment.id,
+                status=S.created,
+                description="Shipment created",
+                actor=identity.subject,
+            )
         )
         session.flush()
         session.refresh(shipment)
@@ -154,18 +178,32 @@ def transition(
     )
     if updated.rowcount != 1:
         session.rollback()
-        raise Problem(409, f"Shipment {shipment_id} changed concurrently; retry.", kind="concurrent-update")
+        raise Problem(
+            409, f"Shipment {shipment_id} changed concurrently; retry.", kind="concurrent-update"
+        )
     for line in sorted(shipment.lines, key=lambda ln: ln.item_id):
         if body.status == S.shipped:
             stock.record(
-                session, line.item_id, MovementType.shipment, line.quantity, actor=identity.subject,
-                on_hand_delta=-line.quantity, reserved_delta=-line.quantity,
-                reference=shipment.reference, shipment_id=shipment.id,
+                session,
+                line.item_id,
+                MovementType.shipment,
+                line.quantity,
+                actor=identity.subject,
+                on_hand_delta=-line.quantity,
+                reserved_delta=-line.quantity,
+                reference=shipment.reference,
+                shipment_id=shipment.id,
             )
         elif body.status == S.cancelled:
             stock.record(
-                session, line.item_id, MovementType.release, line.quantity, actor=identity.subject,
-                reference=shipment.reference, shipment_id=shipment.id, note="shipment cancelled",
+                session,
+                line.item_id,
+                MovementType.release,
+                line.quantity,
+                actor=identity.subject,
+                reference=shipment.reference,
+                shipment_id=shipment.id,
+                note="shipment cancelled",
             )
     session.add(
         TrackingEvent(
@@ -198,12 +236,16 @@ def transition(
 
 
 @router.get(
-    "/shipments/{shipment_id}/events", response_model=list[TrackingEventRead], summary="A shipment's tracking history"
+    "/shipments/{shipment_id}/events",
+    response_model=list[TrackingEventRead],
+    summary="A shipment's tracking history",
 )
 def list_events(shipment_id: ShipmentId, session: SessionDep) -> list[TrackingEventRead]:
     get_or_404(session, Shipment, shipment_id)
     events = session.scalars(
-        select(TrackingEvent).where(TrackingEvent.shipment_id == shipment_id).order_by(TrackingEvent.id)
+        select(TrackingEvent)
+        .where(TrackingEvent.shipment_id == shipment_id)
+        .order_by(TrackingEvent.id)
     )
     return [TrackingEventRead.model_validate(e) for e in events]
 
@@ -224,7 +266,11 @@ def add_event(
 ) -> TrackingEventRead:
     shipment = get_or_404(session, Shipment, shipment_id)
     if shipment.status in (S.cancelled, S.delivered):
-        raise Problem(409, f"Shipment {shipment_id} is {shipment.status.value}; it takes no more events.", kind="conflict")
+        raise Problem(
+            409,
+            f"Shipment {shipment_id} is {shipment.status.value}; it takes no more events.",
+            kind="conflict",
+        )
     event = TrackingEvent(
         shipment_id=shipment_id,
         status=shipment.status,
