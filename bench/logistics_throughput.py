@@ -62,7 +62,9 @@ def main() -> None:
             lua_write = header_lua + (
                 'wrk.headers["Content-Type"] = "application/json"\n'
                 'local body = \'{"type": "receipt", "quantity": 1, "reference": "bench"}\'\n'
-                f'request = function()\n  return wrk.format("POST", "/inventory/" .. math.random(1, {ITEMS}) .. "/movements", nil, body)\nend\n'
+                "request = function()\n"
+                f'  local path = "/inventory/" .. math.random(1, {ITEMS}) .. "/movements"\n'
+                '  return wrk.format("POST", path, nil, body)\nend\n'
             )
             s = args.seconds
             baseline = wrk("GET /health (baseline)", f"{server.url}/health", lua="", seconds=s)

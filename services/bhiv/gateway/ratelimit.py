@@ -31,7 +31,7 @@ log = logging.getLogger("bhiv.gateway.ratelimit")
 
 # Refill and take atomically. Returns {allowed (0/1), tokens left (string:
 # Lua numbers returned to Redis are truncated to integers)}.
-TOKEN_BUCKET_LUA = """
+REFILL_AND_TAKE_LUA = """
 local rate = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local cost = tonumber(ARGV[3])
@@ -154,7 +154,7 @@ class RateLimiter:
             self._redis = aioredis.Redis.from_url(
                 redis_url, socket_timeout=0.25, socket_connect_timeout=0.25, retry_on_timeout=False
             )
-            self._script = self._redis.register_script(TOKEN_BUCKET_LUA)
+            self._script = self._redis.register_script(REFILL_AND_TAKE_LUA)
 
     @property
     def backend(self) -> str:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 from standardwebhooks import Webhook, WebhookVerificationError
 
-SECRET_PREFIX = "whsec_"
+SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 SECRET_BYTES = 32
 # The spec: "at least 24 bytes (192 bits, 512 maximum)".
 MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
@@ -85,7 +85,8 @@ def parse_headers(headers: Mapping[str, str]) -> WebhookHeaders:
     if len(signature) > MAX_SIGNATURE_CHARS or not _SIGNATURE.fullmatch(signature):
         raise MalformedHeader(
             "webhook-signature",
-            f"must be space-separated '<version>,<base64>' entries (e.g. 'v1,...'), at most {MAX_SIGNATURE_CHARS} characters",
+            "must be space-separated '<version>,<base64>' entries (e.g. 'v1,...'),"
+            f" at most {MAX_SIGNATURE_CHARS} characters",
         )
     return WebhookHeaders(values["webhook-id"], int(values["webhook-timestamp"]), signature)
 

@@ -110,9 +110,8 @@ def test_refused_connections_are_retried_for_any_method(solo: Upstream, tmp_path
             assert states[dead] == "unhealthy" and view["status"] == "degraded"
             metrics = gw.client("admin").get("/metrics").text  # the edge's metrics are admin-only
             assert (
-                'bhiv_gateway_upstream_requests_total{instance="%s",outcome="refused",service="mixed"} 1.0'
-                % dead
-                in metrics
+                f'bhiv_gateway_upstream_requests_total{{instance="{dead}",outcome="refused",'
+                'service="mixed"} 1.0' in metrics
             )
             assert 'bhiv_gateway_retries_total{service="mixed"} 1.0' in metrics
     finally:

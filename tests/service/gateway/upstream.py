@@ -150,7 +150,8 @@ def make_app(state: Upstream):  # noqa: ANN201 - an ASGI app
                 if first and q.get("wait") == "1":
                     first = False
                     # Hold the rest until the test has seen the first chunk arrive.
-                    while not state.release.is_set():
+                    # A threading.Event the test thread sets: asyncio.Event is not thread-safe.
+                    while not state.release.is_set():  # noqa: ASYNC110
                         await asyncio.sleep(0.01)
             await send({"type": "http.response.body", "body": b""})
             return
