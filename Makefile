@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up test test-deps tools test-unit test-service test-browser test-cluster test-container \
+.PHONY: help venv up check format test test-deps tools test-unit test-service test-browser test-cluster test-container \
 	test-chart test-kind test-realnode lock lock-upgrade chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
 	bench-operator lint clean
 
@@ -66,8 +66,31 @@ NODE_TOOLS := $(shell [ "$$(uname -s)" = Linux ] && [ "$$(id -u)" = 0 ] && echo 
 tools: ## build the pinned Kubernetes tools (kube-apiserver, kwok, helm, kubelet, ...) once
 	-hack/k8s-tools $(NODE_TOOLS)
 
-test: test-deps tools ## run every test tier (installs and builds what is missing first)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+# Every Python tree the gates cover.
+PY_TREES := services operator tests bench charts
+
+check: venv ## the quality gates: ruff lint + format, mypy, helm lint --strict (make test runs them first)
+	$(BIN)/ruff check $(PY_TREES)
+	$(BIN)/ruff format --check $(PY_TREES)
+	$(BIN)/mypy
+	@helm="$$(hack/k8s-tools --print-bin-dir)/helm"; \
+	if [ -x "$$helm" ]; then "$$helm" lint --strict charts/bhiv; \
+	else echo "check: helm is not built (make tools); the chart tier lints the chart too"; fi
+
+format: venv ## apply ruff's safe fixes and its formatting to every Python tree
+	$(BIN)/ruff check --fix $(PY_TREES)
+	$(BIN)/ruff format $(PY_TREES)
+
+# Every tier runs under coverage.py; the servers the tests start as subprocesses
+# are measured too ([tool.coverage.run] patch = subprocess). The report is printed
+# whether or not a test failed, and fails the build below
+# [tool.coverage.report] fail_under.
+COVERAGE := COVERAGE_FILE=$(CURDIR)/.coverage-data/coverage $(BIN)/coverage
+test: test-deps tools check ## run the gates, then every test tier under coverage (installs and builds what is missing first)
+	rm -rf .coverage-data
+	$(COVERAGE) run -m pytest $(PYTEST_ARGS); tests=$$?; \
+	$(COVERAGE) combine --quiet && $(COVERAGE) report; covered=$$?; \
+	[ $$tests -eq 0 ] && [ $$covered -eq 0 ]
 
 test-unit: venv ## unit tier only (no I/O)
 	$(BIN)/python -m pytest -m unit $(PYTEST_ARGS)
@@ -118,8 +141,8 @@ bench-gateway: test-deps ## direct vs gateway vs nginx
 bench-operator: venv tools ## N modules to Ready: operator vs direct apply
 	$(BIN)/python bench/operator_scale.py
 
-lint: venv ## ruff
-	$(BIN)/ruff check services tests bench
+lint: venv ## ruff check only (make check runs every gate)
+	$(BIN)/ruff check $(PY_TREES)
 
 clean: ## remove the virtualenv and caches
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache .mypy_cache .coverage-data

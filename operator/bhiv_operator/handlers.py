@@ -12,7 +12,7 @@ import logging
 import time
 import types
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, cast
 
 import kopf
 
@@ -33,6 +33,12 @@ CHILDREN = (
 )
 
 
+# One module as the index keeps it: name, dependsOn, Ready and Ready's reason.
+ModuleEntry = tuple[str, tuple[str, ...], bool, str]
+# Every module, keyed by namespace (a BhivModule is namespaced, so never None).
+ModuleIndex = kopf.Index[str | None, ModuleEntry]
+
+
 def _ready(status: dict[str, Any]) -> tuple[bool, str]:
     for cond in status.get("conditions") or ():
         if cond.get("type") == "Ready":
@@ -42,14 +48,14 @@ def _ready(status: dict[str, Any]) -> tuple[bool, str]:
 
 @kopf.index(GROUP, VERSION, PLURAL)
 def bhiv_modules(
-    namespace: str, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
-) -> dict[str, Any]:
+    namespace: str | None, name: str, spec: kopf.Spec, status: kopf.Status, **_: Any
+) -> dict[str | None, ModuleEntry]:
     """Every module by namespace: what dependency and cycle analysis needs."""
     ready, reason = _ready(dict(status))
     return {namespace: (name, tuple(spec.get("dependsOn") or ()), ready, reason)}
 
 
-def _nodes(index: kopf.Index, namespace: str) -> dict[str, Node]:
+def _nodes(index: ModuleIndex, namespace: str) -> dict[str, Node]:
     return {name: Node(deps, ready) for name, deps, ready, _ in index.get(namespace, ())}
 
 
@@ -89,8 +95,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.shared = types.SimpleNamespace(index=None)
 
     async def handle(key: Hashable) -> None:
-        namespace, name = key  # type: ignore[misc]
-        index: kopf.Index | None = memo.shared.index
+        namespace, name = cast(tuple[str, str], key)
+        index: ModuleIndex | None = memo.shared.index
         if index is None:
             raise RuntimeError("the module index is not populated yet")
         body = await kube.get("BhivModule", namespace, name)
@@ -123,7 +129,7 @@ async def _resync(memo: kopf.Memo) -> None:
     last_full = time.monotonic()
     while True:
         await asyncio.sleep(5)
-        index: kopf.Index | None = memo.shared.index
+        index: ModuleIndex | None = memo.shared.index
         metrics.queue_depth.set(len(memo.queue))
         if index is None:
             continue
@@ -133,8 +139,8 @@ async def _resync(memo: kopf.Memo) -> None:
                 key = ("True" if ready else "False", reason or "Unknown")
                 counts[key] = counts.get(key, 0) + 1
         metrics.modules.clear()
-        for (ready, reason), n in counts.items():
-            metrics.modules.labels(ready, reason).set(n)
+        for (ready_text, reason), n in counts.items():
+            metrics.modules.labels(ready_text, reason).set(n)
         if time.monotonic() - last_full >= RESYNC_SECONDS:
             last_full = time.monotonic()
             for namespace in list(index):
@@ -149,9 +155,9 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def module_changed(
-    name: str, namespace: str, memo: kopf.Memo, bhiv_modules: kopf.Index, **_: Any
-) -> None:
+async def module_changed(name: str, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
+    # Kopf passes every index by its function's name.
+    bhiv_modules: ModuleIndex = kwargs["bhiv_modules"]
     memo.shared.index = bhiv_modules
     queue: WorkQueue = memo.queue
     queue.add((namespace, name))
@@ -169,7 +175,7 @@ def _owner(body: kopf.Body) -> str | None:
     return None
 
 
-async def _child_changed(body: kopf.Body, namespace: str, memo: kopf.Memo, **_: Any) -> None:
+async def _child_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
     """A child was created, changed (status or by hand) or deleted: reconcile its owner."""
     owner = _owner(body)
     if owner and hasattr(memo, "queue"):

@@ -34,8 +34,8 @@ def merge_conditions(
     out = []
     for cond in new:
         status = "Unknown" if cond.status is None else ("True" if cond.status else "False")
-        before = old.get(cond.type)
-        changed = before is None or before.get("status") != status
+        before = old.get(cond.type) or {}
+        changed = before.get("status") != status
         out.append(
             {
                 "type": cond.type,

@@ -27,6 +27,7 @@ from typing import Any
 import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import or_, select, update
+from sqlalchemy.orm import Session
 
 from bhiv.agents import expressions, queue
 from bhiv.agents.calls import Caller, CallFailed
@@ -45,7 +46,7 @@ from bhiv.agents.models import (
 )
 from bhiv.agents.settings import AgentsSettings
 from bhiv.core.backoff import delay_after, exponential
-from bhiv.core.db import Database, utcnow
+from bhiv.core.db import Database, rows_changed, utcnow
 
 log = logging.getLogger("bhiv.agents.engine")
 
@@ -195,7 +196,7 @@ class Engine:
                     .where(WorkflowRun.id == run_id, WorkflowRun.status.in_(active), claimable)
                     .values(lease_owner=self.owner, lease_expires_at=until)
                 )
-                if result.rowcount == 1:
+                if rows_changed(result) == 1:
                     won.append(run_id)
             s.commit()
         return won
@@ -498,7 +499,7 @@ class Engine:
 
     # --- transitions (each one transaction, history included) ----------------------------------
 
-    def _row(self, s: Any, run_id: int, step: Step | str, type_: str | None = None) -> StepRun:
+    def _row(self, s: Session, run_id: int, step: Step | str, type_: str | None = None) -> StepRun:
         step_id = step if isinstance(step, str) else step.id
         row = s.scalar(
             select(StepRun)

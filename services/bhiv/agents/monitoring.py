@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
@@ -24,7 +24,7 @@ from bhiv.core.db import Database, utcnow
 WINDOW = 1000
 
 
-def _latencies(rows: list[tuple[Any, Any]]) -> tuple[float | None, float | None]:
+def _latencies(rows: Sequence[tuple[Any, Any]]) -> tuple[float | None, float | None]:
     values = sorted((end - start).total_seconds() for start, end in rows if start and end)
     if not values:
         return None, None
@@ -101,7 +101,7 @@ def overview(session: Session) -> Overview:
         )
     now = utcnow()
     queues: dict[str, QueueStats] = {}
-    for capability, status, n in session.execute(
+    for capability, task_status, n in session.execute(
         select(Task.capability, Task.status, func.count())
         .where(Task.status.in_((TaskStatus.queued, TaskStatus.running)))
         .group_by(Task.capability, Task.status)
@@ -110,7 +110,7 @@ def overview(session: Session) -> Overview:
             capability,
             QueueStats(capability=capability, queued=0, running=0, oldest_wait_seconds=None),
         )
-        if status == TaskStatus.queued:
+        if task_status == TaskStatus.queued:
             q.queued = n
             oldest = session.scalar(
                 select(Task.enqueued_at)

@@ -17,7 +17,7 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from bhiv.agents.models import BUILTIN_KINDS, Agent, AgentStatus, Task, TaskStatus
-from bhiv.core.db import utcnow
+from bhiv.core.db import rows_changed, utcnow
 
 
 def sort_key(enqueued_at: dt.datetime, priority: int, aging_seconds: float) -> float:
@@ -32,7 +32,7 @@ def loads(session: Session) -> dict[int, int]:
         .where(Task.status == TaskStatus.running, Task.agent_id.is_not(None))
         .group_by(Task.agent_id)
     ).all()
-    return {agent_id: n for agent_id, n in rows}
+    return {agent_id: n for agent_id, n in rows if agent_id is not None}
 
 
 def least_loaded(agents: list[Agent], capability: str, load: dict[int, int]) -> Agent | None:
@@ -107,7 +107,7 @@ def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
             continue
         # The lease outlives the call's own timeout, so only a crashed replica's tasks expire.
         stmt, token = _lease(task.id, agent.id, task.timeout_seconds + 30, now)
-        if session.execute(stmt).rowcount != 1:
+        if rows_changed(session.execute(stmt)) != 1:
             continue
         load[agent.id] = load.get(agent.id, 0) + 1
         out.append(
@@ -149,7 +149,7 @@ def claim(
         if len(won) >= want:
             break
         stmt, token = _lease(task_id, agent.id, lease_seconds, now)
-        if session.execute(stmt).rowcount == 1:
+        if rows_changed(session.execute(stmt)) == 1:
             won.append((task_id, token))
     return won
 

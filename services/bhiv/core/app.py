@@ -109,6 +109,7 @@ def _migrate_when_reachable(spec: ServiceSpec, settings: ServiceSettings) -> Non
         reraise=True,
     ):
         with attempt:
+            assert spec.migrations is not None  # only services with a database come here
             migrations.upgrade(spec.name, spec.migrations, settings.sqlalchemy_url())
 
 

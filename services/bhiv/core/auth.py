@@ -12,6 +12,7 @@ import hashlib
 import hmac
 import secrets
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -198,10 +199,10 @@ def _unauthorized(detail: str, *, error: str | None = None) -> Problem:
 
 async def current_identity(request: Request) -> Identity:
     """FastAPI dependency: the authenticated caller (401 when there is none)."""
-    cached = getattr(request.state, "identity", None)
+    cached: Identity | None = getattr(request.state, "identity", None)
     if cached is not None:
         return cached
-    identity = request.app.state.authenticator.authenticate(request)
+    identity: Identity = request.app.state.authenticator.authenticate(request)
     request.state.identity = identity
     return identity
 
@@ -224,7 +225,7 @@ async def authorize_by_method(
     return _check(identity, "read" if request.method in SAFE_METHODS else "write")
 
 
-def require(permission: Permission):  # noqa: ANN201 - a FastAPI dependency factory
+def require(permission: Permission) -> Callable[..., Awaitable[Identity]]:
     """A dependency for routes that need more than their method implies (e.g. admin)."""
 
     async def dependency(identity: Identity = Depends(current_identity)) -> Identity:

@@ -16,13 +16,13 @@ import enum
 import threading
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager, suppress
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 import anyio
 import anyio.to_thread
 from fastapi import Depends, Request
 from sqlalchemy import DateTime, Engine, Enum, MetaData, create_engine, event, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
 from sqlalchemy.types import TypeDecorator
@@ -83,6 +83,15 @@ class UTCDateTime(TypeDecorator[dt.datetime]):
 
 def utcnow() -> dt.datetime:
     return dt.datetime.now(dt.UTC)
+
+
+def rows_changed(result: Result[Any]) -> int:
+    """How many rows an UPDATE or DELETE matched: the guarded-claim idiom's answer.
+
+    ``Session.execute`` is typed as returning ``Result``; for DML it is a
+    ``CursorResult``, which carries ``rowcount``.
+    """
+    return cast(CursorResult[Any], result).rowcount
 
 
 def string_enum(cls: type[enum.Enum], name: str, *, length: int = 20) -> Enum:

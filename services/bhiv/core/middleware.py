@@ -19,6 +19,7 @@ import logging
 import re
 import time
 import uuid
+from collections.abc import Sequence
 from typing import Any
 
 from starlette.datastructures import MutableHeaders
@@ -51,7 +52,7 @@ async def send_problem(
     *,
     instance: str,
     kind: str,
-    headers: list[tuple[bytes, bytes]] = (),
+    headers: Sequence[tuple[bytes, bytes]] = (),
 ) -> None:
     body = json.dumps(problem_body(status, detail, instance=instance, kind=kind)).encode()
     await send(

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 from fastapi import Query
 from pydantic import BaseModel, Field
 from sqlalchemy import ColumnElement, Select, func, select
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import QueryableAttribute, Session
 
 T = TypeVar("T")
 MAX_LIMIT = 500
@@ -30,6 +30,11 @@ class Page(BaseModel, Generic[T]):
     offset: int = Field(examples=[0])
 
 
+# What a sortable or searchable field may be: a mapped attribute (`Item.name`) or any
+# column expression.
+Column = ColumnElement[Any] | QueryableAttribute[Any]
+
+
 @dataclass(frozen=True)
 class PageParams:
     limit: int
@@ -37,9 +42,7 @@ class PageParams:
     order_by: tuple[ColumnElement[Any], ...]
 
 
-def page_params(
-    sortable: Mapping[str, ColumnElement[Any]], default_sort: str
-) -> Callable[..., PageParams]:
+def page_params(sortable: Mapping[str, Column], default_sort: str) -> Callable[..., PageParams]:
     """A dependency parsing limit/offset/sort for one endpoint's sortable fields."""
     names = "|".join(sorted(sortable))
     pattern = rf"^-?({names})(,-?({names}))*$"

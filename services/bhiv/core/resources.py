@@ -8,7 +8,7 @@ own (stock, state machines) writes its routes by hand with the same helpers.
 # No `from __future__ import annotations`: FastAPI must resolve these local types.
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import Annotated, Any
+from typing import Annotated, Any, cast
 
 from fastapi import APIRouter, Depends, Path, Query, Response, status
 from pydantic import BaseModel
@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 from bhiv.core.crud import apply_patch, get_or_404, require_reference, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.fields import StorableText
-from bhiv.core.pagination import Page, PageParams, like_pattern, page_params, paginate
+from bhiv.core.pagination import Column, Page, PageParams, like_pattern, page_params, paginate
 
 # Returns extra WHERE clauses from an endpoint's own query parameters.
 FilterDependency = Callable[..., list[ColumnElement[bool]]]
@@ -37,8 +37,8 @@ def resource_router(
     update_schema: type[BaseModel],
     read_schema: type[BaseModel],
     unique: Sequence[str] = (),
-    search: Sequence[ColumnElement[Any]] = (),
-    sortable: Mapping[str, ColumnElement[Any]],
+    search: Sequence[Column] = (),
+    sortable: Mapping[str, Column],
     default_sort: str = "id",
     filters: FilterDependency = _no_filters,
     references: Mapping[str, type[Any]] | None = None,
@@ -81,7 +81,7 @@ def resource_router(
         responses={409: {"description": f"A {what} with the same unique field exists."}},
     )
     def create(body: create_schema, session: SessionDep, response: Response) -> Any:  # type: ignore[valid-type]
-        values = body.model_dump()
+        values = cast(BaseModel, body).model_dump()
         for field, target in references.items():
             require_reference(session, target, values.get(field), field)
         obj = model(**values)
@@ -103,7 +103,7 @@ def resource_router(
     )
     def patch(obj_id: Id, body: update_schema, session: SessionDep) -> Any:  # type: ignore[valid-type]
         obj = get_or_404(session, model, obj_id, what.capitalize())
-        changes = body.model_dump(exclude_unset=True)
+        changes = cast(BaseModel, body).model_dump(exclude_unset=True)
         for field, target in references.items():
             require_reference(session, target, changes.get(field), field)
         with unique_as_conflict(

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session
 
 from bhiv.core import Problem, conflict, utcnow
 from bhiv.core.crud import get_or_404, unique_as_conflict
+from bhiv.core.db import rows_changed
 from bhiv.core.workflow import Workflow
 from bhiv.crm.lead_scoring import score_lead
 from bhiv.crm.models import OUTBOX, Customer, CustomerStatus, Lead, LeadStage
@@ -75,7 +76,7 @@ def convert(session: Session, lead_id: int) -> ConversionResult:
         .execution_options(synchronize_session=False)
     )
     lead = get_or_404(session, Lead, lead_id)
-    if claimed.rowcount != 1:
+    if rows_changed(claimed) != 1:
         return _already_converted(session, lead)
 
     if not lead.email:

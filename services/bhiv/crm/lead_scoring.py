@@ -89,7 +89,9 @@ def score_lead(lead: Lead) -> LeadScore:
     )
     if lead.stage == LeadStage.lost:
         # A lost lead is worth no attention whatever else is known about it.
-        factors = tuple(Factor(f.factor, f.value, 0, f.max_points) for f in factors)
+        return LeadScore(
+            total=0, factors=tuple(Factor(f.factor, f.value, 0, f.max_points) for f in factors)
+        )
     return LeadScore(total=sum(f.points for f in factors), factors=factors)
 
 

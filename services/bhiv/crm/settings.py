@@ -27,7 +27,8 @@ class TicketSla(BaseModel):
     low: SlaWindow = dt.timedelta(hours=168)
 
     def window(self, priority: TicketPriority) -> dt.timedelta:
-        return getattr(self, priority.value)
+        window: dt.timedelta = getattr(self, priority.value)
+        return window
 
 
 class CrmSettings(OutboxSettings):

@@ -16,10 +16,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import aiohttp
+from starlette.datastructures import URLPath
 from starlette.routing import BaseRoute, Match, NoMatchFound
 from starlette.types import Receive, Scope, Send
 
@@ -302,7 +304,7 @@ class Edge:
         return RequestBody(stream=_receive_body(receive, limit))
 
 
-async def _receive_body(receive: Receive, limit: int):  # noqa: ANN202 - an async generator of bytes
+async def _receive_body(receive: Receive, limit: int) -> AsyncIterator[bytes]:
     size = 0
     while True:
         message = await receive()
@@ -428,7 +430,7 @@ class ProxyRoute(BaseRoute):
             return Match.FULL, {}
         return Match.NONE, {}
 
-    def url_path_for(self, name: str, /, **path_params: object) -> object:
+    def url_path_for(self, name: str, /, **path_params: object) -> URLPath:
         raise NoMatchFound(name, path_params)
 
     async def handle(self, scope: Scope, receive: Receive, send: Send) -> None:

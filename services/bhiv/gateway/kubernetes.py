@@ -162,7 +162,9 @@ class ModuleIndex:
         spec = module.get("spec") or {}
         status = module.get("status") or {}
         service = spec.get("service")
-        entry = catalog.SERVICES.get(service) if isinstance(service, str) else None
+        if not isinstance(service, str):
+            return None
+        entry = catalog.SERVICES.get(service)
         if entry is None or not entry.prefix:
             return None  # the gateway itself, or a workload this build does not know
         url = status.get("url")

@@ -119,7 +119,7 @@ class Upstream:
     # service's word before then.
     public_operations: tuple[PublicOperation, ...] = ()
     public_learned_at: float | None = None
-    _turn: itertools.count = field(default_factory=itertools.count, repr=False)
+    _turn: itertools.count[int] = field(default_factory=itertools.count, repr=False)
 
     def declares_public(self, method: str, path: str) -> bool:
         return any(op.matches(method, path) for op in self.public_operations)

@@ -64,4 +64,5 @@ class SecretBox:
         return self.seal(json.dumps(value, separators=(",", ":")))
 
     def open_json(self, token: str) -> dict[str, Any]:
-        return json.loads(self.open(token))
+        value: dict[str, Any] = json.loads(self.open(token))
+        return value

@@ -31,7 +31,7 @@ from sqlalchemy.orm import Session
 
 from bhiv import __version__
 from bhiv.core.backoff import delay_after, exponential, with_jitter
-from bhiv.core.db import Database, utcnow
+from bhiv.core.db import Database, rows_changed, utcnow
 from bhiv.core.errors import conflict
 from bhiv.integrations import egress, signing
 from bhiv.integrations.crypto import SecretBox, UnreadableSecret
@@ -113,7 +113,7 @@ def replay_dead(session: Session, subscription_id: int) -> int:
         )
         .execution_options(synchronize_session=False)
     )
-    return result.rowcount
+    return rows_changed(result)
 
 
 @dataclass(frozen=True)
@@ -203,7 +203,7 @@ class DeliveryWorker:
                     )
                     .values(locked_until=lease)
                 )
-                if result.rowcount == 1:
+                if rows_changed(result) == 1:
                     claimed.append(delivery_id)
             session.commit()
         return claimed

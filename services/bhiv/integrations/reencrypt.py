@@ -39,7 +39,7 @@ def reencrypt_all(db: Database, box: SecretBox) -> dict[str, int]:
                     setattr(row, column, box.reseal(token))
                 except UnreadableSecret:
                     raise UnreadableSecret(
-                        f"{table} id={row.id}: its {column} opens with none of the keys in "
+                        f"{table} id={getattr(row, 'id', '?')}: its {column} opens with none of the keys in "
                         "BHIV_CREDENTIALS_KEY; nothing was re-encrypted (keep the old key listed)"
                     ) from None
                 counts[table] += 1

@@ -6,8 +6,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import NoDecode
 
 from bhiv import catalog
-from bhiv.core.settings import ServiceSettings
-from bhiv.integrations import egress
+from bhiv.core.settings import ServiceSettings, parse_networks
 
 
 def _local_url(service: str) -> str:
@@ -102,7 +101,7 @@ class IntegrationsSettings(ServiceSettings):
     @field_validator("egress_allowed_networks")
     @classmethod
     def _networks(cls, value: list[str]) -> list[str]:
-        egress.parse_networks(value)  # a typo fails at startup, naming the entry
+        parse_networks(value)  # a typo fails at startup, naming the entry
         return value
 
     def credential_secrets(self) -> list[str]:

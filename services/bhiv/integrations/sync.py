@@ -42,7 +42,7 @@ from tenacity import (
 )
 
 from bhiv.core.client import ServiceClient, UpstreamError, UpstreamUnavailable
-from bhiv.core.db import Database, utcnow
+from bhiv.core.db import Database, rows_changed, utcnow
 from bhiv.core.errors import Problem, conflict
 from bhiv.core.service_auth import MissingServiceCredential, service_headers
 from bhiv.integrations.connections import CallFailed, ConnectionCaller, Endpoint, load_endpoint
@@ -457,7 +457,8 @@ class SyncRunner:
         if r.status_code != 200:
             return None
         want = comparable(target, {target.natural_key: value}, {target.natural_key})
-        for item in r.json().get("items", []):
+        items: list[dict[str, Any]] = r.json().get("items", [])
+        for item in items:
             if comparable(target, item, {target.natural_key}) == want:
                 return item
         return None
@@ -513,7 +514,7 @@ class SyncScheduler:
                 )
             )
             session.commit()
-            return result.rowcount
+            return rows_changed(result)
 
     def enqueue_due(self) -> None:
         now = utcnow()
@@ -532,7 +533,7 @@ class SyncScheduler:
                     .values(next_run_at=now + dt.timedelta(seconds=job.interval_seconds or 0))
                     .execution_options(synchronize_session=False)
                 )
-                if claimed.rowcount == 1:
+                if rows_changed(claimed) == 1:
                     with suppress(Problem):  # a run already active: this tick is skipped
                         with session.begin_nested():
                             queue_run(session, job, RunTrigger.schedule)
@@ -559,7 +560,7 @@ class SyncScheduler:
                 )
             )
             session.commit()
-            return run_id if result.rowcount == 1 else None
+            return run_id if rows_changed(result) == 1 else None
 
     async def run(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

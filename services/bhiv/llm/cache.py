@@ -17,6 +17,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from bhiv.core import utcnow
+from bhiv.core.db import rows_changed
 from bhiv.llm.models import CacheEntry
 from bhiv.llm.upsert import insert_for
 
@@ -79,10 +80,10 @@ def stats(session: Session, tenant: str | None) -> dict[str, int]:
 
 
 def clear(session: Session, tenant: str) -> int:
-    return session.execute(delete(CacheEntry).where(CacheEntry.tenant == tenant)).rowcount or 0
+    return rows_changed(session.execute(delete(CacheEntry).where(CacheEntry.tenant == tenant)))
 
 
 def purge_expired(session: Session) -> int:
-    return (
-        session.execute(delete(CacheEntry).where(CacheEntry.expires_at <= utcnow())).rowcount or 0
+    return rows_changed(
+        session.execute(delete(CacheEntry).where(CacheEntry.expires_at <= utcnow()))
     )

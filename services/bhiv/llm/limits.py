@@ -22,6 +22,7 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from bhiv.core import Problem
+from bhiv.core.db import rows_changed
 from bhiv.llm.models import RateWindow, UsageRecord
 from bhiv.llm.upsert import insert_for
 
@@ -61,16 +62,18 @@ def admit(
     if tpm is not None:
         stmt = stmt.where(RateWindow.tokens < tpm)
     admitted = (
-        session.execute(
-            stmt.values(
-                requests=RateWindow.requests + 1, tokens=RateWindow.tokens + prompt_tokens
-            ).execution_options(synchronize_session=False)
-        ).rowcount
+        rows_changed(
+            session.execute(
+                stmt.values(
+                    requests=RateWindow.requests + 1, tokens=RateWindow.tokens + prompt_tokens
+                ).execution_options(synchronize_session=False)
+            )
+        )
         == 1
     )
     row = session.get(RateWindow, (subject, window), populate_existing=True)
     used_requests, used_tokens = (row.requests, row.tokens) if row else (0, 0)
-    headers = {}
+    headers: dict[str, str] = {}
     if rpm is not None:
         headers |= {
             "x-ratelimit-limit-requests": str(rpm),
@@ -144,4 +147,4 @@ def check_budget(session: Session, subject: str, policy: dict[str, Any], now: dt
 def purge_windows(session: Session, now: float | None = None) -> int:
     window, _ = _window(time.time() if now is None else now)
     result = session.execute(delete(RateWindow).where(RateWindow.window_start < window - 1))
-    return result.rowcount or 0
+    return rows_changed(result)

@@ -17,7 +17,7 @@ import asyncio
 import re
 import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -268,7 +268,8 @@ class Engine:
         try:
             return router, await call(router)
         except (AllRoutesFailed, UpstreamRejected) as exc:
-            await self.db_call(lambda s, e=exc: self._record_failure(s, prep, e))
+            failure = exc  # `exc` is unbound when the except block ends
+            await self.db_call(lambda s: self._record_failure(s, prep, failure))
             raise _upstream_problem(exc) from None
 
     async def complete(self, prep: Prepared) -> Answer:
@@ -295,7 +296,7 @@ class Engine:
 
     async def open_stream(
         self, prep: Prepared
-    ) -> tuple[Route, AsyncIterator[Delta], list[Attempt]]:
+    ) -> tuple[Route, AsyncGenerator[Delta, None], list[Attempt]]:
         """Open the stream (retries and fallbacks happen here); problems raise before any byte is sent."""
         if prep.cached is not None:
             return _from_cache(prep), _replay(prep.cached), []
@@ -305,8 +306,12 @@ class Engine:
         return route, deltas, router.attempts
 
     async def relay(
-        self, prep: Prepared, route: Route, deltas: AsyncIterator[Delta], attempts: list[Attempt]
-    ) -> AsyncIterator[str | Answer]:
+        self,
+        prep: Prepared,
+        route: Route,
+        deltas: AsyncGenerator[Delta, None],
+        attempts: list[Attempt],
+    ) -> AsyncGenerator[str | Answer, None]:
         """Yield the answer's text as it may be shown, then the final :class:`Answer`.
 
         With a ``flag`` policy text passes through at once and is checked at the
@@ -384,7 +389,7 @@ class Engine:
                 )
             raise
         finally:
-            await deltas.aclose()  # type: ignore[attr-defined]
+            await deltas.aclose()
 
         content = "".join(raw)
         if not filtering:
@@ -421,7 +426,7 @@ class Engine:
         else:
             shown = content  # already filtered piece by piece by relay()
 
-        if hit:
+        if prep.cached is not None:
             prompt_tokens, completion_tokens = (
                 prep.cached["prompt_tokens"],
                 prep.cached["completion_tokens"],
@@ -666,7 +671,7 @@ def _from_cache(prep: Prepared) -> Route:
     return next((r for r in prep.routes if r.alias == alias), prep.routes[0])
 
 
-async def _replay(cached: dict[str, Any]) -> AsyncIterator[Delta]:
+async def _replay(cached: dict[str, Any]) -> AsyncGenerator[Delta, None]:
     yield Delta(content=cached["content"])
     yield Delta(finish_reason=cached["finish_reason"])
 

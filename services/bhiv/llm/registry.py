@@ -64,12 +64,12 @@ def apply_configuration(session: Session, settings: LlmSettings) -> None:
                 f"BHIV_LLM_MODELS: model {mcfg.alias!r} names provider {mcfg.provider!r}, "
                 "which is neither configured nor registered"
             )
-        row = models.get(mcfg.alias) or LlmModel(alias=mcfg.alias)
-        if row.id is not None and row.source != Source.config:
+        model = models.get(mcfg.alias) or LlmModel(alias=mcfg.alias)
+        if model.id is not None and model.source != Source.config:
             log.warning(
                 "configuration takes over model %s, which was created over the API", mcfg.alias
             )
-        row.provider_id, row.provider_model = provider.id, mcfg.model
+        model.provider_id, model.provider_model = provider.id, mcfg.model
         for attr in (
             "input_price_per_1k",
             "output_price_per_1k",
@@ -79,9 +79,9 @@ def apply_configuration(session: Session, settings: LlmSettings) -> None:
             "fallbacks",
             "enabled",
         ):
-            setattr(row, attr, getattr(mcfg, attr))
-        row.source, row.updated_at = Source.config, utcnow()
-        session.add(row)
+            setattr(model, attr, getattr(mcfg, attr))
+        model.source, model.updated_at = Source.config, utcnow()
+        session.add(model)
     session.commit()
 
 

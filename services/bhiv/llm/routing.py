@@ -15,8 +15,9 @@ do not count against it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -143,7 +144,7 @@ class Router:
     ) -> tuple[Route, T]:
         for route in routes:
             try:
-                return route, await self._retrying(route, lambda r=route: call(r))
+                return route, await self._retrying(route, functools.partial(call, route))
             except ProviderError as exc:
                 if exc.client_fault:
                     raise UpstreamRejected(exc, self.attempts) from None
@@ -161,10 +162,10 @@ class Router:
 
     async def stream(
         self, routes: list[Route], messages: list[dict[str, Any]], params: dict[str, Any]
-    ) -> tuple[Route, AsyncIterator[Delta]]:
+    ) -> tuple[Route, AsyncGenerator[Delta, None]]:
         """The committed route and its whole stream, first piece included."""
 
-        async def opened(route: Route) -> AsyncIterator[Delta]:
+        async def opened(route: Route) -> AsyncGenerator[Delta, None]:
             stream = ADAPTERS[route.target.kind].stream(self.http, route.target, messages, params)
             try:
                 first = await anext(stream)
@@ -176,13 +177,13 @@ class Router:
         return await self._first_success(routes, opened)
 
 
-async def _prepend(first: Delta, rest: AsyncIterator[Delta]) -> AsyncIterator[Delta]:
+async def _prepend(first: Delta, rest: AsyncGenerator[Delta, None]) -> AsyncGenerator[Delta, None]:
     try:
         yield first
         async for delta in rest:
             yield delta
     finally:
-        await rest.aclose()  # type: ignore[attr-defined]
+        await rest.aclose()
 
 
 def _ms(started: float) -> int:

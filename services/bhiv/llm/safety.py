@@ -204,7 +204,7 @@ def pii_findings(text: str) -> list[Finding]:
 
 
 def blocklist_findings(text: str, terms: Sequence[str]) -> list[Finding]:
-    found = []
+    found: list[Finding] = []
     for term in terms:
         if not term.strip():
             continue
@@ -260,7 +260,7 @@ def check(
         {"category": cat, "count": len(scores), "score": round(max(scores), 4)}
         for cat, scores in sorted(counts.items())
     ]
-    score = max((float(f["score"]) for f in findings), default=round(top_injection, 4))
+    score = max((float(str(f["score"])) for f in findings), default=round(top_injection, 4))
     if not findings:
         return Verdict("allowed", "no findings", score, [], list(texts))
 
@@ -284,7 +284,7 @@ def merge(verdicts: Sequence[Verdict]) -> Verdict:
     for v in verdicts:
         for f in v.findings:
             n, s = counts.get(str(f["category"]), (0, 0.0))
-            counts[str(f["category"])] = (n + int(f["count"]), max(s, float(f["score"])))  # type: ignore[call-overload]
+            counts[str(f["category"])] = (n + int(str(f["count"])), max(s, float(str(f["score"]))))
     findings = [{"category": c, "count": n, "score": s} for c, (n, s) in sorted(counts.items())]
     score = max((v.score for v in verdicts), default=0.0)
     rank = ["allowed", "flagged", "redacted", "blocked"]

@@ -17,7 +17,7 @@ from __future__ import annotations
 from sqlalchemy import update
 from sqlalchemy.orm import Session
 
-from bhiv.core import conflict, not_found, utcnow
+from bhiv.core import Problem, conflict, not_found, utcnow
 from bhiv.logistics.models import OUTBOX, Item, MovementType, StockMovement
 
 
@@ -119,7 +119,7 @@ def record(
     return movement
 
 
-def _insufficient(item: Item, kind: MovementType, quantity: int):  # noqa: ANN202
+def _insufficient(item: Item, kind: MovementType, quantity: int) -> Problem:
     if kind in (MovementType.release,):
         detail = f"Cannot release {quantity} of {item.sku}: only {item.reserved} reserved."
     elif kind == MovementType.adjustment:

@@ -55,7 +55,8 @@ def read(agent: Agent, running: int, heartbeat_timeout: float) -> AgentRead:
 
 
 def _timeout(request: Request) -> float:
-    return request.app.state.settings.agents_heartbeat_timeout_seconds
+    timeout: float = request.app.state.settings.agents_heartbeat_timeout_seconds
+    return timeout
 
 
 @router.get("/agents", response_model=Page[AgentRead], summary="List agents")

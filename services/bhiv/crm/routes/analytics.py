@@ -40,7 +40,9 @@ def _counts(
     session: Session, column: InstrumentedAttribute[Any], values: type[enum.StrEnum]
 ) -> dict[str, int]:
     """Rows per value of ``column``, with a 0 for every value that has none."""
-    found = dict(session.execute(select(column, func.count()).group_by(column)).all())
+    found: dict[Any, int] = dict(
+        session.execute(select(column, func.count()).group_by(column)).tuples().all()
+    )
     return {v.value: found.get(v, 0) for v in values}
 
 

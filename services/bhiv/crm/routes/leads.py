@@ -10,7 +10,7 @@ from sqlalchemy import case, delete, or_, select
 
 from bhiv.core import Page, PageParams, page_params, paginate
 from bhiv.core.crud import apply_patch, get_or_404
-from bhiv.core.db import SessionDep
+from bhiv.core.db import SessionDep, rows_changed
 from bhiv.core.errors import conflict
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
@@ -148,7 +148,7 @@ def update_lead(lead_id: LeadId, body: LeadUpdate, session: SessionDep) -> LeadR
 def delete_lead(lead_id: LeadId, session: SessionDep) -> Response:
     # Guarded, so a conversion committed after our read still keeps its lead.
     deleted = session.execute(delete(Lead).where(Lead.id == lead_id, Lead.converted_at.is_(None)))
-    if deleted.rowcount != 1:
+    if rows_changed(deleted) != 1:
         lead = get_or_404(session, Lead, lead_id)
         raise conflict(
             f"Lead {lead_id} was converted into a customer and is kept as that customer's origin.",

@@ -46,7 +46,8 @@ TicketId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Ticket ID.")]
 
 
 def sla_policy(request: Request) -> TicketSla:
-    return request.app.state.settings.ticket_sla
+    policy: TicketSla = request.app.state.settings.ticket_sla
+    return policy
 
 
 SlaDep = Annotated[TicketSla, Depends(sla_policy)]

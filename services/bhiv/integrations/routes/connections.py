@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
@@ -261,5 +262,5 @@ def _existing(db: Any, connection_id: int) -> Connection:
         return get_or_404(session, Connection, connection_id)
 
 
-def _ms_since(start: Any) -> float:
+def _ms_since(start: dt.datetime) -> float:
     return round((utcnow() - start).total_seconds() * 1000, 2)

@@ -10,7 +10,7 @@ Parameters Anthropic has no equivalent for (penalties, seed) are not sent.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -104,7 +104,7 @@ class AnthropicAdapter:
         target: Target,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         body = _body(target, messages, params, stream=True)
         input_tokens = output_tokens = None
         finish = "stop"

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -114,7 +114,7 @@ class Adapter(Protocol):
         target: Target,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
-    ) -> AsyncIterator[Delta]: ...
+    ) -> AsyncGenerator[Delta, None]: ...
 
 
 def transport_error(target: Target, exc: Exception) -> ProviderError:

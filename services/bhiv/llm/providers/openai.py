@@ -8,7 +8,7 @@ llama.cpp's server, LM Studio and anything else that speaks it.
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 
 import httpx
@@ -72,7 +72,7 @@ class OpenAIAdapter:
         target: Target,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
-    ) -> AsyncIterator[Delta]:
+    ) -> AsyncGenerator[Delta, None]:
         body = {
             "model": target.model,
             "messages": messages,

@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import json
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter
@@ -136,7 +136,7 @@ async def _events(
     engine: Engine,
     prep: Prepared,
     route: Route,
-    deltas: AsyncIterator[Delta],
+    deltas: AsyncGenerator[Delta, None],
     attempts: list[Attempt],
     include_usage: bool,
 ) -> AsyncIterator[str]:

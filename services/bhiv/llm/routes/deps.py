@@ -15,11 +15,13 @@ IdentityDep = Annotated[Identity, Depends(current_identity)]
 
 
 def engine(request: Request) -> Engine:
-    return request.app.state.llm
+    llm: Engine = request.app.state.llm
+    return llm
 
 
 def settings(request: Request) -> LlmSettings:
-    return request.app.state.settings
+    settings: LlmSettings = request.app.state.settings
+    return settings
 
 
 def caller(identity: IdentityDep) -> Caller:

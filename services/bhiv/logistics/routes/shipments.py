@@ -18,7 +18,7 @@ from bhiv.core import (
     utcnow,
 )
 from bhiv.core.crud import get_or_404, require_reference, unique_as_conflict
-from bhiv.core.db import SessionDep
+from bhiv.core.db import SessionDep, rows_changed
 from bhiv.core.errors import Problem, field_problem
 from bhiv.core.fields import StorableText
 from bhiv.core.workflow import Workflow
@@ -176,7 +176,7 @@ def transition(
         .values(status=body.status, updated_at=utcnow())
         .execution_options(synchronize_session=False)
     )
-    if updated.rowcount != 1:
+    if rows_changed(updated) != 1:
         session.rollback()
         raise Problem(
             409, f"Shipment {shipment_id} changed concurrently; retry.", kind="concurrent-update"
