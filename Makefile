@@ -10,7 +10,7 @@ BIN    := $(VENV)/bin
 PYTEST_ARGS ?=
 
 .DEFAULT_GOAL := help
-.PHONY: help venv up check format test test-deps tools test-unit test-service test-browser test-cluster test-container \
+.PHONY: help venv up check generate format test test-deps tools test-unit test-service test-browser test-cluster test-container \
 	test-chart test-kind test-realnode lock lock-upgrade chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
 	bench-operator lint clean
 
@@ -67,15 +67,19 @@ tools: ## build the pinned Kubernetes tools (kube-apiserver, kwok, helm, kubelet
 	-hack/k8s-tools $(NODE_TOOLS)
 
 # Every Python tree the gates cover.
-PY_TREES := services operator tests bench charts
+PY_TREES := services operator tests bench charts hack/generate
 
 check: venv ## the quality gates: ruff lint + format, mypy, helm lint --strict (make test runs them first)
 	$(BIN)/ruff check $(PY_TREES)
 	$(BIN)/ruff format --check $(PY_TREES)
 	$(BIN)/mypy
+	$(BIN)/python hack/generate --check
 	@helm="$$(hack/k8s-tools --print-bin-dir)/helm"; \
 	if [ -x "$$helm" ]; then "$$helm" lint --strict charts/bhiv; \
 	else echo "check: helm is not built (make tools); the chart tier lints the chart too"; fi
+
+generate: venv ## rewrite what is made from services/bhiv/catalog.py and the chart's `# --` comments
+	$(BIN)/python hack/generate
 
 format: venv ## apply ruff's safe fixes and its formatting to every Python tree
 	$(BIN)/ruff check --fix $(PY_TREES)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from bhiv.catalog import DEFAULT_PORTS
+from bhiv.catalog import DEFAULT_PORTS, SERVICES
 
 DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
     "requests": {"cpu": "100m", "memory": "128Mi"},
@@ -92,7 +92,7 @@ class Module:
     def keeps_data_on_claim(self) -> bool:
         """SQLite on a PersistentVolumeClaim: a service with data (the gateway keeps
         none), no database, no ephemeral opt-out. One pod at a time may use it."""
-        has_data = self.service != "gateway"
+        has_data = SERVICES[self.service].database
         return has_data and self.database_secret is None and not self.storage.ephemeral
 
     @property

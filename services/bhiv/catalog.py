@@ -1,8 +1,11 @@
 """The platform's services: ports, gateway prefixes and startup order.
 
-One table for the whole code base: ``bhiv up`` starts services from it, the CLI
-resolves ``bhiv serve NAME`` with it, and the gateway (once it exists) routes by
-its prefixes. A service that has not been built yet is simply not listed.
+The one table for the whole code base: ``bhiv up`` starts services from it, the CLI
+resolves ``bhiv serve NAME`` with it, and the gateway routes by its prefixes. The
+chart's stage and port helpers, the CRD's service enum and port text, the chart's
+per-service values and their schema, the sample BhivModules and the docs' tables are
+generated from it: after editing it, run ``make generate`` (``make check`` fails
+while they differ).
 """
 
 from __future__ import annotations
@@ -10,17 +13,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-
-# Every kind of workload the platform defines (DESIGN.md), built or not: the
-# Kubernetes operator accepts these names in BhivModule.spec.service.
-DEFAULT_PORTS: dict[str, int] = {
-    "gateway": 8000,
-    "logistics": 8001,
-    "crm": 8002,
-    "agent-orchestration": 8003,
-    "llm-query": 8004,
-    "integrations": 8005,
-}
 
 
 @dataclass(frozen=True)
@@ -35,6 +27,15 @@ class ServiceEntry:
     # importing the catalog never imports every service.
     app_factory: str
     capabilities: tuple[str, ...] = field(default=())
+    # One line for the README's table, and where the service's guide is.
+    summary: str = ""
+    guide: str = ""
+    # Whether the service keeps data (a database of its own; the gateway keeps none).
+    database: bool = True
+    # Keys of the namespace's shared Secret (bhiv-shared-secrets, the chart's own
+    # Secrets) the service's pods read: every one verifies tokens; only integrations
+    # encrypts stored credentials.
+    shared_secrets: tuple[str, ...] = ("BHIV_JWT_SECRET",)
 
 
 SERVICES: dict[str, ServiceEntry] = {
@@ -42,47 +43,73 @@ SERVICES: dict[str, ServiceEntry] = {
     for entry in (
         ServiceEntry(
             name="integrations",
-            port=DEFAULT_PORTS["integrations"],
+            port=8005,
             prefix="/api/integrations",
             stage=1,
             app_factory="bhiv.integrations.service:create_app",
             capabilities=("external_api_management", "webhook_handling", "data_synchronization"),
+            summary=(
+                "external API connections (encrypted credentials), signed inbound/outbound "
+                "webhooks with retries and dead letters, domain events, incremental data sync"
+            ),
+            guide="docs/integrations.md",
+            shared_secrets=("BHIV_JWT_SECRET", "BHIV_CREDENTIALS_KEY"),
         ),
         ServiceEntry(
             name="logistics",
-            port=DEFAULT_PORTS["logistics"],
+            port=8001,
             prefix="/api/logistics",
             stage=3,
             app_factory="bhiv.logistics.service:create_app",
             capabilities=("inventory_management", "supplier_management", "shipment_tracking"),
+            summary=(
+                "inventory with a stock ledger, suppliers, warehouses, shipments, reorder alerts, "
+                "analytics"
+            ),
+            guide="",  # the README documents it
         ),
         ServiceEntry(
             name="crm",
-            port=DEFAULT_PORTS["crm"],
+            port=8002,
             prefix="/api/crm",
             stage=3,
             app_factory="bhiv.crm.service:create_app",
             capabilities=("customer_management", "lead_management", "support_tickets"),
+            summary=(
+                "customers, interactions, leads and pipeline with scoring and conversion, support "
+                "tickets with SLAs, analytics"
+            ),
+            guide="docs/crm.md",
         ),
         ServiceEntry(
             name="agent-orchestration",
-            port=DEFAULT_PORTS["agent-orchestration"],
+            port=8003,
             prefix="/api/agents",
             stage=4,
             app_factory="bhiv.agents.service:create_app",
             capabilities=("agent_management", "task_orchestration", "workflow_execution"),
+            summary=(
+                "agents, task routing with leases, a durable workflow engine with sagas, the "
+                "seed's workflows"
+            ),
+            guide="docs/agents.md",
         ),
         ServiceEntry(
             name="llm-query",
-            port=DEFAULT_PORTS["llm-query"],
+            port=8004,
             prefix="/api/llm",
             stage=2,
             app_factory="bhiv.llm.service:create_app",
             capabilities=("llm_processing", "model_management", "safety_filtering"),
+            summary=(
+                "OpenAI-compatible `/v1/chat/completions` and `/query`, model registry, routing "
+                "with fallbacks, cache, safety filtering, conversations, usage, budgets"
+            ),
+            guide="docs/llm.md",
         ),
         ServiceEntry(
             name="gateway",
-            port=DEFAULT_PORTS["gateway"],
+            port=8000,
             prefix="",  # the gateway owns the root; every other prefix routes through it
             stage=5,
             app_factory="bhiv.gateway.service:create_app",
@@ -93,9 +120,19 @@ SERVICES: dict[str, ServiceEntry] = {
                 "batch_processing",
                 "discovery",
             ),
+            summary=(
+                "routing, discovery, load balancing, retries and breakers, edge auth, rate "
+                "limits, batch, one aggregated OpenAPI, the web console"
+            ),
+            guide="docs/gateway.md",
+            database=False,
         ),
     )
 }
+
+
+# Each service's own port, by name: what a BhivModule without `port` listens on.
+DEFAULT_PORTS: dict[str, int] = {entry.name: entry.port for entry in SERVICES.values()}
 
 
 def get(name: str) -> ServiceEntry:

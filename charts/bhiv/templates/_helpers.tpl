@@ -72,11 +72,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (printf "%s-database" (include "bhiv.fullname" .)) .Values.database.existingSecret -}}
 {{- end -}}
 
-{{/* The seed's startup stages, in order (a JSON list of lists of service names). */}}
-{{- define "bhiv.seedStages" -}}
-[["integrations"], ["llm-query"], ["logistics", "crm"], ["agent-orchestration"], ["gateway"]]
-{{- end -}}
-
 {{/* The stages that have an enabled service, each a list of the enabled ones:
      {"stages": [[...], ...]} as JSON. */}}
 {{- define "bhiv.stages" -}}
@@ -95,10 +90,15 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- dict "stages" $stages | toJson -}}
 {{- end -}}
 
+{{/* One service's entry in the generated catalog (_catalog.tpl) as JSON: port, stage,
+     database, sharedSecrets. Pass (dict "ctx" $ "name" "logistics"). */}}
+{{- define "bhiv.catalogEntry" -}}
+{{- index (include "bhiv.catalog" .ctx | fromJson) .name | toJson -}}
+{{- end -}}
+
 {{- define "bhiv.servicePort" -}}
-{{- $defaults := dict "logistics" 8001 "crm" 8002 "agent-orchestration" 8003 "llm-query" 8004 "integrations" 8005 "gateway" 8000 -}}
 {{- $svc := index .ctx.Values.services .name -}}
-{{- default (index $defaults .name) $svc.port -}}
+{{- default (int (include "bhiv.catalogEntry" . | fromJson).port) $svc.port -}}
 {{- end -}}
 
 {{/* Restricted Pod Security: pod level. */}}
@@ -161,11 +161,12 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 
 {{/* Where a service's database URL comes from, by precedence: "secretRef" (its own
      services.<name>.database.secretRef), "external" (database.existingSecret/urls),
-     "bundled" (postgresql.enabled), or "" (SQLite in its pod; always for the gateway).
+     "bundled" (postgresql.enabled), or "" (SQLite in its pod; nothing for a service that
+     keeps no data, such as the gateway).
      Pass (dict "ctx" $ "name" "logistics"). */}}
 {{- define "bhiv.databaseSource" -}}
 {{- $svc := index .ctx.Values.services .name -}}
-{{- if eq .name "gateway" -}}
+{{- if not (include "bhiv.catalogEntry" . | fromJson).database -}}
 {{- else if dig "database" "secretRef" "name" "" $svc -}}secretRef
 {{- else if or .ctx.Values.database.existingSecret (hasKey .ctx.Values.database.urls .name) -}}external
 {{- else if .ctx.Values.postgresql.enabled -}}bundled

@@ -70,6 +70,8 @@ def test_lint_strict(helm: Tool, values: list[str]) -> None:
         (["--set", "postgresql.persistence.sise=1Gi"], "sise"),
         (["--set", "postgresql.persistence.size=lots"], "size"),
         (["--set", "services.crm.database.secretRef.nam=x"], "nam"),
+        # The gateway keeps no data (the catalog says so): no database to point at.
+        (["--set", "services.gateway.database.secretRef.name=x"], "/services/gateway/database"),
         (["--set", "credentials.existingsecret=x"], "existingsecret"),
     ],
 )
