@@ -115,7 +115,8 @@ def token(
     ] = None,
 ) -> None:
     """Mint a JWT with the local signing secret; the token is alone on the last line."""
-    from bhiv.core.auth import ROLE_PERMISSIONS, mint_token
+    from bhiv.core.auth import mint_token
+    from bhiv.core.roles import ROLE_PERMISSIONS
     from bhiv.core.settings import ServiceSettings
 
     if role not in ROLE_PERMISSIONS:
@@ -169,7 +170,8 @@ def api_key(
     """Generate an API key: the key for the client, the entry for BHIV_API_KEYS."""
     import json
 
-    from bhiv.core.auth import ROLE_PERMISSIONS, hash_api_key
+    from bhiv.core.auth import hash_api_key
+    from bhiv.core.roles import ROLE_PERMISSIONS
 
     if role not in ROLE_PERMISSIONS:
         err.print(

@@ -20,16 +20,9 @@ import jwt
 from fastapi import Depends, Request
 
 from bhiv.core.errors import Problem
+from bhiv.core.roles import ROLE_PERMISSIONS, Permission, method_permission
 from bhiv.core.settings import ApiKeySpec, ServiceSettings
 
-Permission = Literal["read", "write", "admin"]
-
-ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
-    "viewer": frozenset({"read"}),
-    "editor": frozenset({"read", "write"}),
-    "admin": frozenset({"read", "write", "admin"}),
-}
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 API_KEY_HEADER = "X-API-Key"
 # OpenAPI extension marking an operation that needs no credential (it proves
 # its caller some other way, e.g. a webhook signature). The gateway reads it
@@ -222,7 +215,7 @@ async def authorize_by_method(
     request: Request, identity: Identity = Depends(current_identity)
 ) -> Identity:
     """Router-wide dependency: ``read`` for safe methods, ``write`` for the rest."""
-    return _check(identity, "read" if request.method in SAFE_METHODS else "write")
+    return _check(identity, method_permission(request.method))
 
 
 def require(permission: Permission) -> Callable[..., Awaitable[Identity]]:

@@ -22,8 +22,7 @@ from tenacity import (
 )
 
 from bhiv.core.context import credentials_var, request_id_var
-
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE"})
+from bhiv.core.roles import IDEMPOTENT_METHODS
 
 
 class UpstreamError(Exception):

@@ -14,7 +14,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, ClassVar, Literal
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bhiv.core.private_files import private_dir, tighten
@@ -39,6 +39,27 @@ def parse_networks(values: Iterable[str]) -> tuple[Network, ...]:
         except ValueError:
             raise ValueError(f"{value!r} is not an IP network (CIDR) or address") from None
     return tuple(networks)
+
+
+def _split_commas(value: object) -> object:
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
+def _check_networks(value: list[str]) -> list[str]:
+    parse_networks(value)  # a typo fails at startup, naming the entry
+    return value
+
+
+# A list setting written in the environment as comma-separated text
+# (BHIV_CORS_ORIGINS=https://a.example,https://b.example). NoDecode: pydantic-settings
+# would otherwise try to read the text as JSON first.
+CommaList = Annotated[list[str], NoDecode, BeforeValidator(_split_commas)]
+# The same, each entry an IP network (CIDR) or address.
+NetworkList = Annotated[
+    list[str], NoDecode, BeforeValidator(_split_commas), AfterValidator(_check_networks)
+]
 
 
 def running_in_kubernetes() -> bool:
@@ -106,7 +127,7 @@ class ServiceSettings(BaseSettings):
     jwt_audience: str = "bhiv"
     api_keys: list[ApiKeySpec] = Field(default_factory=list, description="JSON list of API keys.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    cors_origins: Annotated[list[str], NoDecode] = Field(
+    cors_origins: CommaList = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
     max_body_bytes: int = Field(1_048_576, ge=1024, description="Larger request bodies get 413.")
@@ -155,24 +176,11 @@ class ServiceSettings(BaseSettings):
         "public",
         description="Who may read /metrics: public (anyone who reaches the port), admin, or off.",
     )
-    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+    trusted_proxies: NetworkList = Field(
         default_factory=lambda: ["127.0.0.0/8", "::1/128"],
         description="Comma-separated addresses or CIDRs of proxies whose X-Forwarded-For/-Proto are believed; "
         "the client is the rightmost address not in them. Default: loopback only. Empty: none.",
     )
-
-    @field_validator("cors_origins", "trusted_proxies", mode="before")
-    @classmethod
-    def _split_origins(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [o.strip() for o in value.split(",") if o.strip()]
-        return value
-
-    @field_validator("trusted_proxies")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        parse_networks(value)  # a typo fails at startup, naming the entry
-        return value
 
     @field_validator("log_level", mode="before")
     @classmethod

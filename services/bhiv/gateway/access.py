@@ -23,10 +23,9 @@ from cachetools import TTLCache
 
 from bhiv.core.auth import Authenticator, Identity, mint_token
 from bhiv.core.errors import Problem
+from bhiv.core.roles import SAFE_METHODS, satisfies
 from bhiv.gateway.settings import GatewaySettings, RoutePolicy
 
-ROLE_RANK = {"viewer": 1, "editor": 2, "admin": 3}
-SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 # Tokens minted for API-key callers live this long, and are reused until
 # they have less than a third of it left.
 FORWARDED_TOKEN_TTL = 300
@@ -79,8 +78,7 @@ class EdgeAuth:
 
     @staticmethod
     def authorize(identity: Identity, role: str) -> None:
-        needed = ROLE_RANK[role]
-        if not any(ROLE_RANK.get(r, 0) >= needed for r in identity.roles):
+        if not satisfies(identity.roles, role):
             roles = ", ".join(identity.roles) or "none"
             raise Problem(
                 403,

@@ -49,6 +49,7 @@ from tenacity import (
 from yarl import URL
 
 from bhiv.core.errors import PROBLEM_JSON, Problem
+from bhiv.core.roles import IDEMPOTENT_METHODS
 from bhiv.gateway.metrics import GatewayMetrics
 from bhiv.gateway.registry import Instance, Registry, Upstream
 from bhiv.gateway.settings import GatewaySettings
@@ -56,7 +57,6 @@ from bhiv.gateway.settings import GatewaySettings
 if TYPE_CHECKING:
     from purgatory.service._async.circuitbreaker import AsyncCircuitBreaker
 
-IDEMPOTENT_METHODS = frozenset({"GET", "HEAD", "OPTIONS", "PUT", "DELETE", "TRACE"})
 GATEWAY_FAILURES = frozenset({502, 503, 504})
 # A failed answer is read to be passed on if no retry succeeds; error bodies
 # are small, and a larger one is cut here.

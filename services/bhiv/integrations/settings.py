@@ -1,12 +1,9 @@
 from __future__ import annotations
 
-from typing import Annotated
-
-from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import NoDecode
+from pydantic import Field, SecretStr
 
 from bhiv import catalog
-from bhiv.core.settings import ServiceSettings, parse_networks
+from bhiv.core.settings import CommaList, NetworkList, ServiceSettings
 
 
 def _local_url(service: str) -> str:
@@ -26,12 +23,12 @@ class IntegrationsSettings(ServiceSettings):
         "all of them decrypt (key rotation). Unset: <data_dir>/credentials-key, created once "
         "(a start-up error where shared secrets are required, see require_shared_secrets).",
     )
-    egress_allowed_hosts: Annotated[list[str], NoDecode] = Field(
+    egress_allowed_hosts: CommaList = Field(
         default_factory=lambda: ["localhost", "127.0.0.0/8", "::1"],
         description="Comma-separated host names ('*.example.com' for subdomains), IP addresses or CIDR "
         "networks that connections and subscriptions may call; '*' allows any host.",
     )
-    egress_allowed_networks: Annotated[list[str], NoDecode] = Field(
+    egress_allowed_networks: NetworkList = Field(
         default_factory=list,
         description="Comma-separated CIDR networks of non-public addresses (loopback, private, link-local, ...) "
         "that calls may nonetheless connect to. Unset: none; the platform's own services are always reachable.",
@@ -90,19 +87,6 @@ class IntegrationsSettings(ServiceSettings):
         le=86_400,
         description="A running sync whose worker stops is marked interrupted after this.",
     )
-
-    @field_validator("egress_allowed_hosts", "egress_allowed_networks", mode="before")
-    @classmethod
-    def _split_hosts(cls, value: object) -> object:
-        if isinstance(value, str):
-            return [h.strip() for h in value.split(",") if h.strip()]
-        return value
-
-    @field_validator("egress_allowed_networks")
-    @classmethod
-    def _networks(cls, value: list[str]) -> list[str]:
-        parse_networks(value)  # a typo fails at startup, naming the entry
-        return value
 
     def credential_secrets(self) -> list[str]:
         if self.credentials_key is not None:
