@@ -45,6 +45,7 @@ from bhiv.agents.models import (
     WorkflowRun,
 )
 from bhiv.agents.settings import AgentsSettings
+from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.db import Database, rows_changed, utcnow
 
@@ -113,18 +114,14 @@ class Engine:
 
     # --- the loop ------------------------------------------------------------------
 
-    async def run_forever(self) -> None:
-        while True:
+    async def run(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
             try:
                 await self.tick()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 log.exception("engine tick failed")
-            try:
-                await asyncio.wait_for(self.wake.wait(), self.settings.agents_poll_interval_seconds)
-            except TimeoutError:
-                pass
+            # `wake` (set when work arrives over the API) ends the pause early.
+            await sleep_unless_stopped(self.wake, self.settings.agents_poll_interval_seconds)
             self.wake.clear()
 
     async def tick(self) -> None:
@@ -833,10 +830,10 @@ async def engine_hook(app: FastAPI) -> AsyncIterator[None]:
     """Lifespan hook: the engine's loop runs for the app's lifetime."""
     engine = Engine(app)
     app.state.engine = engine
-    loop = asyncio.create_task(engine.run_forever())
+    # grace=0: steps in flight are cancelled and released (engine.stop); another
+    # replica, or this one when it starts again, takes them over.
     try:
-        yield
+        async with background("workflow-engine", engine.run, grace=0):
+            yield
     finally:
-        loop.cancel()
-        await asyncio.gather(loop, return_exceptions=True)
         await engine.stop()

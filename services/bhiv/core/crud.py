@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
+from fastapi import Response, status
 from pydantic import BaseModel
 from sqlalchemy import inspect
 from sqlalchemy.exc import IntegrityError
@@ -15,6 +16,38 @@ from bhiv.core.db import utcnow
 from bhiv.core.errors import Problem, conflict, field_problem, not_found
 
 M = TypeVar("M")
+R = TypeVar("R")
+
+
+def created(
+    session: Session,
+    response: Response,
+    obj: M,
+    read: Callable[[M], R],
+    path: str,
+    *,
+    key: str = "id",
+) -> R:
+    """Finish a create: add and flush ``obj`` (the database assigns its key and checks
+    its constraints), build the response with ``read`` while the row is loaded,
+    commit, and point ``Location`` at ``{path}/{key}``.
+
+    Call it inside ``unique_as_conflict`` when a unique field may collide: the
+    flush or the commit then becomes a 409 naming the field.
+    """
+    session.add(obj)
+    session.flush()
+    result = read(obj)
+    session.commit()
+    response.headers["Location"] = f"{path}/{getattr(obj, key)}"
+    return result
+
+
+def deleted(session: Session, obj: object) -> Response:
+    """Finish a delete: remove ``obj``, commit, and answer 204 No Content."""
+    session.delete(obj)
+    session.commit()
+    return Response(status_code=status.HTTP_204_NO_CONTENT)
 
 
 def get_or_404(

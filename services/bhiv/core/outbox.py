@@ -24,10 +24,11 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import functools
 import logging
 import uuid
 from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -38,6 +39,7 @@ from pydantic import Field, SecretStr
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.orm import Session
 
+from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.client import ServiceClient, UpstreamError, UpstreamUnavailable
 from bhiv.core.db import Database, UTCDateTime, utcnow
@@ -217,20 +219,11 @@ class Outbox:
     async def relay(self, app: FastAPI) -> AsyncIterator[None]:
         """Lifespan hook: relay pending events until the app stops."""
         settings: OutboxSettings = app.state.settings
-        stop = asyncio.Event()
-        task = asyncio.create_task(
-            self._run(app.state.db, settings, stop), name=f"{self.source}-outbox-relay"
-        )
-        try:
+        # A batch in flight gets 10 s to be acknowledged; anything unacknowledged
+        # stays pending and is sent again by the next relay (at least once).
+        relay = functools.partial(self._run, app.state.db, settings)
+        async with background(f"{self.source}-outbox-relay", relay, grace=10):
             yield
-        finally:
-            stop.set()
-            with suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(task, timeout=10)
-            if not task.done():
-                task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await task
 
     async def _run(self, db: Database, settings: OutboxSettings, stop: asyncio.Event) -> None:
         # One attempt per call: the relay's own loop is the retry.
@@ -269,7 +262,6 @@ class Outbox:
                     outages += 1
                     pause = delay_after(OUTAGE_RETRY, outages)
                     log.exception("outbox relay failed; retrying in %.1fs", pause)
-                with suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=pause)
+                await sleep_unless_stopped(stop, pause)
         finally:
             await client.aclose()

@@ -15,7 +15,14 @@ from pydantic import BaseModel
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
-from bhiv.core.crud import apply_patch, get_or_404, require_reference, unique_as_conflict
+from bhiv.core.crud import (
+    apply_patch,
+    created,
+    deleted,
+    get_or_404,
+    require_reference,
+    unique_as_conflict,
+)
 from bhiv.core.db import SessionDep
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import Column, Page, PageParams, like_pattern, page_params, paginate
@@ -86,10 +93,7 @@ def resource_router(
             require_reference(session, target, values.get(field), field)
         obj = model(**values)
         with unique_as_conflict(session, table, {f: values.get(f) for f in unique}, what):
-            session.add(obj)
-            session.commit()
-        response.headers["Location"] = f"{path}/{obj.id}"
-        return read_schema.model_validate(obj)
+            return created(session, response, obj, read_schema.model_validate, path)
 
     @router.get(f"{path}/{{{id_name}}}", response_model=read_schema, summary=f"Get a {what}")
     def get(obj_id: Id, session: SessionDep) -> Any:
@@ -123,8 +127,6 @@ def resource_router(
         obj = get_or_404(session, model, obj_id, what.capitalize())
         if before_delete is not None:
             before_delete(session, obj)
-        session.delete(obj)
-        session.commit()
-        return Response(status_code=status.HTTP_204_NO_CONTENT)
+        return deleted(session, obj)
 
     return router

@@ -14,6 +14,7 @@ import time
 
 import httpx
 
+from bhiv.core.background import repeat
 from bhiv.gateway.metrics import GatewayMetrics
 from bhiv.gateway.registry import Instance, Registry
 from bhiv.gateway.settings import GatewaySettings
@@ -36,12 +37,8 @@ class HealthChecker:
         )
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self.check_all()
-            try:
-                await asyncio.wait_for(stop.wait(), self._settings.gateway_health_interval_seconds)
-            except TimeoutError:
-                pass
+        interval = self._settings.gateway_health_interval_seconds
+        await repeat(stop, interval, self.check_all, what="health checks")
 
     async def check_all(self) -> None:
         targets = [

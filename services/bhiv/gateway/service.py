@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -20,6 +21,7 @@ from fastapi import Depends, FastAPI
 from bhiv import catalog
 from bhiv.core import ServiceSpec
 from bhiv.core import create_app as _create_app
+from bhiv.core.background import background, repeat
 from bhiv.gateway import batch, console, routes
 from bhiv.gateway.access import EdgeAuth
 from bhiv.gateway.discovery import local_services
@@ -88,19 +90,16 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
     else:
         gateway.apply_discovery(local_services(settings))
     checker = HealthChecker(settings, gateway.registry, gateway.metrics)
-    stop = asyncio.Event()
-    probing = asyncio.create_task(checker.run(stop), name="gateway-health-checks")
-    learning = asyncio.create_task(
-        _learn_public_operations(gateway, stop), name="gateway-public-operations"
-    )
+    learning = functools.partial(_learn_public_operations, gateway)
     try:
-        yield
+        async with (
+            background("gateway-health-checks", checker.run),
+            background("gateway-public-operations", learning),
+        ):
+            yield
     finally:
-        stop.set()
         if watcher is not None:
             watcher.stop()
-        await probing
-        await learning
         await checker.aclose()
         await gateway.openapi.aclose()
         await gateway.forwarder.aclose()
@@ -110,13 +109,14 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
 async def _learn_public_operations(gateway: Gateway, stop: asyncio.Event) -> None:
     """Keep each service's public operations (declared in its OpenAPI) up to date."""
     settings = gateway.settings
-    while not stop.is_set():
-        try:
-            await gateway.openapi.learn_public_operations(settings.gateway_openapi_max_age_seconds)
-        except Exception:  # never let one bad document stop the learning
-            log.exception("learning public operations failed")
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), settings.gateway_health_interval_seconds)
+    await repeat(
+        stop,
+        settings.gateway_health_interval_seconds,
+        functools.partial(
+            gateway.openapi.learn_public_operations, settings.gateway_openapi_max_age_seconds
+        ),
+        what="learning public operations",
+    )
 
 
 async def discovery_synced(app: FastAPI) -> None:

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager, suppress
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from email.utils import parsedate_to_datetime
 
@@ -30,6 +30,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from bhiv import __version__
+from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.backoff import delay_after, exponential, with_jitter
 from bhiv.core.db import Database, rows_changed, utcnow
 from bhiv.core.errors import conflict
@@ -330,8 +331,7 @@ class DeliveryWorker:
                 # lease until it expires, then any worker retries it.
                 log.exception("delivery worker iteration failed")
             if len(claimed) < limit:
-                with suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.worker_poll_seconds)
+                await sleep_unless_stopped(stop, self.settings.worker_poll_seconds)
 
     async def aclose(self) -> None:
         await self._http.aclose()
@@ -343,14 +343,10 @@ async def delivery_worker(app: FastAPI) -> AsyncIterator[None]:
     worker = DeliveryWorker(
         app.state.db, app.state.secret_box, app.state.settings, app.state.egress
     )
-    stop = asyncio.Event()
-    task = asyncio.create_task(worker.run(stop), name="webhook-delivery")
+    # Attempts in flight may finish; one cut short is retried after its lease.
+    grace = app.state.settings.delivery_timeout_seconds + 5
     try:
-        yield
+        async with background("webhook-delivery", worker.run, grace=grace):
+            yield
     finally:
-        stop.set()
-        try:
-            await asyncio.wait_for(task, timeout=app.state.settings.delivery_timeout_seconds + 5)
-        except TimeoutError:
-            pass  # cancelled by wait_for; unrecorded attempts are retried after their lease
         await worker.aclose()

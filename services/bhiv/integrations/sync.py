@@ -41,6 +41,7 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
+from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.client import ServiceClient, UpstreamError, UpstreamUnavailable
 from bhiv.core.db import Database, rows_changed, utcnow
 from bhiv.core.errors import Problem, conflict
@@ -574,8 +575,7 @@ class SyncScheduler:
             except Exception:
                 log.exception("sync scheduler iteration failed")
             if run_id is None:
-                with suppress(asyncio.TimeoutError):
-                    await asyncio.wait_for(stop.wait(), timeout=self.settings.worker_poll_seconds)
+                await sleep_unless_stopped(stop, self.settings.worker_poll_seconds)
 
 
 @asynccontextmanager
@@ -583,15 +583,10 @@ async def sync_scheduler(app: FastAPI) -> AsyncIterator[None]:
     """Lifespan hook: run scheduled and requested syncs until the app stops."""
     runner = SyncRunner(app.state.db, app.state.secret_box, app.state.settings, app.state.caller)
     scheduler = SyncScheduler(app.state.db, app.state.settings, runner)
-    stop = asyncio.Event()
-    task = asyncio.create_task(scheduler.run(stop), name="sync-scheduler")
+    # grace=0: a run in progress is abandoned; its lease lapses and it is marked
+    # interrupted, with its cursor unsaved.
     try:
-        yield
+        async with background("sync-scheduler", scheduler.run, grace=0):
+            yield
     finally:
-        stop.set()
-        # A run in progress is abandoned here; its lease lapses and it is
-        # marked interrupted, with its cursor unsaved.
-        task.cancel()
-        with suppress(asyncio.CancelledError):
-            await task
         await runner.aclose()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 from collections.abc import AsyncIterator
 
@@ -17,6 +18,7 @@ from starlette.concurrency import run_in_threadpool
 from bhiv import catalog
 from bhiv.core import ServiceSpec
 from bhiv.core import create_app as _create_app
+from bhiv.core.background import background, repeat
 from bhiv.llm import cache, limits, registry
 from bhiv.llm.models import Base
 from bhiv.llm.pipeline import Engine
@@ -63,21 +65,14 @@ async def engine_lifespan(app: FastAPI) -> AsyncIterator[None]:
         if expired or windows:
             log.info("purged %d expired cache entries and %d old rate windows", expired, windows)
 
-    async def purge_forever() -> None:
-        while True:
-            await asyncio.sleep(PURGE_INTERVAL_SECONDS)
-            try:
-                await run_in_threadpool(purge)
-            except Exception:
-                log.exception("purging expired rows failed; will retry")
+    async def purge_forever(stop: asyncio.Event) -> None:
+        step = functools.partial(run_in_threadpool, purge)
+        await repeat(stop, PURGE_INTERVAL_SECONDS, step, what="purging expired rows")
 
-    task = asyncio.create_task(purge_forever())
     try:
-        yield
+        async with background("llm-purge", purge_forever, grace=0):
+            yield
     finally:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
         await http.aclose()
 
 

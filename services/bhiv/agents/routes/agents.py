@@ -28,7 +28,7 @@ from bhiv.core import (
     paginate,
     utcnow,
 )
-from bhiv.core.crud import apply_patch, get_or_404, unique_as_conflict
+from bhiv.core.crud import apply_patch, deleted, get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, conflict
 
@@ -156,9 +156,7 @@ def deregister(agent_id: AgentId, session: SessionDep) -> Response:
     ):
         task.lease_expires_at = now - dt.timedelta(seconds=1)  # the engine's next tick requeues it
         task.agent_id = None
-    session.delete(agent)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, agent)
 
 
 @router.post(

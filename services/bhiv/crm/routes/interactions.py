@@ -16,7 +16,7 @@ from bhiv.core import (
     paginate,
     utcnow,
 )
-from bhiv.core.crud import get_or_404
+from bhiv.core.crud import created, get_or_404
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.core.fields import UTCTimestamp
@@ -98,12 +98,7 @@ def record_interaction(
         author=identity.subject,
         occurred_at=body.occurred_at or utcnow(),
     )
-    session.add(interaction)
-    session.flush()
-    result = InteractionRead.model_validate(interaction)
-    session.commit()
-    response.headers["Location"] = f"/interactions/{interaction.id}"
-    return result
+    return created(session, response, interaction, InteractionRead.model_validate, "/interactions")
 
 
 @router.get(

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import case, delete, or_, select
 
 from bhiv.core import Page, PageParams, page_params, paginate
-from bhiv.core.crud import apply_patch, get_or_404
+from bhiv.core.crud import apply_patch, created, get_or_404
 from bhiv.core.db import SessionDep, rows_changed
 from bhiv.core.errors import conflict
 from bhiv.core.fields import StorableText
@@ -105,12 +105,7 @@ def list_leads(
 def create_lead(body: LeadCreate, session: SessionDep, response: Response) -> LeadRead:
     lead = Lead(**body.model_dump(), stage=LeadStage.new)
     lead_pipeline.rescore(lead)
-    session.add(lead)
-    session.flush()
-    result = LeadRead.model_validate(lead)
-    session.commit()
-    response.headers["Location"] = f"/leads/{lead.id}"
-    return result
+    return created(session, response, lead, LeadRead.model_validate, "/leads")
 
 
 @router.get("/leads/{lead_id}", response_model=LeadRead, summary="Get a lead and its score")

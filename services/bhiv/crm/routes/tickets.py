@@ -16,7 +16,7 @@ from bhiv.core import (
     paginate,
     utcnow,
 )
-from bhiv.core.crud import apply_patch, get_or_404, require_reference
+from bhiv.core.crud import apply_patch, created, get_or_404, require_reference
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict
 from bhiv.core.fields import StorableText
@@ -133,12 +133,7 @@ def create_ticket(
     now = utcnow()
     ticket = Ticket(**body.model_dump(), status=TicketStatus.open, created_at=now, updated_at=now)
     ticket_workflow.start_sla(ticket, sla, now)
-    session.add(ticket)
-    session.flush()
-    result = TicketRead.model_validate(ticket)
-    session.commit()
-    response.headers["Location"] = f"/tickets/{ticket.id}"
-    return result
+    return created(session, response, ticket, TicketRead.model_validate, "/tickets")
 
 
 @router.get("/tickets/{ticket_id}", response_model=TicketRead, summary="Get a ticket")

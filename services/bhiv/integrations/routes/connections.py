@@ -10,7 +10,7 @@ from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
-from bhiv.core.crud import get_or_404, unique_as_conflict
+from bhiv.core.crud import created, deleted, get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, field_problem
 from bhiv.core.fields import StorableText
@@ -141,12 +141,7 @@ def create_connection(
         credentials=box.seal_json(secrets) if secrets else None,
     )
     with unique_as_conflict(session, "connections", {"name": body.name}, "connection"):
-        session.add(conn)
-        session.flush()
-        result = read(conn)
-        session.commit()
-    response.headers["Location"] = f"/connections/{conn.id}"
-    return result
+        return created(session, response, conn, read, "/connections")
 
 
 @router.get(
@@ -215,9 +210,7 @@ def delete_connection(connection_id: ConnectionId, session: SessionDep) -> Respo
         raise conflict(
             f"Connection {connection_id} is used by sync jobs; delete or move them first."
         )
-    session.delete(conn)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, conn)
 
 
 @router.post(

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from bhiv.core import Page, PageParams, page_params, paginate, public_operation, require, utcnow
-from bhiv.core.crud import apply_patch, get_or_404, unique_as_conflict
+from bhiv.core.crud import apply_patch, created, deleted, get_or_404, unique_as_conflict
 from bhiv.core.db import Database, SessionDep
 from bhiv.core.errors import Problem, field_problem, not_found
 from bhiv.core.fields import StorableText
@@ -110,12 +110,13 @@ def create_source(
         name=body.name, description=body.description, active=body.active, secret=box.seal(secret)
     )
     with unique_as_conflict(session, "webhook_sources", {"name": body.name}, "webhook source"):
-        session.add(source)
-        session.flush()
-        result = WebhookSourceWithSecret(**read(source).model_dump(), secret=secret)
-        session.commit()
-    response.headers["Location"] = f"/webhook-sources/{source.id}"
-    return result
+        return created(
+            session,
+            response,
+            source,
+            lambda source: WebhookSourceWithSecret(**read(source).model_dump(), secret=secret),
+            "/webhook-sources",
+        )
 
 
 @sources.get(
@@ -167,9 +168,7 @@ def rotate_source_secret(
     dependencies=ADMIN,
 )
 def delete_source(source_id: SourceId, session: SessionDep) -> Response:
-    session.delete(get_or_404(session, WebhookSource, source_id, "Webhook source"))
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, get_or_404(session, WebhookSource, source_id, "Webhook source"))
 
 
 @sources.get(

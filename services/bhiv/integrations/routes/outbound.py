@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
-from bhiv.core.crud import get_or_404
+from bhiv.core.crud import created, deleted, get_or_404
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.integrations import delivery as deliveries
@@ -127,12 +127,7 @@ def create_subscription(
         active=body.active,
         secret=box.seal(secret),
     )
-    session.add(sub)
-    session.flush()
-    result = _with_secret(sub, secret)
-    session.commit()
-    response.headers["Location"] = f"/subscriptions/{sub.id}"
-    return result
+    return created(session, response, sub, lambda sub: _with_secret(sub, secret), "/subscriptions")
 
 
 @router.get(
@@ -203,9 +198,7 @@ def rotate_subscription_secret(
     dependencies=ADMIN,
 )
 def delete_subscription(subscription_id: SubscriptionId, session: SessionDep) -> Response:
-    session.delete(get_or_404(session, Subscription, subscription_id))
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, get_or_404(session, Subscription, subscription_id))
 
 
 @router.get(

@@ -8,7 +8,7 @@ from fastapi import APIRouter, Depends, Path, Query, Response, status
 from sqlalchemy import select
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
-from bhiv.core.crud import get_or_404, require_reference, unique_as_conflict
+from bhiv.core.crud import created, deleted, get_or_404, require_reference, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.integrations.models import (
@@ -72,12 +72,7 @@ def create_job(body: SyncJobCreate, session: SessionDep, response: Response) -> 
     _check_map(body.target, body.field_map)
     job = SyncJob(**body.model_dump(), next_run_at=utcnow() if body.interval_seconds else None)
     with unique_as_conflict(session, "sync_jobs", {"name": body.name}, "sync job"):
-        session.add(job)
-        session.flush()
-        result = SyncJobRead.model_validate(job)
-        session.commit()
-    response.headers["Location"] = f"/sync-jobs/{job.id}"
-    return result
+        return created(session, response, job, SyncJobRead.model_validate, "/sync-jobs")
 
 
 @router.get(
@@ -122,9 +117,7 @@ def update_job(job_id: JobId, body: SyncJobUpdate, session: SessionDep) -> SyncJ
     dependencies=ADMIN,
 )
 def delete_job(job_id: JobId, session: SessionDep) -> Response:
-    session.delete(get_or_404(session, SyncJob, job_id, "Sync job"))
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, get_or_404(session, SyncJob, job_id, "Sync job"))
 
 
 @router.post(
@@ -156,10 +149,7 @@ def reset_job(job_id: JobId, session: SessionDep) -> SyncJobRead:
 def run_job(job_id: JobId, session: SessionDep, response: Response) -> SyncRunRead:
     job = get_or_404(session, SyncJob, job_id, "Sync job")
     run = queue_run(session, job, RunTrigger.manual)
-    result = SyncRunRead.model_validate(run)
-    session.commit()
-    response.headers["Location"] = f"/sync-runs/{run.id}"
-    return result
+    return created(session, response, run, SyncRunRead.model_validate, "/sync-runs")
 
 
 @router.get(

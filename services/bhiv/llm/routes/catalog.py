@@ -11,7 +11,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
-from bhiv.core.crud import apply_patch, unique_as_conflict
+from bhiv.core.crud import apply_patch, created, deleted, unique_as_conflict
 from bhiv.core.errors import conflict, field_problem, not_found
 from bhiv.llm import registry
 from bhiv.llm.models import LlmModel, Provider, Source
@@ -120,10 +120,7 @@ def list_providers(
 def create_provider(body: ProviderCreate, session: SessionDep, response: Response) -> ProviderRead:
     row = Provider(**body.model_dump(), source=Source.api)
     with unique_as_conflict(session, "providers", {"name": body.name}, "provider"):
-        session.add(row)
-        session.commit()
-    response.headers["Location"] = f"/providers/{row.name}"
-    return provider_read(row)
+        return created(session, response, row, provider_read, "/providers", key="name")
 
 
 @router.get(
@@ -166,9 +163,7 @@ def delete_provider(name: ProviderName, session: SessionDep) -> Response:
             f"Provider {name} is used by models {', '.join(sorted(users))}; remove them first.",
             models=sorted(users),
         )
-    session.delete(row)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, row)
 
 
 # --- models --------------------------------------------------------------------------
@@ -239,10 +234,14 @@ def create_model(body: ModelCreate, session: SessionDep, response: Response) -> 
     values: dict[str, Any] = body.model_dump(exclude={"provider", "model"})
     row = LlmModel(**values, provider_id=provider_id, provider_model=body.model, source=Source.api)
     with unique_as_conflict(session, "llm_models", {"alias": body.alias}, "model"):
-        session.add(row)
-        session.commit()
-    response.headers["Location"] = f"/models/{row.alias}"
-    return model_read(_model(session, row.alias))
+        return created(
+            session,
+            response,
+            row,
+            lambda r: model_read(_model(session, r.alias)),
+            "/models",
+            key="alias",
+        )
 
 
 @router.get(
@@ -302,6 +301,4 @@ def delete_model(alias: ModelAlias, session: SessionDep) -> Response:
             f"Models {', '.join(dependents)} fall back to {alias}; change them first.",
             models=dependents,
         )
-    session.delete(row)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, row)

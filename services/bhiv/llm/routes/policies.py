@@ -11,6 +11,7 @@ from fastapi import APIRouter, Depends, Path, Response, status
 from sqlalchemy import select
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
+from bhiv.core.crud import deleted
 from bhiv.core.errors import not_found
 from bhiv.llm import limits, registry
 from bhiv.llm.models import KeyPolicy, RateWindow
@@ -92,9 +93,7 @@ def delete_policy(subject: Subject, session: SessionDep) -> Response:
     row = session.scalar(select(KeyPolicy).where(KeyPolicy.subject == subject))
     if row is None:
         raise not_found("Policy", subject)
-    session.delete(row)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, row)
 
 
 @router.get(

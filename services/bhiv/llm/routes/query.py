@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bhiv.core import Page, PageParams, page_params, paginate
-from bhiv.core.crud import apply_patch
+from bhiv.core.crud import apply_patch, created, deleted
 from bhiv.core.errors import field_problem
 from bhiv.llm import conversations
 from bhiv.llm.models import Conversation, LlmModel, Message
@@ -200,10 +200,7 @@ def create_conversation(
         system_prompt=body.system_prompt,
         context_strategy=body.context_strategy or settings.llm_context_strategy,
     )
-    session.add(conv)
-    session.commit()
-    response.headers["Location"] = f"/conversations/{conv.id}"
-    return _read(session, conv)
+    return created(session, response, conv, lambda c: _read(session, c), "/conversations")
 
 
 @router.get(
@@ -260,9 +257,7 @@ def update_conversation(
 def delete_conversation(
     conversation_id: ConversationId, session: SessionDep, caller: CallerDep
 ) -> Response:
-    session.delete(conversations.owned(session, caller, conversation_id))
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, conversations.owned(session, caller, conversation_id))
 
 
 @router.get(

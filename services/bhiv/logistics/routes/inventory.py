@@ -16,7 +16,14 @@ from bhiv.core import (
     page_params,
     paginate,
 )
-from bhiv.core.crud import apply_patch, get_or_404, require_reference, unique_as_conflict
+from bhiv.core.crud import (
+    apply_patch,
+    created,
+    deleted,
+    get_or_404,
+    require_reference,
+    unique_as_conflict,
+)
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, not_found
 from bhiv.core.fields import StorableText
@@ -140,10 +147,13 @@ def create_item(
                 actor=identity.subject,
                 note="opening stock",
             )
-        result = ItemRead.model_validate(_fresh(session, item.id))
-        session.commit()
-    response.headers["Location"] = f"/inventory/{item.id}"
-    return result
+        return created(
+            session,
+            response,
+            item,
+            lambda i: ItemRead.model_validate(_fresh(session, i.id)),
+            "/inventory",
+        )
 
 
 @router.get("/inventory/{item_id}", response_model=ItemRead, summary="Get an item")
@@ -188,9 +198,7 @@ def delete_item(item_id: ItemId, session: SessionDep) -> Response:
         is not None
     ):
         raise conflict(f"Item {item.sku} appears on shipments and is kept for their history.")
-    session.delete(item)
-    session.commit()
-    return Response(status_code=status.HTTP_204_NO_CONTENT)
+    return deleted(session, item)
 
 
 @router.post(

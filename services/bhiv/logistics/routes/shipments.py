@@ -17,7 +17,7 @@ from bhiv.core import (
     paginate,
     utcnow,
 )
-from bhiv.core.crud import get_or_404, require_reference, unique_as_conflict
+from bhiv.core.crud import created, get_or_404, require_reference, unique_as_conflict
 from bhiv.core.db import SessionDep, rows_changed
 from bhiv.core.errors import Problem, field_problem
 from bhiv.core.fields import StorableText
@@ -140,11 +140,8 @@ def create_shipment(
             )
         )
         session.flush()
-        session.refresh(shipment)
-        result = ShipmentRead.model_validate(shipment)
-        session.commit()
-    response.headers["Location"] = f"/shipments/{shipment.id}"
-    return result
+        session.refresh(shipment)  # its lines and tracking events, as just written
+        return created(session, response, shipment, ShipmentRead.model_validate, "/shipments")
 
 
 @router.get("/shipments/{shipment_id}", response_model=ShipmentRead, summary="Get a shipment")
