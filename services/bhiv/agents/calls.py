@@ -55,7 +55,7 @@ def _body(response: httpx.Response) -> Any:
         return response.text
 
 
-class Caller:
+class ServiceCaller:
     """One pooled client per BHIV service, plus one for HTTP agents."""
 
     def __init__(self, settings: AgentsSettings) -> None:

@@ -30,7 +30,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from bhiv.agents import expressions, queue
-from bhiv.agents.calls import Caller, CallFailed
+from bhiv.agents.calls import CallFailed, ServiceCaller
 from bhiv.agents.definitions import Step, WorkflowSpec
 from bhiv.agents.models import (
     RUN_FINAL,
@@ -96,11 +96,11 @@ class Snapshot:
         }
 
 
-class Engine:
+class WorkflowEngine:
     def __init__(self, app: FastAPI) -> None:
         self.settings: AgentsSettings = app.state.settings
         self.db: Database = app.state.db
-        self.caller = Caller(self.settings)
+        self.caller = ServiceCaller(self.settings)
         self.owner = uuid.uuid4().hex
         self.drivers: dict[int, asyncio.Task[None]] = {}
         self.executions: set[asyncio.Task[None]] = set()
@@ -828,7 +828,7 @@ class Engine:
 @asynccontextmanager
 async def engine_hook(app: FastAPI) -> AsyncIterator[None]:
     """Lifespan hook: the engine's loop runs for the app's lifetime."""
-    engine = Engine(app)
+    engine = WorkflowEngine(app)
     app.state.engine = engine
     # grace=0: steps in flight are cancelled and released (engine.stop); another
     # replica, or this one when it starts again, takes them over.

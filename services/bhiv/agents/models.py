@@ -11,7 +11,7 @@ from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, Un
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bhiv.core.db import Timestamps, UTCDateTime, new_metadata, string_enum, utcnow
-from bhiv.core.workflow import Workflow
+from bhiv.core.status_machine import StatusMachine
 
 
 class Base(DeclarativeBase):
@@ -59,8 +59,8 @@ RUN_FINAL = frozenset(
 
 
 _T, _R = TaskStatus, RunStatus
-# The status changes each allows; the API's 409 for any other comes from bhiv.core.workflow.
-TASK_FLOW = Workflow(
+# The status changes each allows; the API's 409 for any other comes from bhiv.core.status_machine.
+TASK_FLOW = StatusMachine(
     "Task",
     {
         _T.queued: {_T.running, _T.cancelled},
@@ -71,7 +71,7 @@ TASK_FLOW = Workflow(
     },
 )
 # A compensating run finishes its saga: it cannot be cancelled half-way.
-RUN_FLOW = Workflow(
+RUN_FLOW = StatusMachine(
     "Run",
     {
         _R.running: {_R.compensating, _R.succeeded, _R.failed, _R.cancelled},

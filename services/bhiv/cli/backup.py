@@ -48,7 +48,7 @@ class BackupError(Exception):
 
 
 @dataclass(frozen=True)
-class Target:
+class BackupTarget:
     """Where one service's database is."""
 
     service: str
@@ -67,7 +67,7 @@ def resolve_targets(
     server: str | None = None,
     databases: dict[str, str] | None = None,
     data_dir: Path | None = None,
-) -> list[Target]:
+) -> list[BackupTarget]:
     """Each service's database, by the precedence in the module docstring."""
     from bhiv.cli.main import load_spec
 
@@ -75,14 +75,14 @@ def resolve_targets(
     targets = []
     for service in services:
         if service in databases:
-            targets.append(Target(service, make_url(databases[service])))
+            targets.append(BackupTarget(service, make_url(databases[service])))
         elif server:
             name = database_name(service)
-            targets.append(Target(service, make_url(server).set(database=name), role=name))
+            targets.append(BackupTarget(service, make_url(server).set(database=name), role=name))
         else:
             overrides = {"data_dir": data_dir} if data_dir else {}
             settings = load_spec(service).settings_class(**overrides)
-            targets.append(Target(service, make_url(settings.sqlalchemy_url())))
+            targets.append(BackupTarget(service, make_url(settings.sqlalchemy_url())))
     return targets
 
 
@@ -111,7 +111,7 @@ def _run_pg(tool: str, args: list[str], url: URL, service: str) -> None:
         raise BackupError(f"{service}: {tool} failed: {result.stderr.strip()[-2000:]}")
 
 
-def _sqlite_path(target: Target) -> Path:
+def _sqlite_path(target: BackupTarget) -> Path:
     if not target.url.database or target.url.database == ":memory:":
         raise BackupError(f"{target.service}: {target.url.render_as_string()} is not a SQLite file")
     return Path(target.url.database)
@@ -122,7 +122,7 @@ def _sqlite_copy(source: Path, destination: Path) -> None:
         src.backup(dst)
 
 
-def backup(targets: list[Target], directory: Path) -> dict[str, object]:
+def backup(targets: list[BackupTarget], directory: Path) -> dict[str, object]:
     """Dump every target into ``directory`` (new or empty); returns the manifest."""
     if (directory / MANIFEST).exists():
         raise BackupError(f"{directory} already holds a backup; choose a new directory")
@@ -170,7 +170,7 @@ def read_manifest(directory: Path) -> dict[str, dict[str, str]]:
     return dict(manifest["services"])
 
 
-def restore(targets: list[Target], directory: Path) -> None:
+def restore(targets: list[BackupTarget], directory: Path) -> None:
     """Put each target's backed-up database back in place of what it holds now."""
     entries = read_manifest(directory)
     missing = [t.service for t in targets if t.service not in entries]

@@ -15,12 +15,12 @@ from sqlalchemy.orm import Session
 from bhiv.core import Problem, conflict, utcnow
 from bhiv.core.crud import get_or_404, unique_as_conflict
 from bhiv.core.db import rows_changed
-from bhiv.core.workflow import Workflow
+from bhiv.core.status_machine import StatusMachine
 from bhiv.crm.lead_scoring import score_lead
 from bhiv.crm.models import OUTBOX, Customer, CustomerStatus, Lead, LeadStage
 
 L = LeadStage
-LEAD_WORKFLOW: Workflow[LeadStage] = Workflow(
+LEAD_WORKFLOW: StatusMachine[LeadStage] = StatusMachine(
     "Lead",
     {
         L.new: {L.contacted, L.lost},

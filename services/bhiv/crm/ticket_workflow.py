@@ -14,12 +14,12 @@ from sqlalchemy.orm import Session
 
 from bhiv.core import utcnow
 from bhiv.core.crud import get_or_404
-from bhiv.core.workflow import Workflow
+from bhiv.core.status_machine import StatusMachine
 from bhiv.crm.models import Ticket, TicketComment, TicketStatus
 from bhiv.crm.settings import TicketSla
 
 T = TicketStatus
-TICKET_WORKFLOW: Workflow[TicketStatus] = Workflow(
+TICKET_WORKFLOW: StatusMachine[TicketStatus] = StatusMachine(
     "Ticket",
     {
         T.open: {T.in_progress, T.waiting, T.resolved},

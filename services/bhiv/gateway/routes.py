@@ -88,7 +88,7 @@ class ModuleView(BaseModel):
     conditions: list[ConditionView] = Field(default_factory=list)
 
 
-class Registry(BaseModel):
+class RegistryView(BaseModel):
     discovery: str = Field(description="local or kubernetes.", examples=["local"])
     rate_limit_backend: str = Field(examples=["memory"])
     services: list[ServiceView]
@@ -108,12 +108,12 @@ class TokenResponse(BaseModel):
 
 @router.get(
     "/services",
-    response_model=Registry,
+    response_model=RegistryView,
     summary="Routed services, their instances and health",
     dependencies=[Depends(require("read"))],
     responses={401: {"description": "No valid credential."}},
 )
-async def services(request: Request) -> Registry:
+async def services(request: Request) -> RegistryView:
     gateway = request.app.state.gateway
     views = []
     for svc in gateway.registry.describe():
@@ -121,7 +121,7 @@ async def services(request: Request) -> Registry:
     modules = None
     if gateway.modules is not None:
         modules = [ModuleView(**m) for m in gateway.modules()]
-    return Registry(
+    return RegistryView(
         discovery=gateway.settings.gateway_discovery,
         rate_limit_backend=gateway.limiter.backend,
         services=views,

@@ -58,7 +58,7 @@ from bhiv.integrations.models import (
     SyncRun,
 )
 from bhiv.integrations.settings import IntegrationsSettings
-from bhiv.integrations.targets import TARGETS, Target, comparable
+from bhiv.integrations.targets import TARGETS, SyncDestination, comparable
 
 log = logging.getLogger("bhiv.integrations.sync")
 
@@ -149,7 +149,7 @@ class JobView:
     next_page_path: str
     page_size_param: str | None
     page_size: int
-    target: Target
+    target: SyncDestination
     field_map: dict[str, str]
     policy: ConflictPolicy
     cursor: str | None
@@ -443,7 +443,7 @@ class SyncRunner:
 
     async def _find(
         self,
-        target: Target,
+        target: SyncDestination,
         desired: dict[str, Any],
         client: ServiceClient,
         headers: dict[str, str],

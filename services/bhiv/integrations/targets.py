@@ -15,7 +15,7 @@ from bhiv.integrations.models import SyncTarget
 
 
 @dataclass(frozen=True)
-class Target:
+class SyncDestination:
     service: str
     path: str
     natural_key: str  # matched (exactly) when a source record has no link yet
@@ -24,15 +24,15 @@ class Target:
     casefold: frozenset[str] = frozenset()  # compared without case (the service lower-cases them)
 
 
-TARGETS: dict[SyncTarget, Target] = {
-    SyncTarget.logistics_suppliers: Target(
+TARGETS: dict[SyncTarget, SyncDestination] = {
+    SyncTarget.logistics_suppliers: SyncDestination(
         service="logistics",
         path="/suppliers",
         natural_key="name",
         fields=frozenset({"name", "contact_name", "email", "phone", "rating", "lead_time_days"}),
         required=("name",),
     ),
-    SyncTarget.crm_customers: Target(
+    SyncTarget.crm_customers: SyncDestination(
         service="crm",
         path="/customers",
         natural_key="email",
@@ -43,7 +43,7 @@ TARGETS: dict[SyncTarget, Target] = {
 }
 
 
-def normalize(target: Target, name: str, value: Any) -> Any:
+def normalize(target: SyncDestination, name: str, value: Any) -> Any:
     """A comparable form of a field's value: the source may send 4.5 where the
     service answers "4.5", or " Asha " where it stores "Asha"."""
     if value is None or isinstance(value, bool):
@@ -71,6 +71,6 @@ def _decimal_text(value: int | float | decimal.Decimal) -> Any:
 
 
 def comparable(
-    target: Target, values: Mapping[str, Any], names: set[str] | frozenset[str]
+    target: SyncDestination, values: Mapping[str, Any], names: set[str] | frozenset[str]
 ) -> dict[str, Any]:
     return {n: normalize(target, n, values.get(n)) for n in sorted(names)}

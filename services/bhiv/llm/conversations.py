@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from bhiv.core import not_found, utcnow
 from bhiv.llm.models import Conversation, Message
-from bhiv.llm.pipeline import Caller, Engine, Prepared
+from bhiv.llm.pipeline import Caller, Prepared, QueryPipeline
 from bhiv.llm.tokens import Counter
 
 SUMMARY_PREFIX = "Summary of the earlier conversation: "
@@ -85,7 +85,7 @@ def _clip(text: str, count: Counter, budget: int) -> str:
 
 
 async def fit(
-    engine: Engine,
+    engine: QueryPipeline,
     prep: Prepared,
     conv: Conversation,
     history: list[Message],

@@ -150,7 +150,7 @@ def new_completion_id() -> str:
     return "chatcmpl-" + secrets.token_hex(12)
 
 
-class Engine:
+class QueryPipeline:
     """The request pipeline for one app: settings, database and the HTTP client to providers."""
 
     def __init__(self, settings: LlmSettings, db: Database, http: httpx.AsyncClient) -> None:

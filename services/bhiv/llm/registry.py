@@ -19,7 +19,7 @@ from bhiv.core import Problem, utcnow
 from bhiv.core.errors import field_problem
 from bhiv.llm import safety
 from bhiv.llm.models import KeyPolicy, LlmModel, Provider, Source
-from bhiv.llm.providers.base import Target
+from bhiv.llm.providers.base import ProviderTarget
 from bhiv.llm.routing import Route
 from bhiv.llm.settings import LlmSettings
 
@@ -99,7 +99,7 @@ def to_route(model: LlmModel) -> Route:
     p = model.provider
     return Route(
         alias=model.alias,
-        target=Target(
+        target=ProviderTarget(
             provider=p.name,
             kind=p.kind,
             base_url=p.base_url,

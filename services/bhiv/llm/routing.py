@@ -28,7 +28,7 @@ from purgatory.domain.model import OpenedState
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 
 from bhiv.llm.providers import ADAPTERS
-from bhiv.llm.providers.base import Completion, Delta, ProviderError, Target
+from bhiv.llm.providers.base import Completion, Delta, ProviderError, ProviderTarget
 
 T = TypeVar("T")
 # Short first waits: a caller is waiting on the answer, and fallbacks exist
@@ -42,7 +42,7 @@ class Route:
     """One model a request may be served by, with what accounting needs to know."""
 
     alias: str
-    target: Target
+    target: ProviderTarget
     max_retries: int
     input_price_per_1k: Decimal
     output_price_per_1k: Decimal

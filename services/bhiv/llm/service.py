@@ -21,7 +21,7 @@ from bhiv.core import create_app as _create_app
 from bhiv.core.background import background, repeat
 from bhiv.llm import cache, limits, registry
 from bhiv.llm.models import Base
-from bhiv.llm.pipeline import Engine
+from bhiv.llm.pipeline import QueryPipeline
 from bhiv.llm.routes import catalog as catalog_routes
 from bhiv.llm.routes import chat, insight, policies, query
 from bhiv.llm.settings import LlmSettings
@@ -55,7 +55,7 @@ async def engine_lifespan(app: FastAPI) -> AsyncIterator[None]:
         limits=httpx.Limits(max_connections=200, max_keepalive_connections=50),
         follow_redirects=False,
     )
-    app.state.llm = Engine(settings, db, http)
+    app.state.llm = QueryPipeline(settings, db, http)
 
     def purge() -> None:
         with db.session() as session:

@@ -11,11 +11,11 @@ from pydantic import ValidationError
 
 from bhiv.llm import cache, conversations, pipeline
 from bhiv.llm.providers import anthropic
-from bhiv.llm.providers.base import ProviderError, Target, upstream_message
+from bhiv.llm.providers.base import ProviderError, ProviderTarget, upstream_message
 from bhiv.llm.routing import Route
 from bhiv.llm.settings import LlmSettings
 
-TARGET = Target(
+TARGET = ProviderTarget(
     provider="p",
     kind="openai",
     base_url="http://127.0.0.1:1/v1",
@@ -135,7 +135,7 @@ class TestProviderErrors:
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.delenv("BHIV_LLM_KEY_ABSENT", raising=False)
-        target = Target("p", "openai", "http://h", "BHIV_LLM_KEY_ABSENT", 5, "m")
+        target = ProviderTarget("p", "openai", "http://h", "BHIV_LLM_KEY_ABSENT", 5, "m")
         with pytest.raises(ProviderError, match="BHIV_LLM_KEY_ABSENT is not set"):
             target.api_key()
         monkeypatch.setenv("BHIV_LLM_KEY_ABSENT", "sk-1")

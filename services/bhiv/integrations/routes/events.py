@@ -15,8 +15,8 @@ from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, not_found
 from bhiv.core.fields import UTCTimestamp
 from bhiv.core.service_auth import service_of
-from bhiv.integrations.catalogue import EVENT_TYPES
 from bhiv.integrations.delivery import fan_out
+from bhiv.integrations.event_types import EVENT_TYPES
 from bhiv.integrations.models import Event
 from bhiv.integrations.schemas import EventAccepted, EventIn, EventRead, EventTypeInfo
 

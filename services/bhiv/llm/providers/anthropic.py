@@ -19,8 +19,8 @@ from bhiv.llm.providers.base import (
     Completion,
     Delta,
     ProviderError,
+    ProviderTarget,
     ProviderUsage,
-    Target,
     post_json,
     sse_data,
     status_error,
@@ -37,7 +37,7 @@ STOP_REASONS = {
 }
 
 
-def _headers(target: Target) -> dict[str, str]:
+def _headers(target: ProviderTarget) -> dict[str, str]:
     headers = {"Content-Type": "application/json", "anthropic-version": API_VERSION}
     key = target.api_key()
     if key:
@@ -46,7 +46,7 @@ def _headers(target: Target) -> dict[str, str]:
 
 
 def _body(
-    target: Target, messages: list[dict[str, Any]], params: dict[str, Any], stream: bool
+    target: ProviderTarget, messages: list[dict[str, Any]], params: dict[str, Any], stream: bool
 ) -> dict[str, Any]:
     system = "\n\n".join(m["content"] for m in messages if m["role"] == "system")
     turns = [
@@ -71,7 +71,7 @@ def _body(
     return body
 
 
-def _url(target: Target) -> str:
+def _url(target: ProviderTarget) -> str:
     return target.base_url.rstrip("/") + "/v1/messages"
 
 
@@ -79,7 +79,7 @@ class AnthropicAdapter:
     async def complete(
         self,
         http: httpx.AsyncClient,
-        target: Target,
+        target: ProviderTarget,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
     ) -> Completion:
@@ -101,7 +101,7 @@ class AnthropicAdapter:
     async def stream(
         self,
         http: httpx.AsyncClient,
-        target: Target,
+        target: ProviderTarget,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
     ) -> AsyncGenerator[Delta, None]:

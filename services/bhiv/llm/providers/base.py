@@ -77,7 +77,7 @@ class Delta:
 
 
 @dataclass(frozen=True)
-class Target:
+class ProviderTarget:
     """Where one call goes: the provider's endpoint and the upstream model name."""
 
     provider: str
@@ -103,7 +103,7 @@ class Adapter(Protocol):
     async def complete(
         self,
         http: httpx.AsyncClient,
-        target: Target,
+        target: ProviderTarget,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
     ) -> Completion: ...
@@ -111,13 +111,13 @@ class Adapter(Protocol):
     def stream(
         self,
         http: httpx.AsyncClient,
-        target: Target,
+        target: ProviderTarget,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
     ) -> AsyncGenerator[Delta, None]: ...
 
 
-def transport_error(target: Target, exc: Exception) -> ProviderError:
+def transport_error(target: ProviderTarget, exc: Exception) -> ProviderError:
     if isinstance(exc, httpx.TimeoutException):
         return ProviderError(
             f"{target.provider} timed out after {target.timeout_seconds:g}s", timeout=True
@@ -125,7 +125,7 @@ def transport_error(target: Target, exc: Exception) -> ProviderError:
     return ProviderError(f"{target.provider} unreachable ({type(exc).__name__})")
 
 
-def status_error(target: Target, status: int, body: bytes) -> ProviderError:
+def status_error(target: ProviderTarget, status: int, body: bytes) -> ProviderError:
     return ProviderError(
         f"{target.provider} answered {status}: {upstream_message(body)}", status=status
     )
@@ -144,7 +144,11 @@ def upstream_message(body: bytes) -> str:
 
 
 async def post_json(
-    http: httpx.AsyncClient, target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
+    http: httpx.AsyncClient,
+    target: ProviderTarget,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
 ) -> Any:
     """POST a JSON body and return the JSON answer; every failure as a :class:`ProviderError`."""
     try:
@@ -162,7 +166,11 @@ async def post_json(
 
 
 async def sse_data(
-    http: httpx.AsyncClient, target: Target, url: str, body: dict[str, Any], headers: dict[str, str]
+    http: httpx.AsyncClient,
+    target: ProviderTarget,
+    url: str,
+    body: dict[str, Any],
+    headers: dict[str, str],
 ) -> AsyncIterator[Any]:
     """POST a JSON body and yield each server-sent event's decoded ``data``, up to ``[DONE]``."""
     try:

@@ -17,15 +17,15 @@ from bhiv.llm.providers.base import (
     Completion,
     Delta,
     ProviderError,
+    ProviderTarget,
     ProviderUsage,
-    Target,
     post_json,
     sse_data,
     status_error,
 )
 
 
-def _headers(target: Target) -> dict[str, str]:
+def _headers(target: ProviderTarget) -> dict[str, str]:
     headers = {"Content-Type": "application/json"}
     key = target.api_key()
     if key:
@@ -42,7 +42,7 @@ def _usage(data: Any) -> ProviderUsage | None:
         return None
 
 
-def _url(target: Target) -> str:
+def _url(target: ProviderTarget) -> str:
     return target.base_url.rstrip("/") + "/chat/completions"
 
 
@@ -50,7 +50,7 @@ class OpenAIAdapter:
     async def complete(
         self,
         http: httpx.AsyncClient,
-        target: Target,
+        target: ProviderTarget,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
     ) -> Completion:
@@ -69,7 +69,7 @@ class OpenAIAdapter:
     async def stream(
         self,
         http: httpx.AsyncClient,
-        target: Target,
+        target: ProviderTarget,
         messages: list[dict[str, Any]],
         params: dict[str, Any],
     ) -> AsyncGenerator[Delta, None]:

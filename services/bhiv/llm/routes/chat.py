@@ -14,7 +14,14 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 
 from bhiv.llm.models import LlmModel
-from bhiv.llm.pipeline import Answer, ChatRequest, Engine, Prepared, StreamBroken, new_completion_id
+from bhiv.llm.pipeline import (
+    Answer,
+    ChatRequest,
+    Prepared,
+    QueryPipeline,
+    StreamBroken,
+    new_completion_id,
+)
 from bhiv.llm.providers.base import Delta
 from bhiv.llm.routes.deps import CallerDep, EngineDep, SessionDep
 from bhiv.llm.routing import Attempt, Route
@@ -133,7 +140,7 @@ def _sse(data: dict[str, Any] | str) -> str:
 
 
 async def _events(
-    engine: Engine,
+    engine: QueryPipeline,
     prep: Prepared,
     route: Route,
     deltas: AsyncGenerator[Delta, None],

@@ -8,14 +8,14 @@ from fastapi import Depends, Request
 
 from bhiv.core import Identity, current_identity
 from bhiv.core.db import SessionDep as SessionDep
-from bhiv.llm.pipeline import Caller, Engine
+from bhiv.llm.pipeline import Caller, QueryPipeline
 from bhiv.llm.settings import LlmSettings
 
 IdentityDep = Annotated[Identity, Depends(current_identity)]
 
 
-def engine(request: Request) -> Engine:
-    llm: Engine = request.app.state.llm
+def engine(request: Request) -> QueryPipeline:
+    llm: QueryPipeline = request.app.state.llm
     return llm
 
 
@@ -28,7 +28,7 @@ def caller(identity: IdentityDep) -> Caller:
     return Caller.of(identity)
 
 
-EngineDep = Annotated[Engine, Depends(engine)]
+EngineDep = Annotated[QueryPipeline, Depends(engine)]
 SettingsDep = Annotated[LlmSettings, Depends(settings)]
 CallerDep = Annotated[Caller, Depends(caller)]
 

@@ -21,7 +21,7 @@ from bhiv.core.crud import created, get_or_404, require_reference, unique_as_con
 from bhiv.core.db import SessionDep, rows_changed
 from bhiv.core.errors import Problem, field_problem
 from bhiv.core.fields import StorableText
-from bhiv.core.workflow import Workflow
+from bhiv.core.status_machine import StatusMachine
 from bhiv.logistics import stock
 from bhiv.logistics.models import (
     OUTBOX,
@@ -45,7 +45,7 @@ router = APIRouter(tags=["shipments"])
 ShipmentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Shipment ID.")]
 
 S = ShipmentStatus
-SHIPMENT_WORKFLOW: Workflow[ShipmentStatus] = Workflow(
+SHIPMENT_WORKFLOW: StatusMachine[ShipmentStatus] = StatusMachine(
     "Shipment",
     {
         S.created: {S.picked, S.cancelled},

@@ -1,4 +1,4 @@
-"""Status workflows: which status changes a resource allows, and the one 409
+"""Status machines: which status changes a resource allows, and the one 409
 problem every service answers for a change it does not."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from bhiv.core.errors import Problem
 S = TypeVar("S", bound=enum.StrEnum)
 
 
-class Workflow(Generic[S]):
+class StatusMachine(Generic[S]):
     """The allowed next statuses of each status of one kind of resource."""
 
     def __init__(self, what: str, transitions: Mapping[S, Iterable[S]]) -> None:

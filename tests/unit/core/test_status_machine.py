@@ -7,7 +7,7 @@ import enum
 import pytest
 
 from bhiv.core.errors import Problem
-from bhiv.core.workflow import Workflow
+from bhiv.core.status_machine import StatusMachine
 
 
 class Door(enum.StrEnum):
@@ -17,7 +17,7 @@ class Door(enum.StrEnum):
     gone = "gone"
 
 
-DOOR = Workflow(
+DOOR = StatusMachine(
     "Door",
     {
         Door.open: {Door.closed},
@@ -58,4 +58,4 @@ def test_an_illegal_change_is_a_409_naming_current_and_allowed(
 
 def test_a_target_without_its_own_entry_is_refused_up_front() -> None:
     with pytest.raises(ValueError, match="locked"):
-        Workflow("Door", {Door.open: {Door.locked}})
+        StatusMachine("Door", {Door.open: {Door.locked}})
