@@ -111,7 +111,7 @@ def test_a_seventh_service_reaches_every_table_and_schema(copy: Path) -> None:
     kustomization = yaml.safe_load((copy / "manifests/kustomization.yaml").read_text())
     assert "samples/billing.yaml" in kustomization["configMapGenerator"][0]["files"]
     assert (
-        "| billing | 8006 | /api/billing | 3 | invoices and payments |"
+        "| billing | `bhiv.billing` | 8006 | /api/billing | 3 | invoices and payments |"
         in (copy / "README.md").read_text()
     )
     assert "| 3 | 3 | logistics, crm, billing |" in (copy / "docs/helm.md").read_text()
