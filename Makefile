@@ -67,7 +67,7 @@ tools: ## build the pinned Kubernetes tools (kube-apiserver, kwok, helm, kubelet
 	-hack/k8s-tools $(NODE_TOOLS)
 
 # Every Python tree the gates cover.
-PY_TREES := services operator tests bench charts hack/generate
+PY_TREES := src tests bench charts hack/generate
 
 check: venv ## the quality gates: ruff lint + format, mypy, helm lint --strict (make test runs them first)
 	$(BIN)/ruff check $(PY_TREES)
@@ -78,7 +78,7 @@ check: venv ## the quality gates: ruff lint + format, mypy, helm lint --strict (
 	if [ -x "$$helm" ]; then "$$helm" lint --strict charts/bhiv; \
 	else echo "check: helm is not built (make tools); the chart tier lints the chart too"; fi
 
-generate: venv ## rewrite what is made from services/bhiv/catalog.py and the chart's `# --` comments
+generate: venv ## rewrite what is made from src/bhiv/catalog.py and the chart's `# --` comments
 	$(BIN)/python hack/generate
 
 format: venv ## apply ruff's safe fixes and its formatting to every Python tree

@@ -40,9 +40,9 @@ sys.path.insert(0, str(REPO))
 
 from kubernetes import client, config, watch  # noqa: E402
 
-from bhiv_operator import builders  # noqa: E402
-from bhiv_operator.kube import Kube  # noqa: E402
-from bhiv_operator.model import Module  # noqa: E402
+from bhiv.operator import builders  # noqa: E402
+from bhiv.operator.kube import Kube  # noqa: E402
+from bhiv.operator.model import Module  # noqa: E402
 
 CLUSTER = "bhiv-bench"
 CONCURRENCY = 4

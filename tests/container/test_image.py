@@ -152,7 +152,7 @@ def test_kubernetes_client_imports_without_its_asyncio_half(run_once) -> None:
     pattern = re.compile(r"kubernetes\.aio\b|from\s+kubernetes\s+import\s+[^\n]*\baio\b")
     offenders = [
         str(path.relative_to(REPO_ROOT))
-        for root in ("services", "operator")
+        for root in ("src",)
         for path in (REPO_ROOT / root).rglob("*.py")
         if pattern.search(path.read_text(errors="replace"))
     ]

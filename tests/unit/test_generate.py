@@ -21,8 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 # What the generator reads and writes; nothing else is copied.
 TREE = (
     "hack/generate",
-    "services/bhiv/__init__.py",
-    "services/bhiv/catalog.py",
+    "src/bhiv/__init__.py",
+    "src/bhiv/catalog.py",
     "charts/bhiv",
     "manifests",
     "README.md",
@@ -78,7 +78,7 @@ def test_check_names_a_file_edited_by_hand(copy: Path) -> None:
 
 
 def test_a_seventh_service_reaches_every_table_and_schema(copy: Path) -> None:
-    catalog = copy / "services/bhiv/catalog.py"
+    catalog = copy / "src/bhiv/catalog.py"
     text = catalog.read_text()
     gateway = text.index('        ServiceEntry(\n            name="gateway"')
     catalog.write_text(text[:gateway] + BILLING + text[gateway:])
@@ -131,7 +131,7 @@ def test_the_chart_renders_a_seventh_service(copy: Path) -> None:
     )
     if not helm.exists():
         pytest.skip("helm is not built (make tools)")
-    catalog = copy / "services/bhiv/catalog.py"
+    catalog = copy / "src/bhiv/catalog.py"
     text = catalog.read_text()
     gateway = text.index('        ServiceEntry(\n            name="gateway"')
     catalog.write_text(text[:gateway] + BILLING + text[gateway:])

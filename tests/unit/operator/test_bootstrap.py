@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from bhiv_operator.bootstrap import BootstrapError, build_shared_secret, load_manifests
+from bhiv.operator.bootstrap import BootstrapError, build_shared_secret, load_manifests
 
 MANIFESTS = Path(__file__).resolve().parents[3] / "manifests"
 

@@ -4,8 +4,8 @@ from typing import Any
 
 import pytest
 
-from bhiv_operator import builders
-from bhiv_operator.model import Module
+from bhiv.operator import builders
+from bhiv.operator.model import Module
 
 
 def body(**spec: Any) -> dict[str, Any]:

@@ -4,9 +4,9 @@ import asyncio
 
 import pytest
 
-from bhiv_operator.graph import Node, cycles, dependency_state
-from bhiv_operator.status import Condition, merge_conditions, transitions
-from bhiv_operator.workqueue import WorkQueue
+from bhiv.operator.graph import Node, cycles, dependency_state
+from bhiv.operator.status import Condition, merge_conditions, transitions
+from bhiv.operator.workqueue import WorkQueue
 
 
 def nodes(**edges: tuple[tuple[str, ...], bool]) -> dict[str, Node]:

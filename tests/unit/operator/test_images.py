@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from bhiv_operator import images
+from bhiv.operator import images
 
 ALLOWED = ["registry.example.com/bhiv/", "ghcr.io/acme/worker", "library-mirror/"]
 

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bhiv_operator import GROUP, KIND, VERSION
-from bhiv_operator.model import Module
+from bhiv.operator import GROUP, KIND, VERSION
+from bhiv.operator.model import Module
 
 PART_OF = "bhiv-core"
 MANAGED_BY = "bhiv-operator"

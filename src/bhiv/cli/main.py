@@ -272,7 +272,7 @@ def operator_command(
         # Kopf's login reads $KUBECONFIG, and the kubernetes package reads it once,
         # when first imported: set it before either is imported.
         os.environ["KUBECONFIG"] = kubeconfig
-    from bhiv_operator.main import run
+    from bhiv.operator.main import run
 
     if bool(namespace) == all_namespaces:
         err.print(

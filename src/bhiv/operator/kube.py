@@ -18,9 +18,9 @@ from typing import Any
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from bhiv_operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from bhiv.operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
 
-log = logging.getLogger("bhiv_operator.kube")
+log = logging.getLogger("bhiv.operator.kube")
 
 # kind -> (API prefix, plural) for every kind the operator reads or writes.
 _PATHS = {

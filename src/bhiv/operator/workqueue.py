@@ -12,7 +12,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Hashable
 
-log = logging.getLogger("bhiv_operator.workqueue")
+log = logging.getLogger("bhiv.operator.workqueue")
 
 
 class WorkQueue:

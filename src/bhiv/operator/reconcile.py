@@ -13,14 +13,14 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bhiv_operator import builders, images
-from bhiv_operator.bootstrap import ensure_shared_secret
-from bhiv_operator.graph import DependencyState, Node, cycles, dependency_state
-from bhiv_operator.kube import Kube, applies_field
-from bhiv_operator.model import Module
-from bhiv_operator.status import Condition, merge_conditions, transitions
+from bhiv.operator import builders, images
+from bhiv.operator.bootstrap import ensure_shared_secret
+from bhiv.operator.graph import DependencyState, Node, cycles, dependency_state
+from bhiv.operator.kube import Kube, applies_field
+from bhiv.operator.model import Module
+from bhiv.operator.status import Condition, merge_conditions, transitions
 
-log = logging.getLogger("bhiv_operator.reconcile")
+log = logging.getLogger("bhiv.operator.reconcile")
 
 HANDOFF_MANAGER = "bhiv-operator-handoff"
 WARNING_REASONS = frozenset(

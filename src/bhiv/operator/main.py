@@ -9,7 +9,7 @@ from pathlib import Path
 import kopf
 from prometheus_client import start_http_server
 
-from bhiv_operator import metrics
+from bhiv.operator import metrics
 
 
 def run(
@@ -31,14 +31,14 @@ def run(
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
 
-    from bhiv_operator import handlers  # noqa: F401 - registers the handlers
-    from bhiv_operator.kube import load_config
+    from bhiv.operator import handlers  # noqa: F401 - registers the handlers
+    from bhiv.operator.kube import load_config
 
     load_config(kubeconfig)
     if bootstrap_dir is not None:
         # Before Kopf starts: the KopfPeering it joins may be among these.
-        from bhiv_operator.bootstrap import apply_manifests, load_manifests
-        from bhiv_operator.kube import Kube
+        from bhiv.operator.bootstrap import apply_manifests, load_manifests
+        from bhiv.operator.kube import Kube
 
         asyncio.run(apply_manifests(Kube(), namespaces[0], load_manifests(bootstrap_dir)))
     if metrics_port:

@@ -16,14 +16,14 @@ from typing import Any, cast
 
 import kopf
 
-from bhiv_operator import GROUP, PLURAL, VERSION, metrics
-from bhiv_operator.builders import MANAGED_BY
-from bhiv_operator.graph import Node
-from bhiv_operator.kube import Kube, post_event
-from bhiv_operator.reconcile import Reconciler
-from bhiv_operator.workqueue import WorkQueue
+from bhiv.operator import GROUP, PLURAL, VERSION, metrics
+from bhiv.operator.builders import MANAGED_BY
+from bhiv.operator.graph import Node
+from bhiv.operator.kube import Kube, post_event
+from bhiv.operator.reconcile import Reconciler
+from bhiv.operator.workqueue import WorkQueue
 
-log = logging.getLogger("bhiv_operator")
+log = logging.getLogger("bhiv.operator")
 RESYNC_SECONDS = 60.0
 CHILDREN = (
     ("apps", "v1", "deployments"),

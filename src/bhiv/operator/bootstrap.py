@@ -21,10 +21,10 @@ from typing import Any
 import yaml
 from kubernetes.client.exceptions import ApiException
 
-from bhiv_operator import GROUP, KIND, VERSION
-from bhiv_operator.kube import Kube
+from bhiv.operator import GROUP, KIND, VERSION
+from bhiv.operator.kube import Kube
 
-log = logging.getLogger("bhiv_operator.bootstrap")
+log = logging.getLogger("bhiv.operator.bootstrap")
 
 BOOTSTRAP_MANAGER = "bhiv-operator-bootstrap"
 # Only the kinds kubectl cannot apply next to their CRDs; anything else belongs in
