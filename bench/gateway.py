@@ -147,11 +147,12 @@ def main() -> None:
                 for _ in range(200):
                     httpx.get(url, headers=auth).raise_for_status()
             lua = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+            assert upstream.process is not None and gateway.process is not None
             pids = {
                 "upstream": upstream.process.pid,
                 "nginx": nginx.pid,
                 "gateway": gateway.process.pid,
-            }  # type: ignore[union-attr]
+            }
             peak, cpu = {}, {}
             for name, url in targets.items():
                 before = {k: cpu_seconds(pid) for k, pid in pids.items()}

@@ -71,7 +71,7 @@ def module_body(name: str, namespace: str, env_value: str = "0") -> dict[str, An
     }
 
 
-def new_namespace(core: client.CoreV1Api, prefix: str) -> str:
+def new_namespace(core: Any, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
     core.create_namespace({"metadata": {"name": name}})
     return name
@@ -154,9 +154,13 @@ def run_direct(core: client.CoreV1Api, apps: client.AppsV1Api, n: int) -> float:
         body["metadata"]["uid"] = str(uuid.uuid4())  # owner refs need one; no owner exists here
         m = Module.from_body(body)
         objs += [
-            builders.build_service(m),
-            builders.build_deployment(m, replicas=None),
-            builders.build_hpa(m),
+            o
+            for o in (
+                builders.build_service(m),
+                builders.build_deployment(m, replicas=None),
+                builders.build_hpa(m),
+            )
+            if o is not None  # no HPA without autoscaling
         ]
     for o in objs:
         o["metadata"].pop("ownerReferences", None)
@@ -245,7 +249,7 @@ def run_operator(
                 name = random.choice(names)
                 if name in changed:
                     continue
-                body = custom.patch_namespaced_custom_object(
+                body: Any = custom.patch_namespaced_custom_object(
                     "bhiv.io",
                     "v1alpha1",
                     ns,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from pathlib import Path
 
 import pytest
@@ -95,7 +95,7 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 def run_service(
     name: str, backend: str, request: pytest.FixtureRequest, **env: str
-) -> Iterator[ServiceProcess]:
+) -> Generator[ServiceProcess, None, None]:
     """Start service ``name`` on ``backend`` for a fixture; stops it afterwards.
 
     Use from a service's own conftest:

@@ -93,8 +93,9 @@ def test_deployment_becomes_available(
 ) -> None:
     from kubernetes import client
 
-    apps = client.AppsV1Api(kube_api_client)
-    core = client.CoreV1Api(kube_api_client)
+    # The generated client types every field optional; the test reads what it created.
+    apps: Any = client.AppsV1Api(kube_api_client)
+    core: Any = client.CoreV1Api(kube_api_client)
     apps.create_namespaced_deployment(namespace, deployment("web", 2))
 
     def available() -> Any:

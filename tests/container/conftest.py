@@ -170,11 +170,11 @@ def image(docker: Docker, tmp_path_factory: pytest.TempPathFactory) -> Image:
     if given:
         if docker.run("image", "inspect", given, check=False).returncode != 0:
             pytest.fail(f"BHIV_TEST_IMAGE={given} does not exist in this Docker engine")
-        built = _inspect(docker, given)
+        given_image = _inspect(docker, given)
         _FIGURES.append(
-            f"{given}: {built.size_bytes / 1e6:.0f} MB (given by BHIV_TEST_IMAGE, not built here)"
+            f"{given}: {given_image.size_bytes / 1e6:.0f} MB (given by BHIV_TEST_IMAGE, not built here)"
         )
-        return built
+        return given_image
 
     log = tmp_path_factory.mktemp("image") / "build.log"
     build_image = str(HACK_DIR / "build-image")

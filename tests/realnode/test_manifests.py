@@ -6,6 +6,7 @@ shared secrets the operator made. Data written to Logistics survives its pod."""
 from __future__ import annotations
 
 import base64
+import functools
 import json
 import subprocess
 import uuid
@@ -57,7 +58,9 @@ def applied(real_node: RealNode, node_image: str) -> Iterator[None]:
         try:
             for name in MODULES:
                 eventually(
-                    lambda n=name: _ready(real_node, n), timeout=300, what=f"module {name} Ready"
+                    functools.partial(_ready, real_node, name),
+                    timeout=300,
+                    what=f"module {name} Ready",
                 )
         except AssertionError:
             pods = real_node.kubectl("get", "pods", "-n", NAMESPACE, "-o", "wide", check=False)

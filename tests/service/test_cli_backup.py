@@ -101,7 +101,7 @@ def test_provisioning_is_idempotent_and_isolates_services(own_postgres: Postgres
     with psycopg.connect(
         f"host=127.0.0.1 port={own_postgres.port} user={own_postgres.user} dbname=postgres"
     ) as conn:
-        owners = dict(
+        owners: dict[str, str] = dict(
             conn.execute(
                 "SELECT datname, pg_get_userbyid(datdba) FROM pg_database"
                 " WHERE datname LIKE 'bhiv_%'"
@@ -162,8 +162,8 @@ def test_backup_wipe_restore_on_postgres(own_postgres: PostgresServer, tmp_path:
             f"host=127.0.0.1 port={own_postgres.port} user={own_postgres.user} dbname=postgres",
             autocommit=True,
         ) as conn:
-            for s in SERVICES:
-                conn.execute(f'DROP DATABASE "{database_name(s)}" WITH (FORCE)')
+            for name in SERVICES:
+                conn.execute(f'DROP DATABASE "{database_name(name)}" WITH (FORCE)')
         assert provision(own_postgres, passwords).returncode == 0
         for s in servers.values():
             s.start()
@@ -217,8 +217,8 @@ def test_backup_wipe_restore_on_sqlite(tmp_path: Path) -> None:
         assert backup.returncode == 0, backup.stderr
         for s in servers.values():
             s.stop()
-        for s in SERVICES:
-            for file in data_dir.glob(f"{s}.db*"):
+        for name in SERVICES:
+            for file in data_dir.glob(f"{name}.db*"):
                 file.unlink()
         for s in servers.values():
             s.start()

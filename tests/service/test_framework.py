@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Iterator
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
@@ -19,6 +20,7 @@ from bhiv.core.context import credentials_var, request_id_var
 from bhiv.core.settings import ApiKeySpec
 from tests.support.inprocess import serve
 
+T = TypeVar("T")
 SECRET = "framework-test-secret-0123456789abcdef"
 router = APIRouter(tags=["test"])
 calls: dict[str, int] = {}
@@ -184,8 +186,8 @@ def test_metrics_by_route_template(base_url: str) -> None:
 
 
 class TestServiceClient:
-    def run(self, coro: object) -> object:
-        return asyncio.run(coro)  # type: ignore[arg-type]
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run(coro)
 
     def test_idempotent_calls_are_retried(self, base_url: str) -> None:
         async def go() -> object:
@@ -225,7 +227,7 @@ class TestServiceClient:
             finally:
                 await client.aclose()
 
-        reached, _ = self.run(go())  # type: ignore[misc]
+        reached, _ = self.run(go())
         assert reached == 0
 
     def test_request_id_and_credentials_propagate(self, base_url: str) -> None:
@@ -240,7 +242,7 @@ class TestServiceClient:
                 await client.aclose()
 
         seen = self.run(go())
-        assert seen["x-request-id"] == "rid-123" and seen["authorization"].startswith("Bearer ")  # type: ignore[index]
+        assert seen["x-request-id"] == "rid-123" and seen["authorization"].startswith("Bearer ")
 
 
 def test_readiness_fails_when_the_database_is_unreachable(tmp_path: Path) -> None:

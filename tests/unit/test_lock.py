@@ -26,7 +26,7 @@ OWN_NAME = canonicalize_name(PROJECT["name"])
 def _direct(extras: tuple[str, ...]) -> dict[str, Requirement]:
     """pyproject.toml's requirements for the given extras, self-references expanded."""
     found: dict[str, Requirement] = {}
-    pending, seen = list(PROJECT["dependencies"]), set()
+    pending, seen = list(PROJECT["dependencies"]), set[str]()
     for extra in extras:
         pending += [f"{PROJECT['name']}[{extra}]"]
     while pending:
@@ -53,8 +53,8 @@ _VIA_US = re.compile(
 def _lock(path: Path) -> tuple[dict[str, str], set[str]]:
     """The lock's pins, and the packages it says pyproject.toml asked for."""
     text = path.read_text()
-    pins = {canonicalize_name(n): v for n, v in _PIN.findall(text)}
-    direct = {
+    pins: dict[str, str] = {canonicalize_name(n): v for n, v in _PIN.findall(text)}
+    direct: set[str] = {
         canonicalize_name(m.group(1))
         for m in _VIA_US.finditer(text)
         if f"{PROJECT['name']} (pyproject.toml)" in m.group("via")

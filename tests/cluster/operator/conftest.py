@@ -135,7 +135,7 @@ def modules(kubectl: Callable[..., Any], namespace: str) -> Callable[..., None]:
     def apply(
         name: str, service: str = "logistics", depends_on: list[str] | None = None, **spec: Any
     ) -> None:
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": "bhiv.io/v1alpha1",
             "kind": "BhivModule",
             "metadata": {"name": name, "namespace": namespace},
@@ -153,6 +153,12 @@ def get_json(kubectl: Callable[..., Any], *args: str) -> dict[str, Any] | None:
     return json.loads(result.stdout) if result.returncode == 0 else None
 
 
+def present(obj: dict[str, Any] | None) -> dict[str, Any]:
+    """``obj``, which the test needs to exist (a clear failure instead of a TypeError)."""
+    assert obj is not None, "the object does not exist"
+    return obj
+
+
 def condition(body: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     for cond in ((body or {}).get("status") or {}).get("conditions") or ():
         if cond["type"] == kind:
@@ -160,7 +166,9 @@ def condition(body: dict[str, Any] | None, kind: str) -> dict[str, Any]:
     return {}
 
 
-def wait_for(probe: Callable[[], Any], what: str, timeout: float = 60) -> Any:
+def wait_for(probe: Callable[..., Any], what: str, timeout: float = 60) -> Any:
+    """Call ``probe()`` until it returns something truthy (a lambda with default
+    arguments binding loop variables is fine: it is called with none)."""
     deadline = time.monotonic() + timeout
     last: Any = None
     while time.monotonic() < deadline:

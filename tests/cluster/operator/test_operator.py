@@ -12,7 +12,14 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.cluster.operator.conftest import REPO, OperatorProcess, condition, get_json, wait_for
+from tests.cluster.operator.conftest import (
+    REPO,
+    OperatorProcess,
+    condition,
+    get_json,
+    present,
+    wait_for,
+)
 
 Kubectl = Callable[..., Any]
 # The CEL rule's message (manifests/crd): what to do instead of several pods on SQLite.
@@ -126,7 +133,7 @@ class TestValidation:
 
     def test_defaults(self, kubectl: Kubectl, namespace: str, crds: None, modules: Any) -> None:
         modules("x", service="crm")
-        spec = get_json(kubectl, "bm", "x", "-n", namespace)["spec"]  # type: ignore[index]
+        spec = present(get_json(kubectl, "bm", "x", "-n", namespace))["spec"]
         assert (
             spec["replicas"] == 1
             and spec["paused"] is False
@@ -202,7 +209,7 @@ class TestStartupOrder:
         wait_for(
             lambda: ready(kubectl, namespace, "logistics"), "logistics Ready after integrations"
         )
-        body = get_json(kubectl, "bm", "logistics", "-n", namespace)
+        body = present(get_json(kubectl, "bm", "logistics", "-n", namespace))
         assert (
             body["status"]["waitingFor"] == []
             and condition(body, "DependenciesReady")["status"] == "True"
@@ -350,7 +357,7 @@ class TestWorkloads:
     ) -> None:
         modules("shop")
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
-        uid = deployment(kubectl, namespace, "shop")["metadata"]["uid"]  # type: ignore[index]
+        uid = present(deployment(kubectl, namespace, "shop"))["metadata"]["uid"]
         kubectl("delete", "deployment", "shop", "-n", namespace)
         wait_for(
             lambda: (d := deployment(kubectl, namespace, "shop")) and d["metadata"]["uid"] != uid,
@@ -360,9 +367,9 @@ class TestWorkloads:
         kubectl("set", "image", "deployment/shop", "-n", namespace, "logistics=evil:latest")
         wait_for(
             lambda: (
-                deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0][
-                    "image"
-                ]
+                present(deployment(kubectl, namespace, "shop"))["spec"]["template"]["spec"][
+                    "containers"
+                ][0]["image"]
                 == "bhiv-core:test"
             ),
             "image edit reverted",
@@ -382,12 +389,14 @@ class TestWorkloads:
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
         kubectl("scale", "bm/shop", "-n", namespace, "--replicas=3")
         wait_for(
-            lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 3,
+            lambda: present(deployment(kubectl, namespace, "shop"))["spec"]["replicas"] == 3,
             "Deployment scaled to 3",
         )
         wait_for(
             lambda: (
-                get_json(kubectl, "bm", "shop", "-n", namespace)["status"].get("replicasReady")
+                present(get_json(kubectl, "bm", "shop", "-n", namespace))["status"].get(
+                    "replicasReady"
+                )
                 == "3/3"
             ),
             "3/3 ready",
@@ -411,14 +420,16 @@ class TestWorkloads:
                 not any(
                     m.get("operation") == "Apply"
                     and "f:replicas" in json.dumps(m.get("fieldsV1", {}).get("f:spec", {}))
-                    for m in deployment(kubectl, namespace, "shop")["metadata"]["managedFields"]
+                    for m in present(deployment(kubectl, namespace, "shop"))["metadata"][
+                        "managedFields"
+                    ]
                     if m["manager"] == "bhiv-operator"
                 )
             ),
             "replicas handed to the HPA",
         )
         # Handing replicas to the HPA never dropped the Deployment to the default of 1.
-        assert deployment(kubectl, namespace, "shop")["spec"]["replicas"] >= 2
+        assert present(deployment(kubectl, namespace, "shop"))["spec"]["replicas"] >= 2
 
         kubectl(
             "patch",
@@ -432,7 +443,7 @@ class TestWorkloads:
         )
         wait_for(lambda: get_json(kubectl, "hpa", "shop", "-n", namespace) is None, "HPA removed")
         wait_for(
-            lambda: deployment(kubectl, namespace, "shop")["spec"]["replicas"] == 1,
+            lambda: present(deployment(kubectl, namespace, "shop"))["spec"]["replicas"] == 1,
             "replicas back to spec",
         )
         wait_for(
@@ -466,9 +477,9 @@ class TestWorkloads:
             "rollout to complete",
         )
         assert (
-            deployment(kubectl, namespace, "shop")["spec"]["template"]["spec"]["containers"][0][
-                "image"
-            ]
+            present(deployment(kubectl, namespace, "shop"))["spec"]["template"]["spec"][
+                "containers"
+            ][0]["image"]
             == "bhiv-core:next"
         )
         events = kubectl(
@@ -482,7 +493,9 @@ class TestWorkloads:
     ) -> None:
         modules("shop", replicas=2, **ON_A_DATABASE)
         wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready")
-        assert not get_json(kubectl, "bm", "shop", "-n", namespace)["metadata"].get("finalizers")
+        assert not present(get_json(kubectl, "bm", "shop", "-n", namespace))["metadata"].get(
+            "finalizers"
+        )
         kubectl("delete", "bm", "shop", "-n", namespace, "--timeout=30s")
         for kind in ("deployment", "service", "pdb"):
             wait_for(

@@ -72,6 +72,7 @@ def test_batch_items_are_authorized_one_by_one(gateway: ServiceProcess) -> None:
 def test_malformed_batches_are_422(api: httpx.Client) -> None:
     too_many = api.post("/batch", json={"requests": [{"path": "/api/echo/x"}] * 21})
     assert too_many.status_code == 422 and too_many.json()["errors"][0]["field"] == "requests"
+    bad: object
     for bad in (
         {"requests": []},
         {"requests": [{"path": "/not-api"}]},

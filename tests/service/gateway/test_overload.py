@@ -65,7 +65,7 @@ def test_idle_sockets_and_a_burst_leave_liveness_answering_and_lose_nothing(
         runner.start()
         # The probes run while the idle sockets are open and the burst is in flight;
         # a bounded client timeout: liveness answers within a second or the test fails.
-        probes = []
+        probes: list[int] = []
         while runner.is_alive() or not probes:
             for probe in ("/health", "/health/ready"):
                 probes.append(httpx.get(f"{plain.url}{probe}", timeout=1.0).status_code)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator
+from typing import Any
 
 import psycopg
 import pytest
@@ -104,7 +105,7 @@ def test_bad_input_is_422_naming_the_field_and_nothing_is_saved(
 ) -> None:
     api = integrations.client()
     name = unique("bad")
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"auth_type": "bearer", "credentials": {}}, "credentials.token"),
         ({"auth_type": "basic", "credentials": {"username": "u"}}, "credentials.password"),
         ({"auth_type": "none", "credentials": {"token": "t"}}, "credentials.token"),

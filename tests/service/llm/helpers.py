@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from typing import Any
 
 import httpx
 
@@ -127,8 +128,9 @@ def ask(api: httpx.Client, content: str, model: str = "primary", **extra: object
     )
 
 
-def sse_events(r: httpx.Response) -> list[dict | str]:
-    out: list[dict | str] = []
+def sse_events(r: httpx.Response) -> list[Any]:
+    """Each event's JSON payload, and the closing "[DONE]" marker as a string."""
+    out: list[Any] = []
     for line in r.iter_lines():
         if line.startswith("data: "):
             payload = line[6:]

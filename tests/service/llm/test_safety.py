@@ -4,6 +4,8 @@ each decision leaves."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import httpx
 
 from tests.service.llm.helpers import (
@@ -24,11 +26,11 @@ CARD = "4111 1111 1111 1111"  # a Luhn-valid test card number
 NOT_A_CARD = "4111 1111 1111 1112"  # one digit off: fails the Luhn check
 
 
-def with_policy(server: ServiceProcess, action: str, **policy: object) -> httpx.Client:
+def with_policy(server: ServiceProcess, action: str, **policy: Any) -> httpx.Client:
     return keyed(server, safety_action=action, **policy)
 
 
-def decisions(api: httpx.Client, **params: object) -> list[dict]:
+def decisions(api: httpx.Client, **params: Any) -> list[dict[str, Any]]:
     return api.get("/safety/decisions", params={"limit": 500, **params}).json()["items"]
 
 

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from bhiv.agents import expressions
 from bhiv.agents.expressions import ExpressionError, check, evaluate, render
 
-NAMES = {
+NAMES: dict[str, Any] = {
     "input": {
         "order": {
             "reference": "SO-1",

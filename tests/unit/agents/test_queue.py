@@ -5,6 +5,8 @@ from __future__ import annotations
 import datetime as dt
 import json
 
+import pytest
+
 from bhiv.agents.models import Agent, AgentKind
 from bhiv.agents.queue import least_loaded, sort_key
 from bhiv.agents.settings import AgentsSettings
@@ -37,7 +39,7 @@ def test_least_loaded_relative_to_capacity() -> None:
     assert least_loaded(pool, "z", {}) is None  # nobody capable
 
 
-def test_service_urls_merge_over_local_defaults(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_service_urls_merge_over_local_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BHIV_AGENTS_SERVICE_URLS", json.dumps({"crm": "http://crm:8002"}))
     urls = AgentsSettings().agents_service_urls
     assert urls["crm"] == "http://crm:8002" and urls["logistics"] == "http://127.0.0.1:8001"

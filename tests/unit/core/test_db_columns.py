@@ -43,7 +43,8 @@ def test_string_enum_stores_values_and_reads_members(session: Session) -> None:
     session.commit()
     assert session.scalar(text("SELECT colour FROM things")) == "light-blue"
     session.expire_all()
-    assert session.get(Thing, 1).colour is Colour.light_blue
+    thing = session.get(Thing, 1)
+    assert thing is not None and thing.colour is Colour.light_blue
 
 
 def test_string_enum_refuses_unknown_strings(session: Session) -> None:

@@ -40,7 +40,7 @@ def test_excess_requests_wait_then_are_shed_and_probes_are_exempt() -> None:
                         )
                     )
 
-            await shed({"type": "http", "path": path, "headers": []}, None, send)
+            await shed({"type": "http", "path": path, "headers": []}, None, send)  # type: ignore[arg-type]
 
         first = asyncio.create_task(call("first", "/work"))
         await asyncio.sleep(0)  # holds the only turn

@@ -4,6 +4,7 @@ without a network (a fake resolver stands in for DNS)."""
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 
 import anyio
 import httpcore
@@ -74,8 +75,10 @@ DNS = fake_dns(
 
 
 def policy(
-    hosts: list[str], networks: list[str] = (), platform: frozenset = frozenset()
-) -> EgressPolicy:  # type: ignore[assignment]
+    hosts: list[str],
+    networks: Sequence[str] = (),
+    platform: frozenset[tuple[str, int]] = frozenset(),
+) -> EgressPolicy:
     return EgressPolicy(hosts, egress.parse_networks(networks), platform, DNS)
 
 
