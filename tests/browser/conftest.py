@@ -124,7 +124,11 @@ def platform(
         model_server.stop()
 
 
-@pytest.fixture(scope="session")
+# Module-scoped, never session-scoped: Playwright's sync API keeps an asyncio loop
+# marked running in the main thread for as long as it is open, and every later test
+# that calls asyncio.run() (unit and service tiers alike) would fail with "cannot be
+# called from a running event loop".
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
     with support.chromium() as chromium:
         yield chromium

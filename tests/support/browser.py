@@ -9,6 +9,7 @@ the test that caused them.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 from collections.abc import Iterator
@@ -66,6 +67,17 @@ def chromium() -> Iterator[Any]:
             yield browser
         finally:
             browser.close()
+    # While open, Playwright's sync API marks an asyncio loop running in this thread;
+    # closed, it must leave none, or every later asyncio.run() in the session fails.
+    assert not _loop_running(), "Playwright left an asyncio loop running"
+
+
+def _loop_running() -> bool:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
 
 
 @contextmanager
