@@ -50,6 +50,16 @@ def test_served_without_a_credential_with_security_headers(
         assert again.status_code == 304 and again.content == b""
 
 
+def test_opener_policy_only_where_a_browser_honours_it(gateway: ServiceProcess) -> None:
+    """COOP on a trustworthy origin (loopback, HTTPS); not on a plain-HTTP host name,
+    where browsers ignore it and log an error in the console instead."""
+    local = httpx.get(gateway.url + "/console/")
+    assert local.headers["cross-origin-opener-policy"] == "same-origin"
+    plain = httpx.get(gateway.url + "/console/", headers={"Host": "bhiv.example"})
+    assert plain.status_code == 200 and "cross-origin-opener-policy" not in plain.headers
+    assert plain.headers["content-security-policy"] == local.headers["content-security-policy"]
+
+
 def test_no_page_or_asset_holds_a_secret_or_an_outside_url(gateway: ServiceProcess) -> None:
     # Signed in or not, a page is the same: the server never writes a credential into one.
     token = gateway.token("admin")

@@ -49,10 +49,22 @@ SECURITY_HEADERS = {
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
-    "Cross-Origin-Opener-Policy": "same-origin",
     "Cross-Origin-Resource-Policy": "same-origin",
     "Permissions-Policy": "camera=(), microphone=(), geolocation=(), payment=()",
 }
+# Browsers honour Cross-Origin-Opener-Policy only on a trustworthy origin (HTTPS or
+# loopback) and report it as a console error anywhere else, e.g. a plain-HTTP Ingress.
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1"})
+
+
+def security_headers(request: Request) -> dict[str, str]:
+    """The console's response headers for this request's origin."""
+    url = request.url
+    if url.scheme == "https" or (url.hostname or "") in LOOPBACK_HOSTS:
+        return {**SECURITY_HEADERS, "Cross-Origin-Opener-Policy": "same-origin"}
+    return dict(SECURITY_HEADERS)
+
+
 _TYPES = {
     ".js": "text/javascript; charset=utf-8",
     ".css": "text/css; charset=utf-8",
@@ -128,25 +140,25 @@ RENDERED = {page: render(page) for page in PAGES}
 router = APIRouter(include_in_schema=False)
 
 
-def _page_response(page: str) -> Response:
+def _page_response(page: str, request: Request) -> Response:
     # The shell holds nothing secret, but no-store keeps it simple to reason about:
     # nothing the console shows is ever written to a disk cache.
     return Response(
         RENDERED[page],
         media_type="text/html; charset=utf-8",
-        headers={**SECURITY_HEADERS, "Cache-Control": "no-store"},
+        headers={**security_headers(request), "Cache-Control": "no-store"},
     )
 
 
 @router.get(PREFIX)
-async def console_root() -> Response:
+async def console_root(request: Request) -> Response:
     # Relative, so it is right behind any proxy: /console -> /console/.
-    return RedirectResponse("console/", status_code=308, headers=SECURITY_HEADERS)
+    return RedirectResponse("console/", status_code=308, headers=security_headers(request))
 
 
 @router.get(PREFIX + "/")
-async def console_home() -> Response:
-    return _page_response("platform")
+async def console_home(request: Request) -> Response:
+    return _page_response("platform", request)
 
 
 @router.get(PREFIX + "/static/{name}")
@@ -155,18 +167,18 @@ async def console_asset(name: str, request: Request) -> Response:
     if asset is None:
         raise Problem(404, f"The console has no asset {name!r}.", kind="not-found")
     # Public code, no data: revalidated on every load (ETag), never stale.
-    headers = {**SECURITY_HEADERS, "ETag": asset.etag, "Cache-Control": "no-cache"}
+    headers = {**security_headers(request), "ETag": asset.etag, "Cache-Control": "no-cache"}
     if request.headers.get("if-none-match") == asset.etag:
         return Response(status_code=304, headers=headers)
     return Response(asset.body, media_type=asset.media_type, headers=headers)
 
 
 @router.get(PREFIX + "/{page}")
-async def console_page(page: str) -> Response:
+async def console_page(page: str, request: Request) -> Response:
     if page not in PAGES:
         known = ", ".join(PAGES)
         raise Problem(404, f"The console has no page {page!r}; pages: {known}.", kind="not-found")
-    return _page_response(page)
+    return _page_response(page, request)
 
 
 def mount(app: FastAPI) -> None:
