@@ -11,6 +11,10 @@ from typing import Any
 
 from bhiv.operator import GROUP, KIND, VERSION
 from bhiv.operator.model import Module
+from bhiv.operator.security import (
+    POD_SECURITY_CONTEXT,
+    container_security_context,
+)
 
 PART_OF = "bhiv-core"
 MANAGED_BY = "bhiv-operator"
@@ -19,7 +23,6 @@ PRE_STOP_SECONDS = 5
 # emptyDir (see build_data_claim); the root filesystem is read-only.
 DATA_DIR = "/var/lib/bhiv"
 DATA_VOLUME = "data"
-RUN_AS_USER = 10001
 # The gateway discovers services from the BhivModules of its namespace, with
 # this ServiceAccount's read-only access (manifests/gateway/rbac.yaml, the chart).
 GATEWAY_SERVICE_ACCOUNT = "bhiv-gateway"
@@ -128,6 +131,57 @@ def _strategy(module: Module) -> dict[str, Any]:
     return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
+def _pod_metadata(module: Module) -> dict[str, Any]:
+    # The module's own labels first: the operator's (its selector among them) win.
+    metadata: dict[str, Any] = {"labels": {**module.pod.pod_labels, **labels(module)}}
+    if module.pod.pod_annotations:
+        metadata["annotations"] = dict(module.pod.pod_annotations)
+    return metadata
+
+
+def default_spread(module: Module) -> list[dict[str, Any]]:
+    """With more than one pod: one per node where the scheduler can, never a refusal."""
+    if module.max_pods <= 1:
+        return []
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(module)},
+        }
+    ]
+
+
+def _placement(module: Module) -> dict[str, Any]:
+    """Who the pods run as, where they land and what they pull with (spec fields)."""
+    pod = module.pod
+    placement: dict[str, Any] = {}
+    account = pod.service_account_name or (
+        GATEWAY_SERVICE_ACCOUNT if module.service == "gateway" else None
+    )
+    if account:
+        placement["serviceAccountName"] = account
+    if pod.image_pull_secrets:
+        placement["imagePullSecrets"] = [{"name": n} for n in pod.image_pull_secrets]
+    if pod.node_selector:
+        placement["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        placement["tolerations"] = [dict(t) for t in pod.tolerations]
+    if pod.affinity:
+        placement["affinity"] = pod.affinity
+    spread = (
+        default_spread(module)
+        if pod.topology_spread_constraints is None
+        else [dict(c) for c in pod.topology_spread_constraints]
+    )
+    if spread:
+        placement["topologySpreadConstraints"] = spread
+    if pod.priority_class_name:
+        placement["priorityClassName"] = pod.priority_class_name
+    return placement
+
+
 def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
     """The Deployment; ``replicas=None`` leaves the count to the autoscaler."""
     probe_common = {"periodSeconds": 10, "timeoutSeconds": 2}
@@ -154,15 +208,7 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
             "failureThreshold": 3,
             **probe_common,
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(module.pod.security_context),
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir of its own
             {"name": DATA_VOLUME, "mountPath": DATA_DIR},
@@ -180,21 +226,13 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
         "revisionHistoryLimit": 5,
         "strategy": _strategy(module),
         "template": {
-            "metadata": {"labels": labels(module)},
+            "metadata": _pod_metadata(module),
             "spec": {
                 # Only the gateway talks to the Kubernetes API; other pods get no token.
                 "automountServiceAccountToken": module.service == "gateway",
-                **(
-                    {"serviceAccountName": GATEWAY_SERVICE_ACCOUNT}
-                    if module.service == "gateway"
-                    else {}
-                ),
+                **_placement(module),
                 "enableServiceLinks": False,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "fsGroup": RUN_AS_USER,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": dict(POD_SECURITY_CONTEXT),
                 "terminationGracePeriodSeconds": 30,
                 "containers": [container],
                 "volumes": [

@@ -31,6 +31,39 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class PodControls:
+    """Where and as whom the pods run (spec.imagePullSecrets ... spec.securityContext)."""
+
+    image_pull_secrets: tuple[str, ...] = ()
+    service_account_name: str | None = None
+    node_selector: dict[str, str] = field(default_factory=dict)
+    tolerations: tuple[dict[str, Any], ...] = ()
+    affinity: dict[str, Any] | None = None
+    # None: the operator's default (spread over nodes when more than one pod runs).
+    topology_spread_constraints: tuple[dict[str, Any], ...] | None = None
+    priority_class_name: str | None = None
+    pod_labels: dict[str, str] = field(default_factory=dict)
+    pod_annotations: dict[str, str] = field(default_factory=dict)
+    security_context: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> PodControls:
+        spread = spec.get("topologySpreadConstraints")
+        return cls(
+            image_pull_secrets=tuple(s["name"] for s in spec.get("imagePullSecrets") or ()),
+            service_account_name=spec.get("serviceAccountName") or None,
+            node_selector=dict(spec.get("nodeSelector") or {}),
+            tolerations=tuple(spec.get("tolerations") or ()),
+            affinity=spec.get("affinity") or None,
+            topology_spread_constraints=None if spread is None else tuple(spread),
+            priority_class_name=spec.get("priorityClassName") or None,
+            pod_labels=dict(spec.get("podLabels") or {}),
+            pod_annotations=dict(spec.get("podAnnotations") or {}),
+            security_context=dict(spec.get("securityContext") or {}),
+        )
+
+
+@dataclass(frozen=True)
 class Module:
     name: str
     namespace: str
@@ -50,6 +83,7 @@ class Module:
     paused: bool
     labels: dict[str, str] = field(default_factory=dict)
     storage: Storage = field(default_factory=Storage)
+    pod: PodControls = field(default_factory=PodControls)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Module:
@@ -86,6 +120,7 @@ class Module:
                 storage_class=storage.get("storageClassName") or None,
                 ephemeral=bool(storage.get("ephemeral", False)),
             ),
+            pod=PodControls.from_spec(spec),
         )
 
     @property
@@ -94,6 +129,11 @@ class Module:
         none), no database, no ephemeral opt-out. One pod at a time may use it."""
         has_data = SERVICES[self.service].database
         return has_data and self.database_secret is None and not self.storage.ephemeral
+
+    @property
+    def max_pods(self) -> int:
+        """The most pods the module may run: above one, they are spread over nodes."""
+        return self.autoscaling.max_replicas if self.autoscaling.enabled else self.replicas
 
     @property
     def min_pods(self) -> int:

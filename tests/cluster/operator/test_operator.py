@@ -70,6 +70,51 @@ class TestValidation:
             ),
             ({"service": "crm", "image": "x", "database": {}, "replicas": 2}, ONE_POD_ON_SQLITE),
             ({"service": "crm", "image": "x", "storage": {"size": "lots"}}, "spec.storage.size"),
+            # Pod controls: the restricted profile cannot be left, the selector not taken.
+            (
+                {"service": "crm", "image": "x", "securityContext": {"privileged": True}},
+                "spec.securityContext.privileged must be false",
+            ),
+            (
+                {"service": "crm", "image": "x", "securityContext": {"runAsNonRoot": False}},
+                "spec.securityContext.runAsNonRoot must be true",
+            ),
+            (
+                {"service": "crm", "image": "x", "securityContext": {"runAsUser": 0}},
+                "spec.securityContext.runAsUser",
+            ),
+            (
+                {
+                    "service": "crm",
+                    "image": "x",
+                    "securityContext": {"allowPrivilegeEscalation": True},
+                },
+                "spec.securityContext.allowPrivilegeEscalation must be false",
+            ),
+            (
+                {
+                    "service": "crm",
+                    "image": "x",
+                    "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}},
+                },
+                "capabilities.add may only name NET_BIND_SERVICE",
+            ),
+            (
+                {
+                    "service": "crm",
+                    "image": "x",
+                    "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+                },
+                "seccompProfile.type must be RuntimeDefault or Localhost",
+            ),
+            (
+                {"service": "crm", "image": "x", "podLabels": {"app.kubernetes.io/instance": "x"}},
+                "spec.podLabels must not set app.kubernetes.io/name or",
+            ),
+            (
+                {"service": "crm", "image": "x", "imagePullSecrets": [{}]},
+                "spec.imagePullSecrets[0].name: Required value",
+            ),
         ],
     )
     def test_bad_specs_are_rejected(
@@ -351,6 +396,72 @@ class TestWorkloads:
             ).stdout
         )
         assert len(pods["items"]) == 2
+
+    def test_pod_controls_reach_the_pods(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        """Pull secrets, placement, priority, labels and a changed (still restricted)
+        security context, on pods the API server admitted in a restricted namespace."""
+        kubectl(
+            "label",
+            "namespace",
+            namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "--overwrite",
+        )
+        node = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"][0]
+        node_name = node["metadata"]["name"]
+        pool = f"pool-{namespace}"
+        kubectl("label", "node", node_name, f"bhiv-test-pool={pool}", "--overwrite")
+        priority = f"bhiv-{namespace}"
+        kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": {"name": priority},
+                    "value": 1000,
+                }
+            ),
+        )
+        try:
+            modules(
+                "shop",
+                service="logistics",
+                replicas=2,
+                imagePullSecrets=[{"name": "private-registry"}],
+                nodeSelector={"bhiv-test-pool": pool},
+                tolerations=[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                priorityClassName=priority,
+                podLabels={"team": "ops"},
+                podAnnotations={"example.com/owner": "ops"},
+                securityContext={"runAsUser": 20000, "runAsGroup": 20000},
+                **ON_A_DATABASE,
+            )
+            wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready", timeout=90)
+            pods = json.loads(
+                kubectl("get", "pods", "-n", namespace, "-l", "team=ops", "-o", "json").stdout
+            )["items"]
+            assert len(pods) == 2
+            for pod in pods:
+                spec = pod["spec"]
+                assert spec["imagePullSecrets"] == [{"name": "private-registry"}]
+                assert spec["nodeName"] == node_name
+                assert spec["priorityClassName"] == priority and spec["priority"] == 1000
+                assert {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"} in spec[
+                    "tolerations"
+                ]
+                assert spec["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway"
+                assert pod["metadata"]["annotations"]["example.com/owner"] == "ops"
+                sc = spec["containers"][0]["securityContext"]
+                assert sc["runAsUser"] == 20000 and sc["capabilities"] == {"drop": ["ALL"]}
+        finally:
+            kubectl("delete", "bm", "shop", "-n", namespace, "--wait=false", check=False)
+            kubectl("label", "node", node_name, "bhiv-test-pool-", check=False)
+            kubectl("delete", "priorityclass", priority, "--wait=false", check=False)
 
     def test_drift_is_restored(
         self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
