@@ -182,6 +182,20 @@ async def _child_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo
         memo.queue.add((namespace, owner))
 
 
+async def _pod_changed(
+    labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A module's pod changed (pulling, crashing, unschedulable, ready): re-read why.
+
+    Pods are owned by ReplicaSets, not by the module; the instance label names it.
+    """
+    module = labels.get("app.kubernetes.io/instance")
+    if module and hasattr(memo, "queue"):
+        memo.queue.add((namespace, module))
+
+
+kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})(_pod_changed)
+
 for _group, _version, _plural in CHILDREN:
     kopf.on.event(_group, _version, _plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY})(
         _child_changed

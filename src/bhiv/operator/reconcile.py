@@ -13,7 +13,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bhiv.operator import builders, images
+from bhiv.operator import builders, images, stuck
 from bhiv.operator.bootstrap import ensure_shared_secret
 from bhiv.operator.graph import DependencyState, Node, cycles, dependency_state
 from bhiv.operator.kube import Kube, applies_field
@@ -24,7 +24,13 @@ log = logging.getLogger("bhiv.operator.reconcile")
 
 HANDOFF_MANAGER = "bhiv-operator-handoff"
 WARNING_REASONS = frozenset(
-    {"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded", images.REASON}
+    {
+        "DependencyCycle",
+        "DependencyNotFound",
+        "ProgressDeadlineExceeded",
+        images.REASON,
+        *stuck.REASONS,
+    }
 )
 EventSink = Callable[
     [dict[str, Any], str, str, str], Awaitable[None]
@@ -145,7 +151,8 @@ class Reconciler:
             if image_refused is None and (deps.satisfied or deployment is not None):
                 deployment = await self._apply_workloads(module, deployment)
 
-        status = self._status(body, module, deps, deployment, image_refused)
+        problem = await self._why_stuck(module, deployment)
+        status = self._status(body, module, deps, deployment, image_refused, problem)
         await self._write_status(body, status)
         ready_cond = next(c for c in status["conditions"] if c["type"] == "Ready")
         return Outcome(
@@ -196,6 +203,27 @@ class Reconciler:
             await self.kube.delete("PodDisruptionBudget", ns, name)
         return deployment
 
+    async def _why_stuck(
+        self, module: Module, deployment: dict[str, Any] | None
+    ) -> stuck.Stuck | None:
+        """What keeps a started module's pods from running, if anything does.
+
+        Pods are read only while the Deployment is short of ready pods, so a healthy
+        module costs no extra request.
+        """
+        if deployment is None:
+            return None
+        failure = stuck.replica_failure(deployment)
+        if failure is not None:
+            return failure
+        spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
+        if int(st.get("readyReplicas") or 0) >= int(spec.get("replicas", 1)):
+            return None
+        pods = await self.kube.list_matching(
+            "Pod", module.namespace, builders.selector_string(module)
+        )
+        return stuck.pod_problem(pods)
+
     def _status(
         self,
         body: dict[str, Any],
@@ -203,6 +231,7 @@ class Reconciler:
         deps: DependencyState,
         deployment: dict[str, Any] | None,
         image_refused: str | None = None,
+        problem: stuck.Stuck | None = None,
     ) -> dict[str, Any]:
         dep_cond = Condition("DependenciesReady", deps.satisfied, deps.reason, deps.message)
         if deployment is None:
@@ -224,6 +253,8 @@ class Reconciler:
                     "Paused",
                     "the operator leaves this module's workloads as they are",
                 )
+            if problem is not None and not ready_cond.status:
+                ready_cond = Condition("Ready", False, problem.reason, problem.message)
             conditions = [ready_cond, dep_cond, available, progressing]
         if image_refused and not module.paused:
             refused = {

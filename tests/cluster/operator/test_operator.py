@@ -463,6 +463,49 @@ class TestWorkloads:
             kubectl("label", "node", node_name, "bhiv-test-pool-", check=False)
             kubectl("delete", "priorityclass", priority, "--wait=false", check=False)
 
+    def test_a_module_whose_pods_cannot_be_created_says_why(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        """The README's gateway module in a namespace without its ServiceAccount: the
+        ReplicaSet cannot create pods, and the module's Ready says exactly that."""
+        modules("gateway", service="gateway")
+
+        def failed_create() -> dict[str, Any] | None:
+            cond = condition(get_json(kubectl, "bm", "gateway", "-n", namespace), "Ready")
+            return cond if cond.get("reason") == "FailedCreate" else None
+
+        cond = wait_for(failed_create, "Ready=False FailedCreate", timeout=60)
+        assert 'serviceaccount "bhiv-gateway" not found' in cond["message"]
+        events = kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "reason=FailedCreate",
+            "-o",
+            "json",
+        ).stdout
+        assert any(
+            e["type"] == "Warning" and e["involvedObject"]["kind"] == "BhivModule"
+            for e in json.loads(events)["items"]
+        )
+        # Given its ServiceAccount, the module recovers without anyone touching it.
+        kubectl("create", "serviceaccount", "bhiv-gateway", "-n", namespace)
+        wait_for(lambda: ready(kubectl, namespace, "gateway"), "gateway Ready", timeout=90)
+
+    def test_an_unschedulable_pod_is_reported(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        modules("shop", service="logistics", nodeSelector={"bhiv-test-pool": "nowhere"})
+
+        def unschedulable() -> dict[str, Any] | None:
+            cond = condition(get_json(kubectl, "bm", "shop", "-n", namespace), "Ready")
+            return cond if cond.get("reason") == "Unschedulable" else None
+
+        cond = wait_for(unschedulable, "Ready=False Unschedulable", timeout=60)
+        assert cond["message"].startswith("pod shop-") and "node" in cond["message"]
+
     def test_drift_is_restored(
         self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
     ) -> None:
