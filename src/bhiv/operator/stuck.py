@@ -56,7 +56,10 @@ def pod_problem(pods: list[dict[str, Any]]) -> Stuck | None:
             waiting = (container.get("state") or {}).get("waiting") or {}
             reason = waiting.get("reason")
             if reason in CONTAINER_PROBLEMS:
-                detail = waiting.get("message") or _last_exit(container) or reason
+                # A crash loop's own message is only "back-off ... restarting"; how the
+                # container last ended says more.
+                first = _last_exit(container) if reason == "CrashLoopBackOff" else ""
+                detail = first or waiting.get("message") or reason
                 return Stuck(reason, f"pod {name}: {detail}")
     return None
 

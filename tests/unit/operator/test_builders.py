@@ -268,7 +268,9 @@ class TestPodControls:
             "value": "bhiv",
             "effect": "NoSchedule",
         }
-        affinity: dict[str, Any] = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}}
+        affinity: dict[str, Any] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}
+        }
         template = self.pod(
             imagePullSecrets=[{"name": "registry-a"}, {"name": "registry-b"}],
             serviceAccountName="logistics-runner",

@@ -65,6 +65,7 @@ def test_container_problems_name_the_pod_and_say_what_happened(reason: str, mess
 def test_a_crash_loop_says_how_the_container_last_exited() -> None:
     container = waiting(
         "CrashLoopBackOff",
+        "back-off 10s restarting failed container=crm",
         lastState={"terminated": {"exitCode": 78, "reason": "Error"}},
         restartCount=4,
     )
