@@ -164,7 +164,7 @@ def test_a_stuck_module_says_why(
 
         def reported() -> dict | None:
             module = real_node.get_json("bm", name, "-n", NAMESPACE)
-            ready = next(
+            ready: dict = next(
                 (c for c in module.get("status", {}).get("conditions", []) if c["type"] == "Ready"),
                 {},
             )
