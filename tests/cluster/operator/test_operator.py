@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -173,7 +175,10 @@ class TestValidation:
         assert body is not None and body["spec"]["replicas"] == 1
 
     def test_explain_documents_every_field(self, kubectl: Kubectl, crds: None) -> None:
-        out = kubectl("explain", "bm.spec.autoscaling").stdout
+        # The API server publishes a new CRD's OpenAPI a moment after it is Established.
+        out = wait_for(
+            lambda: kubectl("explain", "bm.spec.autoscaling").stdout, "the CRD's OpenAPI"
+        )
         assert "HorizontalPodAutoscaler" in out and "minReplicas" in out and "Fewest pods" in out
 
     def test_defaults(self, kubectl: Kubectl, namespace: str, crds: None, modules: Any) -> None:
@@ -271,8 +276,14 @@ class TestStartupOrder:
         assert dep <= condition(body, "Ready")["lastTransitionTime"]
 
     def test_waiting_for_a_dependency_that_is_not_ready(
-        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+        self,
+        kubectl: Kubectl,
+        namespace: str,
+        operator: OperatorProcess,
+        modules: Any,
+        kube_cluster: Any,
     ) -> None:
+        kube_env = kube_cluster.subprocess_env()
         modules("integrations", service="integrations", paused=True)
         modules("llm", service="llm-query", depends_on=["integrations"])
         body = wait_for(
@@ -286,6 +297,22 @@ class TestStartupOrder:
         assert body["status"]["waitingFor"] == ["integrations"]
         printed = kubectl("get", "bm", "-n", namespace).stdout
         assert "WaitingForDependencies" in printed and "REASON" in printed
+        assert "WAITING FOR" in printed and '["integrations"]' in printed
+        # `bhiv modules`: the same as a tree, the waiting module under what it waits for.
+        tree = subprocess.run(
+            [sys.executable, "-m", "bhiv", "modules", "-n", namespace],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=kube_env,
+            check=False,
+        )
+        assert tree.returncode == 0, tree.stderr
+        lines = tree.stdout.splitlines()
+        assert lines[0] == f"namespace {namespace}: 2 modules, 0 Ready"
+        assert lines[1].startswith("integrations [integrations]  Paused")
+        assert lines[2].startswith("└── llm [llm-query]  WaitingForDependencies")
+        assert lines[2].endswith("(waiting for integrations)")
         events = kubectl(
             "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=llm"
         ).stdout
