@@ -304,5 +304,64 @@ def build_pdb(module: Module) -> dict[str, Any] | None:
     }
 
 
+def _instances(names: frozenset[str]) -> dict[str, Any]:
+    """A peer: the pods of these modules (in the policy's namespace)."""
+    return {
+        "podSelector": {
+            "matchExpressions": [
+                {"key": "app.kubernetes.io/instance", "operator": "In", "values": sorted(names)}
+            ]
+        }
+    }
+
+
+def build_network_policy(
+    module: Module, dependents: frozenset[str], dependencies: frozenset[str]
+) -> dict[str, Any] | None:
+    """Who may reach the module's pods, from the dependency graph: the modules that
+    depend on it (directly or through others), the gateway, the monitoring peer and
+    the module's own ingressFrom; for the gateway, its namespace and its ingress
+    controller (ingressFrom). With egress restricted: DNS, its dependencies, its CIDRs.
+    """
+    policy = module.network_policy
+    if not policy.enabled:
+        return None
+    http = [{"protocol": "TCP", "port": "http"}]
+    peers: list[dict[str, Any]] = []
+    if module.service == "gateway":
+        peers.append({"podSelector": {}})  # every pod of its namespace
+    else:
+        if dependents:
+            peers.append(_instances(dependents))
+        gateway = {"app.kubernetes.io/component": "gateway", "app.kubernetes.io/part-of": PART_OF}
+        peers.append({"podSelector": {"matchLabels": gateway}})
+    peers += [dict(p) for p in policy.ingress_from]
+    if policy.monitoring:
+        peers.append(dict(policy.monitoring))
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(module)},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": peers, "ports": http}],
+    }
+    if policy.egress_restricted:
+        dns = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+        egress: list[dict[str, Any]] = [{"to": [{"namespaceSelector": {}}], "ports": dns}]
+        if module.service == "gateway":
+            bhiv = {"app.kubernetes.io/part-of": PART_OF}
+            egress.append({"to": [{"podSelector": {"matchLabels": bhiv}}]})
+        elif dependencies:
+            egress.append({"to": [_instances(dependencies)]})
+        if policy.egress_cidrs:
+            egress.append({"to": [{"ipBlock": {"cidr": c}} for c in policy.egress_cidrs]})
+        spec["policyTypes"] = ["Ingress", "Egress"]
+        spec["egress"] = egress
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(module),
+        "spec": spec,
+    }
+
+
 def service_url(module: Module, cluster_domain: str = "cluster.local") -> str:
     return f"http://{module.name}.{module.namespace}.svc.{cluster_domain}:{module.port}"

@@ -32,6 +32,7 @@ _PATHS = {
     "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "BhivModule": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 # Every request carries a timeout: a stuck connection must fail and be

@@ -31,6 +31,34 @@ class Storage:
 
 
 @dataclass(frozen=True)
+class NetworkPolicySpec:
+    """spec.networkPolicy: who may reach the module's pods, and where they may go."""
+
+    enabled: bool = False
+    # Peers (as in a NetworkPolicy rule) allowed in besides the module's dependents and
+    # the gateway: for the gateway, its ingress controller; for others, callers that do
+    # not depend on them (e.g. integrations writing synced records).
+    ingress_from: tuple[dict[str, Any], ...] = ()
+    # Who may scrape /metrics (a peer: namespaceSelector and/or podSelector).
+    monitoring: dict[str, Any] | None = None
+    # Egress left open unless restricted: then DNS, the module's dependencies and these
+    # CIDRs (its database, declared external hosts) only.
+    egress_restricted: bool = False
+    egress_cidrs: tuple[str, ...] = ()
+
+    @classmethod
+    def from_spec(cls, spec: dict[str, Any]) -> NetworkPolicySpec:
+        egress = spec.get("egress") or {}
+        return cls(
+            enabled=bool(spec.get("enabled", False)),
+            ingress_from=tuple(spec.get("ingressFrom") or ()),
+            monitoring=spec.get("monitoring") or None,
+            egress_restricted=bool(egress.get("restricted", False)),
+            egress_cidrs=tuple(egress.get("cidrs") or ()),
+        )
+
+
+@dataclass(frozen=True)
 class PodControls:
     """Where and as whom the pods run (spec.imagePullSecrets ... spec.securityContext)."""
 
@@ -84,6 +112,7 @@ class Module:
     labels: dict[str, str] = field(default_factory=dict)
     storage: Storage = field(default_factory=Storage)
     pod: PodControls = field(default_factory=PodControls)
+    network_policy: NetworkPolicySpec = field(default_factory=NetworkPolicySpec)
 
     @classmethod
     def from_body(cls, body: dict[str, Any]) -> Module:
@@ -121,6 +150,7 @@ class Module:
                 ephemeral=bool(storage.get("ephemeral", False)),
             ),
             pod=PodControls.from_spec(spec),
+            network_policy=NetworkPolicySpec.from_spec(spec.get("networkPolicy") or {}),
         )
 
     @property

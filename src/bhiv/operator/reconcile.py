@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bhiv.operator import builders, images, stuck
 from bhiv.operator.bootstrap import ensure_shared_secret
-from bhiv.operator.graph import DependencyState, Node, cycles, dependency_state
+from bhiv.operator.graph import DependencyState, Node, Reach, cycles, dependency_state, reach
 from bhiv.operator.kube import Kube, applies_field
 from bhiv.operator.model import Module
 from bhiv.operator.status import Condition, merge_conditions, transitions
@@ -142,6 +142,7 @@ class Reconciler:
                 await ensure_shared_secret(self.kube, module.namespace, self.shared_secret)
                 self._secret_namespaces.add(module.namespace)
             await self.kube.apply(builders.build_service(module))
+            await self._apply_network_policy(module, nodes)
             # Startup order: no Deployment (hence no pods, HPA or PDB) until every
             # dependency is Ready. Creating nothing, rather than a Deployment at 0
             # replicas, keeps a waiting module inert and unambiguous: no autoscaler
@@ -158,6 +159,17 @@ class Reconciler:
         return Outcome(
             ready_cond["status"] == "True", ready_cond["reason"], cycle_map.get(module.name, ())
         )
+
+    async def _apply_network_policy(self, module: Module, nodes: Mapping[str, Node]) -> None:
+        """The module's NetworkPolicy, before any pod: it follows dependsOn everywhere in
+        the namespace (the handlers requeue a module whose dependents change)."""
+        if not module.network_policy.enabled:
+            await self.kube.delete("NetworkPolicy", module.namespace, module.name)
+            return
+        mine = reach(nodes).get(module.name, Reach(frozenset(), frozenset()))
+        policy = builders.build_network_policy(module, mine.dependents, mine.dependencies)
+        if policy is not None:
+            await self.kube.apply(policy)
 
     async def _apply_workloads(
         self, module: Module, deployment: dict[str, Any] | None

@@ -533,6 +533,38 @@ class TestWorkloads:
         cond = wait_for(unschedulable, "Ready=False Unschedulable", timeout=60)
         assert cond["message"].startswith("pod shop-") and "node" in cond["message"]
 
+    def test_network_policies_follow_depends_on(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        on = {"networkPolicy": {"enabled": True}}
+        modules("store", service="logistics", **on)
+        modules("orders", service="crm", depends_on=["store"], **on)
+        modules("front", service="gateway", depends_on=["orders"], **on)
+
+        def allowed(name: str) -> list[str] | None:
+            policy = get_json(kubectl, "networkpolicy", name, "-n", namespace)
+            if policy is None:
+                return None
+            peers = policy["spec"]["ingress"][0]["from"]
+            exprs = [p["podSelector"].get("matchExpressions") for p in peers if "podSelector" in p]
+            return next((e[0]["values"] for e in exprs if e), [])
+
+        wait_for(lambda: allowed("store") == ["front", "orders"], "store's policy: its dependents")
+        gateway_policy = present(get_json(kubectl, "networkpolicy", "front", "-n", namespace))
+        assert gateway_policy["spec"]["ingress"][0]["from"][0] == {"podSelector": {}}
+        # A new dependent is let in, without restarting anything ...
+        modules("reports", service="agent-orchestration", depends_on=["store"], **on)
+        wait_for(lambda: allowed("store") == ["front", "orders", "reports"], "store admits reports")
+        # ... and one that stops depending on it is shut out again.
+        modules("orders", service="crm", **on)
+        wait_for(lambda: allowed("store") == ["reports"], "store no longer admits orders or front")
+        # Switched off, the policy goes.
+        modules("store", service="logistics")
+        wait_for(
+            lambda: get_json(kubectl, "networkpolicy", "store", "-n", namespace) is None,
+            "store's policy removed",
+        )
+
     def test_drift_is_restored(
         self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
     ) -> None:
