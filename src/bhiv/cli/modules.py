@@ -10,12 +10,21 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
-from typing import Annotated, Any
+from typing import Any
 
 import typer
 from rich.console import Console
 
-from bhiv.cli.wait import GROUP, PLURAL, VERSION, _load_config, _namespace, module_state
+from bhiv.cli.wait import (
+    GROUP,
+    PLURAL,
+    VERSION,
+    KubeconfigOption,
+    NamespaceOption,
+    _load_config,
+    _namespace,
+    module_state,
+)
 
 out = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -74,17 +83,7 @@ def dependency_tree(bodies: Iterable[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def modules_command(
-    namespace: Annotated[
-        str | None,
-        typer.Option(
-            "--namespace", "-n", help="Namespace (default: the pod's own, else 'default')."
-        ),
-    ] = None,
-    kubeconfig: Annotated[
-        str | None, typer.Option(help="Kubeconfig (default: in-cluster, then $KUBECONFIG).")
-    ] = None,
-) -> None:
+def modules_command(namespace: NamespaceOption = None, kubeconfig: KubeconfigOption = None) -> None:
     """Print the namespace's BhivModules as a dependency tree with each module's state."""
     from kubernetes.client.exceptions import ApiException
     from kubernetes.config import ConfigException
