@@ -36,6 +36,9 @@ class ServiceEntry:
     # Secrets) the service's pods read: every one verifies tokens; only integrations
     # encrypts stored credentials.
     shared_secrets: tuple[str, ...] = ("BHIV_JWT_SECRET",)
+    # Services that call this one without depending on it (so a NetworkPolicy drawn
+    # from dependsOn must let them in too): integrations writes synced records.
+    called_by: tuple[str, ...] = ()
 
 
 SERVICES: dict[str, ServiceEntry] = {
@@ -67,6 +70,7 @@ SERVICES: dict[str, ServiceEntry] = {
                 "analytics"
             ),
             guide="",  # the README documents it
+            called_by=("integrations",),
         ),
         ServiceEntry(
             name="crm",
@@ -80,6 +84,7 @@ SERVICES: dict[str, ServiceEntry] = {
                 "tickets with SLAs, analytics"
             ),
             guide="docs/crm.md",
+            called_by=("integrations",),
         ),
         ServiceEntry(
             name="agent-orchestration",

@@ -121,3 +121,62 @@ def test_logistics_data_survives_its_pod(real_node: RealNode, applied: None) -> 
     got = httpx.get(f"{url}/inventory/sku/{sku}", headers=headers, timeout=30)
     assert got.status_code == 200, got.text
     assert json.loads(got.text)["quantity"] == 7
+
+
+@pytest.mark.parametrize(
+    ("spec", "reasons", "says"),
+    [
+        # Nothing answers for this registry here: the pull fails at once, then backs off.
+        (
+            {
+                "service": "crm",
+                "image": "registry.invalid/bhiv-core:none",
+                "imagePullPolicy": "Always",
+            },
+            {"ErrImagePull", "ImagePullBackOff"},
+            "registry.invalid/bhiv-core:none",
+        ),
+        # The service refuses its settings and exits; the kubelet restarts it, then backs off.
+        (
+            {
+                "service": "crm",
+                "image": MANIFESTS_IMAGE,
+                "env": [{"name": "BHIV_LOG_LEVEL", "value": "LOUDLY"}],
+            },
+            {"CrashLoopBackOff"},
+            "exited with code",
+        ),
+    ],
+    ids=["image-pull", "crash-loop"],
+)
+def test_a_stuck_module_says_why(
+    real_node: RealNode, applied: None, spec: dict, reasons: set[str], says: str
+) -> None:
+    name = f"stuck-{uuid.uuid4().hex[:6]}"
+    body = {
+        "apiVersion": "bhiv.io/v1alpha1",
+        "kind": "BhivModule",
+        "metadata": {"name": name, "namespace": NAMESPACE},
+        "spec": {"storage": {"ephemeral": True}, **spec},
+    }
+    real_node.kubectl("apply", "-f", "-", input=json.dumps(body))
+    try:
+
+        def reported() -> dict | None:
+            module = real_node.get_json("bm", name, "-n", NAMESPACE)
+            ready: dict = next(
+                (c for c in module.get("status", {}).get("conditions", []) if c["type"] == "Ready"),
+                {},
+            )
+            return ready if ready.get("reason") in reasons else None
+
+        ready = eventually(reported, timeout=180, what=f"{name} Ready=False with one of {reasons}")
+        assert says in ready["message"], ready
+        events = real_node.get_json(
+            "events", "-n", NAMESPACE, "--field-selector", f"involvedObject.name={name}"
+        )
+        assert any(e["type"] == "Warning" and e["reason"] in reasons for e in events["items"]), (
+            events["items"]
+        )
+    finally:
+        real_node.kubectl("delete", "bm", name, "-n", NAMESPACE, "--wait=false", check=False)

@@ -23,6 +23,8 @@ TREE = (
     "hack/generate",
     "src/bhiv/__init__.py",
     "src/bhiv/catalog.py",
+    "src/bhiv/operator/__init__.py",
+    "src/bhiv/operator/security.py",
     "charts/bhiv",
     "manifests",
     "README.md",

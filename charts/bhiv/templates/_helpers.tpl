@@ -101,29 +101,6 @@ app.kubernetes.io/instance: {{ .Release.Name }}
 {{- default (int (include "bhiv.catalogEntry" . | fromJson).port) $svc.port -}}
 {{- end -}}
 
-{{/* Restricted Pod Security: pod level. */}}
-{{- define "bhiv.podSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-fsGroup: 10001
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
-{{/* Restricted Pod Security: container level. */}}
-{{- define "bhiv.containerSecurityContext" -}}
-runAsNonRoot: true
-runAsUser: 10001
-runAsGroup: 10001
-allowPrivilegeEscalation: false
-readOnlyRootFilesystem: true
-capabilities:
-  drop: [ALL]
-seccompProfile:
-  type: RuntimeDefault
-{{- end -}}
-
 {{/* Name of the operator's Role/ClusterRole, its binding and its (Cluster)KopfPeering:
      cluster-scoped names carry the namespace so two releases never collide. */}}
 {{- define "bhiv.operator.rbacName" -}}

@@ -15,6 +15,7 @@ from rich.console import Console
 
 from bhiv import __version__, catalog
 from bhiv.cli.databases import provision_databases
+from bhiv.cli.modules import modules_command
 from bhiv.cli.wait import wait_modules
 
 app = typer.Typer(
@@ -300,6 +301,7 @@ def operator_command(
 
 
 app.command("wait-modules")(wait_modules)
+app.command("modules")(modules_command)
 app.command("provision-databases")(provision_databases)
 
 BackupServer = Annotated[

@@ -34,6 +34,15 @@ WATCH_CHUNK_SECONDS = 30
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
+# The options every command on BhivModules takes.
+NamespaceOption = Annotated[
+    str | None,
+    typer.Option("--namespace", "-n", help="Namespace (default: the pod's own, else 'default')."),
+]
+KubeconfigOption = Annotated[
+    str | None, typer.Option(help="Kubeconfig (default: in-cluster, then $KUBECONFIG).")
+]
+
 
 @dataclass(frozen=True)
 class ModuleState:
@@ -216,20 +225,13 @@ def wait_modules(
             help="BhivModule names; none: every module of the namespace.", show_default=False
         ),
     ] = None,
-    namespace: Annotated[
-        str | None,
-        typer.Option(
-            "--namespace", "-n", help="Namespace (default: the pod's own, else 'default')."
-        ),
-    ] = None,
+    namespace: NamespaceOption = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait before failing.", min=0)] = 300,
     selector: Annotated[
         str | None,
         typer.Option("--selector", "-l", help="Label selector, when no names are given."),
     ] = None,
-    kubeconfig: Annotated[
-        str | None, typer.Option(help="Kubeconfig (default: in-cluster, then $KUBECONFIG).")
-    ] = None,
+    kubeconfig: KubeconfigOption = None,
 ) -> None:
     """Wait until the named BhivModules are Ready; exit 1 after --timeout naming the stuck ones."""
     from kubernetes.client.exceptions import ApiException

@@ -11,6 +11,10 @@ from typing import Any
 
 from bhiv.operator import GROUP, KIND, VERSION
 from bhiv.operator.model import Module
+from bhiv.operator.security import (
+    POD_SECURITY_CONTEXT,
+    container_security_context,
+)
 
 PART_OF = "bhiv-core"
 MANAGED_BY = "bhiv-operator"
@@ -19,7 +23,6 @@ PRE_STOP_SECONDS = 5
 # emptyDir (see build_data_claim); the root filesystem is read-only.
 DATA_DIR = "/var/lib/bhiv"
 DATA_VOLUME = "data"
-RUN_AS_USER = 10001
 # The gateway discovers services from the BhivModules of its namespace, with
 # this ServiceAccount's read-only access (manifests/gateway/rbac.yaml, the chart).
 GATEWAY_SERVICE_ACCOUNT = "bhiv-gateway"
@@ -128,6 +131,57 @@ def _strategy(module: Module) -> dict[str, Any]:
     return {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}}
 
 
+def _pod_metadata(module: Module) -> dict[str, Any]:
+    # The module's own labels first: the operator's (its selector among them) win.
+    metadata: dict[str, Any] = {"labels": {**module.pod.pod_labels, **labels(module)}}
+    if module.pod.pod_annotations:
+        metadata["annotations"] = dict(module.pod.pod_annotations)
+    return metadata
+
+
+def default_spread(module: Module) -> list[dict[str, Any]]:
+    """With more than one pod: one per node where the scheduler can, never a refusal."""
+    if module.max_pods <= 1:
+        return []
+    return [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector_labels(module)},
+        }
+    ]
+
+
+def _placement(module: Module) -> dict[str, Any]:
+    """Who the pods run as, where they land and what they pull with (spec fields)."""
+    pod = module.pod
+    placement: dict[str, Any] = {}
+    account = pod.service_account_name or (
+        GATEWAY_SERVICE_ACCOUNT if module.service == "gateway" else None
+    )
+    if account:
+        placement["serviceAccountName"] = account
+    if pod.image_pull_secrets:
+        placement["imagePullSecrets"] = [{"name": n} for n in pod.image_pull_secrets]
+    if pod.node_selector:
+        placement["nodeSelector"] = dict(pod.node_selector)
+    if pod.tolerations:
+        placement["tolerations"] = [dict(t) for t in pod.tolerations]
+    if pod.affinity:
+        placement["affinity"] = pod.affinity
+    spread = (
+        default_spread(module)
+        if pod.topology_spread_constraints is None
+        else [dict(c) for c in pod.topology_spread_constraints]
+    )
+    if spread:
+        placement["topologySpreadConstraints"] = spread
+    if pod.priority_class_name:
+        placement["priorityClassName"] = pod.priority_class_name
+    return placement
+
+
 def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
     """The Deployment; ``replicas=None`` leaves the count to the autoscaler."""
     probe_common = {"periodSeconds": 10, "timeoutSeconds": 2}
@@ -154,15 +208,7 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
             "failureThreshold": 3,
             **probe_common,
         },
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": RUN_AS_USER,
-            "runAsGroup": RUN_AS_USER,
-            "readOnlyRootFilesystem": True,
-            "allowPrivilegeEscalation": False,
-            "capabilities": {"drop": ["ALL"]},
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
+        "securityContext": container_security_context(module.pod.security_context),
         "volumeMounts": [
             {"name": "tmp", "mountPath": "/tmp"},  # noqa: S108 - an emptyDir of its own
             {"name": DATA_VOLUME, "mountPath": DATA_DIR},
@@ -180,21 +226,13 @@ def build_deployment(module: Module, *, replicas: int | None) -> dict[str, Any]:
         "revisionHistoryLimit": 5,
         "strategy": _strategy(module),
         "template": {
-            "metadata": {"labels": labels(module)},
+            "metadata": _pod_metadata(module),
             "spec": {
                 # Only the gateway talks to the Kubernetes API; other pods get no token.
                 "automountServiceAccountToken": module.service == "gateway",
-                **(
-                    {"serviceAccountName": GATEWAY_SERVICE_ACCOUNT}
-                    if module.service == "gateway"
-                    else {}
-                ),
+                **_placement(module),
                 "enableServiceLinks": False,
-                "securityContext": {
-                    "runAsNonRoot": True,
-                    "fsGroup": RUN_AS_USER,
-                    "seccompProfile": {"type": "RuntimeDefault"},
-                },
+                "securityContext": dict(POD_SECURITY_CONTEXT),
                 "terminationGracePeriodSeconds": 30,
                 "containers": [container],
                 "volumes": [
@@ -263,6 +301,65 @@ def build_pdb(module: Module) -> dict[str, Any] | None:
         "kind": "PodDisruptionBudget",
         "metadata": _metadata(module),
         "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector_labels(module)}},
+    }
+
+
+def _instances(names: frozenset[str]) -> dict[str, Any]:
+    """A peer: the pods of these modules (in the policy's namespace)."""
+    return {
+        "podSelector": {
+            "matchExpressions": [
+                {"key": "app.kubernetes.io/instance", "operator": "In", "values": sorted(names)}
+            ]
+        }
+    }
+
+
+def build_network_policy(
+    module: Module, dependents: frozenset[str], dependencies: frozenset[str]
+) -> dict[str, Any] | None:
+    """Who may reach the module's pods, from the dependency graph: the modules that
+    depend on it (directly or through others), the gateway, the monitoring peer and
+    the module's own ingressFrom; for the gateway, its namespace and its ingress
+    controller (ingressFrom). With egress restricted: DNS, its dependencies, its CIDRs.
+    """
+    policy = module.network_policy
+    if not policy.enabled:
+        return None
+    http = [{"protocol": "TCP", "port": "http"}]
+    peers: list[dict[str, Any]] = []
+    if module.service == "gateway":
+        peers.append({"podSelector": {}})  # every pod of its namespace
+    else:
+        if dependents:
+            peers.append(_instances(dependents))
+        gateway = {"app.kubernetes.io/component": "gateway", "app.kubernetes.io/part-of": PART_OF}
+        peers.append({"podSelector": {"matchLabels": gateway}})
+    peers += [dict(p) for p in policy.ingress_from]
+    if policy.monitoring:
+        peers.append(dict(policy.monitoring))
+    spec: dict[str, Any] = {
+        "podSelector": {"matchLabels": selector_labels(module)},
+        "policyTypes": ["Ingress"],
+        "ingress": [{"from": peers, "ports": http}],
+    }
+    if policy.egress_restricted:
+        dns = [{"protocol": "UDP", "port": 53}, {"protocol": "TCP", "port": 53}]
+        egress: list[dict[str, Any]] = [{"to": [{"namespaceSelector": {}}], "ports": dns}]
+        if module.service == "gateway":
+            bhiv = {"app.kubernetes.io/part-of": PART_OF}
+            egress.append({"to": [{"podSelector": {"matchLabels": bhiv}}]})
+        elif dependencies:
+            egress.append({"to": [_instances(dependencies)]})
+        if policy.egress_cidrs:
+            egress.append({"to": [{"ipBlock": {"cidr": c}} for c in policy.egress_cidrs]})
+        spec["policyTypes"] = ["Ingress", "Egress"]
+        spec["egress"] = egress
+    return {
+        "apiVersion": "networking.k8s.io/v1",
+        "kind": "NetworkPolicy",
+        "metadata": _metadata(module),
+        "spec": spec,
     }
 
 

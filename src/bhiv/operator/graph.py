@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 
@@ -114,3 +114,34 @@ def dependency_state(
     if not deps:
         return DependencyState(True, "NoDependencies", "the module depends on nothing", ())
     return DependencyState(True, "DependenciesReady", f"{', '.join(deps)} Ready", ())
+
+
+def _closure(start: str, edges: Mapping[str, Iterable[str]]) -> frozenset[str]:
+    seen: set[str] = set()
+    todo = list(edges.get(start, ()))
+    while todo:
+        name = todo.pop()
+        if name == start or name in seen:
+            continue
+        seen.add(name)
+        todo.extend(edges.get(name, ()))
+    return frozenset(seen)
+
+
+@dataclass(frozen=True)
+class Reach:
+    """Who may talk to whom inside a namespace, from dependsOn: a module calls what it
+    depends on (directly or through others), so it is called by its dependents."""
+
+    dependents: frozenset[str]
+    dependencies: frozenset[str]
+
+
+def reach(nodes: Mapping[str, Node]) -> dict[str, Reach]:
+    """Every module's transitive dependents and dependencies (existing modules only)."""
+    forward = {name: [d for d in node.depends_on if d in nodes] for name, node in nodes.items()}
+    backward: dict[str, list[str]] = {name: [] for name in nodes}
+    for name, deps in forward.items():
+        for dep in deps:
+            backward[dep].append(name)
+    return {name: Reach(_closure(name, backward), _closure(name, forward)) for name in nodes}

@@ -18,7 +18,7 @@ import kopf
 
 from bhiv.operator import GROUP, PLURAL, VERSION, metrics
 from bhiv.operator.builders import MANAGED_BY
-from bhiv.operator.graph import Node
+from bhiv.operator.graph import Node, Reach, reach
 from bhiv.operator.kube import Kube, post_event
 from bhiv.operator.reconcile import Reconciler
 from bhiv.operator.workqueue import WorkQueue
@@ -30,6 +30,7 @@ CHILDREN = (
     ("", "v1", "services"),
     ("autoscaling", "v2", "horizontalpodautoscalers"),
     ("policy", "v1", "poddisruptionbudgets"),
+    ("networking.k8s.io", "v1", "networkpolicies"),
 )
 
 
@@ -92,7 +93,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     # Kopf gives each object's handlers a shallow copy of this memo: state the
     # handlers must share with the workers lives in one mutable object.
-    memo.shared = types.SimpleNamespace(index=None)
+    memo.shared = types.SimpleNamespace(index=None, reach={})
 
     async def handle(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -166,6 +167,14 @@ async def module_changed(name: str, namespace: str | None, memo: kopf.Memo, **kw
     for other, deps, _ready, reason in bhiv_modules.get(namespace, ()):
         if name in deps or reason in ("DependencyCycle", "DependencyNotFound"):
             queue.add((namespace, other))
+    # NetworkPolicies follow dependsOn: a changed edge anywhere changes who may call
+    # whom, so every module whose dependents or dependencies moved is reconciled.
+    now = reach(_nodes(bhiv_modules, namespace or ""))
+    before: dict[str, Reach] = memo.shared.reach.get(namespace, {})
+    memo.shared.reach[namespace] = now
+    for other, other_reach in now.items():
+        if before.get(other, other_reach) != other_reach:
+            queue.add((namespace, other))
 
 
 def _owner(body: kopf.Body) -> str | None:
@@ -181,6 +190,20 @@ async def _child_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo
     if owner and hasattr(memo, "queue"):
         memo.queue.add((namespace, owner))
 
+
+async def _pod_changed(
+    labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
+) -> None:
+    """A module's pod changed (pulling, crashing, unschedulable, ready): re-read why.
+
+    Pods are owned by ReplicaSets, not by the module; the instance label names it.
+    """
+    module = labels.get("app.kubernetes.io/instance")
+    if module and hasattr(memo, "queue"):
+        memo.queue.add((namespace, module))
+
+
+kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})(_pod_changed)
 
 for _group, _version, _plural in CHILDREN:
     kopf.on.event(_group, _version, _plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY})(

@@ -25,12 +25,14 @@ log = logging.getLogger("bhiv.operator.kube")
 # kind -> (API prefix, plural) for every kind the operator reads or writes.
 _PATHS = {
     "Deployment": ("/apis/apps/v1", "deployments"),
+    "Pod": ("/api/v1", "pods"),
     "Service": ("/api/v1", "services"),
     "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
     "Secret": ("/api/v1", "secrets"),
     "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
     "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
     "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
     "BhivModule": (f"/apis/{GROUP}/{VERSION}", PLURAL),
 }
 # Every request carries a timeout: a stuck connection must fail and be
@@ -102,6 +104,14 @@ class Kube:
             if exc.status == 404:
                 return None
             raise
+
+    async def list_matching(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
+        """The objects of ``kind`` in ``namespace`` matching a label selector."""
+        found = await asyncio.to_thread(
+            self._call, "GET", self._path(kind, namespace), query=[("labelSelector", selector)]
+        )
+        items: list[dict[str, Any]] = (found or {}).get("items") or []
+        return items
 
     async def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply ``obj`` as the operator's field manager (force: we own these)."""

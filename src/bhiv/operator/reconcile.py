@@ -13,9 +13,9 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 
-from bhiv.operator import builders, images
+from bhiv.operator import builders, images, stuck
 from bhiv.operator.bootstrap import ensure_shared_secret
-from bhiv.operator.graph import DependencyState, Node, cycles, dependency_state
+from bhiv.operator.graph import DependencyState, Node, Reach, cycles, dependency_state, reach
 from bhiv.operator.kube import Kube, applies_field
 from bhiv.operator.model import Module
 from bhiv.operator.status import Condition, merge_conditions, transitions
@@ -24,7 +24,13 @@ log = logging.getLogger("bhiv.operator.reconcile")
 
 HANDOFF_MANAGER = "bhiv-operator-handoff"
 WARNING_REASONS = frozenset(
-    {"DependencyCycle", "DependencyNotFound", "ProgressDeadlineExceeded", images.REASON}
+    {
+        "DependencyCycle",
+        "DependencyNotFound",
+        "ProgressDeadlineExceeded",
+        images.REASON,
+        *stuck.REASONS,
+    }
 )
 EventSink = Callable[
     [dict[str, Any], str, str, str], Awaitable[None]
@@ -136,6 +142,7 @@ class Reconciler:
                 await ensure_shared_secret(self.kube, module.namespace, self.shared_secret)
                 self._secret_namespaces.add(module.namespace)
             await self.kube.apply(builders.build_service(module))
+            await self._apply_network_policy(module, nodes)
             # Startup order: no Deployment (hence no pods, HPA or PDB) until every
             # dependency is Ready. Creating nothing, rather than a Deployment at 0
             # replicas, keeps a waiting module inert and unambiguous: no autoscaler
@@ -145,12 +152,24 @@ class Reconciler:
             if image_refused is None and (deps.satisfied or deployment is not None):
                 deployment = await self._apply_workloads(module, deployment)
 
-        status = self._status(body, module, deps, deployment, image_refused)
+        problem = await self._why_stuck(module, deployment)
+        status = self._status(body, module, deps, deployment, image_refused, problem)
         await self._write_status(body, status)
         ready_cond = next(c for c in status["conditions"] if c["type"] == "Ready")
         return Outcome(
             ready_cond["status"] == "True", ready_cond["reason"], cycle_map.get(module.name, ())
         )
+
+    async def _apply_network_policy(self, module: Module, nodes: Mapping[str, Node]) -> None:
+        """The module's NetworkPolicy, before any pod: it follows dependsOn everywhere in
+        the namespace (the handlers requeue a module whose dependents change)."""
+        if not module.network_policy.enabled:
+            await self.kube.delete("NetworkPolicy", module.namespace, module.name)
+            return
+        mine = reach(nodes).get(module.name, Reach(frozenset(), frozenset()))
+        policy = builders.build_network_policy(module, mine.dependents, mine.dependencies)
+        if policy is not None:
+            await self.kube.apply(policy)
 
     async def _apply_workloads(
         self, module: Module, deployment: dict[str, Any] | None
@@ -196,6 +215,27 @@ class Reconciler:
             await self.kube.delete("PodDisruptionBudget", ns, name)
         return deployment
 
+    async def _why_stuck(
+        self, module: Module, deployment: dict[str, Any] | None
+    ) -> stuck.Stuck | None:
+        """What keeps a started module's pods from running, if anything does.
+
+        Pods are read only while the Deployment is short of ready pods, so a healthy
+        module costs no extra request.
+        """
+        if deployment is None:
+            return None
+        failure = stuck.replica_failure(deployment)
+        if failure is not None:
+            return failure
+        spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
+        if int(st.get("readyReplicas") or 0) >= int(spec.get("replicas", 1)):
+            return None
+        pods = await self.kube.list_matching(
+            "Pod", module.namespace, builders.selector_string(module)
+        )
+        return stuck.pod_problem(pods)
+
     def _status(
         self,
         body: dict[str, Any],
@@ -203,6 +243,7 @@ class Reconciler:
         deps: DependencyState,
         deployment: dict[str, Any] | None,
         image_refused: str | None = None,
+        problem: stuck.Stuck | None = None,
     ) -> dict[str, Any]:
         dep_cond = Condition("DependenciesReady", deps.satisfied, deps.reason, deps.message)
         if deployment is None:
@@ -224,6 +265,8 @@ class Reconciler:
                     "Paused",
                     "the operator leaves this module's workloads as they are",
                 )
+            if problem is not None and not ready_cond.status:
+                ready_cond = Condition("Ready", False, problem.reason, problem.message)
             conditions = [ready_cond, dep_cond, available, progressing]
         if image_refused and not module.paused:
             refused = {

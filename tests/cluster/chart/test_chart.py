@@ -218,6 +218,33 @@ def test_cluster_wide_mode_uses_cluster_scoped_rbac(helm: Tool) -> None:
     assert not {"ClusterRole", "ClusterRoleBinding"} & {d["kind"] for d in namespaced}
 
 
+def test_pod_controls_reach_the_modules(helm: Tool) -> None:
+    docs = render(
+        helm,
+        "--set",
+        "imagePullSecrets[0].name=registry",
+        "--set",
+        "services.crm.nodeSelector.pool=apps",
+        "--set",
+        "services.crm.priorityClassName=business",
+        "--set",
+        "services.crm.podLabels.team=sales",
+        "--set",
+        "services.crm.securityContext.runAsUser=20000",
+        "--set",
+        "services.logistics.imagePullSecrets[0].name=own-registry",
+    )
+    modules = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "BhivModule"}
+    crm, logistics, gateway = modules["crm"], modules["logistics"], modules["gateway"]
+    assert crm["imagePullSecrets"] == gateway["imagePullSecrets"] == [{"name": "registry"}]
+    assert logistics["imagePullSecrets"] == [{"name": "own-registry"}]
+    assert crm["nodeSelector"] == {"pool": "apps"} and crm["priorityClassName"] == "business"
+    assert crm["podLabels"] == {"team": "sales"}
+    assert crm["securityContext"] == {"runAsUser": 20000}
+    for unset in ("nodeSelector", "securityContext", "topologySpreadConstraints", "affinity"):
+        assert unset not in logistics, unset
+
+
 def test_allowed_images_become_operator_arguments(helm: Tool) -> None:
     def operator_args(*values: str) -> list[str]:
         docs = render(helm, *values)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import base64
 import json
 import signal
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -70,6 +72,51 @@ class TestValidation:
             ),
             ({"service": "crm", "image": "x", "database": {}, "replicas": 2}, ONE_POD_ON_SQLITE),
             ({"service": "crm", "image": "x", "storage": {"size": "lots"}}, "spec.storage.size"),
+            # Pod controls: the restricted profile cannot be left, the selector not taken.
+            (
+                {"service": "crm", "image": "x", "securityContext": {"privileged": True}},
+                "spec.securityContext.privileged must be false",
+            ),
+            (
+                {"service": "crm", "image": "x", "securityContext": {"runAsNonRoot": False}},
+                "spec.securityContext.runAsNonRoot must be true",
+            ),
+            (
+                {"service": "crm", "image": "x", "securityContext": {"runAsUser": 0}},
+                "spec.securityContext.runAsUser",
+            ),
+            (
+                {
+                    "service": "crm",
+                    "image": "x",
+                    "securityContext": {"allowPrivilegeEscalation": True},
+                },
+                "spec.securityContext.allowPrivilegeEscalation must be false",
+            ),
+            (
+                {
+                    "service": "crm",
+                    "image": "x",
+                    "securityContext": {"capabilities": {"add": ["SYS_ADMIN"]}},
+                },
+                "capabilities.add may only name NET_BIND_SERVICE",
+            ),
+            (
+                {
+                    "service": "crm",
+                    "image": "x",
+                    "securityContext": {"seccompProfile": {"type": "Unconfined"}},
+                },
+                "seccompProfile.type must be RuntimeDefault or Localhost",
+            ),
+            (
+                {"service": "crm", "image": "x", "podLabels": {"app.kubernetes.io/instance": "x"}},
+                "spec.podLabels must not set app.kubernetes.io/name or",
+            ),
+            (
+                {"service": "crm", "image": "x", "imagePullSecrets": [{}]},
+                "spec.imagePullSecrets[0].name: Required value",
+            ),
         ],
     )
     def test_bad_specs_are_rejected(
@@ -128,7 +175,10 @@ class TestValidation:
         assert body is not None and body["spec"]["replicas"] == 1
 
     def test_explain_documents_every_field(self, kubectl: Kubectl, crds: None) -> None:
-        out = kubectl("explain", "bm.spec.autoscaling").stdout
+        # The API server publishes a new CRD's OpenAPI a moment after it is Established.
+        out = wait_for(
+            lambda: kubectl("explain", "bm.spec.autoscaling").stdout, "the CRD's OpenAPI"
+        )
         assert "HorizontalPodAutoscaler" in out and "minReplicas" in out and "Fewest pods" in out
 
     def test_defaults(self, kubectl: Kubectl, namespace: str, crds: None, modules: Any) -> None:
@@ -226,8 +276,14 @@ class TestStartupOrder:
         assert dep <= condition(body, "Ready")["lastTransitionTime"]
 
     def test_waiting_for_a_dependency_that_is_not_ready(
-        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+        self,
+        kubectl: Kubectl,
+        namespace: str,
+        operator: OperatorProcess,
+        modules: Any,
+        kube_cluster: Any,
     ) -> None:
+        kube_env = kube_cluster.subprocess_env()
         modules("integrations", service="integrations", paused=True)
         modules("llm", service="llm-query", depends_on=["integrations"])
         body = wait_for(
@@ -241,6 +297,22 @@ class TestStartupOrder:
         assert body["status"]["waitingFor"] == ["integrations"]
         printed = kubectl("get", "bm", "-n", namespace).stdout
         assert "WaitingForDependencies" in printed and "REASON" in printed
+        assert "WAITING FOR" in printed and '["integrations"]' in printed
+        # `bhiv modules`: the same as a tree, the waiting module under what it waits for.
+        tree = subprocess.run(
+            [sys.executable, "-m", "bhiv", "modules", "-n", namespace],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=kube_env,
+            check=False,
+        )
+        assert tree.returncode == 0, tree.stderr
+        lines = tree.stdout.splitlines()
+        assert lines[0] == f"namespace {namespace}: 2 modules, 0 Ready"
+        assert lines[1].startswith("integrations [integrations]  Paused")
+        assert lines[2].startswith("└── llm [llm-query]  WaitingForDependencies")
+        assert lines[2].endswith("(waiting for integrations)")
         events = kubectl(
             "get", "events", "-n", namespace, "--field-selector", "involvedObject.name=llm"
         ).stdout
@@ -351,6 +423,147 @@ class TestWorkloads:
             ).stdout
         )
         assert len(pods["items"]) == 2
+
+    def test_pod_controls_reach_the_pods(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        """Pull secrets, placement, priority, labels and a changed (still restricted)
+        security context, on pods the API server admitted in a restricted namespace."""
+        kubectl(
+            "label",
+            "namespace",
+            namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "--overwrite",
+        )
+        node = json.loads(kubectl("get", "nodes", "-o", "json").stdout)["items"][0]
+        node_name = node["metadata"]["name"]
+        pool = f"pool-{namespace}"
+        kubectl("label", "node", node_name, f"bhiv-test-pool={pool}", "--overwrite")
+        priority = f"bhiv-{namespace}"
+        kubectl(
+            "apply",
+            "-f",
+            "-",
+            input=json.dumps(
+                {
+                    "apiVersion": "scheduling.k8s.io/v1",
+                    "kind": "PriorityClass",
+                    "metadata": {"name": priority},
+                    "value": 1000,
+                }
+            ),
+        )
+        try:
+            modules(
+                "shop",
+                service="logistics",
+                replicas=2,
+                imagePullSecrets=[{"name": "private-registry"}],
+                nodeSelector={"bhiv-test-pool": pool},
+                tolerations=[{"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"}],
+                priorityClassName=priority,
+                podLabels={"team": "ops"},
+                podAnnotations={"example.com/owner": "ops"},
+                securityContext={"runAsUser": 20000, "runAsGroup": 20000},
+                **ON_A_DATABASE,
+            )
+            wait_for(lambda: ready(kubectl, namespace, "shop"), "shop Ready", timeout=90)
+            pods = json.loads(
+                kubectl("get", "pods", "-n", namespace, "-l", "team=ops", "-o", "json").stdout
+            )["items"]
+            assert len(pods) == 2
+            for pod in pods:
+                spec = pod["spec"]
+                assert spec["imagePullSecrets"] == [{"name": "private-registry"}]
+                assert spec["nodeName"] == node_name
+                assert spec["priorityClassName"] == priority and spec["priority"] == 1000
+                assert {"key": "dedicated", "operator": "Exists", "effect": "NoSchedule"} in spec[
+                    "tolerations"
+                ]
+                assert spec["topologySpreadConstraints"][0]["whenUnsatisfiable"] == "ScheduleAnyway"
+                assert pod["metadata"]["annotations"]["example.com/owner"] == "ops"
+                sc = spec["containers"][0]["securityContext"]
+                assert sc["runAsUser"] == 20000 and sc["capabilities"] == {"drop": ["ALL"]}
+        finally:
+            kubectl("delete", "bm", "shop", "-n", namespace, "--wait=false", check=False)
+            kubectl("label", "node", node_name, "bhiv-test-pool-", check=False)
+            kubectl("delete", "priorityclass", priority, "--wait=false", check=False)
+
+    def test_a_module_whose_pods_cannot_be_created_says_why(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        """The README's gateway module in a namespace without its ServiceAccount: the
+        ReplicaSet cannot create pods, and the module's Ready says exactly that."""
+        modules("gateway", service="gateway")
+
+        def failed_create() -> dict[str, Any] | None:
+            cond = condition(get_json(kubectl, "bm", "gateway", "-n", namespace), "Ready")
+            return cond if cond.get("reason") == "FailedCreate" else None
+
+        cond = wait_for(failed_create, "Ready=False FailedCreate", timeout=60)
+        assert 'serviceaccount "bhiv-gateway" not found' in cond["message"]
+        events = kubectl(
+            "get",
+            "events",
+            "-n",
+            namespace,
+            "--field-selector",
+            "reason=FailedCreate",
+            "-o",
+            "json",
+        ).stdout
+        assert any(
+            e["type"] == "Warning" and e["involvedObject"]["kind"] == "BhivModule"
+            for e in json.loads(events)["items"]
+        )
+        # Given its ServiceAccount, the module recovers without anyone touching it.
+        kubectl("create", "serviceaccount", "bhiv-gateway", "-n", namespace)
+        wait_for(lambda: ready(kubectl, namespace, "gateway"), "gateway Ready", timeout=90)
+
+    def test_an_unschedulable_pod_is_reported(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        modules("shop", service="logistics", nodeSelector={"bhiv-test-pool": "nowhere"})
+
+        def unschedulable() -> dict[str, Any] | None:
+            cond = condition(get_json(kubectl, "bm", "shop", "-n", namespace), "Ready")
+            return cond if cond.get("reason") == "Unschedulable" else None
+
+        cond = wait_for(unschedulable, "Ready=False Unschedulable", timeout=60)
+        assert cond["message"].startswith("pod shop-") and "node" in cond["message"]
+
+    def test_network_policies_follow_depends_on(
+        self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any
+    ) -> None:
+        on = {"networkPolicy": {"enabled": True}}
+        modules("store", service="logistics", **on)
+        modules("orders", service="crm", depends_on=["store"], **on)
+        modules("front", service="gateway", depends_on=["orders"], **on)
+
+        def allowed(name: str) -> list[str] | None:
+            policy = get_json(kubectl, "networkpolicy", name, "-n", namespace)
+            if policy is None:
+                return None
+            peers = policy["spec"]["ingress"][0]["from"]
+            exprs = [p["podSelector"].get("matchExpressions") for p in peers if "podSelector" in p]
+            return next((e[0]["values"] for e in exprs if e), [])
+
+        wait_for(lambda: allowed("store") == ["front", "orders"], "store's policy: its dependents")
+        gateway_policy = present(get_json(kubectl, "networkpolicy", "front", "-n", namespace))
+        assert gateway_policy["spec"]["ingress"][0]["from"][0] == {"podSelector": {}}
+        # A new dependent is let in, without restarting anything ...
+        modules("reports", service="agent-orchestration", depends_on=["store"], **on)
+        wait_for(lambda: allowed("store") == ["front", "orders", "reports"], "store admits reports")
+        # ... and one that stops depending on it is shut out again.
+        modules("orders", service="crm", **on)
+        wait_for(lambda: allowed("store") == ["reports"], "store no longer admits orders or front")
+        # Switched off, the policy goes.
+        modules("store", service="logistics")
+        wait_for(
+            lambda: get_json(kubectl, "networkpolicy", "store", "-n", namespace) is None,
+            "store's policy removed",
+        )
 
     def test_drift_is_restored(
         self, kubectl: Kubectl, namespace: str, operator: OperatorProcess, modules: Any

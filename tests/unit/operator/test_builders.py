@@ -236,3 +236,107 @@ class TestDataStorage:
     def test_ephemeral_size_limits_the_empty_dir(self) -> None:
         pod = self.pod(module(storage={"ephemeral": True, "size": "2Gi"}))
         assert {"name": "data", "emptyDir": {"sizeLimit": "2Gi"}} in pod["volumes"]
+
+
+class TestPodControls:
+    """spec.imagePullSecrets ... spec.securityContext reach the pod template."""
+
+    def pod(self, **spec: Any) -> dict[str, Any]:
+        m = module(**spec)
+        template: dict[str, Any] = builders.build_deployment(m, replicas=m.replicas)["spec"][
+            "template"
+        ]
+        return template
+
+    def test_unset_they_change_nothing(self) -> None:
+        spec = self.pod()["spec"]
+        for key in (
+            "imagePullSecrets",
+            "nodeSelector",
+            "tolerations",
+            "affinity",
+            "priorityClassName",
+            "serviceAccountName",
+            "topologySpreadConstraints",  # one pod: nothing to spread
+        ):
+            assert key not in spec, key
+
+    def test_every_field_reaches_the_pod(self) -> None:
+        toleration = {
+            "key": "dedicated",
+            "operator": "Equal",
+            "value": "bhiv",
+            "effect": "NoSchedule",
+        }
+        affinity: dict[str, Any] = {
+            "nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {}}
+        }
+        template = self.pod(
+            imagePullSecrets=[{"name": "registry-a"}, {"name": "registry-b"}],
+            serviceAccountName="logistics-runner",
+            nodeSelector={"pool": "apps"},
+            tolerations=[toleration],
+            affinity=affinity,
+            priorityClassName="business-critical",
+            podLabels={"team": "ops", "app.kubernetes.io/component": "mine"},
+            podAnnotations={"prometheus.io/scrape": "true"},
+        )
+        spec = template["spec"]
+        assert spec["imagePullSecrets"] == [{"name": "registry-a"}, {"name": "registry-b"}]
+        assert spec["serviceAccountName"] == "logistics-runner"
+        assert spec["automountServiceAccountToken"] is False  # still no API token
+        assert spec["nodeSelector"] == {"pool": "apps"}
+        assert spec["tolerations"] == [toleration]
+        assert spec["affinity"] == affinity
+        assert spec["priorityClassName"] == "business-critical"
+        labels = template["metadata"]["labels"]
+        assert labels["team"] == "ops"
+        assert labels["app.kubernetes.io/component"] == "logistics"  # the operator's label wins
+        assert template["metadata"]["annotations"] == {"prometheus.io/scrape": "true"}
+
+    def test_more_than_one_pod_spreads_over_nodes_without_refusing(self) -> None:
+        for spec in (
+            {"replicas": 3},
+            {"autoscaling": {"enabled": True, "minReplicas": 1, "maxReplicas": 4}},
+        ):
+            [constraint] = self.pod(database={"secretRef": {"name": "db"}}, **spec)["spec"][
+                "topologySpreadConstraints"
+            ]
+            assert constraint["topologyKey"] == "kubernetes.io/hostname"
+            assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+            assert constraint["labelSelector"]["matchLabels"] == builders.selector_labels(module())
+
+    def test_own_spread_or_none_at_all(self) -> None:
+        zones = [
+            {
+                "maxSkew": 2,
+                "topologyKey": "topology.kubernetes.io/zone",
+                "whenUnsatisfiable": "DoNotSchedule",
+            }
+        ]
+        db = {"secretRef": {"name": "db"}}
+        own = self.pod(replicas=3, database=db, topologySpreadConstraints=zones)["spec"]
+        assert own["topologySpreadConstraints"] == zones
+        none = self.pod(replicas=3, database=db, topologySpreadConstraints=[])["spec"]
+        assert "topologySpreadConstraints" not in none
+
+    def test_security_context_changes_stay_restricted(self) -> None:
+        container = self.pod(
+            securityContext={
+                "runAsUser": 20000,
+                "readOnlyRootFilesystem": False,
+                "capabilities": {"add": ["NET_BIND_SERVICE"]},
+            }
+        )["spec"]["containers"][0]
+        sc = container["securityContext"]
+        assert sc["runAsUser"] == 20000 and sc["readOnlyRootFilesystem"] is False
+        assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_BIND_SERVICE"]}
+        assert sc["allowPrivilegeEscalation"] is False and sc["runAsNonRoot"] is True
+
+    def test_the_gateway_keeps_its_account_unless_told_otherwise(self) -> None:
+        gateway = Module.from_body(body(service="gateway"))
+        spec = builders.build_deployment(gateway, replicas=1)["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == builders.GATEWAY_SERVICE_ACCOUNT
+        own = Module.from_body(body(service="gateway", serviceAccountName="edge"))
+        spec = builders.build_deployment(own, replicas=1)["spec"]["template"]["spec"]
+        assert spec["serviceAccountName"] == "edge"
