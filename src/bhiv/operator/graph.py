@@ -137,11 +137,23 @@ class Reach:
     dependencies: frozenset[str]
 
 
-def reach(nodes: Mapping[str, Node]) -> dict[str, Reach]:
-    """Every module's transitive dependents and dependencies (existing modules only)."""
+def _edges(nodes: Mapping[str, Node]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """dependsOn edges between existing modules, both ways: (forward, backward)."""
     forward = {name: [d for d in node.depends_on if d in nodes] for name, node in nodes.items()}
     backward: dict[str, list[str]] = {name: [] for name in nodes}
     for name, deps in forward.items():
         for dep in deps:
             backward[dep].append(name)
+    return forward, backward
+
+
+def reach(nodes: Mapping[str, Node]) -> dict[str, Reach]:
+    """Every module's transitive dependents and dependencies (existing modules only)."""
+    forward, backward = _edges(nodes)
     return {name: Reach(_closure(name, backward), _closure(name, forward)) for name in nodes}
+
+
+def reach_of(name: str, nodes: Mapping[str, Node]) -> Reach:
+    """One module's reach: what a reconcile needs, without every other module's."""
+    forward, backward = _edges(nodes)
+    return Reach(_closure(name, backward), _closure(name, forward))

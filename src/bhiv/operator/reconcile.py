@@ -15,7 +15,7 @@ from kubernetes.client.exceptions import ApiException
 
 from bhiv.operator import builders, images, stuck
 from bhiv.operator.bootstrap import ensure_shared_secret
-from bhiv.operator.graph import DependencyState, Node, Reach, cycles, dependency_state, reach
+from bhiv.operator.graph import DependencyState, Node, cycles, dependency_state, reach_of
 from bhiv.operator.kube import Kube, applies_field
 from bhiv.operator.model import Module
 from bhiv.operator.status import Condition, merge_conditions, transitions
@@ -166,7 +166,7 @@ class Reconciler:
         if not module.network_policy.enabled:
             await self.kube.delete("NetworkPolicy", module.namespace, module.name)
             return
-        mine = reach(nodes).get(module.name, Reach(frozenset(), frozenset()))
+        mine = reach_of(module.name, nodes)
         policy = builders.build_network_policy(module, mine.dependents, mine.dependencies)
         if policy is not None:
             await self.kube.apply(policy)

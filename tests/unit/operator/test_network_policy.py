@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from bhiv.operator import builders
-from bhiv.operator.graph import Node, reach
+from bhiv.operator.graph import Node, reach, reach_of
 from bhiv.operator.model import Module
 
 pytestmark = pytest.mark.unit
@@ -41,6 +41,8 @@ def test_reach_is_transitive_both_ways() -> None:
         "integrations",
     }
     assert r["gateway"].dependents == frozenset()
+    assert all(reach_of(name, SEED) == r[name] for name in SEED)
+    assert reach_of("absent", SEED).dependents == frozenset()
 
 
 def test_a_module_accepts_its_dependents_the_gateway_and_monitoring_only() -> None:
