@@ -77,6 +77,8 @@ INGRESS_NGINX_KIND = (
 POSTGRES_CLAIM = f"data-{RELEASE}-postgresql-0"
 # For the node that cannot pull: the official image's contract, built here.
 REALNODE_POSTGRES_IMAGE = "bhiv-postgres-test:15"
+# The namespace label that the release's NetworkPolicies let scrape /metrics.
+MONITORING_LABEL = "bhiv.io/e2e-monitoring"
 # Every service with a database of its own (the gateway keeps none).
 DATABASE_SERVICES = tuple(name for name in catalog.SERVICES if name != "gateway")
 
@@ -146,6 +148,10 @@ class E2ECluster:
                 ]
             },
             "hooks": {"timeoutSeconds": 600},
+            # The scraper test_network_policies.py puts in a namespace with this label.
+            "networkPolicy": {
+                "monitoring": {"namespaceSelector": {"matchLabels": {MONITORING_LABEL: "true"}}}
+            },
         }
         if self.postgres_image:
             pg_repository, _, pg_tag = self.postgres_image.rpartition(":")
