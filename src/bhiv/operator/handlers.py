@@ -93,7 +93,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     # Kopf gives each object's handlers a shallow copy of this memo: state the
     # handlers must share with the workers lives in one mutable object.
-    memo.shared = types.SimpleNamespace(index=None, reach={})
+    memo.shared = types.SimpleNamespace(index=None, reach={}, edges={})
 
     async def handle(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -168,7 +168,12 @@ async def module_changed(name: str, namespace: str | None, memo: kopf.Memo, **kw
         if name in deps or reason in ("DependencyCycle", "DependencyNotFound"):
             queue.add((namespace, other))
     # NetworkPolicies follow dependsOn: a changed edge anywhere changes who may call
-    # whom, so every module whose dependents or dependencies moved is reconciled.
+    # whom, so every module whose dependents or dependencies moved is reconciled. Most
+    # events are status updates that move no edge; they skip the namespace-wide reach.
+    edges = frozenset((n, deps) for n, deps, _, _ in bhiv_modules.get(namespace, ()))
+    if memo.shared.edges.get(namespace) == edges:
+        return
+    memo.shared.edges[namespace] = edges
     now = reach(_nodes(bhiv_modules, namespace or ""))
     before: dict[str, Reach] = memo.shared.reach.get(namespace, {})
     memo.shared.reach[namespace] = now

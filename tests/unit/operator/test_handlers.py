@@ -1,0 +1,65 @@
+"""The module event handler's queueing decisions, on a plain index (no API server)."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+from typing import Any
+
+import pytest
+
+from bhiv.operator import graph, handlers
+
+
+# Kopf's decorator types the handler as its own callback protocol (every kwarg Kopf
+# passes); called directly, it takes the ones it names.
+module_changed: Any = handlers.module_changed
+
+
+class Queue:
+    def __init__(self) -> None:
+        self.added: list[tuple[str, str]] = []
+
+    def add(self, key: tuple[str, str]) -> None:
+        self.added.append(key)
+
+
+def _memo() -> Any:
+    shared = types.SimpleNamespace(index=None, reach={}, edges={})
+    return types.SimpleNamespace(queue=Queue(), shared=shared)
+
+
+def _event(memo: Any, name: str, *modules: handlers.ModuleEntry) -> set[str]:
+    """One BhivModule event for ``name`` with the index holding ``modules``; the
+    module names queued for a reconcile."""
+    memo.queue.added.clear()
+    index = {"ns": list(modules)}
+    asyncio.run(module_changed(name=name, namespace="ns", memo=memo, bhiv_modules=index))
+    return {queued for _, queued in memo.queue.added}
+
+
+def test_a_new_edge_requeues_every_module_whose_reach_moved() -> None:
+    memo = _memo()
+    assert _event(memo, "a", ("a", (), True, ""), ("b", (), True, ""), ("c", (), True, "")) == {"a"}
+    # a now depends on b: b gains a dependent, a a dependency; c is untouched.
+    queued = _event(memo, "a", ("a", ("b",), True, ""), ("b", (), True, ""), ("c", (), True, ""))
+    assert queued == {"a", "b"}
+
+
+def test_a_status_change_skips_the_namespace_wide_reach(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls: list[int] = []
+
+    def counted(nodes: Any) -> dict[str, graph.Reach]:
+        calls.append(len(nodes))
+        return graph.reach(nodes)
+
+    monkeypatch.setattr(handlers, "reach", counted)
+    memo = _memo()
+    _event(memo, "a", ("a", ("b",), False, "WaitingForDependencies"), ("b", (), False, ""))
+    # b became ready: a (its dependent) is requeued, the edges did not move.
+    queued = _event(memo, "b", ("a", ("b",), False, "WaitingForDependencies"), ("b", (), True, ""))
+    assert queued == {"a", "b"}
+    assert calls == [2]
+    # A module deleted moves edges again.
+    _event(memo, "b", ("a", ("b",), False, "DependencyNotFound"))
+    assert calls == [2, 1]
