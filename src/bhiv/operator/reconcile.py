@@ -115,6 +115,10 @@ class Reconciler:
         # with modules (manifests/ users; the chart makes its own and leaves it unset).
         self.shared_secret = shared_secret
         self._secret_namespaces: set[str] = set()
+        # Optional children (HPA, PDB, NetworkPolicy) known to be absent: a module
+        # without one costs a DELETE the first time, not one per reconcile. Only this
+        # operator creates them, and it forgets the fact as soon as it applies one.
+        self._absent: set[tuple[str, str, str]] = set()
 
     async def reconcile(self, body: dict[str, Any], nodes: Mapping[str, Node]) -> Outcome | None:
         """Bring one module's children and status in line with its spec.
@@ -164,12 +168,12 @@ class Reconciler:
         """The module's NetworkPolicy, before any pod: it follows dependsOn everywhere in
         the namespace (the handlers requeue a module whose dependents change)."""
         if not module.network_policy.enabled:
-            await self.kube.delete("NetworkPolicy", module.namespace, module.name)
+            await self._delete_optional("NetworkPolicy", module.namespace, module.name)
             return
         mine = reach_of(module.name, nodes)
         policy = builders.build_network_policy(module, mine.dependents, mine.dependencies)
         if policy is not None:
-            await self.kube.apply(policy)
+            await self._apply_optional(policy)
 
     async def _apply_workloads(
         self, module: Module, deployment: dict[str, Any] | None
@@ -202,18 +206,29 @@ class Reconciler:
                     manager=HANDOFF_MANAGER,
                 )
             deployment = await self.kube.apply(builders.build_deployment(module, replicas=None))
-            await self.kube.apply(hpa)
+            await self._apply_optional(hpa)
         else:
             deployment = await self.kube.apply(
                 builders.build_deployment(module, replicas=module.replicas)
             )
-            await self.kube.delete("HorizontalPodAutoscaler", ns, name)
+            await self._delete_optional("HorizontalPodAutoscaler", ns, name)
         pdb = builders.build_pdb(module)
         if pdb is not None:
-            await self.kube.apply(pdb)
+            await self._apply_optional(pdb)
         else:
-            await self.kube.delete("PodDisruptionBudget", ns, name)
+            await self._delete_optional("PodDisruptionBudget", ns, name)
         return deployment
+
+    async def _apply_optional(self, child: dict[str, Any]) -> None:
+        meta = child["metadata"]
+        self._absent.discard((child["kind"], meta["namespace"], meta["name"]))
+        await self.kube.apply(child)
+
+    async def _delete_optional(self, kind: str, namespace: str, name: str) -> None:
+        key = (kind, namespace, name)
+        if key not in self._absent:
+            await self.kube.delete(kind, namespace, name)
+            self._absent.add(key)
 
     async def _why_stuck(
         self, module: Module, deployment: dict[str, Any] | None

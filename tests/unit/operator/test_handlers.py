@@ -10,7 +10,6 @@ import pytest
 
 from bhiv.operator import graph, handlers
 
-
 # Kopf's decorator types the handler as its own callback protocol (every kwarg Kopf
 # passes); called directly, it takes the ones it names.
 module_changed: Any = handlers.module_changed
