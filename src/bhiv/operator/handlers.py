@@ -106,8 +106,9 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         started = time.perf_counter()
         try:
             outcome = await reconciler.reconcile(body, _nodes(index, namespace))
-        except Exception:
+        except Exception as exc:
             metrics.reconciles.labels("error").inc()
+            metrics.reconcile_errors.labels(_error_reason(exc)).inc()
             raise
         finally:
             metrics.reconcile_seconds.observe(time.perf_counter() - started)
@@ -121,8 +122,22 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
                 if member != name and member not in reported:
                     memo.queue.add((namespace, member))
 
-    memo.queue = WorkQueue(handle, workers=4)
+    memo.queue = WorkQueue(handle, workers=4, observe_wait=metrics.queue_wait_seconds.observe)
+    metrics.queue_depth.set_function(lambda: len(memo.queue))
+    metrics.queue_oldest_seconds.set_function(memo.queue.oldest_wait)
     memo.tasks = [asyncio.create_task(memo.queue.run()), asyncio.create_task(_resync(memo))]
+
+
+def _error_reason(exc: Exception) -> str:
+    """A bounded label for a failed reconcile: ``HTTP 409``, ``HTTP 5xx``, or the type.
+
+    An API error carries its HTTP status as ``status`` (an int, or an object with a
+    ``code``, depending on the client)."""
+    status = getattr(exc, "status", None)
+    code = status if isinstance(status, int) else getattr(status, "code", None)
+    if isinstance(code, int):
+        return f"HTTP {code}" if code < 500 else "HTTP 5xx"
+    return type(exc).__name__
 
 
 async def _resync(memo: kopf.Memo) -> None:
@@ -131,7 +146,6 @@ async def _resync(memo: kopf.Memo) -> None:
     while True:
         await asyncio.sleep(5)
         index: ModuleIndex | None = memo.shared.index
-        metrics.queue_depth.set(len(memo.queue))
         if index is None:
             continue
         counts: dict[tuple[str, str], int] = {}

@@ -20,6 +20,23 @@ modules = Gauge(
     ["ready", "reason"],
     registry=registry,
 )
+reconcile_errors = Counter(
+    "bhiv_operator_reconcile_errors",
+    "Reconciles that failed, by reason: the API server's HTTP status, else the error's type.",
+    ["reason"],
+    registry=registry,
+)
 queue_depth = Gauge(
     "bhiv_operator_queue_depth", "Modules waiting to be reconciled.", registry=registry
+)
+queue_oldest_seconds = Gauge(
+    "bhiv_operator_queue_oldest_seconds",
+    "How long the module waiting longest to be reconciled has waited.",
+    registry=registry,
+)
+queue_wait_seconds = Histogram(
+    "bhiv_operator_queue_wait_duration_seconds",
+    "Time from a module being queued to a worker taking it.",
+    buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60),
+    registry=registry,
 )

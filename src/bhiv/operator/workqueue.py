@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Hashable
 
 log = logging.getLogger("bhiv.operator.workqueue")
@@ -23,12 +24,15 @@ class WorkQueue:
         workers: int = 4,
         base_delay: float = 0.5,
         max_delay: float = 60.0,
+        observe_wait: Callable[[float], None] | None = None,
     ) -> None:
         self._handler = handler
+        # Told how long each key waited between being queued and a worker taking it.
+        self._observe_wait = observe_wait
         self._workers = workers
         self._base, self._max = base_delay, max_delay
         self._queue: asyncio.Queue[Hashable] = asyncio.Queue()
-        self._pending: set[Hashable] = set()  # queued, not yet picked up
+        self._pending: dict[Hashable, float] = {}  # queued, not yet picked up: since when
         self._active: set[Hashable] = set()  # being processed now
         self._dirty: set[Hashable] = set()  # added again while active
         self._failures: dict[Hashable, int] = {}
@@ -38,7 +42,7 @@ class WorkQueue:
         if key in self._active:
             self._dirty.add(key)
         elif key not in self._pending:
-            self._pending.add(key)
+            self._pending[key] = time.monotonic()
             self._queue.put_nowait(key)
 
     def add_after(self, key: Hashable, delay: float) -> None:
@@ -54,6 +58,12 @@ class WorkQueue:
 
     def __len__(self) -> int:
         return len(self._pending)
+
+    def oldest_wait(self) -> float:
+        """Seconds the longest-waiting queued key has waited (0 when none waits)."""
+        # Insertion order: the first pending key is the oldest.
+        oldest = next(iter(self._pending.values()), None)
+        return 0.0 if oldest is None else time.monotonic() - oldest
 
     async def run(self) -> None:
         workers = [
@@ -71,7 +81,9 @@ class WorkQueue:
     async def _work(self) -> None:
         while True:
             key = await self._queue.get()
-            self._pending.discard(key)
+            queued = self._pending.pop(key, None)
+            if queued is not None and self._observe_wait is not None:
+                self._observe_wait(time.monotonic() - queued)
             self._active.add(key)
             try:
                 await self._handler(key)

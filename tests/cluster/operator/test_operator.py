@@ -754,6 +754,9 @@ class TestOperations:
         )
         assert 'bhiv_operator_reconciles_total{result="ok"}' in text
         assert "bhiv_operator_reconcile_duration_seconds_bucket" in text
+        assert "bhiv_operator_queue_wait_duration_seconds_count" in text
+        assert "bhiv_operator_queue_depth" in text
+        assert "bhiv_operator_queue_oldest_seconds" in text
 
     def test_operator_is_refused_what_its_role_does_not_grant(
         self, kubectl: Kubectl, namespace: str, operator_rbac: Any

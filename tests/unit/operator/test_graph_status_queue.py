@@ -107,3 +107,29 @@ class TestWorkQueue:
 
         asyncio.run(main())
         assert calls.count("a") == 2 and calls.count("b") == 1 and calls.count("flaky") == 2
+
+    def test_reports_how_long_keys_wait(self) -> None:
+        waits: list[float] = []
+
+        async def handle(key: object) -> None:
+            await asyncio.sleep(0)
+
+        queue = WorkQueue(handle, workers=1, observe_wait=waits.append)
+
+        async def main() -> float:
+            assert queue.oldest_wait() == 0.0
+            queue.add("a")
+            await asyncio.sleep(0.05)
+            queue.add("b")
+            oldest = queue.oldest_wait()
+            runner = asyncio.create_task(queue.run())
+            await asyncio.sleep(0.05)
+            runner.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await runner
+            return oldest
+
+        oldest = asyncio.run(main())
+        assert oldest >= 0.05  # "a" had waited that long when "b" came
+        assert len(waits) == 2 and waits[0] >= 0.05
+        assert queue.oldest_wait() == 0.0

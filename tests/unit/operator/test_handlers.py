@@ -62,3 +62,21 @@ def test_a_status_change_skips_the_namespace_wide_reach(monkeypatch: pytest.Monk
     # A module deleted moves edges again.
     _event(memo, "b", ("a", ("b",), False, "DependencyNotFound"))
     assert calls == [2, 1]
+
+
+class _Status:
+    code = 409
+
+
+class _LightkubeStyle(Exception):
+    status = _Status()
+
+
+class _OfficialStyle(Exception):
+    status = 503
+
+
+def test_reconcile_error_reasons_stay_a_small_set() -> None:
+    assert handlers._error_reason(_LightkubeStyle()) == "HTTP 409"
+    assert handlers._error_reason(_OfficialStyle()) == "HTTP 5xx"
+    assert handlers._error_reason(TimeoutError()) == "TimeoutError"
