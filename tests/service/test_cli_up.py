@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -211,6 +213,36 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
     output = (tmp_path / "up.log").read_text()
     assert "BHIV Core is up" in output and "stopping all services" in output
     assert "logistics |" in output  # child output is prefixed with its service's name
+    # Not on a terminal: the children's JSON log lines pass through as they are.
+    access = [
+        json.loads(line.split(" | ", 1)[1])
+        for line in output.splitlines()
+        if line.strip().startswith("logistics |") and '"path": "/inventory"' in line
+    ]
+    assert [(a["method"], a["status"]) for a in access] == [("POST", 201)]
+
+
+def test_up_shows_readable_log_lines_when_asked(tmp_path: Path) -> None:
+    with _up_only(tmp_path, "logistics", env={"BHIV_LOG_FORMAT": "text"}) as up:
+        r = httpx.get(f"{up.url('logistics')}/inventory/424242", headers=up.auth)
+        assert r.status_code == 404
+    output = (tmp_path / "up.log").read_text()
+    [line] = [line for line in output.splitlines() if "/inventory/424242" in line]
+    assert re.search(r"logistics \| \d\d:\d\d:\d\d\.\d{3} INFO  GET /inventory/424242 404 ", line)
+    assert f"rid={r.headers['X-Request-ID']}" in line
+    assert "{" not in line  # no JSON
+
+
+def test_up_refuses_an_unknown_log_format(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(_free_offset())],
+        env={**_env(tmp_path), "BHIV_LOG_FORMAT": "xml"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "BHIV_LOG_FORMAT='xml': use auto, json or text" in done.stderr
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:

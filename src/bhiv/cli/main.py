@@ -64,7 +64,7 @@ def serve(
     spec = load_spec(service)
     overrides = {k: v for k, v in {"host": host, "port": port}.items() if v is not None}
     settings = spec.settings_class(**overrides)
-    configure_logging(spec.name, settings.log_level)
+    configure_logging(spec.name, settings.log_level, settings.log_format)
     module, _, factory = _entry(service).app_factory.partition(":")
     from bhiv.core.settings import MissingSharedSecret
 

@@ -1,7 +1,9 @@
 """``bhiv up``: every service as a child process, started stage by stage.
 
 A stage starts once every service of the earlier stages answers
-``/health/ready``. Children's output is prefixed with their name. Ctrl-C or
+``/health/ready``. Children's output is prefixed with their name; they log JSON, which
+is shown as short human lines on a terminal (BHIV_LOG_FORMAT=auto, the default, or
+text) and passed through as it is otherwise (or with BHIV_LOG_FORMAT=json). Ctrl-C or
 SIGTERM stops them all (SIGTERM, then SIGKILL after a grace period); so does
 any child dying unexpectedly, since a half-running platform misleads.
 """
@@ -22,8 +24,10 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from bhiv import catalog
+from bhiv.core.log_lines import render
 from bhiv.core.private_files import private_dir
 from bhiv.core.settings import default_data_dir, load_or_create_local_secret
 
@@ -40,6 +44,7 @@ class Child:
     port: int
     process: subprocess.Popen[bytes]
     colour: str
+    readable: bool  # show its JSON log lines as human lines
 
     @property
     def url(self) -> str:
@@ -56,16 +61,29 @@ def port_in_use(port: int) -> bool:
     return False
 
 
+def _readable(line: str) -> Text:
+    """A child's JSON log record as a human line; any other output as it is."""
+    try:
+        fields = json.loads(line)
+    except ValueError:
+        fields = None
+    if isinstance(fields, dict) and "level" in fields:
+        return render(fields, service=False)
+    return Text(line)
+
+
 def _pump(child: Child) -> None:
     """Copy a child's output to ours, each line prefixed with its service name."""
     assert child.process.stdout is not None
-    prefix = f"[{child.colour}]{child.entry.name:>13} |[/] "
+    prefix = Text(f"{child.entry.name:>13} | ", style=child.colour)
     for raw in child.process.stdout:
         line = raw.decode("utf-8", "replace").rstrip()
-        console.print(prefix + line.replace("[", r"\["), soft_wrap=True)
+        console.print(prefix + (_readable(line) if child.readable else Text(line)), soft_wrap=True)
 
 
-def _start(entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: str) -> Child:
+def _start(
+    entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: str, readable: bool
+) -> Child:
     process = subprocess.Popen(
         [
             sys.executable,
@@ -83,7 +101,7 @@ def _start(entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: 
         stderr=subprocess.STDOUT,
         stdin=subprocess.DEVNULL,
     )
-    child = Child(entry, port, process, colour)
+    child = Child(entry, port, process, colour, readable)
     threading.Thread(target=_pump, args=(child,), daemon=True).start()
     return child
 
@@ -154,6 +172,15 @@ def run_platform(
     private_dir(data_dir)  # every service's database and the local secrets live here
     env = dict(os.environ, BHIV_DATA_DIR=str(data_dir), BHIV_HOST="127.0.0.1", PYTHONUNBUFFERED="1")
     env.pop("BHIV_PORT", None)  # each child gets its own port
+    # The children log JSON to this process, which shows it as human lines on a terminal.
+    log_format = env.get("BHIV_LOG_FORMAT", "auto").strip().lower()
+    if log_format not in ("auto", "json", "text"):
+        console.print(
+            f"[red]error:[/] BHIV_LOG_FORMAT={log_format!r}: use auto, json or text", soft_wrap=True
+        )
+        return 2
+    readable = log_format == "text" or (log_format == "auto" and console.is_terminal)
+    env["BHIV_LOG_FORMAT"] = "json"
     # One process per service, all on this data directory: secrets made there are
     # shared by construction, even where KUBERNETES_SERVICE_HOST is set (a dev pod).
     env.setdefault("BHIV_REQUIRE_SHARED_SECRETS", "false")
@@ -189,7 +216,13 @@ def run_platform(
             names = ", ".join(e.name for e in stage)
             console.print(f"[bold]stage {number}[/]: starting {names}")
             started = [
-                _start(e, e.port + port_offset, env, COLOURS[len(children) + i % len(COLOURS)])
+                _start(
+                    e,
+                    e.port + port_offset,
+                    env,
+                    COLOURS[(len(children) + i) % len(COLOURS)],
+                    readable,
+                )
                 for i, e in enumerate(stage)
             ]
             children.extend(started)

@@ -1,13 +1,21 @@
-"""Structured JSON logs with the request ID on every line."""
+"""Logs with the request ID on every line: JSON for containers, files and pipes; short
+human lines (bhiv.core.log_lines) on a terminal. ``BHIV_LOG_FORMAT`` chooses:
+``auto`` (the default: text on a terminal, else JSON), ``json`` or ``text``."""
 
 from __future__ import annotations
 
 import logging
 import sys
+from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
 from bhiv.core.context import request_id_var
+from bhiv.core.log_lines import render, to_ansi
+
+LogFormat = Literal["auto", "json", "text"]
+FIELDS = "%(levelname)s %(name)s %(message)s %(request_id)s"
+RENAMED = {"levelname": "level", "name": "logger"}
 
 
 class _RequestIdFilter(logging.Filter):
@@ -18,18 +26,35 @@ class _RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(service: str, level: str = "INFO") -> None:
-    """Route every logger (ours, uvicorn's, SQLAlchemy's) to one JSON stream on stderr."""
-    handler = logging.StreamHandler(sys.stderr)
+class TextFormatter(JsonFormatter):
+    """The JSON formatter's fields, written as one human line instead of JSON."""
+
+    def __init__(self, *args: Any, colour: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.colour = colour
+
+    def jsonify_log_record(self, log_data: dict[str, Any]) -> str:
+        return to_ansi(render(log_data), colour=self.colour)
+
+
+def uses_text(log_format: LogFormat, stream: Any) -> bool:
+    return log_format == "text" or (log_format == "auto" and stream.isatty())
+
+
+def configure_logging(service: str, level: str = "INFO", log_format: LogFormat = "auto") -> None:
+    """Route every logger (ours, uvicorn's, SQLAlchemy's) to one stream on stderr."""
+    stream = sys.stderr
+    handler = logging.StreamHandler(stream)
     handler.addFilter(_RequestIdFilter())
-    handler.setFormatter(
-        JsonFormatter(
-            "%(levelname)s %(name)s %(message)s %(request_id)s",
-            rename_fields={"levelname": "level", "name": "logger"},
-            timestamp="time",
-            static_fields={"service": service},
-        )
-    )
+    options: dict[str, Any] = {
+        "rename_fields": RENAMED,
+        "timestamp": "time",
+        "static_fields": {"service": service},
+    }
+    if uses_text(log_format, stream):
+        handler.setFormatter(TextFormatter(FIELDS, colour=stream.isatty(), **options))
+    else:
+        handler.setFormatter(JsonFormatter(FIELDS, **options))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)

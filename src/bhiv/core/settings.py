@@ -127,6 +127,11 @@ class ServiceSettings(BaseSettings):
     jwt_audience: str = "bhiv"
     api_keys: list[ApiKeySpec] = Field(default_factory=list, description="JSON list of API keys.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto",
+        description="auto: short human lines on a terminal, JSON otherwise (containers, "
+        "files, pipes); json or text to choose.",
+    )
     cors_origins: CommaList = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS."
     )
