@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 .DEFAULT_GOAL := help
 .PHONY: help venv up check generate format test test-deps tools test-unit test-service test-browser test-cluster test-container \
 	test-chart test-kind test-realnode lock lock-upgrade chart-lint cluster-up cluster-down cluster-status image bench bench-gateway \
-	bench-operator lint clean
+	bench-operator bench-startup lint clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-14s %s\n", $$1, $$2}'
@@ -144,6 +144,9 @@ bench-gateway: test-deps ## direct vs gateway vs nginx
 
 bench-operator: venv tools ## N modules to Ready: operator vs direct apply
 	$(BIN)/python bench/operator_scale.py
+
+bench-startup: venv ## bhiv up to every service ready, import time and idle RSS per service
+	$(BIN)/python bench/startup.py
 
 lint: venv ## ruff check only (make check runs every gate)
 	$(BIN)/ruff check $(PY_TREES)

@@ -358,3 +358,42 @@ def test_workflow_steps_call_the_offset_copy(tmp_path: Path) -> None:
         assert run["status"] == "succeeded", run
         (item,) = [s for s in run["steps"] if s["step_id"] == "item"]
         assert item["output"]["sku"] == "OFFSET-WF", item
+
+
+def test_serve_after_waits_to_serve_until_the_earlier_service_is_ready(tmp_path: Path) -> None:
+    """`bhiv up` launches every service at once; `serve --after` keeps the order."""
+    offset = _free_offset()
+    first = catalog.get("integrations").port + offset
+    second = catalog.get("logistics").port + offset
+
+    def serve(name: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "bhiv", "serve", name, "--port", str(port), *extra],
+            env=_env(tmp_path),
+            stdout=(tmp_path / f"{name}.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+
+    later = serve("logistics", second, "--after", f"http://127.0.0.1:{first}")
+    earlier: subprocess.Popen[bytes] | None = None
+    try:
+        # Built and migrated, but not serving while the service it follows is down.
+        deadline = time.monotonic() + 60
+        while not (tmp_path / "logistics.db").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1)
+        assert later.poll() is None
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{second}/health", timeout=1)
+        earlier = serve("integrations", first)
+        wait_http(
+            f"http://127.0.0.1:{second}/health/ready",
+            timeout=60,
+            alive=lambda: later.poll() is None,
+        )
+        assert earlier.poll() is None
+    finally:
+        for process in (later, earlier):
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                process.wait(30)

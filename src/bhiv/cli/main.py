@@ -26,6 +26,8 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,  # locals may hold secrets
 )
 err = Console(stderr=True)
+# `serve --after`: how long a service waits for the services it starts after.
+AFTER_TIMEOUT_SECONDS = 300.0
 
 
 def load_spec(service: str) -> Any:
@@ -56,6 +58,14 @@ def serve(
     port: Annotated[
         int | None, typer.Option(help="Port (default: BHIV_PORT or the service's own).")
     ] = None,
+    after: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--after",
+            help="A base URL (repeatable) whose /health/ready must answer 200 before this "
+            "service starts serving; its app is built meanwhile (bhiv up's startup order).",
+        ),
+    ] = None,
 ) -> None:
     """Run one service in the foreground, as a container runs it."""
     from bhiv.core import server
@@ -73,6 +83,15 @@ def serve(
     except MissingSharedSecret as exc:
         err.print(f"[red]error:[/] {spec.name} cannot start: {exc}")
         raise typer.Exit(78) from None  # EX_CONFIG: the pod's configuration, not the code
+    if after:
+        from bhiv.cli.up import wait_until_ready
+        from bhiv.core.app import prepare
+
+        prepare(application)  # migrations and the like need no other service: done now
+        missing = wait_until_ready(after, timeout=AFTER_TIMEOUT_SECONDS)
+        if missing is not None:
+            err.print(f"[red]error:[/] {missing} was not ready after {AFTER_TIMEOUT_SECONDS:.0f} s")
+            raise typer.Exit(1)
     server.run(application, settings)
 
 

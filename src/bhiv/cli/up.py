@@ -1,11 +1,13 @@
-"""``bhiv up``: every service as a child process, started stage by stage.
+"""``bhiv up``: every service as a child process, in startup order.
 
-A stage starts once every service of the earlier stages answers
-``/health/ready``. Children's output is prefixed with their name; they log JSON, which
-is shown as short human lines on a terminal (BHIV_LOG_FORMAT=auto, the default, or
-text) and passed through as it is otherwise (or with BHIV_LOG_FORMAT=json). Ctrl-C or
-SIGTERM stops them all (SIGTERM, then SIGKILL after a grace period); so does
-any child dying unexpectedly, since a half-running platform misleads.
+Every child is launched at once, so their imports (about a second each) overlap; each
+one, once its app is built, waits to serve until every service of the earlier stages
+answers ``/health/ready`` (``bhiv serve --after``), so the startup order holds.
+Children's output is prefixed with their name; they log JSON, which is shown as short
+human lines on a terminal (BHIV_LOG_FORMAT=auto, the default, or text) and passed
+through as it is otherwise (or with BHIV_LOG_FORMAT=json). Ctrl-C or SIGTERM stops them
+all (SIGTERM, then SIGKILL after a grace period); so does any child dying unexpectedly,
+since a half-running platform misleads.
 """
 
 from __future__ import annotations
@@ -81,8 +83,32 @@ def _pump(child: Child) -> None:
         console.print(prefix + (_readable(line) if child.readable else Text(line)), soft_wrap=True)
 
 
+def wait_until_ready(urls: list[str], timeout: float) -> str | None:
+    """Poll each base URL's /health/ready until it answers 200; the first URL still not
+    ready when ``timeout`` seconds have passed, else None."""
+    deadline = time.monotonic() + timeout
+    pending = list(urls)
+    with httpx.Client(timeout=2.0) as http:
+        while pending:
+            try:
+                if http.get(f"{pending[0]}/health/ready").status_code == 200:
+                    pending.pop(0)
+                    continue
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                return pending[0]
+            time.sleep(0.05)
+    return None
+
+
 def _start(
-    entry: catalog.ServiceEntry, port: int, env: dict[str, str], colour: str, readable: bool
+    entry: catalog.ServiceEntry,
+    port: int,
+    env: dict[str, str],
+    colour: str,
+    readable: bool,
+    after: list[str],
 ) -> Child:
     process = subprocess.Popen(
         [
@@ -95,6 +121,7 @@ def _start(
             str(port),
             "--host",
             "127.0.0.1",
+            *(arg for url in after for arg in ("--after", url)),
         ],
         env=env,
         stdout=subprocess.PIPE,
@@ -212,9 +239,9 @@ def run_platform(
     children: list[Child] = []
     try:
         console.print(f"[bold]BHIV Core[/] data in {data_dir}")
-        for number, stage in enumerate(stages, 1):
-            names = ", ".join(e.name for e in stage)
-            console.print(f"[bold]stage {number}[/]: starting {names}")
+        by_stage: list[list[Child]] = []
+        earlier: list[str] = []
+        for stage in stages:
             started = [
                 _start(
                     e,
@@ -222,10 +249,14 @@ def run_platform(
                     env,
                     COLOURS[(len(children) + i) % len(COLOURS)],
                     readable,
+                    after=list(earlier),
                 )
                 for i, e in enumerate(stage)
             ]
             children.extend(started)
+            by_stage.append(started)
+            earlier += [child.url for child in started]
+        for number, started in enumerate(by_stage, 1):
             failed = _wait_ready(started, stop)
             if stop.is_set():
                 return 0
@@ -238,6 +269,8 @@ def run_platform(
                 )
                 console.print(f"[red]error:[/] {failed.entry.name} {why}; stopping everything")
                 return 1
+            names = ", ".join(child.entry.name for child in started)
+            console.print(f"[bold]stage {number}[/] ready: {names}")
 
         table = Table(title="BHIV Core is up", title_justify="left")
         # Three columns fit an 80-column log without truncating a URL.

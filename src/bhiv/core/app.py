@@ -113,21 +113,33 @@ def _migrate_when_reachable(spec: ServiceSpec, settings: ServiceSettings) -> Non
             migrations.upgrade(spec.name, spec.migrations, settings.sqlalchemy_url())
 
 
+def prepare(app: FastAPI) -> None:
+    """What a service does before serving that needs no other service: its migrations
+    and its OpenAPI document. The lifespan does it unless it was done already, which
+    `bhiv serve --after` does while the services it starts after come up."""
+    if getattr(app.state, "prepared", False):
+        return
+    spec: ServiceSpec = app.state.spec
+    settings: ServiceSettings = app.state.settings
+    if spec.has_database and settings.migrate_on_startup:
+        _migrate_when_reachable(spec, settings)
+    # Built once now: generating it stalls the event loop for a moment, and the
+    # gateway reads it soon after start (public operations, the aggregated
+    # document), which must not make the health probes time out.
+    app.openapi()
+    app.state.prepared = True
+
+
 def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or spec.settings_class()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if spec.has_database and settings.migrate_on_startup:
-            await run_in_threadpool(_migrate_when_reachable, spec, settings)
+        await run_in_threadpool(prepare, app)
         # Blocking handlers run in anyio's thread pool; more threads than
         # pooled connections would only queue on the pool, and every extra
         # thread adds GIL contention.
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
-        # Built once now: generating it stalls the event loop for a moment, and the
-        # gateway reads it soon after start (public operations, the aggregated
-        # document), which must not make the health probes time out.
-        app.openapi()
         app.state.started_monotonic = time.monotonic()
         async with AsyncExitStack() as stack:
             for hook in spec.lifespan_hooks:
