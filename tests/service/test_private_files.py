@@ -65,3 +65,15 @@ def test_sqlite_database_and_its_wal(tmp_path: Path) -> None:
         assert mode(db_path.parent) == 0o700
     finally:
         engine.dispose()
+
+
+def test_a_shared_temporary_directory_keeps_its_mode(tmp_path: Path) -> None:
+    """A database file put straight into /tmp (BHIV_DATA_DIR=/tmp, or a SQLite URL
+    there) is made 0600, but /tmp itself stays 1777: closing it would break every
+    other user and program on the machine."""
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    assert mode(private_file(shared / "crm.db")) == 0o600
+    assert mode(private_dir(shared)) == 0o1777
+    assert mode(shared) == 0o1777

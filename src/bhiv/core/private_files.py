@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import stat
 from pathlib import Path
 
 DIR_MODE = 0o700
@@ -21,9 +22,12 @@ def private_dir(path: Path) -> Path:
     path.mkdir(parents=True, exist_ok=True, mode=DIR_MODE)
     # mkdir's mode is masked by the umask, and an existing directory keeps its
     # mode. A directory we do not own (a volume's root) or on a read-only mount
-    # cannot be changed: its owner chose its mode, and that is left to them.
+    # cannot be changed: its owner chose its mode, and that is left to them. Nor is
+    # a sticky one (/tmp, /var/tmp): it is shared on purpose, and closing it as root
+    # would break every other user of the machine; the files in it are still 0600.
     with contextlib.suppress(OSError):
-        if path.stat().st_mode & 0o777 != DIR_MODE:
+        mode = path.stat().st_mode
+        if mode & 0o777 != DIR_MODE and not mode & stat.S_ISVTX:
             path.chmod(DIR_MODE)
     return path
 
