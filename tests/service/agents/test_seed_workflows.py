@@ -216,6 +216,27 @@ def test_inventory_reorder_chooses_supplier_by_rating_then_lead_time(platform: P
     assert event["data"]["supplier"]["id"] == chosen["id"]
 
 
+def test_rerunning_an_order_records_its_crm_interaction_once(platform: Platform) -> None:
+    """The same order run twice (same reference) adopts its shipment and its CRM
+    interaction instead of adding a second one (issue 19)."""
+    api = platform.api("admin")
+    item = make_item(api)
+    order = order_input(item, f"{unique('rerun')}@acme.example")
+    first = platform.run("customer-order-processing", **order)
+    assert first["status"] == "succeeded", first
+    again = platform.run("customer-order-processing", **order)
+    assert again["status"] == "succeeded", again
+    s1, s2 = steps(first), steps(again)
+    assert s2["shipment"]["output"]["id"] == s1["shipment"]["output"]["id"]
+    assert s2["record_interaction"]["status"] == "succeeded", s2["record_interaction"]
+    assert s2["record_interaction"]["output"]["id"] == s1["record_interaction"]["output"]["id"]
+    customer_id = s1["customer"]["output"]["id"]
+    timeline = api.get(f"/api/crm/customers/{customer_id}/interactions").json()["items"]
+    mine = [i for i in timeline if order["order"]["reference"] in i["subject"]]
+    assert len(mine) == 1, mine
+    assert mine[0]["reference"] == f"order-{order['order']['reference']}"
+
+
 def test_ai_agent_task_through_the_llm_service(platform: Platform) -> None:
     api = platform.api("editor")
     r = api.post(
