@@ -22,9 +22,7 @@ def upgrade() -> None:
     """Upgrade schema."""
     with op.batch_alter_table("interactions", schema=None) as batch_op:
         batch_op.add_column(sa.Column("reference", sa.String(length=100), nullable=True))
-        batch_op.create_unique_constraint(
-            "uq_interactions_reference", ["customer_id", "reference"]
-        )
+        batch_op.create_unique_constraint("uq_interactions_reference", ["customer_id", "reference"])
 
 
 def downgrade() -> None:
