@@ -692,8 +692,12 @@ def test_postgresql_killed_during_writes_loses_no_acknowledged_write(
     assert not not_problems, not_problems[:5]
     assert set(refused) <= {502, 503, 504}, refused
     answers = {i: client.get(f"/api/crm/customers/{i}") for i in acknowledged}
-    missing = {i: f"{r.status_code} {r.text[:300]}" for i, r in answers.items() if r.status_code != 200}
-    assert not missing, f"{len(missing)} acknowledged writes not read back: {list(missing.items())[:5]}"
+    missing = {
+        i: f"{r.status_code} {r.text[:300]}" for i, r in answers.items() if r.status_code != 200
+    }
+    assert not missing, (
+        f"{len(missing)} acknowledged writes not read back: {list(missing.items())[:5]}"
+    )
 
 
 def _restart_count(e2e: E2ECluster) -> int:
