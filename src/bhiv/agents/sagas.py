@@ -14,7 +14,6 @@ from bhiv.agents import expressions
 from bhiv.agents.calls import CallFailed
 from bhiv.agents.models import RunStatus, StepRun, StepStatus, WorkflowRun
 from bhiv.agents.transitions import finish
-from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.db import utcnow
 
 if TYPE_CHECKING:
@@ -65,12 +64,7 @@ class Sagas:
                     if isinstance(exc, CallFailed) and not exc.retryable:
                         break
                     if attempt < attempts:
-                        policy = exponential(
-                            step.retry.initial_seconds,
-                            step.retry.backoff_coefficient,
-                            step.retry.max_seconds,
-                        )
-                        await asyncio.sleep(delay_after(policy, attempt))
+                        await asyncio.sleep(step.retry.delay_after(attempt))
             await engine.db_call(engine.transitions.compensated, snap.run.id, row.step_id, error)
         await engine.db_call(self.end, snap.run.id)
 

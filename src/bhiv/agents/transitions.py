@@ -28,7 +28,6 @@ from bhiv.agents.models import (
     WorkflowRun,
 )
 from bhiv.agents.settings import AgentsSettings
-from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.db import Database, utcnow
 
 DONE = frozenset(
@@ -210,13 +209,8 @@ class Transitions:
             row.error = error[:4000]
             attempts = max(row.attempts, 1)
             if retryable and not final and attempts < step.retry.max_attempts:
-                policy = exponential(
-                    step.retry.initial_seconds,
-                    step.retry.backoff_coefficient,
-                    step.retry.max_seconds,
-                )
                 row.status = StepStatus.pending
-                row.due_at = now + dt.timedelta(seconds=delay_after(policy, attempts))
+                row.due_at = now + dt.timedelta(seconds=step.retry.delay_after(attempts))
                 return "step_retry_scheduled", {
                     "attempt": attempts,
                     "error": row.error,
