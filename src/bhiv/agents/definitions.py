@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_vali
 
 from bhiv.agents import expressions
 from bhiv.agents.settings import CALLABLE_SERVICES
+from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.fields import StorableText
 
 StepId = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]{0,63}$")]
@@ -37,6 +38,11 @@ class RetryPolicy(_Spec):
         2.0, ge=1, le=10, description="Each wait is this many times the previous."
     )
     max_seconds: float = Field(60.0, gt=0, le=86_400, description="Longest wait between attempts.")
+
+    def delay_after(self, attempt: int) -> float:
+        """Seconds to wait after failed attempt ``attempt`` (1-based)."""
+        policy = exponential(self.initial_seconds, self.backoff_coefficient, self.max_seconds)
+        return delay_after(policy, attempt)
 
 
 class ServiceCall(_Spec):

@@ -22,6 +22,7 @@ from sqlalchemy import (
     Numeric,
     String,
     Text,
+    UniqueConstraint,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -138,6 +139,8 @@ class Interaction(Base):
     __tablename__ = "interactions"
     __table_args__ = (
         Index("ix_interactions_customer_id_occurred_at", "customer_id", "occurred_at"),
+        # Named for its field, so a repeat is a 409 naming `reference` (unique_as_conflict).
+        UniqueConstraint("customer_id", "reference", name="uq_interactions_reference"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -145,6 +148,8 @@ class Interaction(Base):
     kind: Mapped[InteractionKind] = mapped_column(string_enum(InteractionKind, "interaction_kind"))
     subject: Mapped[str] = mapped_column(String(200))
     notes: Mapped[str | None] = mapped_column(Text)
+    # The caller's own key (e.g. an order number): recording it again is a 409, not a copy.
+    reference: Mapped[str | None] = mapped_column(String(100))
     author: Mapped[str] = mapped_column(String(200), index=True)
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     created_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

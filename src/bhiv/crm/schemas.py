@@ -56,6 +56,9 @@ Tag = Annotated[
         strip_whitespace=True, to_lower=True, min_length=1, max_length=50, pattern=r"^\w[\w .-]*$"
     ),
 ]
+Reference = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), StorableText
+]
 Notes = Annotated[str, StringConstraints(max_length=20_000), StorableText]
 Body = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=20_000), StorableText
@@ -155,6 +158,12 @@ class InteractionCreate(_Model):
     notes: Notes | None = Field(
         None, description="Free text.", examples=["Wants a 3-year deal at the current price."]
     )
+    reference: Reference | None = Field(
+        None,
+        description="Your own key for it, unique per customer: recording the same reference "
+        "again is a 409, so a retried or repeated request does not add a copy.",
+        examples=["order-SO-1001"],
+    )
     occurred_at: UTCTimestamp | None = Field(
         None,
         description="When it happened, with a UTC offset (default: now).",
@@ -169,6 +178,9 @@ class InteractionRead(_Read):
     subject: str = Field(description="One line on what it was about.", examples=["Renewal terms"])
     notes: str | None = Field(
         description="Free text.", examples=["Wants a 3-year deal at the current price."]
+    )
+    reference: str | None = Field(
+        description="Your own key for it, unique per customer.", examples=["order-SO-1001"]
     )
     author: str = Field(
         description="Who recorded it (the caller's token subject).", examples=["sales.rep@bhiv"]

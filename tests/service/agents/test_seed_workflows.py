@@ -216,6 +216,54 @@ def test_inventory_reorder_chooses_supplier_by_rating_then_lead_time(platform: P
     assert event["data"]["supplier"]["id"] == chosen["id"]
 
 
+def test_rerunning_an_order_records_its_crm_interaction_once(platform: Platform) -> None:
+    """The same order run twice (same reference) adopts its shipment and its CRM
+    interaction instead of adding a second one (issue 19)."""
+    api = platform.api("admin")
+    item = make_item(api)
+    order = order_input(item, f"{unique('rerun')}@acme.example")
+    first = platform.run("customer-order-processing", **order)
+    assert first["status"] == "succeeded", first
+    again = platform.run("customer-order-processing", **order)
+    assert again["status"] == "succeeded", again
+    s1, s2 = steps(first), steps(again)
+    assert s2["shipment"]["output"]["id"] == s1["shipment"]["output"]["id"]
+    assert s2["record_interaction"]["status"] == "succeeded", s2["record_interaction"]
+    assert s2["record_interaction"]["output"]["id"] == s1["record_interaction"]["output"]["id"]
+    customer_id = s1["customer"]["output"]["id"]
+    timeline = api.get(f"/api/crm/customers/{customer_id}/interactions").json()["items"]
+    mine = [i for i in timeline if order["order"]["reference"] in i["subject"]]
+    assert len(mine) == 1, mine
+    assert mine[0]["reference"] == f"order-{order['order']['reference']}"
+
+
+def test_inventory_reorder_orders_each_item_from_its_own_supplier_up_to_the_target(
+    platform: Platform,
+) -> None:
+    """Each low item is ordered from its own supplier (the best-rated one when it has
+    none) and up to the target level, twice its reorder level (issue 19)."""
+    api = platform.api("admin")
+    r = api.post(
+        "/api/logistics/suppliers",
+        json={"name": unique("own"), "rating": "3.0", "lead_time_days": 4},
+    )
+    assert r.status_code == 201, r.text
+    own = r.json()
+    with_own = make_item(api, quantity=3, reorder_level=5, supplier_id=own["id"])
+    without = make_item(api, quantity=1, reorder_level=4)
+    run = platform.run("inventory-reorder")
+    assert run["status"] == "succeeded", run
+    best = steps(run)["supplier"]["output"]
+    data = platform.event(f"reorder-run-{run['id']}")["data"]
+    items = {i["sku"]: i for i in data["items"]}
+    # Target 10, 3 available: order 7 from its own supplier, not the best-rated one.
+    assert items[with_own["sku"]]["supplier"]["id"] == own["id"] != best["id"]
+    assert items[with_own["sku"]]["quantity"] == 7 and items[with_own["sku"]]["target"] == 10
+    # No supplier of its own: the best-rated; target 8, 1 available: order 7.
+    assert items[without["sku"]]["supplier"]["id"] == best["id"]
+    assert items[without["sku"]]["quantity"] == 7
+
+
 def test_ai_agent_task_through_the_llm_service(platform: Platform) -> None:
     api = platform.api("editor")
     r = api.post(

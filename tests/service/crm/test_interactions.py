@@ -55,6 +55,39 @@ class TestTimeline:
         with as_user(crm, "alice@bhiv") as alice:
             assert record(alice, customer["id"])["author"] == "alice@bhiv"
 
+    def test_a_reference_is_recorded_once_per_customer(self, crm: ServiceProcess) -> None:
+        """A repeated request with the same reference is a 409 naming it, nothing added;
+        another customer may use the same reference; it can be looked up."""
+        api = crm.client()
+        one, two = new_customer(api), new_customer(api)
+        ref = unique("order-SO")
+        first = record(api, one["id"], reference=ref)
+        assert first["reference"] == ref
+        body = assert_problem(
+            api.post(
+                f"/customers/{one['id']}/interactions",
+                json={"kind": "note", "subject": "Again", "reference": ref},
+            ),
+            409,
+            field="reference",
+            kind="conflict",
+        )
+        assert [e["type"] for e in body["errors"]] == ["unique"]
+        assert total(api, f"/customers/{one['id']}/interactions") == 1
+        assert record(api, two["id"], reference=ref)["reference"] == ref
+        found = api.get(f"/customers/{one['id']}/interactions", params={"reference": ref})
+        assert [i["id"] for i in found.json()["items"]] == [first["id"]]
+        assert record(api, one["id"])["reference"] is None  # optional, and not unique when absent
+        assert record(api, one["id"])["reference"] is None
+        assert_problem(
+            api.post(
+                f"/customers/{one['id']}/interactions",
+                json={"kind": "note", "subject": "Long", "reference": "x" * 101},
+            ),
+            422,
+            field="reference",
+        )
+
     def test_explicit_time_is_stored_in_utc(self, crm: ServiceProcess) -> None:
         api = crm.client()
         customer = new_customer(api)

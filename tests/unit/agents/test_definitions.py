@@ -6,8 +6,8 @@ import pytest
 from pydantic import ValidationError
 
 from bhiv.agents.definitions import Step, WorkflowSpec, builtin_workflows, dag_problem
-from bhiv.agents.engine import satisfied
 from bhiv.agents.models import StepStatus
+from bhiv.agents.runs import satisfied
 
 
 def steps(*raw: dict) -> list[Step]:

@@ -16,7 +16,7 @@ from bhiv.core import (
     paginate,
     utcnow,
 )
-from bhiv.core.crud import created, get_or_404
+from bhiv.core.crud import created, get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.core.fields import UTCTimestamp
@@ -35,6 +35,10 @@ interaction_page = page_params(
 
 def interaction_filters(
     kind: Annotated[InteractionKind | None, Query(description="Only this kind.")] = None,
+    reference: Annotated[
+        str | None,
+        Query(min_length=1, max_length=100, description="Only the one with this reference."),
+    ] = None,
     occurred_from: Annotated[
         UTCTimestamp | None,
         Query(description="Only those at or after this time (with a UTC offset)."),
@@ -48,6 +52,8 @@ def interaction_filters(
     clauses: list[ColumnElement[bool]] = []
     if kind is not None:
         clauses.append(Interaction.kind == kind)
+    if reference is not None:
+        clauses.append(Interaction.reference == reference)
     if occurred_from is not None:
         clauses.append(Interaction.occurred_at >= occurred_from)
     if occurred_to is not None:
@@ -78,7 +84,8 @@ def customer_timeline(
     response_model=InteractionRead,
     status_code=status.HTTP_201_CREATED,
     summary="Record an interaction",
-    description="Appends to the customer's timeline; the author is the caller.",
+    description="Appends to the customer's timeline; the author is the caller. A `reference` "
+    "already recorded for this customer is a 409 (`errors[].type` `unique`), nothing added.",
 )
 def record_interaction(
     customer_id: CustomerId,
@@ -95,10 +102,16 @@ def record_interaction(
         kind=body.kind,
         subject=body.subject,
         notes=body.notes,
+        reference=body.reference,
         author=identity.subject,
         occurred_at=body.occurred_at or utcnow(),
     )
-    return created(session, response, interaction, InteractionRead.model_validate, "/interactions")
+    with unique_as_conflict(
+        session, "interactions", {"reference": body.reference}, "customer interaction"
+    ):
+        return created(
+            session, response, interaction, InteractionRead.model_validate, "/interactions"
+        )
 
 
 @router.get(
