@@ -336,10 +336,12 @@ def test_agent_step_waits_for_an_external_agent(agents: ServiceProcess) -> None:
             "expression": "steps.review.output.approved",
         },
     )
-    run = start(api, name, doc="contract.pdf")
+    # Registered first: a step whose capability no agent has fails at once (unless it
+    # sets wait_for_agent), and the engine may reach the step before a later POST lands.
     agent = api.post(
         "/agents", json={"name": unique("reviewer"), "kind": "external", "capabilities": [cap]}
     ).json()
+    run = start(api, name, doc="contract.pdf")
     leased = wait_for(
         lambda: api.post(f"/agents/{agent['id']}/claim", json={}).json(), lambda x: len(x) == 1, 10
     )[0]
