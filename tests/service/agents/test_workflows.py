@@ -444,10 +444,10 @@ def test_restart_while_an_agent_step_waits_for_its_task(agents: ServiceProcess) 
         {"id": "job", "type": "agent", "capability": cap, "payload": {"n": "{{ input.n }}"}},
         {"id": "double", "type": "set", "needs": ["job"], "value": "{{ steps.job.output.n * 2 }}"},
     )
-    run = start(api, name, n=21)
-    agent = api.post(
+    agent = api.post(  # before the run: see test_agent_step_waits_for_an_external_agent
         "/agents", json={"name": unique("worker"), "kind": "external", "capabilities": [cap]}
     ).json()
+    run = start(api, name, n=21)
     leased = wait_for(
         lambda: api.post(f"/agents/{agent['id']}/claim", json={"lease_seconds": 60}).json(),
         lambda x: len(x) == 1,
