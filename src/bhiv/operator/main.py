@@ -29,7 +29,7 @@ def run(
     bootstrap_dir: Path | None = None,
 ) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     from bhiv.operator import handlers  # noqa: F401 - registers the handlers
     from bhiv.operator.kube import load_config
