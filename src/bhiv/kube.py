@@ -74,6 +74,8 @@ WATCH_GRACE_SECONDS = 30
 MAX_BACKOFF_SECONDS = 30.0
 
 log = logging.getLogger("bhiv.kube")
+# The backoff's wait, a name of its own so that tests can record it instead of waiting.
+_sleep = asyncio.sleep
 
 
 def load_config(kubeconfig: str | None = None) -> KubeConfig:
@@ -178,7 +180,7 @@ async def list_watch(
                 continue
             why = f"HTTP {code} {exc}" if code is not None else type(exc).__name__
             log.warning("%s watch failed: %s; retrying in %.0fs", resource.__name__, why, backoff)
-            await asyncio.sleep(backoff)
+            await _sleep(backoff)
             backoff = next_backoff(backoff)
 
 
