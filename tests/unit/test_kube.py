@@ -78,6 +78,17 @@ def run(script: Script, take: int, **options: Any) -> tuple[list[Any], list[http
     return asyncio.run(main()), requests
 
 
+def recording(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """The backoff waits list_watch asks for, recorded instead of waited out."""
+    slept: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        slept.append(seconds)
+
+    monkeypatch.setattr(kube, "_sleep", sleep)
+    return slept
+
+
 def params(request: httpx2.Request) -> dict[str, str]:
     return dict(request.url.params)
 
@@ -111,8 +122,7 @@ def test_lists_then_watches_from_the_lists_version_with_bookmarks() -> None:
 
 
 def test_410_gone_lists_again_without_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr(kube, "_sleep", lambda s: slept.append(s) or asyncio.sleep(0))
+    slept = recording(monkeypatch)
     gone = {"kind": "Status", "status": "Failure", "reason": "Expired", "code": 410}
     updates, requests = run(
         [
@@ -128,8 +138,7 @@ def test_410_gone_lists_again_without_waiting(monkeypatch: pytest.MonkeyPatch) -
 
 
 def test_errors_back_off_exponentially_up_to_30s(monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr(kube, "_sleep", lambda s: slept.append(s) or asyncio.sleep(0))
+    slept = recording(monkeypatch)
 
     def unavailable(_: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(503, json={"kind": "Status", "code": 503, "message": "busy"})
@@ -143,8 +152,7 @@ def test_errors_back_off_exponentially_up_to_30s(monkeypatch: pytest.MonkeyPatch
 
 
 def test_a_successful_list_resets_the_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
-    slept: list[float] = []
-    monkeypatch.setattr(kube, "_sleep", lambda s: slept.append(s) or asyncio.sleep(0))
+    slept = recording(monkeypatch)
 
     def broken(_: httpx2.Request) -> httpx2.Response:
         return httpx2.Response(500, json={"kind": "Status", "code": 500})
