@@ -189,13 +189,14 @@ class BhivModuleWatcher:
     def start(self) -> None:
         """Start watching, as a task of the running event loop."""
         self._task = asyncio.get_running_loop().create_task(self._run(), name="bhivmodule-watcher")
+        self._task.add_done_callback(_report_end)
 
     async def stop(self) -> None:
         """Stop watching: cancel the task (mid-request or mid-backoff) and close the client."""
         if self._task is not None:
             self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._task  # a failure was logged when it happened
             self._task = None
         if self._api is not None:
             await self._api.close()
@@ -217,7 +218,7 @@ class BhivModuleWatcher:
         return self._api
 
     async def _run(self) -> None:
-        api = await self._client()
+        api = await self._client()  # list_watch retries every API failure itself
         async for update in kube.list_watch(api, kube.BhivModule, self.namespace):
             if isinstance(update, kube.Listing):
                 self.index.reset(update.items, update.resource_version)
@@ -226,3 +227,9 @@ class BhivModuleWatcher:
                 changed = self.index.apply(update.type, update.object)
             if changed:
                 self._publish(self.index.services())
+
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """Discovery must not stop silently: say so when the watcher ends other than by stop()."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("BhivModule discovery stopped", exc_info=exc)

@@ -86,6 +86,11 @@ class Kube:
             self._api = make_client(_config, field_manager=FIELD_MANAGER)
         return self._api
 
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
+
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
             found = await self.api.get(_resource(kind), name, namespace=namespace)
