@@ -62,8 +62,8 @@ KIND = "BhivModule"
 BhivModule = create_namespaced_resource(GROUP, VERSION, KIND, PLURAL)
 
 SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-# Client-side timeouts for every request but a watch's stream: connect, then the
-# whole answer. A watch's stream is bounded by WATCH_SECONDS + WATCH_GRACE_SECONDS.
+# Client-side timeouts: connect, then each read of the answer. A watch's stream may
+# stay silent for at most WATCH_SECONDS + WATCH_GRACE_SECONDS.
 CONNECT_SECONDS = 5.0
 REQUEST_SECONDS = 30.0
 # Server-side watch timeout: the API server ends each watch after this long and the
@@ -220,8 +220,8 @@ async def _watch(
 
     lightkube's public ``watch`` neither asks for bookmarks nor exposes where one
     request ends, and reads its stream without a timeout; so the request is built
-    with its own helpers, and every line must arrive within the server's timeout plus
-    a grace period.
+    with its own helpers, and the stream may not stay silent for longer than the
+    server's timeout plus a grace period.
     """
     generic = api._client  # noqa: SLF001 - see the docstring
     request = generic.prepare_request(
