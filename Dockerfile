@@ -47,14 +47,9 @@ RUN python3 -m venv /opt/bhiv
 # changes. Exactly the locked versions, each checked against its hash (`make
 # lock` writes the file from pyproject.toml's ranges). Wheels only, so the build
 # needs no compiler either.
-# The kubernetes wheel carries a second, asyncio client (kubernetes/aio, about
-# 70 MB with its bytecode) beside the synchronous one. BHIV uses only the
-# synchronous client (Kopf has its own aiohttp session), so kubernetes/aio is
-# not shipped; tests/container checks that no BHIV source imports it.
 RUN set -eu; \
     if [ -s /tmp/build-ca/ca-certificates.crt ]; then export PIP_CERT=/tmp/build-ca/ca-certificates.crt; fi; \
     /opt/bhiv/bin/pip install --only-binary=:all: --require-hashes -r /tmp/build-ca/requirements.lock; \
-    rm -rf /opt/bhiv/lib/python3*/site-packages/kubernetes/aio; \
     if [ "${STRIP_DEBUG}" = 1 ]; then \
         if command -v strip >/dev/null; then \
             find /opt/bhiv -type f -name '*.so*' -exec strip --strip-debug {} +; \

@@ -33,13 +33,18 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from kubernetes import client, config, watch  # noqa: E402
+from lightkube import Client  # noqa: E402
+from lightkube.core.resource import NamespacedResource  # noqa: E402
+from lightkube.resources.apps_v1 import Deployment  # noqa: E402
+from lightkube.resources.core_v1 import Namespace  # noqa: E402
+from lightkube.types import PatchType  # noqa: E402
 
+from bhiv import kube  # noqa: E402
 from bhiv.operator import builders  # noqa: E402
 from bhiv.operator.kube import Kube  # noqa: E402
 from bhiv.operator.model import Module  # noqa: E402
@@ -71,39 +76,39 @@ def module_body(name: str, namespace: str, env_value: str = "0") -> dict[str, An
     }
 
 
-def new_namespace(core: Any, prefix: str) -> str:
+def new_namespace(api: Client, prefix: str) -> str:
     name = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    core.create_namespace({"metadata": {"name": name}})
+    api.create(cast(Namespace, Namespace.from_dict({"metadata": {"name": name}})))
     return name
 
 
 class ReadyWatch:
-    """Watches one kind in a namespace and records when each object first became ready."""
+    """Follows one kind in a namespace (bhiv.kube.list_watch, on an event loop of its
+    own in a thread) and records when each object was first seen ready."""
 
-    def __init__(self, list_fn: Any, namespace: str, is_ready: Any) -> None:
+    def __init__(
+        self, kubeconfig: str, resource: type[NamespacedResource], namespace: str, is_ready: Any
+    ) -> None:
         self.ready_at: dict[str, float] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(
-            target=self._run, args=(list_fn, namespace, is_ready), daemon=True
+        self._loop = asyncio.new_event_loop()
+        threading.Thread(target=self._loop.run_forever, daemon=True).start()
+        self._task = asyncio.run_coroutine_threadsafe(
+            self._run(kubeconfig, resource, namespace, is_ready), self._loop
         )
-        self._thread.start()
 
-    def _run(self, list_fn: Any, namespace: str, is_ready: Any) -> None:
-        while not self._stop.is_set():
-            w = watch.Watch()
-            for event in w.stream(list_fn, namespace=namespace, timeout_seconds=5):
-                obj = event["object"]
-                obj = (
-                    obj
-                    if isinstance(obj, dict)
-                    else client.ApiClient().sanitize_for_serialization(obj)
-                )
-                name = obj["metadata"]["name"]
-                if name not in self.ready_at and is_ready(obj):
-                    self.ready_at[name] = time.monotonic()
-                if self._stop.is_set():
-                    w.stop()
-                    break
+    async def _run(
+        self, kubeconfig: str, resource: type[NamespacedResource], namespace: str, is_ready: Any
+    ) -> None:
+        api = kube.client(kubeconfig=kubeconfig)
+        try:
+            async for update in kube.list_watch(api, resource, namespace):
+                seen = update.items if isinstance(update, kube.Listing) else [update.object]
+                for obj in seen:
+                    name = (obj.get("metadata") or {}).get("name")
+                    if name and name not in self.ready_at and is_ready(obj):
+                        self.ready_at[name] = time.monotonic()
+        finally:
+            await api.close()
 
     def wait(self, count: int, timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -113,7 +118,8 @@ class ReadyWatch:
             time.sleep(0.05)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._task.cancel()
+        self._loop.call_soon_threadsafe(self._loop.stop)
 
 
 def deployment_available(obj: dict[str, Any]) -> bool:
@@ -145,9 +151,9 @@ async def apply_all(objs: list[dict[str, Any]]) -> None:
     await asyncio.gather(*(one(o) for o in objs))
 
 
-def run_direct(core: client.CoreV1Api, apps: client.AppsV1Api, n: int) -> float:
-    ns = new_namespace(core, "bench-direct")
-    watcher = ReadyWatch(apps.list_namespaced_deployment, ns, deployment_available)
+def run_direct(api: Client, kubeconfig: str, n: int) -> float:
+    ns = new_namespace(api, "bench-direct")
+    watcher = ReadyWatch(kubeconfig, Deployment, ns, deployment_available)
     objs = []
     for i in range(n):
         body = module_body(f"m{i}", ns)
@@ -169,7 +175,7 @@ def run_direct(core: client.CoreV1Api, apps: client.AppsV1Api, n: int) -> float:
     watcher.wait(n, timeout=60 + n)
     elapsed = max(watcher.ready_at.values()) - start
     watcher.stop()
-    core.delete_namespace(ns)
+    api.delete(Namespace, ns)
     return elapsed
 
 
@@ -204,31 +210,22 @@ def peak_rss_mb(pid: int) -> float:
 
 
 def run_operator(
-    core: client.CoreV1Api,
-    custom: client.CustomObjectsApi,
+    api: Client,
     n: int,
     kubeconfig: str,
     churn_seconds: float,
     log: Path,
 ) -> dict[str, Any]:
-    ns = new_namespace(core, "bench-operator")
+    ns = new_namespace(api, "bench-operator")
     op = start_operator(ns, kubeconfig, log)
     time.sleep(3)  # the operator's watches are up
     try:
-
-        def list_modules(namespace: str, **kw: Any) -> Any:
-            return custom.list_namespaced_custom_object(
-                "bhiv.io", "v1alpha1", namespace, "bhivmodules", **kw
-            )
-
-        watcher = ReadyWatch(list_modules, ns, module_ready)
+        watcher = ReadyWatch(kubeconfig, kube.BhivModule, ns, module_ready)
         created: dict[str, float] = {}
         start = time.monotonic()
         for i in range(n):
             created[f"m{i}"] = time.monotonic()
-            custom.create_namespaced_custom_object(
-                "bhiv.io", "v1alpha1", ns, "bhivmodules", module_body(f"m{i}", ns)
-            )
+            api.create(cast(Any, kube.BhivModule.from_dict(module_body(f"m{i}", ns))))
         watcher.wait(n, timeout=120 + 2 * n)
         total = max(watcher.ready_at.values()) - start
         latencies = [watcher.ready_at[k] - created[k] for k in created]
@@ -239,7 +236,8 @@ def run_operator(
             generations: dict[str, int] = {}
             changed: dict[str, float] = {}
             churn_watch = ReadyWatch(
-                list_modules,
+                kubeconfig,
+                kube.BhivModule,
                 ns,
                 lambda o: module_ready(o, generations) and o["metadata"]["name"] in changed,
             )
@@ -249,13 +247,12 @@ def run_operator(
                 name = random.choice(names)
                 if name in changed:
                     continue
-                body: Any = custom.patch_namespaced_custom_object(
-                    "bhiv.io",
-                    "v1alpha1",
-                    ns,
-                    "bhivmodules",
+                body = api.patch(
+                    kube.BhivModule,
                     name,
                     {"spec": {"env": [{"name": "BENCH", "value": "1"}]}},
+                    namespace=ns,
+                    patch_type=PatchType.MERGE,
                 )
                 generations[name] = body["metadata"]["generation"]
                 changed[name] = time.monotonic()
@@ -267,7 +264,7 @@ def run_operator(
     finally:
         op.terminate()
         op.wait(30)
-        core.delete_namespace(ns)
+        api.delete(Namespace, ns)
     return {"total": total, "latencies": latencies, "churn": churn, "rss_mb": rss}
 
 
@@ -291,7 +288,6 @@ def main() -> None:
     sh(cluster_script, "up", "--name", CLUSTER, "--nodes", str(nodes), timeout=600)
     kubeconfig = sh(cluster_script, "kubeconfig", "--name", CLUSTER).stdout.strip()
     os.environ["KUBECONFIG"] = kubeconfig
-    config.load_kube_config(config_file=kubeconfig)
     bin_dir = sh(str(REPO / "hack" / "k8s-tools"), "--print-bin-dir").stdout.strip()
     sh(
         f"{bin_dir}/kubectl",
@@ -302,14 +298,14 @@ def main() -> None:
         "-f",
         str(REPO / "manifests" / "crd"),
     )
-    core, apps, custom = client.CoreV1Api(), client.AppsV1Api(), client.CustomObjectsApi()
+    api = Client(kube.load_config(kubeconfig), field_manager="bhiv-bench")
     results = []
     try:
         with tempfile.TemporaryDirectory() as tmp:
             for n in sizes:
-                direct = run_direct(core, apps, n)
+                direct = run_direct(api, kubeconfig, n)
                 op = run_operator(
-                    core, custom, n, kubeconfig, args.churn_seconds, Path(tmp) / f"operator-{n}.log"
+                    api, n, kubeconfig, args.churn_seconds, Path(tmp) / f"operator-{n}.log"
                 )
                 results.append((n, direct, op))
     finally:

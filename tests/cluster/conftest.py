@@ -236,9 +236,10 @@ def kubectl(kube_cluster: KubeCluster) -> Kubectl:
 
 @pytest.fixture(scope="session")
 def kube_api_client(kube_cluster: KubeCluster) -> Iterator[Any]:
-    """A ``kubernetes.client.ApiClient`` for the cluster under test."""
-    kubernetes = pytest.importorskip("kubernetes", reason="the `kubernetes` package is needed")
-    client = kubernetes.config.new_client_from_config(config_file=str(kube_cluster.kubeconfig))
+    """A synchronous ``lightkube.Client`` for the cluster under test."""
+    from lightkube import Client, KubeConfig
+
+    client = Client(KubeConfig.from_file(kube_cluster.kubeconfig))
     try:
         yield client
     finally:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 # The `kubectl` fixture (tests/cluster/conftest.py).
 Kubectl = Callable[..., subprocess.CompletedProcess[str]]
@@ -91,17 +91,19 @@ def test_deployment_becomes_available(
     namespace: str,
     eventually: Callable[..., Any],
 ) -> None:
-    from kubernetes import client
+    from lightkube import Client
+    from lightkube.models.apps_v1 import Deployment as DeploymentModel
+    from lightkube.resources.apps_v1 import Deployment
+    from lightkube.resources.core_v1 import Node, Pod
 
-    # The generated client types every field optional; the test reads what it created.
-    apps: Any = client.AppsV1Api(kube_api_client)
-    core: Any = client.CoreV1Api(kube_api_client)
-    apps.create_namespaced_deployment(namespace, deployment("web", 2))
+    api: Client = kube_api_client
+    api.create(cast(Deployment, Deployment.from_dict(deployment("web", 2))), namespace=namespace)
 
-    def available() -> Any:
-        dep = apps.read_namespaced_deployment("web", namespace)
-        conditions = {c.type: c.status for c in dep.status.conditions or []}
-        if dep.status.available_replicas == 2 and conditions.get("Available") == "True":
+    def available() -> DeploymentModel | None:
+        dep = api.get(Deployment, "web", namespace=namespace)
+        status = dep.status
+        conditions = {c.type: c.status for c in (status.conditions if status else None) or []}
+        if status and status.availableReplicas == 2 and conditions.get("Available") == "True":
             return dep
         return None
 
@@ -109,19 +111,21 @@ def test_deployment_becomes_available(
         available, timeout=ROLLOUT_TIMEOUT, what="Deployment web to be Available with 2 replicas"
     )
 
-    pods = core.list_namespaced_pod(namespace, label_selector="app.kubernetes.io/name=web").items
+    pods = list(api.list(Pod, namespace=namespace, labels={"app.kubernetes.io/name": "web"}))
     assert len(pods) == 2
-    nodes = {n.metadata.name: n for n in core.list_node().items}
+    nodes = {n.metadata.name: n for n in api.list(Node) if n.metadata}
     for pod in pods:
-        assert pod.spec.node_name in nodes, f"{pod.metadata.name} is not scheduled"
+        assert pod.metadata and pod.spec and pod.status
+        assert pod.spec.nodeName in nodes, f"{pod.metadata.name} is not scheduled"
         if kube_cluster.is_kwok:
             # The scheduler placed it on a node that kwok simulates.
-            annotations = nodes[pod.spec.node_name].metadata.annotations or {}
-            assert annotations.get(KWOK_NODE_ANNOTATION) == "fake", pod.spec.node_name
+            node_meta = nodes[pod.spec.nodeName].metadata
+            annotations = (node_meta.annotations if node_meta else None) or {}
+            assert annotations.get(KWOK_NODE_ANNOTATION) == "fake", pod.spec.nodeName
         assert pod.status.phase == "Running"
         ready = {c.type: c.status for c in pod.status.conditions or []}
         assert ready.get("Ready") == "True", pod.status.conditions
-        assert pod.status.pod_ip, f"{pod.metadata.name} has no IP"
+        assert pod.status.podIP, f"{pod.metadata.name} has no IP"
 
 
 def test_service_gets_endpoints(

@@ -23,6 +23,7 @@ TREE = (
     "hack/generate",
     "src/bhiv/__init__.py",
     "src/bhiv/catalog.py",
+    "src/bhiv/kube.py",  # bhiv.operator takes GROUP, VERSION, PLURAL from it
     "src/bhiv/operator/__init__.py",
     "src/bhiv/operator/security.py",
     "charts/bhiv",

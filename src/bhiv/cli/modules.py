@@ -8,7 +8,7 @@ a cycle is cut where it closes. Needs ``list`` on ``bhivmodules.bhiv.io``.
 
 from __future__ import annotations
 
-import os
+import asyncio
 from collections.abc import Iterable
 from typing import Any
 
@@ -16,14 +16,13 @@ import typer
 from rich.console import Console
 
 from bhiv.cli.wait import (
-    GROUP,
-    PLURAL,
-    VERSION,
     KubeconfigOption,
     NamespaceOption,
-    _load_config,
+    _client,
     _namespace,
+    closing,
     module_state,
+    refusal,
 )
 
 out = Console(highlight=False, soft_wrap=True)
@@ -85,18 +84,17 @@ def dependency_tree(bodies: Iterable[dict[str, Any]]) -> list[str]:
 
 def modules_command(namespace: NamespaceOption = None, kubeconfig: KubeconfigOption = None) -> None:
     """Print the namespace's BhivModules as a dependency tree with each module's state."""
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.config import ConfigException
+    from bhiv import kube
 
     ns = _namespace(namespace)
     try:
-        api = _load_config(kubeconfig or os.environ.get("KUBECONFIG"))
-        items = api.list_namespaced_custom_object(GROUP, VERSION, ns, PLURAL).get("items") or []
-    except ConfigException as exc:
+        api = _client(kubeconfig)
+        items = asyncio.run(closing(api, kube.list_once(api, kube.BhivModule, ns))).items
+    except kube.ConfigError as exc:
         err.print(f"error: no Kubernetes configuration: {exc}")
         raise typer.Exit(2) from None
-    except ApiException as exc:
-        err.print(f"error: the API server refused: {exc.status} {exc.reason}")
+    except kube.ApiError as exc:
+        err.print(f"error: the API server refused: {refusal(exc)}")
         raise typer.Exit(2) from None
     ready = sum(module_state(b).ready for b in items)
     out.print(f"namespace {ns}: {len(items)} modules, {ready} Ready", markup=False)

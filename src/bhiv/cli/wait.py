@@ -7,10 +7,11 @@ current spec*: the condition's ``observedGeneration`` (when present) and
 ``status.observedGeneration`` must have caught up with ``metadata.generation``,
 so a stale ``Ready`` left over from before an upgrade does not count.
 
-It lists the modules, then watches them (relisting on ``410 Gone`` or a dropped
-watch) until all are Ready or the timeout passes. It needs ``get``, ``list`` and
-``watch`` on ``bhivmodules.bhiv.io`` in the namespace. Configuration: in-cluster
-first, then ``--kubeconfig`` / ``$KUBECONFIG`` / ``~/.kube/config``.
+It lists the modules, then watches them (:func:`bhiv.kube.list_watch`: relisting
+on ``410 Gone`` or a dropped watch) until all are Ready or the timeout passes. It
+needs ``get``, ``list`` and ``watch`` on ``bhivmodules.bhiv.io`` in the namespace.
+Configuration: ``--kubeconfig`` / ``$KUBECONFIG`` when given, else in-cluster, else
+``~/.kube/config``.
 
 Exit codes: 0 all Ready; 1 timed out (the message names every module still not
 Ready, with its Ready reason and message and what it waits for); 2 usage or
@@ -19,18 +20,18 @@ configuration error.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 
-GROUP, VERSION, PLURAL = "bhiv.io", "v1alpha1", "bhivmodules"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-WATCH_CHUNK_SECONDS = 30
+if TYPE_CHECKING:
+    from lightkube import AsyncClient
 
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -95,48 +96,56 @@ def module_state(body: dict[str, Any]) -> ModuleState:
     )
 
 
+def refusal(exc: Any) -> str:
+    """``403 Forbidden: <the server's message>`` for a lightkube ApiError."""
+    status = exc.status
+    return f"{status.code} {status.reason}: {(status.message or '')[:300]}"
+
+
 def missing(name: str) -> ModuleState:
     return ModuleState(name, False, "NotFound", "no BhivModule by this name in the namespace")
 
 
 def _namespace(given: str | None) -> str:
-    if given:
-        return given
-    if SERVICE_ACCOUNT_NAMESPACE.is_file():
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip()
-    return "default"
+    from bhiv.kube import default_namespace
+
+    return given or default_namespace()
 
 
-def _load_config(kubeconfig: str | None) -> Any:
-    from kubernetes import client, config
+def _client(kubeconfig: str | None) -> AsyncClient:
+    """The API client; ``--kubeconfig`` or ``$KUBECONFIG`` wins over in-cluster."""
+    from bhiv import kube
 
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig)
-    else:
-        try:
-            config.load_incluster_config()
-        except config.ConfigException:
-            config.load_kube_config()
-    return client.CustomObjectsApi()
+    return kube.client(kubeconfig=kubeconfig or os.environ.get("KUBECONFIG"))
 
 
-def wait_for_modules(
-    api: Any,
+T = TypeVar("T")
+
+
+async def closing(api: AsyncClient, work: Awaitable[T]) -> T:
+    """Await ``work``, then close the client it uses (its connections belong to this loop)."""
+    try:
+        return await work
+    finally:
+        await api.close()
+
+
+async def wait_for_modules(
+    api: AsyncClient,
     namespace: str,
     names: list[str],
     *,
-    timeout: float,
+    timeout: float,  # noqa: ASYNC109 - at the deadline it answers who is still not Ready
     label_selector: str | None = None,
-    say: Any = print,
+    say: Callable[[str], Any] = print,
 ) -> list[ModuleState]:
-    """Block until every module is Ready; return the ones not Ready at the timeout ([] on success).
+    """Wait until every module is Ready; return the ones not Ready at the timeout ([] on success).
 
-    With ``names`` empty, every module of the namespace (matching ``label_selector``) is awaited.
+    With ``names`` empty, every module of the namespace (matching ``label_selector``) is
+    awaited. An API refusal of 401, 403 or 404 is raised; other failures are retried.
     """
-    from kubernetes import watch
-    from kubernetes.client.exceptions import ApiException
+    from bhiv import kube
 
-    deadline = time.monotonic() + timeout
     states: dict[str, ModuleState] = {name: missing(name) for name in names}
     reported: dict[str, str] = {}
 
@@ -156,66 +165,28 @@ def wait_for_modules(
             return
         states[name] = missing(name) if deleted else module_state(body)
 
-    while True:
-        kwargs: dict[str, Any] = {"label_selector": label_selector} if label_selector else {}
-        try:
-            listing = api.list_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, **kwargs)
-        except ApiException as exc:
-            if exc.status in (401, 403, 404):
-                raise
-            listing = None  # transient: retry below until the deadline
-        if listing is not None:
-            if not names:
-                states = {}
-            seen = set()
-            for item in listing.get("items") or ():
-                take(item)
-                seen.add(item["metadata"]["name"])
-            for name in names:
-                if name not in seen:
-                    states[name] = missing(name)
-            resource_version = (listing.get("metadata") or {}).get("resourceVersion")
-            report()
-            if not pending() and (names or states):
-                return []
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return pending() or [ModuleState("(none)", False, "NotFound", "no BhivModule matched")]
-        if listing is None:
-            time.sleep(min(1.0, remaining))
-            continue
-        # Watch from the list's version until something changes the verdict.
-        stream = watch.Watch()
-        try:
-            for event in stream.stream(
-                api.list_namespaced_custom_object,
-                GROUP,
-                VERSION,
-                namespace,
-                PLURAL,
-                resource_version=resource_version,
-                timeout_seconds=max(1, int(min(remaining, WATCH_CHUNK_SECONDS))),
-                allow_watch_bookmarks=True,
-                **kwargs,
-            ):
-                kind, body = event["type"], event["object"]
-                if kind == "ERROR":
-                    break  # e.g. 410 Gone: relist
-                if kind == "BOOKMARK":
+    updates = kube.list_watch(
+        api, kube.BhivModule, namespace, labels=label_selector, fatal=(401, 403, 404)
+    )
+    try:
+        async with asyncio.timeout(timeout):
+            async for update in updates:
+                if isinstance(update, kube.Listing):
+                    states = {name: missing(name) for name in names}
+                    for item in update.items:
+                        take(item)
+                elif update.type == "BOOKMARK":
                     continue
-                take(body, deleted=kind == "DELETED")
+                else:
+                    take(update.object, deleted=update.type == "DELETED")
                 report()
                 if not pending() and (names or states):
                     return []
-                if time.monotonic() >= deadline:
-                    break
-        except ApiException as exc:
-            if exc.status in (401, 403):
-                raise
-        except Exception:  # noqa: BLE001 - a dropped connection: relist and go on
-            time.sleep(0.5)
-        finally:
-            stream.stop()
+    except TimeoutError:
+        pass
+    finally:
+        await updates.aclose()
+    return pending() or [ModuleState("(none)", False, "NotFound", "no BhivModule matched")]
 
 
 def wait_modules(
@@ -234,8 +205,7 @@ def wait_modules(
     kubeconfig: KubeconfigOption = None,
 ) -> None:
     """Wait until the named BhivModules are Ready; exit 1 after --timeout naming the stuck ones."""
-    from kubernetes.client.exceptions import ApiException
-    from kubernetes.config import ConfigException
+    from bhiv.kube import ApiError, ConfigError
 
     ns = _namespace(namespace)
     names = list(dict.fromkeys(modules or ()))
@@ -245,20 +215,20 @@ def wait_modules(
         else f"every BhivModule{f' matching {selector}' if selector else ''}"
     )
     try:
-        api = _load_config(kubeconfig or os.environ.get("KUBECONFIG"))
-    except ConfigException as exc:
+        api = _client(kubeconfig)
+    except ConfigError as exc:
         err.print(f"error: no Kubernetes configuration: {exc}")
         raise typer.Exit(2) from None
     err.print(f"waiting up to {timeout:g}s for {what} in namespace {ns} to be Ready")
     started = time.monotonic()
     try:
-        stuck = wait_for_modules(
-            api, ns, names, timeout=timeout, label_selector=selector, say=err.print
+        stuck = asyncio.run(
+            wait_for_modules(
+                api, ns, names, timeout=timeout, label_selector=selector, say=err.print
+            )
         )
-    except ApiException as exc:
-        err.print(
-            f"error: the API server refused: {exc.status} {exc.reason}: {(exc.body or '')[:300]}"
-        )
+    except ApiError as exc:
+        err.print(f"error: the API server refused: {refusal(exc)}")
         raise typer.Exit(2) from None
     if stuck:
         err.print(

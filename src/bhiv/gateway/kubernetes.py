@@ -7,10 +7,9 @@ Two layers, so the part with the decisions is testable on plain dicts:
   ``spec.service``'s catalog prefix to ``status.url``; modules of one service
   are that service's instances; a module whose ``Ready`` condition is not True
   stays listed but out of rotation (its routes answer 503, not 404).
-- :class:`BhivModuleWatcher` (I/O): lists, then watches, with the official
-  ``kubernetes`` client in a thread (the client is synchronous), relisting when
-  the API server says the resource version is too old (410 Gone), and hands each
-  new service list to the event loop.
+- :class:`BhivModuleWatcher` (I/O): a task on the event loop that follows
+  :func:`bhiv.kube.list_watch` (list, watch, relist on 410 Gone or after errors,
+  with backoff) and hands each new service list to ``publish``.
 
 The gateway needs only ``get``, ``list`` and ``watch`` on ``bhivmodules`` in
 its namespace.
@@ -19,26 +18,16 @@ its namespace.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
-import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import Any
 
-from bhiv import catalog
+from lightkube import AsyncClient
+
+from bhiv import catalog, kube
 from bhiv.gateway.registry import DiscoveredService
 
-GROUP = "bhiv.io"
-VERSION = "v1alpha1"
-PLURAL = "bhivmodules"
-SERVICE_ACCOUNT_NAMESPACE = Path("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
-# Server-side watch timeout: the API server ends the watch after this long and
-# we resume from the last resource version, so a silently dead connection is
-# noticed within a bounded time.
-WATCH_SECONDS = 60
-# Client-side (connect, read) timeouts; the read timeout outlasts the watch's.
-REQUEST_TIMEOUT = (5, WATCH_SECONDS + 30)
-MAX_BACKOFF_SECONDS = 30.0
 CONDITION_FIELDS = ("type", "status", "reason", "message", "lastTransitionTime")
 
 log = logging.getLogger("bhiv.gateway.kubernetes")
@@ -125,8 +114,7 @@ class ModuleIndex:
         """What ``GET /services`` shows of each BhivModule (the console draws its graph from it).
 
         Spec and status facts only: never ``env``, ``envFrom`` or the database
-        secret's reference. Safe to call from the event loop while the watcher
-        thread updates the index (it reads a snapshot).
+        secret's reference.
         """
         views = []
         for name, module in sorted(dict(self.modules).items()):
@@ -180,13 +168,6 @@ def _named(obj: dict[str, Any]) -> bool:
     return isinstance(obj, dict) and isinstance((obj.get("metadata") or {}).get("name"), str)
 
 
-def default_namespace() -> str:
-    try:
-        return SERVICE_ACCOUNT_NAMESPACE.read_text().strip() or "default"
-    except OSError:
-        return "default"
-
-
 class BhivModuleWatcher:
     """Keeps ``publish`` fed with the routed services of one namespace."""
 
@@ -196,98 +177,59 @@ class BhivModuleWatcher:
         publish: Callable[[list[DiscoveredService]], None],
         *,
         kubeconfig: str | None = None,
-        api: Any = None,
+        api: AsyncClient | None = None,
     ) -> None:
         self.namespace = namespace
         self._publish = publish
         self._kubeconfig = kubeconfig
         self._api = api
-        self._stop = threading.Event()
-        self._watch: Any = None
-        self._thread: threading.Thread | None = None
+        self._task: asyncio.Task[None] | None = None
         self.index = ModuleIndex()
 
-    def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        def publish() -> None:
-            services = self.index.services()
-            loop.call_soon_threadsafe(self._publish, services)
+    def start(self) -> None:
+        """Start watching, as a task of the running event loop."""
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="bhivmodule-watcher")
+        self._task.add_done_callback(_report_end)
 
-        self._thread = threading.Thread(
-            target=self._run, args=(publish,), name="bhivmodule-watcher", daemon=True
-        )
-        self._thread.start()
+    async def stop(self) -> None:
+        """Stop watching: cancel the task (mid-request or mid-backoff) and close the client."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._task  # a failure was logged when it happened
+            self._task = None
+        if self._api is not None:
+            await self._api.close()
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._watch is not None:
-            self._watch.stop()
-        if self._thread is not None:
-            # The thread may sit in a blocking read; it is a daemon and exits
-            # at its next event or timeout.
-            self._thread.join(2)
-
-    def _client(self) -> Any:
-        from kubernetes import client, config
-
-        if self._api is None:
-            if self._kubeconfig:
-                api_client = config.new_client_from_config(config_file=self._kubeconfig)
-            else:
-                try:
-                    config.load_incluster_config()
-                except config.ConfigException:
-                    config.load_kube_config()
-                api_client = client.ApiClient()
-            self._api = client.CustomObjectsApi(api_client)
+    async def _client(self) -> AsyncClient:
+        """The API client; a missing or broken configuration is retried like an outage."""
+        backoff = 1.0
+        while self._api is None:
+            try:
+                self._api = kube.client(kubeconfig=self._kubeconfig)
+            except Exception as exc:  # noqa: BLE001 - e.g. the kubeconfig not mounted yet
+                log.warning(
+                    "no Kubernetes configuration: %s; retrying in %.0fs",
+                    type(exc).__name__,
+                    backoff,
+                )
+                await asyncio.sleep(backoff)
+                backoff = kube.next_backoff(backoff)
         return self._api
 
-    def _run(self, publish: Callable[[], None]) -> None:
-        from kubernetes import watch
-        from kubernetes.client.exceptions import ApiException
+    async def _run(self) -> None:
+        api = await self._client()  # list_watch retries every API failure itself
+        async for update in kube.list_watch(api, kube.BhivModule, self.namespace):
+            if isinstance(update, kube.Listing):
+                self.index.reset(update.items, update.resource_version)
+                changed = True
+            else:
+                changed = self.index.apply(update.type, update.object)
+            if changed:
+                self._publish(self.index.services())
 
-        backoff = 1.0
-        relist = True
-        while not self._stop.is_set():
-            try:
-                api = self._client()
-                if relist:
-                    listing = api.list_namespaced_custom_object(
-                        GROUP, VERSION, self.namespace, PLURAL, _request_timeout=REQUEST_TIMEOUT
-                    )
-                    self.index.reset(
-                        listing.get("items", []), listing.get("metadata", {}).get("resourceVersion")
-                    )
-                    publish()
-                    relist = False
-                self._watch = watch.Watch()
-                for event in self._watch.stream(
-                    api.list_namespaced_custom_object,
-                    GROUP,
-                    VERSION,
-                    self.namespace,
-                    PLURAL,
-                    resource_version=self.index.resource_version,
-                    allow_watch_bookmarks=True,
-                    timeout_seconds=WATCH_SECONDS,
-                    _request_timeout=REQUEST_TIMEOUT,
-                ):
-                    if self._stop.is_set():
-                        return
-                    if self.index.apply(event["type"], event.get("raw_object") or event["object"]):
-                        publish()
-                backoff = 1.0
-            except Exception as exc:  # the API server unreachable, a broken stream, an error status
-                if self._stop.is_set():
-                    return  # stop() broke the connection on purpose
-                relist = True
-                if isinstance(exc, ApiException) and exc.status == 410:
-                    log.info("BhivModule watch expired (410 Gone); listing again")
-                    continue
-                why = (
-                    f"HTTP {exc.status} {exc.reason}"
-                    if isinstance(exc, ApiException)
-                    else type(exc).__name__
-                )
-                log.warning("BhivModule watch failed: %s; retrying in %.0fs", why, backoff)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+def _report_end(task: asyncio.Task[None]) -> None:
+    """Discovery must not stop silently: say so when the watcher ends other than by stop()."""
+    if not task.cancelled() and (exc := task.exception()) is not None:
+        log.error("BhivModule discovery stopped", exc_info=exc)

@@ -77,14 +77,15 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
     settings = gateway.settings
     watcher = None
     if settings.gateway_discovery == "kubernetes":
-        from bhiv.gateway.kubernetes import BhivModuleWatcher, default_namespace
+        from bhiv.gateway.kubernetes import BhivModuleWatcher
+        from bhiv.kube import default_namespace
 
         watcher = BhivModuleWatcher(
             settings.gateway_namespace or default_namespace(),
             gateway.apply_discovery,
             kubeconfig=settings.gateway_kubeconfig,
         )
-        watcher.start(asyncio.get_running_loop())
+        watcher.start()
         gateway.modules = watcher.index.module_views
         log.info("discovering BhivModules in namespace %s", watcher.namespace)
     else:
@@ -99,7 +100,7 @@ async def run_gateway(app: FastAPI) -> AsyncIterator[None]:
             yield
     finally:
         if watcher is not None:
-            watcher.stop()
+            await watcher.stop()
         await checker.aclose()
         await gateway.openapi.aclose()
         await gateway.forwarder.aclose()

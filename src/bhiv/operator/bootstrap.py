@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from kubernetes.client.exceptions import ApiException
 
+from bhiv.kube import ApiError, status_code
 from bhiv.operator import GROUP, KIND, VERSION
 from bhiv.operator.kube import Kube
 
@@ -70,9 +70,9 @@ async def apply_manifests(kube: Kube, namespace: str, docs: list[dict[str, Any]]
             try:
                 await kube.apply(obj, manager=BOOTSTRAP_MANAGER)
                 break
-            except ApiException as exc:
+            except ApiError as exc:
                 # 404: the CRD is not established yet, so its resource is not served.
-                if exc.status != 404 or time.monotonic() > deadline:
+                if status_code(exc) != 404 or time.monotonic() > deadline:
                     raise
                 await asyncio.sleep(1)
         log.info("applied %s %s/%s", obj["kind"], namespace, obj["metadata"]["name"])

@@ -1,163 +1,161 @@
-"""The operator's few calls to the Kubernetes API, on the official client.
+"""The operator's few calls to the Kubernetes API, through :mod:`bhiv.kube` (lightkube).
 
 Children are written with server-side apply under one field manager, so the
 API server merges our intent with other writers' (the HPA's replica count,
-kubectl annotations) and reports real conflicts. The client is synchronous;
-every call runs in a thread so the operator's event loop never blocks.
+kubectl annotations) and reports real conflicts. The operator works on plain
+dicts (its builders make them, its reconcile reads them); this class turns them
+into lightkube's typed resources and back.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import json
 import logging
 import socket
-from typing import Any
+from typing import Any, cast
 
-from kubernetes import client, config
-from kubernetes.client.exceptions import ApiException
+from lightkube import AsyncClient
+from lightkube.core.resource import NamespacedResource
+from lightkube.generic_resource import create_namespaced_resource
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.autoscaling_v2 import HorizontalPodAutoscaler
+from lightkube.resources.core_v1 import Event, PersistentVolumeClaim, Pod, Secret, Service
+from lightkube.resources.networking_v1 import NetworkPolicy
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.types import PatchType
 
-from bhiv.operator import FIELD_MANAGER, GROUP, PLURAL, VERSION
+from bhiv.kube import ApiError, BhivModule, KubeConfig, list_once, status_code
+from bhiv.kube import client as make_client
+from bhiv.kube import load_config as read_config
+from bhiv.operator import FIELD_MANAGER, GROUP, VERSION
 
 log = logging.getLogger("bhiv.operator.kube")
 
-# kind -> (API prefix, plural) for every kind the operator reads or writes.
-_PATHS = {
-    "Deployment": ("/apis/apps/v1", "deployments"),
-    "Pod": ("/api/v1", "pods"),
-    "Service": ("/api/v1", "services"),
-    "PersistentVolumeClaim": ("/api/v1", "persistentvolumeclaims"),
-    "Secret": ("/api/v1", "secrets"),
-    "KopfPeering": ("/apis/kopf.dev/v1", "kopfpeerings"),
-    "HorizontalPodAutoscaler": ("/apis/autoscaling/v2", "horizontalpodautoscalers"),
-    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets"),
-    "NetworkPolicy": ("/apis/networking.k8s.io/v1", "networkpolicies"),
-    "BhivModule": (f"/apis/{GROUP}/{VERSION}", PLURAL),
+KopfPeering = create_namespaced_resource("kopf.dev", "v1", "KopfPeering", "kopfpeerings")
+# Every kind the operator reads or writes, by the ``kind`` of its manifests.
+RESOURCES: dict[str, type[NamespacedResource]] = {
+    "Deployment": Deployment,
+    "Pod": Pod,
+    "Service": Service,
+    "PersistentVolumeClaim": PersistentVolumeClaim,
+    "Secret": Secret,
+    "KopfPeering": KopfPeering,
+    "HorizontalPodAutoscaler": HorizontalPodAutoscaler,
+    "PodDisruptionBudget": PodDisruptionBudget,
+    "NetworkPolicy": NetworkPolicy,
+    "BhivModule": BhivModule,
 }
-# Every request carries a timeout: a stuck connection must fail and be
-# retried by the work queue rather than hang a worker forever.
-REQUEST_TIMEOUT = (5, 30)
+_config: KubeConfig | None = None
 
 
 def load_config(kubeconfig: str | None = None) -> None:
-    """An explicit kubeconfig wins; else in-cluster; else $KUBECONFIG or ~/.kube/config."""
-    if kubeconfig:
-        config.load_kube_config(config_file=kubeconfig)
-        return
+    """An explicit kubeconfig wins; else in-cluster; else $KUBECONFIG or ~/.kube/config.
+
+    Loaded once, at start-up, so a missing configuration fails there; every
+    :class:`Kube` made afterwards uses it.
+    """
+    global _config  # noqa: PLW0603 - the process's one cluster, chosen at start-up
+    _config = read_config(kubeconfig)
+
+
+def _resource(kind: str) -> type[NamespacedResource]:
     try:
-        config.load_incluster_config()
-    except config.ConfigException:
-        config.load_kube_config()
+        return RESOURCES[kind]
+    except KeyError:
+        raise ValueError(f"the operator does not manage objects of kind {kind!r}") from None
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    plain: dict[str, Any] = obj.to_dict()
+    return plain
 
 
 class Kube:
-    def __init__(self, api_client: client.ApiClient | None = None) -> None:
-        self.api = api_client or client.ApiClient()
+    """Typed calls on plain-dict manifests; every request has a timeout (see bhiv.kube).
 
-    def _call(
-        self,
-        method: str,
-        path: str,
-        *,
-        body: Any = None,
-        query: list[tuple[str, str]] | None = None,
-        content_type: str = "application/json",
-    ) -> Any:
-        method, url, headers, body, post = self.api.param_serialize(
-            method=method,
-            resource_path=path,
-            query_params=query or [],
-            header_params={"Content-Type": content_type, "Accept": "application/json"},
-            body=body,
-            auth_settings=["BearerToken"],
-        )
-        response = self.api.call_api(
-            method,
-            url,
-            header_params=headers,
-            body=body,
-            post_params=post,
-            _request_timeout=REQUEST_TIMEOUT,
-        )
-        raw = response.read()
-        if not 200 <= response.status < 300:
-            raise ApiException(
-                status=response.status, reason=response.reason, body=raw.decode(errors="replace")
-            )
-        return json.loads(raw) if raw else None
+    The lightkube client is made on first use, so a Kube made outside an event loop
+    (the Kopf startup handler's) binds its connections to the loop that uses it.
+    """
 
-    @staticmethod
-    def _path(kind: str, namespace: str, name: str | None = None, sub: str | None = None) -> str:
-        prefix, plural = _PATHS[kind]
-        path = f"{prefix}/namespaces/{namespace}/{plural}"
-        if name:
-            path += f"/{name}"
-        if sub:
-            path += f"/{sub}"
-        return path
+    def __init__(self, api: AsyncClient | None = None) -> None:
+        self._api = api
+
+    @property
+    def api(self) -> AsyncClient:
+        if self._api is None:
+            self._api = make_client(_config, field_manager=FIELD_MANAGER)
+        return self._api
+
+    async def close(self) -> None:
+        if self._api is not None:
+            await self._api.close()
+            self._api = None
 
     async def get(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await asyncio.to_thread(self._call, "GET", self._path(kind, namespace, name))
-        except ApiException as exc:
-            if exc.status == 404:
+            found = await self.api.get(_resource(kind), name, namespace=namespace)
+        except ApiError as exc:
+            if status_code(exc) == 404:
                 return None
             raise
+        return _plain(found)
 
     async def list_matching(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
         """The objects of ``kind`` in ``namespace`` matching a label selector."""
-        found = await asyncio.to_thread(
-            self._call, "GET", self._path(kind, namespace), query=[("labelSelector", selector)]
-        )
-        items: list[dict[str, Any]] = (found or {}).get("items") or []
-        return items
+        listing = await list_once(self.api, _resource(kind), namespace, labels=selector)
+        return listing.items
 
     async def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply ``obj`` as the operator's field manager (force: we own these)."""
         meta = obj["metadata"]
-        return await asyncio.to_thread(
-            self._call,
-            "PATCH",
-            self._path(obj["kind"], meta["namespace"], meta["name"]),
-            body=obj,
-            query=[("fieldManager", manager), ("force", "true")],
-            content_type="application/apply-patch+yaml",
+        applied = await self.api.patch(
+            _resource(obj["kind"]),
+            meta["name"],
+            obj,
+            namespace=meta["namespace"],
+            patch_type=PatchType.APPLY,
+            field_manager=manager,
+            force=True,
         )
+        return _plain(applied)
 
     async def create(self, obj: dict[str, Any]) -> bool:
         """Create ``obj``; False when one of that name exists (it is left as it is)."""
-        meta = obj["metadata"]
         try:
-            path = self._path(obj["kind"], meta["namespace"])
-            await asyncio.to_thread(self._call, "POST", path, body=obj)
-        except ApiException as exc:
-            if exc.status == 409:
+            resource: Any = _resource(obj["kind"])  # from_dict is typed on DictMixin only
+            await self.api.create(cast(NamespacedResource, resource.from_dict(obj)))
+        except ApiError as exc:
+            if status_code(exc) == 409:
                 return False
             raise
         return True
 
     async def merge_patch(
         self, kind: str, namespace: str, name: str, patch: dict[str, Any], sub: str | None = None
-    ) -> Any:
-        return await asyncio.to_thread(
-            self._call,
-            "PATCH",
-            self._path(kind, namespace, name, sub),
-            body=patch,
-            query=[("fieldManager", FIELD_MANAGER)],
-            content_type="application/merge-patch+json",
+    ) -> dict[str, Any]:
+        """A JSON merge patch, of the object or (``sub="status"``) of its status subresource."""
+        resource: Any = _resource(kind)
+        if sub == "status":
+            resource = resource.Status
+        elif sub is not None:
+            raise ValueError(f"no subresource {sub!r} here; only 'status'")
+        patched = await self.api.patch(
+            resource, name, patch, namespace=namespace, patch_type=PatchType.MERGE
         )
+        return _plain(patched)
 
     async def delete(self, kind: str, namespace: str, name: str) -> bool:
         """Delete; False when it was already gone."""
         try:
-            await asyncio.to_thread(self._call, "DELETE", self._path(kind, namespace, name))
-        except ApiException as exc:
-            if exc.status == 404:
+            await self.api.delete(_resource(kind), name, namespace=namespace)
+        except ApiError as exc:
+            if status_code(exc) == 404:
                 return False
             raise
         return True
+
+    async def create_event(self, event: dict[str, Any]) -> None:
+        await self.api.create(cast(Event, Event.from_dict(event)))
 
 
 async def post_event(
@@ -188,9 +186,7 @@ async def post_event(
         "count": 1,
     }
     try:
-        await asyncio.to_thread(
-            kube._call, "POST", f"/api/v1/namespaces/{meta['namespace']}/events", body=event
-        )
+        await kube.create_event(event)
     except Exception:  # noqa: BLE001 - events are best effort by design
         log.warning(
             "could not post event %s on %s/%s",

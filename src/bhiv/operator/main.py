@@ -29,7 +29,7 @@ def run(
     bootstrap_dir: Path | None = None,
 ) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    logging.getLogger("httpx2").setLevel(logging.WARNING)
 
     from bhiv.operator import handlers  # noqa: F401 - registers the handlers
     from bhiv.operator.kube import load_config
@@ -40,7 +40,13 @@ def run(
         from bhiv.operator.bootstrap import apply_manifests, load_manifests
         from bhiv.operator.kube import Kube
 
-        asyncio.run(apply_manifests(Kube(), namespaces[0], load_manifests(bootstrap_dir)))
+        async def bootstrap(kube: Kube) -> None:
+            try:
+                await apply_manifests(kube, namespaces[0], load_manifests(bootstrap_dir))
+            finally:
+                await kube.close()  # its connections belong to this loop, not Kopf's
+
+        asyncio.run(bootstrap(Kube()))
     if metrics_port:
         start_http_server(metrics_port, addr=listen_host, registry=metrics.registry)
     memo = kopf.Memo(

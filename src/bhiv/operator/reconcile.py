@@ -11,8 +11,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
+from bhiv.kube import ApiError, status_code
 from bhiv.operator import builders, images, stuck
 from bhiv.operator.bootstrap import ensure_shared_secret
 from bhiv.operator.graph import DependencyState, Node, cycles, dependency_state, reach_of
@@ -311,8 +310,8 @@ class Reconciler:
             await self.kube.merge_patch(
                 "BhivModule", meta["namespace"], meta["name"], {"status": status}, sub="status"
             )
-        except ApiException as exc:
-            if exc.status == 404:
+        except ApiError as exc:
+            if status_code(exc) == 404:
                 return  # deleted while we reconciled it: nothing left to report on
             raise
         for cond in transitions(old.get("conditions") or [], status["conditions"]):

@@ -185,3 +185,48 @@ def test_module_views_show_status_and_dependencies_but_no_configuration() -> Non
         ],
     }
     assert "secret" not in repr(index.module_views()).lower()
+
+
+def test_watcher_publishes_the_list_then_changes_and_stops_mid_watch() -> None:
+    """The watcher as the gateway runs it: a task on the loop, fed by a scripted API server."""
+    import asyncio
+    import json
+
+    import httpx2
+    from lightkube import AsyncClient
+
+    from bhiv.gateway.kubernetes import BhivModuleWatcher
+    from tests.unit.test_kube import CONFIG
+
+    released = asyncio.Event()
+
+    async def hang() -> Any:
+        await released.wait()  # never set: the watch stays open until stop()
+        yield b""
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if "watch" not in request.url.params:
+            items = [module("crm-a", "crm", "http://crm-a:8000", rv="3")]
+            body = {"metadata": {"resourceVersion": "3"}, "items": items}
+            return httpx2.Response(200, json=body)
+        if request.url.params["resourceVersion"] == "3":
+            event = {"type": "ADDED", "object": module("crm-b", "crm", "http://crm-b:8000", rv="4")}
+            return httpx2.Response(200, content=(json.dumps(event) + "\n").encode())
+        return httpx2.Response(200, content=hang())
+
+    async def main() -> list[list[str]]:
+        published: list[list[str]] = []
+        api = AsyncClient(CONFIG, transport=httpx2.MockTransport(handler))
+        watcher = BhivModuleWatcher("bhiv", lambda s: published.append(list(s[0].urls)), api=api)
+        watcher.start()
+        for _ in range(200):
+            if len(published) == 2:
+                break
+            await asyncio.sleep(0.01)
+        await asyncio.wait_for(watcher.stop(), 2)
+        return published
+
+    assert asyncio.run(main()) == [
+        ["http://crm-a:8000"],
+        ["http://crm-a:8000", "http://crm-b:8000"],
+    ]
