@@ -1,4 +1,4 @@
-"""Structured JSON logs with the request ID on every line."""
+"""Structured JSON logs with the request ID (and, when tracing is on, the trace ID) on every line."""
 
 from __future__ import annotations
 
@@ -7,12 +7,14 @@ import sys
 
 from pythonjsonlogger.json import JsonFormatter
 
+from bhiv.core import tracing
 from bhiv.core.context import request_id_var
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        record.trace_id = tracing.current_trace_id()
         # uvicorn attaches an ANSI-coloured copy of its message; JSON has no use for it.
         record.__dict__.pop("color_message", None)
         return True
@@ -24,7 +26,7 @@ def configure_logging(service: str, level: str = "INFO") -> None:
     handler.addFilter(_RequestIdFilter())
     handler.setFormatter(
         JsonFormatter(
-            "%(levelname)s %(name)s %(message)s %(request_id)s",
+            "%(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s",
             rename_fields={"levelname": "level", "name": "logger"},
             timestamp="time",
             static_fields={"service": service},
