@@ -45,6 +45,7 @@ from bhiv.agents.models import (
     WorkflowRun,
 )
 from bhiv.agents.settings import AgentsSettings
+from bhiv.core import tracing
 from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.db import Database, rows_changed, utcnow
@@ -345,7 +346,9 @@ class WorkflowEngine:
 
     async def _step_then_settle(self, run_id: int, step: Step, names: dict[str, Any]) -> None:
         try:
-            await self._run_step(run_id, step, names)
+            step_ids: dict[str, str | int] = {"bhiv.run_id": run_id, "bhiv.step_id": step.id}
+            with tracing.span(f"workflow step {step.type}", step_ids):
+                await self._run_step(run_id, step, names)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -176,14 +176,45 @@ def instrument_app(app: FastAPI) -> None:
 
 @contextmanager
 def untraced() -> Iterator[None]:
-    """HTTP calls inside make no spans: background work no request caused (health probes)."""
+    """No instrumentation spans inside (HTTP calls, queries): for background loops.
+
+    A relay or worker polls its table every second or so; those polls are not
+    requests, and as root spans they would outnumber everything else. What
+    such a loop does that matters it wraps in :func:`span`.
+    """
     if not _enabled:
         yield
         return
-    from opentelemetry.instrumentation.utils import suppress_http_instrumentation
+    from opentelemetry.instrumentation.utils import suppress_instrumentation
 
-    with suppress_http_instrumentation():
+    with suppress_instrumentation():
         yield
+
+
+@contextmanager
+def span(name: str, attributes: Mapping[str, str | int] | None = None) -> Iterator[None]:
+    """An internal span around background work, its HTTP calls and queries traced again."""
+    if not _enabled:
+        yield
+        return
+    from opentelemetry import context, trace
+    from opentelemetry.instrumentation import utils
+
+    # Undo untraced() for this block only: these are the keys the
+    # instrumentations check (utils.is_instrumentation_enabled); the SDK never does.
+    ctx = context.get_current()
+    for key in (
+        utils._SUPPRESS_INSTRUMENTATION_KEY,
+        utils._SUPPRESS_INSTRUMENTATION_KEY_PLAIN,
+        utils._SUPPRESS_HTTP_INSTRUMENTATION_KEY,
+    ):
+        ctx = context.set_value(key, False, ctx)
+    token = context.attach(ctx)
+    try:
+        with trace.get_tracer("bhiv").start_as_current_span(name, attributes=attributes):
+            yield
+    finally:
+        context.detach(token)
 
 
 def current_trace_id() -> str | None:

@@ -14,7 +14,6 @@ import time
 
 import httpx
 
-from bhiv.core import tracing
 from bhiv.core.background import repeat
 from bhiv.gateway.metrics import GatewayMetrics
 from bhiv.gateway.registry import Instance, Registry
@@ -45,9 +44,7 @@ class HealthChecker:
         targets = [
             (u.name, i) for u in list(self._registry.upstreams.values()) for i in u.instances
         ]
-        # A probe every interval per instance would outnumber the traced requests.
-        with tracing.untraced():
-            await asyncio.gather(*(self._probe(name, inst) for name, inst in targets))
+        await asyncio.gather(*(self._probe(name, inst) for name, inst in targets))
 
     async def _probe(self, service: str, inst: Instance) -> None:
         was = inst.health

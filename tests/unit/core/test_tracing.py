@@ -183,3 +183,48 @@ def test_bad_configuration_stops_serve_naming_the_variable(tmp_path: object) -> 
     )
     assert done.returncode == 78, done.stderr
     assert "OTEL_TRACES_SAMPLER_ARG='x'" in done.stderr
+
+
+def test_background_work_is_untraced_except_its_own_spans() -> None:
+    code = """
+import asyncio, json
+import sqlalchemy
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from bhiv.core import tracing
+from bhiv.core.background import background
+
+tracing.setup("logistics")
+memory = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
+engine = sqlalchemy.create_engine("sqlite://")
+
+def query():
+    with engine.connect() as conn:
+        conn.execute(sqlalchemy.text("select 1"))
+
+async def work(stop):
+    query()  # a poll: no span
+    with tracing.span("outbox relay", {"bhiv.events": 1}):
+        query()  # traced again, under the relay's span
+
+async def main():
+    async with background("w", work, grace=5):
+        await asyncio.sleep(0.2)
+    query()  # outside background work: traced
+
+asyncio.run(main())
+spans = memory.get_finished_spans()
+relay = next(s for s in spans if s.name == "outbox relay")
+print("RESULT", json.dumps([
+    len(spans),
+    sum(1 for s in spans if s.parent is not None and s.parent.span_id == relay.context.span_id),
+    dict(relay.attributes),
+]))
+"""
+    out = _run(code, OTEL_TRACES_EXPORTER="console", OTEL_BSP_SCHEDULE_DELAY="60000")
+    result = next(line for line in out.splitlines() if line.startswith("RESULT "))
+    total, under_relay, attributes = json.loads(result.removeprefix("RESULT "))
+    # connect + select under the relay, connect + select outside; none from the poll.
+    assert (total, under_relay, attributes) == (5, 2, {"bhiv.events": 1})
