@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from tests.service.gateway.conftest import start_gateway
+from tests.service.integrations.conftest import FAST
+from tests.service.integrations.helpers import created, new_subscription
+from tests.service.integrations.peers import receiver as hook_receiver
 from tests.support.otlp import ReceivedSpan, Receiver, otlp_receiver
 from tests.support.servers import ServiceProcess, service_process
 
@@ -114,3 +118,62 @@ def test_problem_bodies_carry_the_trace_id(
         ).name
         == "GET /inventory/{item_id}"
     )
+
+
+def test_outbox_relay_and_webhook_delivery_are_traced(
+    tmp_path: Path, traced: tuple[Receiver, ServiceProcess, ServiceProcess]
+) -> None:
+    """An event from Logistics' outbox to a subscriber: the relay batch, its call
+    to the integrations service, and the delivery whose webhook carries its traceparent."""
+    receiver = traced[0]
+    otel = {
+        "OTEL_TRACES_EXPORTER": "otlp",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url,
+        "OTEL_BSP_SCHEDULE_DELAY": "100",
+    }
+    for sub in ("int", "log"):
+        (tmp_path / sub).mkdir()
+    with hook_receiver() as hooks:
+        integrations = service_process("integrations", tmp_path / "int", **FAST, **otel).start()
+        logistics = service_process(
+            "logistics",
+            tmp_path / "log",
+            BHIV_INTEGRATIONS_URL=integrations.url,
+            BHIV_OUTBOX_RELAY_INTERVAL="0.2",
+            **otel,
+        ).start()
+        try:
+            new_subscription(integrations.client(), hooks.url + "/low", ["inventory.low_stock"])
+            api = logistics.client()
+            item = created(
+                api.post(
+                    "/inventory",
+                    json={"sku": "TR-2", "name": "Traced", "quantity": 10, "reorder_level": 4},
+                )
+            )
+            moved = api.post(
+                f"/inventory/{item['id']}/movements",
+                json={"type": "reservation", "quantity": 7, "reference": "SO-1"},
+            )
+            assert moved.status_code == 201, moved.text
+            (webhook,) = hooks.wait_for("/low", 1)
+        finally:
+            logistics.stop()
+            integrations.stop()
+
+    version, trace_id, parent, flags = webhook.headers["traceparent"].split("-")
+    assert version == "00" and int(flags, 16) & 1  # sampled
+    spans = receiver.wait_for(
+        lambda spans: any(s.trace_id == trace_id and s.kind == CLIENT for s in spans)
+    )
+    call = _one(spans, span_id=parent)
+    delivery = _one(spans, span_id=call.parent_span_id)
+    assert (call.service, call.kind) == ("integrations", CLIENT)
+    assert (delivery.service, delivery.name) == ("integrations", "webhook delivery")
+
+    relay = [s for s in spans if s.service == "logistics" and s.name == "outbox relay"]
+    assert relay
+    relayed = [s for s in spans if s.trace_id == relay[0].trace_id]
+    post = _one(relayed, service="logistics", name="POST", parent_span_id=relay[0].span_id)
+    accepted = _one(relayed, service="integrations", kind=SERVER)
+    assert accepted.name == "POST /events" and accepted.parent_span_id == post.span_id
