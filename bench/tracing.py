@@ -25,7 +25,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import Result, wrk  # noqa: E402
+from bench.loadgen import Result, warm_up, wrk  # noqa: E402
 from tests.support.otlp import otlp_receiver  # noqa: E402
 from tests.support.servers import service_process  # noqa: E402
 
@@ -73,10 +73,7 @@ def main() -> None:
                     "direct": f"{upstream.url}/inventory/1",
                     "gateway": f"{gateway.url}/api/logistics/inventory/1",
                 }
-                for url in targets.values():  # warm up connections and code paths
-                    for _ in range(200):
-                        httpx.get(url, headers=auth).raise_for_status()
-                lua = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+                lua = warm_up(targets.values(), token)
                 results[mode] = {
                     name: wrk(f"{name}, tracing {mode}", url, lua=lua, seconds=args.seconds)
                     for name, url in targets.items()
