@@ -25,11 +25,9 @@ import sys
 import tempfile
 from pathlib import Path
 
-import httpx
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.loadgen import Result, hey, wrk  # noqa: E402
+from bench.loadgen import Result, hey, warm_up, wrk  # noqa: E402
 from tests.support.net import free_port, wait_http  # noqa: E402
 from tests.support.servers import service_process  # noqa: E402
 
@@ -143,10 +141,7 @@ def main() -> None:
                 "nginx": f"{nginx_url}/api/logistics{args.path}",
                 "gateway": f"{gateway.url}/api/logistics{args.path}",
             }
-            for url in targets.values():  # warm up connections and code paths
-                for _ in range(200):
-                    httpx.get(url, headers=auth).raise_for_status()
-            lua = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
+            lua = warm_up(targets.values(), token)
             assert upstream.process is not None and gateway.process is not None
             pids = {
                 "upstream": upstream.process.pid,

@@ -11,8 +11,11 @@ import re
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+import httpx
 
 _UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
 
@@ -42,6 +45,14 @@ def require(tool: str) -> str:
 def _ms(text: str) -> float:
     number, unit = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text).groups()  # type: ignore[union-attr]
     return float(number) * _UNITS[unit]
+
+
+def warm_up(urls: Iterable[str], token: str, requests: int = 200) -> str:
+    """Warm every URL's connections and code paths; returns the wrk script sending ``token``."""
+    for url in urls:
+        for _ in range(requests):
+            httpx.get(url, headers={"Authorization": f"Bearer {token}"}).raise_for_status()
+    return f'wrk.headers["Authorization"] = "Bearer {token}"\n'
 
 
 def wrk(

@@ -29,6 +29,7 @@ from bhiv.agents.models import (
     WorkflowRun,
 )
 from bhiv.agents.transitions import DONE, finish
+from bhiv.core import tracing
 from bhiv.core.db import utcnow
 
 if TYPE_CHECKING:
@@ -152,7 +153,9 @@ class RunDriver:
     async def step_then_settle(self, run_id: int, step: Step, names: dict[str, Any]) -> None:
         engine = self.engine
         try:
-            await engine.steps.run(run_id, step, names)
+            step_ids: dict[str, str | int] = {"bhiv.run_id": run_id, "bhiv.step_id": step.id}
+            with tracing.span(f"workflow step {step.type}", step_ids):
+                await engine.steps.run(run_id, step, names)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -77,10 +77,11 @@ def serve(
     configure_logging(spec.name, settings.log_level, settings.log_format)
     module, _, factory = _entry(service).app_factory.partition(":")
     from bhiv.core.settings import MissingSharedSecret
+    from bhiv.core.tracing import TracingConfigError
 
     try:
         application = getattr(importlib.import_module(module), factory)(settings)
-    except MissingSharedSecret as exc:
+    except (MissingSharedSecret, TracingConfigError) as exc:
         err.print(f"[red]error:[/] {spec.name} cannot start: {exc}")
         raise typer.Exit(78) from None  # EX_CONFIG: the pod's configuration, not the code
     if after:

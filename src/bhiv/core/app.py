@@ -19,7 +19,7 @@ from tenacity import Retrying, retry_if_exception_type, stop_after_delay, wait_e
 from uvicorn.middleware.proxy_headers import ProxyHeadersMiddleware
 
 from bhiv import __version__
-from bhiv.core import health, migrations
+from bhiv.core import health, migrations, tracing
 from bhiv.core.auth import Authenticator, authorize_by_method
 from bhiv.core.db import Database
 from bhiv.core.errors import ProblemDetail, install_problem_handlers
@@ -132,6 +132,8 @@ def prepare(app: FastAPI) -> None:
 
 def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> FastAPI:
     settings = settings or spec.settings_class()
+    # Before the database engine and any HTTP client exist: tracing patches their constructors.
+    tracing.setup(spec.name)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -211,4 +213,6 @@ def create_app(spec: ServiceSpec, settings: ServiceSettings | None = None) -> Fa
     if settings.trusted_proxies:
         app.add_middleware(ProxyHeadersMiddleware, trusted_hosts=list(settings.trusted_proxies))
     app.add_middleware(PeerMiddleware)
+    # Wraps the whole stack, so logs and problem bodies written inside see the server span.
+    tracing.instrument_app(app)
     return app

@@ -17,6 +17,8 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from contextlib import asynccontextmanager, suppress
 from typing import Any
 
+from bhiv.core import tracing
+
 log = logging.getLogger("bhiv.core.background")
 
 Work = Callable[[asyncio.Event], Coroutine[Any, Any, None]]
@@ -56,7 +58,10 @@ async def background(name: str, work: Work, *, grace: float = 10.0) -> AsyncIter
     that ends with an error is logged when it ends, not only at shutdown.
     """
     stop = asyncio.Event()
-    task = asyncio.create_task(work(stop), name=name)
+    # The task inherits the context it is created in: its polls make no spans
+    # (tracing.untraced); the work it wants traced opens a tracing.span.
+    with tracing.untraced():
+        task = asyncio.create_task(work(stop), name=name)
     task.add_done_callback(_report_failure)
     try:
         yield stop

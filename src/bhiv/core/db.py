@@ -20,8 +20,9 @@ from typing import Annotated, Any, cast
 
 import anyio
 import anyio.to_thread
+import sqlalchemy
 from fastapi import Depends, Request
-from sqlalchemy import DateTime, Engine, Enum, MetaData, create_engine, event, text
+from sqlalchemy import DateTime, Engine, Enum, MetaData, event, text
 from sqlalchemy.engine import CursorResult, Result, make_url
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Mapped, Session, mapped_column, sessionmaker
@@ -184,7 +185,8 @@ def make_engine(
         connect_args = {"connect_timeout": PG_CONNECT_TIMEOUT}
         if "connect_timeout" in parsed.query:
             connect_args = {}
-        return create_engine(
+        # Looked up on the module: tracing's SQLAlchemy instrumentation patches it there.
+        return sqlalchemy.create_engine(
             url,
             pool_pre_ping=True,
             pool_size=pool_size,
@@ -202,7 +204,7 @@ def make_engine(
         # left for SQLite to report (readiness says the database is unreachable).
         with suppress(IsADirectoryError, NotADirectoryError, FileNotFoundError):
             private_file(Path(parsed.database))
-    engine = create_engine(
+    engine = sqlalchemy.create_engine(
         url,
         connect_args={"check_same_thread": False, "timeout": 30},
         # Connections up to pool_size are kept open: opening a SQLite

@@ -19,6 +19,7 @@ from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from bhiv.core import tracing
 from bhiv.core.context import request_id_var
 
 PROBLEM_JSON = "application/problem+json"
@@ -45,6 +46,11 @@ class ProblemDetail(BaseModel):
         None, description="The request path.", examples=["/inventory/1/movements"]
     )
     request_id: str | None = Field(None, examples=["6f1c0e7a9b2d4c35a1e8f0b7c6d5e4f3"])
+    trace_id: str | None = Field(
+        None,
+        description="The OpenTelemetry trace ID, when tracing is on.",
+        examples=["4bf92f3577b34da6a3ce929d0e0e4736"],
+    )
     errors: list[FieldError] | None = Field(None, description="One entry per bad field (422 only).")
 
 
@@ -110,6 +116,8 @@ def problem_body(
         "instance": instance,
         "request_id": request_id_var.get(),
     }
+    if trace_id := tracing.current_trace_id():
+        body["trace_id"] = trace_id
     if detail is not None:
         body["detail"] = detail
     if errors is not None:

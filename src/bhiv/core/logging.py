@@ -1,6 +1,7 @@
-"""Logs with the request ID on every line: JSON for containers, files and pipes; short
-human lines (bhiv.core.log_lines) on a terminal. ``BHIV_LOG_FORMAT`` chooses:
-``auto`` (the default: text on a terminal, else JSON), ``json`` or ``text``."""
+"""Logs with the request ID (and, when tracing is on, the trace ID) on every line: JSON
+for containers, files and pipes; short human lines (bhiv.core.log_lines) on a terminal.
+``BHIV_LOG_FORMAT`` chooses: ``auto`` (the default: text on a terminal, else JSON),
+``json`` or ``text``."""
 
 from __future__ import annotations
 
@@ -10,17 +11,19 @@ from typing import Any, Literal
 
 from pythonjsonlogger.json import JsonFormatter
 
+from bhiv.core import tracing
 from bhiv.core.context import request_id_var
 from bhiv.core.log_lines import render, to_ansi
 
 LogFormat = Literal["auto", "json", "text"]
-FIELDS = "%(levelname)s %(name)s %(message)s %(request_id)s"
+FIELDS = "%(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s"
 RENAMED = {"levelname": "level", "name": "logger"}
 
 
 class _RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id_var.get()
+        record.trace_id = tracing.current_trace_id()
         # uvicorn attaches an ANSI-coloured copy of its message; JSON has no use for it.
         record.__dict__.pop("color_message", None)
         return True

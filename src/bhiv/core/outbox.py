@@ -39,6 +39,7 @@ from pydantic import Field, SecretStr
 from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, insert, select, update
 from sqlalchemy.orm import Session
 
+from bhiv.core import tracing
 from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.client import ServiceClient, UpstreamError, UpstreamUnavailable
@@ -197,22 +198,27 @@ class Outbox:
         marked; any other 4xx postpones that one event.
         """
         events = await anyio.to_thread.run_sync(self.pending, db, limit)
+        if not events:
+            return 0
         accepted: list[int] = []
-        try:
-            for event in events:
-                response = await client.post(
-                    "/events", json=event.body(self.source), headers=headers
-                )
-                if response.is_success:
-                    accepted.append(event.row_id)
-                elif response.status_code in SYSTEMIC:
-                    raise RelayBlocked(f"integrations answered {response.status_code}")
-                else:
-                    detail = f"{response.status_code}: {response.text}"
-                    log.warning("integrations refused event %s (%s)", event.event_id, detail[:200])
-                    await anyio.to_thread.run_sync(self.mark_refused, db, event, detail)
-        finally:
-            await anyio.to_thread.run_sync(self.mark_sent, db, accepted)
+        with tracing.span("outbox relay", {"bhiv.source": self.source, "bhiv.events": len(events)}):
+            try:
+                for event in events:
+                    response = await client.post(
+                        "/events", json=event.body(self.source), headers=headers
+                    )
+                    if response.is_success:
+                        accepted.append(event.row_id)
+                    elif response.status_code in SYSTEMIC:
+                        raise RelayBlocked(f"integrations answered {response.status_code}")
+                    else:
+                        detail = f"{response.status_code}: {response.text}"
+                        log.warning(
+                            "integrations refused event %s (%s)", event.event_id, detail[:200]
+                        )
+                        await anyio.to_thread.run_sync(self.mark_refused, db, event, detail)
+            finally:
+                await anyio.to_thread.run_sync(self.mark_sent, db, accepted)
         return len(accepted)
 
     @asynccontextmanager

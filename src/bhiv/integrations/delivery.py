@@ -30,6 +30,7 @@ from sqlalchemy import or_, select, update
 from sqlalchemy.orm import Session
 
 from bhiv import __version__
+from bhiv.core import tracing
 from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.backoff import delay_after, exponential, with_jitter
 from bhiv.core.db import Database, rows_changed, utcnow
@@ -309,6 +310,11 @@ class DeliveryWorker:
         )
 
     async def deliver(self, delivery_id: int) -> None:
+        # The webhook request inside carries this span's traceparent (the httpx instrumentation).
+        with tracing.span("webhook delivery", {"bhiv.delivery_id": delivery_id}):
+            await self._deliver(delivery_id)
+
+    async def _deliver(self, delivery_id: int) -> None:
         try:
             out = await anyio.to_thread.run_sync(self.prepare, delivery_id)
         except LookupError:
