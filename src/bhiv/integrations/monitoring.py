@@ -12,20 +12,13 @@ from typing import Any
 
 from fastapi import FastAPI
 from prometheus_client.core import GaugeMetricFamily
-from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 
-from bhiv.core.db import Database
+from bhiv.core.metrics import DatabaseCollector
 from bhiv.integrations.models import Delivery, DeliveryStatus
 
 
-class DeliveryCollector(Collector):
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def describe(self) -> list[Any]:
-        return []  # computed at scrape time; nothing to describe up front
-
+class DeliveryCollector(DatabaseCollector):
     def collect(self) -> Iterator[Any]:
         with self.db.session(write=False) as session:
             rows = session.execute(select(Delivery.status, func.count()).group_by(Delivery.status))
