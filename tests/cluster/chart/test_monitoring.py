@@ -38,6 +38,7 @@ ALERTS = {
     "BhivGateway5xxRatioHigh",
     "BhivWorkflowFailureRatioHigh",
     "BhivWebhookDeadLettersGrowing",
+    "BhivOutboxBacklogOld",
 }
 
 
