@@ -13,13 +13,13 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from bhiv.agents.models import Agent, RunStatus, Task, TaskStatus, WorkflowRun
 from bhiv.agents.schemas import AgentStats, Overview, QueueStats, WorkflowStats
-from bhiv.core.db import Database, utcnow
+from bhiv.core.db import utcnow
+from bhiv.core.metrics import DatabaseCollector
 
 WINDOW = 1000
 
@@ -124,14 +124,8 @@ def overview(session: Session) -> Overview:
     return Overview(agents=agents, workflows=workflows, queues=[queues[k] for k in sorted(queues)])
 
 
-class OrchestrationCollector(Collector):
+class OrchestrationCollector(DatabaseCollector):
     """Prometheus figures read from the database at scrape time."""
-
-    def __init__(self, db: Database) -> None:
-        self.db = db
-
-    def describe(self) -> list[Any]:
-        return []  # computed at scrape time; nothing to describe up front
 
     def collect(self) -> Iterator[Any]:
         with self.db.session(write=False) as session:

@@ -6,8 +6,14 @@ gateway's in-process checks) never collide on metric names.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
+
+if TYPE_CHECKING:
+    from bhiv.core.db import Database
 
 # Buckets tuned for an API whose target p99 is tens of milliseconds.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -53,3 +59,14 @@ class HttpMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class DatabaseCollector(Collector):
+    """Figures read from the service's database at scrape time (subclasses: ``collect``),
+    so every replica reports the same totals: aggregate them with max, not sum."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def describe(self) -> list[Any]:
+        return []  # computed at scrape time; nothing to describe up front

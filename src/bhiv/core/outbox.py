@@ -27,7 +27,7 @@ import datetime as dt
 import functools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -35,8 +35,21 @@ from typing import Any
 import anyio.to_thread
 import httpx
 from fastapi import FastAPI
+from prometheus_client.core import GaugeMetricFamily
 from pydantic import Field, SecretStr
-from sqlalchemy import JSON, Column, Integer, MetaData, String, Table, Text, insert, select, update
+from sqlalchemy import (
+    JSON,
+    Column,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy.orm import Session
 
 from bhiv.core import tracing
@@ -44,6 +57,7 @@ from bhiv.core.background import background, sleep_unless_stopped
 from bhiv.core.backoff import delay_after, exponential
 from bhiv.core.client import ServiceClient, UpstreamError, UpstreamUnavailable
 from bhiv.core.db import Database, UTCDateTime, utcnow
+from bhiv.core.metrics import DatabaseCollector
 from bhiv.core.service_auth import MissingServiceCredential, service_headers
 from bhiv.core.settings import ServiceSettings
 
@@ -225,6 +239,7 @@ class Outbox:
     async def relay(self, app: FastAPI) -> AsyncIterator[None]:
         """Lifespan hook: relay pending events until the app stops."""
         settings: OutboxSettings = app.state.settings
+        app.state.metrics.registry.register(OutboxCollector(app.state.db, self))
         # A batch in flight gets 10 s to be acknowledged; anything unacknowledged
         # stays pending and is sent again by the next relay (at least once).
         relay = functools.partial(self._run, app.state.db, settings)
@@ -271,3 +286,29 @@ class Outbox:
                 await sleep_unless_stopped(stop, pause)
         finally:
             await client.aclose()
+
+
+class OutboxCollector(DatabaseCollector):
+    """The outbox's backlog: events not yet acknowledged, and how long the oldest waited."""
+
+    def __init__(self, db: Database, outbox: Outbox) -> None:
+        super().__init__(db)
+        self.outbox = outbox
+
+    def collect(self) -> Iterator[Any]:
+        c = self.outbox.table.c
+        with self.db.session(write=False) as session:
+            pending, oldest = session.execute(
+                select(func.count(), func.min(c.occurred_at)).where(c.sent_at.is_(None))
+            ).one()
+        yield GaugeMetricFamily(
+            "bhiv_outbox_pending_events",
+            "Events in the outbox the integrations service has not acknowledged yet.",
+            value=pending,
+        )
+        age = (utcnow() - oldest).total_seconds() if oldest is not None else 0.0
+        yield GaugeMetricFamily(
+            "bhiv_outbox_oldest_pending_age_seconds",
+            "Seconds the oldest unacknowledged event has waited; 0 with none pending.",
+            value=max(0.0, age),
+        )

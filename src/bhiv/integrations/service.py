@@ -17,6 +17,7 @@ from bhiv.integrations.crypto import SecretBox
 from bhiv.integrations.delivery import delivery_worker
 from bhiv.integrations.egress import EgressPolicy
 from bhiv.integrations.models import Base
+from bhiv.integrations.monitoring import delivery_metrics
 from bhiv.integrations.routes import connections, events, inbound, outbound, sync
 from bhiv.integrations.settings import IntegrationsSettings
 from bhiv.integrations.sync import sync_scheduler
@@ -69,7 +70,7 @@ SPEC = ServiceSpec(
         {"name": "sync", "description": "Incremental data sync jobs and their run history."},
     ],
     # Entered in order: the caller exists before the sync scheduler uses it.
-    lifespan_hooks=(http_caller, delivery_worker, sync_scheduler),
+    lifespan_hooks=(http_caller, delivery_worker, sync_scheduler, delivery_metrics),
 )
 
 

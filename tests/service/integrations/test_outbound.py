@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Iterator
 
+import httpx
 import pytest
 from standardwebhooks import Webhook
 
@@ -117,11 +118,20 @@ class TestDelivery:
         settled(api, sub["id"], 1, "succeeded")
 
 
+def dead_letters(api: httpx.Client) -> float:
+    """bhiv_webhook_deliveries{status="dead"} from the service's /metrics."""
+    for line in api.get("/metrics").text.splitlines():
+        if line.startswith('bhiv_webhook_deliveries{status="dead"} '):
+            return float(line.split()[-1])
+    raise AssertionError("no dead-letter count in /metrics")
+
+
 class TestDeadLetters:
     def test_dead_after_the_last_attempt_then_replayed(
         self, integrations: ServiceProcess, hooks: Receiver
     ) -> None:
         api = integrations.client()
+        dead_before = dead_letters(api)
         where = path()
         hooks.script[where] = [500]
         sub = new_subscription(api, hooks.url + where, ["dead.letter"])
@@ -129,6 +139,8 @@ class TestDeadLetters:
         [dead] = settled(api, sub["id"], 1, "dead")
         assert dead["attempts"] == 4 and dead["last_status_code"] == 500
         assert len(hooks.at(where)) == 4
+        # The dead-letter count the alert BhivWebhookDeadLettersGrowing watches.
+        assert dead_letters(api) == dead_before + 1
 
         # Still pending work cannot be replayed; dead work can, as a new round.
         hooks.script[where] = [200]
@@ -139,6 +151,7 @@ class TestDeadLetters:
         assert done["replays"] == 1 and done["attempts"] == 1
         log = api.get(f"/deliveries/{dead['id']}").json()["attempt_log"]
         assert [a["status_code"] for a in log] == [500, 500, 500, 500, 200]
+        assert dead_letters(api) == dead_before
 
     def test_replay_every_dead_delivery_of_a_subscription(
         self, integrations: ServiceProcess, hooks: Receiver

@@ -4,18 +4,20 @@ and the relay marks an event sent only after the integrations service said 2xx."
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Integer, String, select
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bhiv.core.client import ServiceClient, UpstreamError
-from bhiv.core.db import Database, new_metadata
-from bhiv.core.outbox import Outbox, RelayBlocked
+from bhiv.core.db import Database, new_metadata, utcnow
+from bhiv.core.outbox import Outbox, OutboxCollector, RelayBlocked
 
 
 class Base(DeclarativeBase):
@@ -131,3 +133,30 @@ def test_a_refused_relay_pauses_without_postponing_events(db: Database) -> None:
     with pytest.raises(RelayBlocked):
         asyncio.run(OUTBOX.relay_once(db, client(lambda r: httpx.Response(401), []), {}, 10))
     assert [e.attempts for e in OUTBOX.pending(db, 10)] == [0]
+
+
+def test_backlog_metrics_count_unacknowledged_events_and_the_oldest_ones_age(
+    db: Database,
+) -> None:
+    registry = CollectorRegistry()
+    registry.register(OutboxCollector(db, OUTBOX))
+
+    def sample(name: str) -> float:
+        value = registry.get_sample_value(name)
+        assert value is not None, generate_latest(registry).decode()
+        return value
+
+    assert sample("bhiv_outbox_pending_events") == 0
+    assert sample("bhiv_outbox_oldest_pending_age_seconds") == 0
+    with db.session() as s:
+        OUTBOX.publish(s, "thing.old", {})
+        s.commit()
+    with db.session() as s:  # published two minutes ago
+        s.execute(OUTBOX.table.update().values(occurred_at=utcnow() - dt.timedelta(minutes=2)))
+        OUTBOX.publish(s, "thing.new", {})
+        s.commit()
+    assert sample("bhiv_outbox_pending_events") == 2
+    assert 120 <= sample("bhiv_outbox_oldest_pending_age_seconds") < 180
+    asyncio.run(OUTBOX.relay_once(db, client(lambda r: httpx.Response(201), []), {}, 10))
+    assert sample("bhiv_outbox_pending_events") == 0
+    assert sample("bhiv_outbox_oldest_pending_age_seconds") == 0
