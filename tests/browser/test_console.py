@@ -133,7 +133,8 @@ def test_a_run_whose_step_failed_shows_that_step_failed(page: Any, platform: Pla
     page.get_by_label("Status").select_option("failed")
     assert "status=failed" in page.url and f"workflow={name}" in page.url
     page.locator(f'#runs-table tr[data-run="{run["id"]}"]').wait_for()
-    assert page.locator("#runs-table tbody tr").count() == 1
+    # The table re-renders as each filter applies: wait for the filtered rows.
+    _wait(lambda: page.locator("#runs-table tbody tr").count(), lambda n: n == 1)
     screenshot(page, "workflows")
 
     page.get_by_role("link", name=f"#{run['id']}").click()
