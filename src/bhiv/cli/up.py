@@ -22,6 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import get_args
 
 import httpx
 from rich.console import Console
@@ -31,7 +32,7 @@ from rich.text import Text
 from bhiv import catalog
 from bhiv.core.log_lines import render
 from bhiv.core.private_files import private_dir
-from bhiv.core.settings import default_data_dir, load_or_create_local_secret
+from bhiv.core.settings import LogFormat, default_data_dir, load_or_create_local_secret
 
 READY_TIMEOUT_SECONDS = 60.0
 STOP_GRACE_SECONDS = 15.0
@@ -83,6 +84,14 @@ def _pump(child: Child) -> None:
         console.print(prefix + (_readable(line) if child.readable else Text(line)), soft_wrap=True)
 
 
+def _answers_ready(http: httpx.Client, url: str) -> bool:
+    """Does the service at base ``url`` answer /health/ready with 200 (not yet: False)?"""
+    try:
+        return http.get(f"{url}/health/ready").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def wait_until_ready(urls: list[str], timeout: float) -> str | None:
     """Poll each base URL's /health/ready until it answers 200; the first URL still not
     ready when ``timeout`` seconds have passed, else None."""
@@ -90,12 +99,9 @@ def wait_until_ready(urls: list[str], timeout: float) -> str | None:
     pending = list(urls)
     with httpx.Client(timeout=2.0) as http:
         while pending:
-            try:
-                if http.get(f"{pending[0]}/health/ready").status_code == 200:
-                    pending.pop(0)
-                    continue
-            except httpx.TransportError:
-                pass
+            if _answers_ready(http, pending[0]):
+                pending.pop(0)
+                continue
             if time.monotonic() > deadline:
                 return pending[0]
             time.sleep(0.05)
@@ -142,11 +148,8 @@ def _wait_ready(children: list[Child], stop: threading.Event) -> Child | None:
             for child in list(pending):
                 if child.process.poll() is not None:
                     return child
-                try:
-                    if http.get(f"{child.url}/health/ready").status_code == 200:
-                        pending.remove(child)
-                except httpx.TransportError:
-                    pass
+                if _answers_ready(http, child.url):
+                    pending.remove(child)
             if pending:
                 if time.monotonic() > deadline:
                     return pending[0]
@@ -201,9 +204,12 @@ def run_platform(
     env.pop("BHIV_PORT", None)  # each child gets its own port
     # The children log JSON to this process, which shows it as human lines on a terminal.
     log_format = env.get("BHIV_LOG_FORMAT", "auto").strip().lower()
-    if log_format not in ("auto", "json", "text"):
+    choices = get_args(LogFormat)
+    if log_format not in choices:
         console.print(
-            f"[red]error:[/] BHIV_LOG_FORMAT={log_format!r}: use auto, json or text", soft_wrap=True
+            f"[red]error:[/] BHIV_LOG_FORMAT={log_format!r}: "
+            f"use {', '.join(choices[:-1])} or {choices[-1]}",
+            soft_wrap=True,
         )
         return 2
     readable = log_format == "text" or (log_format == "auto" and console.is_terminal)

@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import logging
 import sys
-from typing import Any, Literal
+from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
 
 from bhiv.core import tracing
 from bhiv.core.context import request_id_var
 from bhiv.core.log_lines import render, to_ansi
+from bhiv.core.settings import LogFormat
 
-LogFormat = Literal["auto", "json", "text"]
 FIELDS = "%(levelname)s %(name)s %(message)s %(request_id)s %(trace_id)s"
 RENAMED = {"levelname": "level", "name": "logger"}
 

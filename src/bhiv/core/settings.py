@@ -21,6 +21,8 @@ from bhiv.core.private_files import private_dir, tighten
 
 Role = Literal["admin", "editor", "viewer"]
 MetricsAccess = Literal["public", "admin", "off"]
+# BHIV_LOG_FORMAT (bhiv.core.logging): auto chooses text on a terminal, JSON otherwise.
+LogFormat = Literal["auto", "json", "text"]
 
 
 class MissingSharedSecret(RuntimeError):
@@ -127,7 +129,7 @@ class ServiceSettings(BaseSettings):
     jwt_audience: str = "bhiv"
     api_keys: list[ApiKeySpec] = Field(default_factory=list, description="JSON list of API keys.")
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
-    log_format: Literal["auto", "json", "text"] = Field(
+    log_format: LogFormat = Field(
         "auto",
         description="auto: short human lines on a terminal, JSON otherwise (containers, "
         "files, pipes); json or text to choose.",
