@@ -136,7 +136,13 @@ cluster-status: ## is the local cluster running, and where is its kubeconfig
 image: ## build the container image bhiv-core:dev on a cached local Debian base
 	hack/build-image
 
-bench: test-deps ## Logistics throughput and latency (prints figures; never pass/fail)
+bench: test-deps ## Logistics, gateway and start-up figures (printed, and as JSON under bench/results/; never pass/fail)
+	$(BIN)/python bench/logistics_throughput.py
+	$(BIN)/python bench/gateway.py
+	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/results.py
+
+bench-logistics: test-deps ## Logistics throughput and latency only
 	$(BIN)/python bench/logistics_throughput.py
 
 bench-gateway: test-deps ## direct vs gateway vs nginx

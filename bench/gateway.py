@@ -28,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import Result, hey, warm_up, wrk  # noqa: E402
+from bench.results import record  # noqa: E402
 from tests.support.net import free_port, wait_http  # noqa: E402
 from tests.support.servers import service_process  # noqa: E402
 
@@ -216,6 +217,23 @@ def report(
     added_nginx = half["nginx"].p99_ms - half["direct"].p99_ms
     print(
         f"  added p99 at half load: gateway {added_gw:+.2f} ms (target <= 3 ms), nginx {added_nginx:+.2f} ms"
+    )
+    record(
+        "gateway",
+        {
+            "path": path,
+            "seconds": seconds,
+            "maximum": {name: r.figures() for name, r in peak.items() if name != "nginx"},
+            "at_half_load": {name: r.figures() for name, r in half.items() if name != "nginx"},
+            "cpu_us_per_request": {
+                name: {k: round(v, 1) for k, v in used.items()} for name, used in cpu.items()
+            },
+            "gateway_to_nginx": round(g / n, 3),
+            "gateway_to_direct": round(g / d, 3),
+            "gateway_added_p99_ms": round(added_gw, 2),
+            "nginx_added_p99_ms": round(added_nginx, 2),
+        },
+        baseline={"nginx": peak["nginx"].figures(), "nginx_at_half_load": half["nginx"].figures()},
     )
 
 

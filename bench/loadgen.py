@@ -28,6 +28,14 @@ class Result:
     p99_ms: float
     errors: int
 
+    def figures(self) -> dict[str, float]:
+        return {
+            "requests_per_second": round(self.requests_per_second, 1),
+            "p50_ms": self.p50_ms,
+            "p99_ms": self.p99_ms,
+            "errors": self.errors,
+        }
+
     def row(self) -> str:
         return (
             f"{self.label:<34} {self.requests_per_second:>10.0f} req/s   "

@@ -26,6 +26,7 @@ import httpx
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.loadgen import hey, wrk  # noqa: E402
+from bench.results import record  # noqa: E402
 from tests.support.servers import service_process  # noqa: E402
 
 ITEMS = 1000
@@ -109,6 +110,21 @@ def main() -> None:
     print(
         f"  reads {reads.requests_per_second:.0f} req/s, writes {writes.requests_per_second:.0f} req/s, "
         f"p99 at half load: reads {half_reads.p99_ms:.1f} ms, writes {half_writes.p99_ms:.1f} ms"
+    )
+    record(
+        "logistics",
+        {
+            "seconds": s,
+            "reads": reads.figures(),
+            "writes": writes.figures(),
+            "reads_at_half_load": half_reads.figures(),
+            "writes_at_half_load": half_writes.figures(),
+            "reads_to_baseline": round(reads.requests_per_second / baseline.requests_per_second, 3),
+            "writes_to_baseline": round(
+                writes.requests_per_second / baseline.requests_per_second, 3
+            ),
+        },
+        baseline={"health": baseline.figures()},
     )
 
 

@@ -27,6 +27,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results import record  # noqa: E402
 from bhiv import catalog  # noqa: E402
 from tests.service.test_cli_up import _children, _free_offset  # noqa: E402
 
@@ -119,6 +120,17 @@ def main() -> None:
     print(f"{'service':<22}{'import (s)':>12}{'idle RSS (MB)':>16}")  # noqa: T201
     for name in catalog.SERVICES:
         print(f"{name:<22}{imports[name]:>12.2f}{rss.get(name, float('nan')):>16.0f}")  # noqa: T201
+    record(
+        "startup",
+        {
+            "up_seconds": round(up_seconds, 3),
+            "up_runs_seconds": [round(t, 3) for t, _ in runs],
+            "up_to_python_start": round(up_seconds / floor, 1),
+            "import_seconds": {k: round(v, 3) for k, v in imports.items()},
+            "idle_rss_mb": {k: round(v, 1) for k, v in rss.items()},
+        },
+        baseline={"python_start_seconds": round(floor, 4)},
+    )
 
 
 if __name__ == "__main__":
