@@ -52,12 +52,14 @@ def _lua(target: str, token: str) -> str:
     lua = f'wrk.headers["Authorization"] = "Bearer {token}"\n'
     if target == "proxy":
         # The upstream's cheapest route, so the gateway, not Logistics, is the bottleneck.
-        return lua + 'request = function()\n  return wrk.format("GET", "/api/logistics/health")\nend\n'
+        return (
+            lua + 'request = function()\n  return wrk.format("GET", "/api/logistics/health")\nend\n'
+        )
     prefix = ""
     if target == "write":
         return lua + (
             'wrk.headers["Content-Type"] = "application/json"\n'
-            "local body = '{\"type\": \"receipt\", \"quantity\": 1, \"reference\": \"profile\"}'\n"
+            'local body = \'{"type": "receipt", "quantity": 1, "reference": "profile"}\'\n'
             f'request = function()\n  return wrk.format("POST", "{prefix}/inventory/" '
             f'.. math.random(1, {ITEMS}) .. "/movements", nil, body)\nend\n'
         )

@@ -94,9 +94,7 @@ def compare(bench: str) -> None:
     latest = json.loads(runs[-1].read_text())
     before = json.loads(runs[-2].read_text()) if len(runs) > 1 else None
     now_figures = _flatten({"baseline": latest["baseline"], **latest["figures"]})
-    old_figures = (
-        _flatten({"baseline": before["baseline"], **before["figures"]}) if before else {}
-    )
+    old_figures = _flatten({"baseline": before["baseline"], **before["figures"]}) if before else {}
     print(f"{bench}: {latest['when']} ({latest['commit']})", end="")  # noqa: T201
     print(f" vs {before['when']} ({before['commit']})" if before else " (first run)")  # noqa: T201
     for key, value in now_figures.items():

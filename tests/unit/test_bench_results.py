@@ -15,7 +15,9 @@ def test_each_run_is_kept_and_compared_with_the_one_before(
 ) -> None:
     monkeypatch.setenv("BHIV_BENCH_RESULTS", str(tmp_path))
     first = results.record("logistics", {"reads": {"requests_per_second": 500.0}}, {"health": 5000})
-    second = results.record("logistics", {"reads": {"requests_per_second": 750.0}}, {"health": 5000})
+    second = results.record(
+        "logistics", {"reads": {"requests_per_second": 750.0}}, {"health": 5000}
+    )
 
     assert first != second and first.exists() and second.exists()
     latest = json.loads((tmp_path / "logistics.json").read_text())
