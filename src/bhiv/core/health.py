@@ -6,13 +6,14 @@ import asyncio
 import time
 from typing import Any
 
-from fastapi import APIRouter, Depends, Request, Response
+from fastapi import Depends, Request, Response
 from pydantic import BaseModel, Field
 
 from bhiv.core.auth import Identity, current_identity, require
 from bhiv.core.errors import Problem
+from bhiv.core.routing import service_router
 
-router = APIRouter(tags=["platform"])
+router = service_router(tags=["platform"])
 
 
 class Health(BaseModel):

@@ -26,6 +26,7 @@ from bhiv.core.crud import (
 from bhiv.core.db import SessionDep
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import Column, Page, PageParams, like_pattern, page_params, paginate
+from bhiv.core.routing import service_router
 
 # Returns extra WHERE clauses from an endpoint's own query parameters.
 FilterDependency = Callable[..., list[ColumnElement[bool]]]
@@ -52,7 +53,7 @@ def resource_router(
     before_delete: Callable[[Session, Any], None] | None = None,
     tag: str,
 ) -> APIRouter:
-    router = APIRouter(tags=[tag])
+    router = service_router(tags=[tag])
     table = model.__tablename__
     references = references or {}
     id_name = f"{what}_id"

@@ -15,18 +15,19 @@ import json
 from typing import Any, Literal
 from urllib.parse import unquote, urlsplit
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import Depends, Request
 from pydantic import BaseModel, Field
 
 from bhiv.core.auth import Identity, current_identity
 from bhiv.core.context import request_id_var
 from bhiv.core.errors import Problem, field_problem, problem_body
 from bhiv.core.middleware import forwarded_chain
+from bhiv.core.routing import service_router
 from bhiv.gateway.edge import HOP_BY_HOP, Edge, public_location
 from bhiv.gateway.forwarder import RequestBody
 from bhiv.gateway.ratelimit import rate_limit_headers
 
-router = APIRouter(tags=["gateway"])
+router = service_router(tags=["gateway"])
 
 # A sub-request runs as the batch's caller, so it cannot bring credentials of
 # its own; the gateway sets the forwarding headers and the answer's encoding.

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Header, Request, Response
+from fastapi import Depends, Header, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from bhiv.core.auth import require
 from bhiv.core.errors import Problem
+from bhiv.core.routing import service_router
 from bhiv.gateway.edge import limited, too_many
 from bhiv.gateway.ratelimit import rate_limit_headers
 
-router = APIRouter(tags=["gateway"])
+router = service_router(tags=["gateway"])
 
 
 async def limit_by_address(request: Request, response: Response) -> None:

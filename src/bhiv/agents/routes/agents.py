@@ -6,7 +6,7 @@ task claims."""
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import Depends, Path, Query, Request, Response, status
 from sqlalchemy import select
 
 from bhiv.agents import queue
@@ -31,8 +31,9 @@ from bhiv.core import (
 from bhiv.core.crud import apply_patch, deleted, get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, conflict
+from bhiv.core.routing import service_router
 
-router = APIRouter(tags=["agents"])
+router = service_router(tags=["agents"])
 AgentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Agent ID.")]
 
 agent_page = page_params(

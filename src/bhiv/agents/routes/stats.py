@@ -1,12 +1,11 @@
 """Monitoring over the API (the same figures are on /metrics)."""
 
-from fastapi import APIRouter
-
 from bhiv.agents.monitoring import overview
 from bhiv.agents.schemas import Overview
 from bhiv.core.db import SessionDep
+from bhiv.core.routing import service_router
 
-router = APIRouter(tags=["monitoring"])
+router = service_router(tags=["monitoring"])
 
 
 @router.get(

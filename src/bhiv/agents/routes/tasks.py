@@ -5,7 +5,7 @@
 import datetime as dt
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi import Depends, Path, Query, Request, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -31,8 +31,9 @@ from bhiv.core import (
 from bhiv.core.crud import get_or_404
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem
+from bhiv.core.routing import service_router
 
-router = APIRouter(tags=["tasks"])
+router = service_router(tags=["tasks"])
 TaskId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Task ID.")]
 
 task_page = page_params(

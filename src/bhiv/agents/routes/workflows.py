@@ -4,7 +4,7 @@
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, status
+from fastapi import Depends, Path, Query, Request, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
@@ -39,8 +39,9 @@ from bhiv.core import (
 from bhiv.core.crud import get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
+from bhiv.core.routing import service_router
 
-router = APIRouter(tags=["workflows"])
+router = service_router(tags=["workflows"])
 DefinitionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Workflow definition ID.")]
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Run ID.")]
 

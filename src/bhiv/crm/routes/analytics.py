@@ -6,12 +6,12 @@ import enum
 from decimal import Decimal
 from typing import Any
 
-from fastapi import APIRouter
 from sqlalchemy import func, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from bhiv.core import utcnow
 from bhiv.core.db import SessionDep
+from bhiv.core.routing import service_router
 from bhiv.crm.models import (
     UNRESOLVED,
     Customer,
@@ -24,7 +24,7 @@ from bhiv.crm.models import (
 )
 from bhiv.crm.schemas import CrmAnalytics, CustomerStats, PipelineStats, StageTotals, TicketStats
 
-router = APIRouter(tags=["analytics"])
+router = service_router(tags=["analytics"])
 OPEN_STAGES = (LeadStage.new, LeadStage.contacted, LeadStage.qualified, LeadStage.proposal)
 
 

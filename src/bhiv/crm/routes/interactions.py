@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 from sqlalchemy import ColumnElement, select
 
 from bhiv.core import (
@@ -20,10 +20,11 @@ from bhiv.core.crud import created, get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
 from bhiv.core.fields import UTCTimestamp
+from bhiv.core.routing import service_router
 from bhiv.crm.models import Customer, Interaction, InteractionKind
 from bhiv.crm.schemas import InteractionCreate, InteractionRead, Principal
 
-router = APIRouter(tags=["interactions"])
+router = service_router(tags=["interactions"])
 CustomerId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Customer ID.")]
 InteractionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Interaction ID.")]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 from sqlalchemy import case, delete, or_, select
 
 from bhiv.core import Page, PageParams, page_params, paginate
@@ -14,6 +14,7 @@ from bhiv.core.db import SessionDep, rows_changed
 from bhiv.core.errors import conflict
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
+from bhiv.core.routing import service_router
 from bhiv.crm import lead_pipeline
 from bhiv.crm.models import Lead, LeadSource, LeadStage
 from bhiv.crm.schemas import (
@@ -26,7 +27,7 @@ from bhiv.crm.schemas import (
     Principal,
 )
 
-router = APIRouter(tags=["leads"])
+router = service_router(tags=["leads"])
 LeadId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Lead ID.")]
 AmountQuery = Annotated[Decimal | None, Query(ge=0, max_digits=12, decimal_places=2)]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import Depends, Path, Query, Request, Response, status
 from sqlalchemy import case, or_, select
 
 from bhiv.core import (
@@ -21,6 +21,7 @@ from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
+from bhiv.core.routing import service_router
 from bhiv.crm import ticket_workflow
 from bhiv.crm.models import (
     UNRESOLVED,
@@ -41,7 +42,7 @@ from bhiv.crm.schemas import (
 )
 from bhiv.crm.settings import TicketSla
 
-router = APIRouter(tags=["tickets"])
+router = service_router(tags=["tickets"])
 TicketId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Ticket ID.")]
 
 

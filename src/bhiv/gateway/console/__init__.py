@@ -22,11 +22,12 @@ from dataclasses import dataclass
 from importlib import resources
 from string import Template
 
-from fastapi import APIRouter, FastAPI, Request
+from fastapi import FastAPI, Request
 from fastapi.responses import RedirectResponse, Response
 
 from bhiv import catalog
 from bhiv.core.errors import Problem
+from bhiv.core.routing import service_router
 
 PREFIX = "/console"
 # Page slug (its URL under /console/, its fragment in pages/, its script in static/) -> label.
@@ -137,7 +138,7 @@ def render(page: str) -> str:
 
 # Rendered once: a page depends on nothing but the package's own files and the catalog.
 RENDERED = {page: render(page) for page in PAGES}
-router = APIRouter(include_in_schema=False)
+router = service_router(include_in_schema=False)
 
 
 def _page_response(page: str, request: Request) -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import Depends, Path, Query, Request, Response, status
 from sqlalchemy import or_, select
 from starlette.concurrency import run_in_threadpool
 
@@ -15,6 +15,7 @@ from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, field_problem
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
+from bhiv.core.routing import service_router
 from bhiv.integrations.connections import (
     CallFailed,
     RateLimited,
@@ -34,7 +35,7 @@ from bhiv.integrations.schemas import (
     TestCallResult,
 )
 
-router = APIRouter(tags=["connections"])
+router = service_router(tags=["connections"])
 ConnectionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Connection ID.")]
 ADMIN = [Depends(require("admin"))]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -14,13 +14,14 @@ from bhiv.core.auth import Identity, current_identity
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, not_found
 from bhiv.core.fields import UTCTimestamp
+from bhiv.core.routing import service_router
 from bhiv.core.service_auth import service_of
 from bhiv.integrations.delivery import fan_out
 from bhiv.integrations.event_types import EVENT_TYPES
 from bhiv.integrations.models import Event
 from bhiv.integrations.schemas import EventAccepted, EventIn, EventRead, EventTypeInfo
 
-router = APIRouter(tags=["events"])
+router = service_router(tags=["events"])
 pages = page_params({"id": Event.id, "occurred_at": Event.occurred_at}, default_sort="-id")
 
 

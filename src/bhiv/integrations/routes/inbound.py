@@ -13,7 +13,7 @@ import datetime as dt
 import json
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import Depends, Path, Query, Request, Response, status
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -24,6 +24,7 @@ from bhiv.core.crud import apply_patch, created, deleted, get_or_404, unique_as_
 from bhiv.core.db import Database, SessionDep
 from bhiv.core.errors import Problem, field_problem, not_found
 from bhiv.core.fields import StorableText
+from bhiv.core.routing import service_router
 from bhiv.integrations import signing
 from bhiv.integrations.crypto import SecretBox, UnreadableSecret
 from bhiv.integrations.models import InboundMessage, WebhookSource
@@ -37,8 +38,8 @@ from bhiv.integrations.schemas import (
     WebhookSourceWithSecret,
 )
 
-sources = APIRouter(tags=["inbound webhooks"])
-receiver = APIRouter(tags=["inbound webhooks"])
+sources = service_router(tags=["inbound webhooks"])
+receiver = service_router(tags=["inbound webhooks"])
 SourceId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Webhook source ID.")]
 ADMIN = [Depends(require("admin"))]
 

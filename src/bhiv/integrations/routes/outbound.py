@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Request, Response, status
+from fastapi import Depends, Path, Query, Request, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
@@ -12,6 +12,7 @@ from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import created, deleted, get_or_404
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
+from bhiv.core.routing import service_router
 from bhiv.integrations import delivery as deliveries
 from bhiv.integrations import signing
 from bhiv.integrations.crypto import SecretBox
@@ -28,7 +29,7 @@ from bhiv.integrations.schemas import (
     SubscriptionWithSecret,
 )
 
-router = APIRouter(tags=["outbound webhooks"])
+router = service_router(tags=["outbound webhooks"])
 SubscriptionId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Subscription ID.")]
 DeliveryId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Delivery ID.")]
 ADMIN = [Depends(require("admin"))]

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 from sqlalchemy import select
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import created, deleted, get_or_404, require_reference, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import field_problem
+from bhiv.core.routing import service_router
 from bhiv.integrations.models import (
     Connection,
     RunStatus,
@@ -24,7 +25,7 @@ from bhiv.integrations.schemas import SyncJobCreate, SyncJobRead, SyncJobUpdate,
 from bhiv.integrations.sync import queue_run
 from bhiv.integrations.targets import TARGETS
 
-router = APIRouter(tags=["sync"])
+router = service_router(tags=["sync"])
 JobId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sync job ID.")]
 RunId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Sync run ID.")]
 ADMIN = [Depends(require("admin"))]

@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import apply_patch, created, deleted, unique_as_conflict
 from bhiv.core.errors import conflict, field_problem, not_found
+from bhiv.core.routing import service_router
 from bhiv.llm import registry
 from bhiv.llm.models import LlmModel, Provider, Source
 from bhiv.llm.routes.deps import SessionDep
@@ -28,7 +29,7 @@ from bhiv.llm.schemas import (
 from bhiv.llm.settings import NAME_PATTERN
 from bhiv.llm.tokens import counter
 
-router = APIRouter()
+router = service_router()
 Admin = [Depends(require("admin"))]
 ProviderName = Annotated[str, Path(pattern=NAME_PATTERN, description="Provider name.")]
 ModelAlias = Annotated[str, Path(pattern=NAME_PATTERN, description="Model alias.")]

@@ -9,10 +9,10 @@ import time
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
-from fastapi import APIRouter
 from fastapi.responses import JSONResponse, StreamingResponse
 from sqlalchemy import select
 
+from bhiv.core.routing import service_router
 from bhiv.llm.models import LlmModel
 from bhiv.llm.pipeline import (
     Answer,
@@ -28,7 +28,7 @@ from bhiv.llm.routing import Attempt, Route
 from bhiv.llm.schemas import ChatCompletion, ChatCompletionRequest, ModelCard, ModelCardList
 from bhiv.llm.tokens import message_text
 
-router = APIRouter(tags=["chat"])
+router = service_router(tags=["chat"])
 
 SAMPLING = (
     "temperature",

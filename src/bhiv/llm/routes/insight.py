@@ -8,12 +8,13 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, Depends, Query, Response, status
+from fastapi import Depends, Query, Response, status
 from sqlalchemy import Date, case, cast, func, select
 from sqlalchemy.sql import ColumnElement
 
 from bhiv.core import Identity, Page, PageParams, current_identity, page_params, paginate, require
 from bhiv.core.fields import StorableText, UTCTimestamp
+from bhiv.core.routing import service_router
 from bhiv.llm import cache, registry, safety
 from bhiv.llm.models import SafetyDecision, UsageRecord, UsageStatus
 from bhiv.llm.pipeline import MONEY
@@ -28,7 +29,7 @@ from bhiv.llm.schemas import (
     UsageRead,
 )
 
-router = APIRouter()
+router = service_router()
 IdentityDep = Annotated[Identity, Depends(current_identity)]
 Since = Annotated[
     UTCTimestamp | None, Query(description="From this time (inclusive, with a timezone).")

@@ -7,18 +7,19 @@ import time
 from decimal import Decimal
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import Depends, Path, Response, status
 from sqlalchemy import select
 
 from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
 from bhiv.core.crud import deleted
 from bhiv.core.errors import not_found
+from bhiv.core.routing import service_router
 from bhiv.llm import limits, registry
 from bhiv.llm.models import KeyPolicy, RateWindow
 from bhiv.llm.routes.deps import CallerDep, SessionDep, SettingsDep
 from bhiv.llm.schemas import PolicyPut, PolicyRead, Quota
 
-router = APIRouter(tags=["policies"])
+router = service_router(tags=["policies"])
 Admin = [Depends(require("admin"))]
 Subject = Annotated[
     str,

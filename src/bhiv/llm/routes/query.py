@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Path, Response, status
+from fastapi import Depends, Path, Response, status
 from fastapi.responses import JSONResponse
 from sqlalchemy import select
 from sqlalchemy.orm import Session
@@ -12,6 +12,7 @@ from sqlalchemy.orm import Session
 from bhiv.core import Page, PageParams, page_params, paginate
 from bhiv.core.crud import apply_patch, created, deleted
 from bhiv.core.errors import field_problem
+from bhiv.core.routing import service_router
 from bhiv.llm import conversations
 from bhiv.llm.models import Conversation, LlmModel, Message
 from bhiv.llm.pipeline import Answer, ChatRequest
@@ -27,7 +28,7 @@ from bhiv.llm.schemas import (
     QueryResponse,
 )
 
-router = APIRouter(tags=["query"])
+router = service_router(tags=["query"])
 ConversationId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Conversation ID.")]
 conversation_page = page_params(
     {

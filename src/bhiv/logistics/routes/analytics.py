@@ -4,14 +4,14 @@ from __future__ import annotations
 
 from decimal import Decimal
 
-from fastapi import APIRouter
 from sqlalchemy import func, select
 
 from bhiv.core.db import SessionDep
+from bhiv.core.routing import service_router
 from bhiv.logistics.models import Item, Shipment, Warehouse
 from bhiv.logistics.schemas import GroupTotals, InventoryAnalytics
 
-router = APIRouter(tags=["analytics"])
+router = service_router(tags=["analytics"])
 
 _units = func.coalesce(func.sum(Item.quantity), 0)
 _value = func.coalesce(func.sum(Item.quantity * Item.unit_cost), 0)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
@@ -28,6 +28,7 @@ from bhiv.core.db import SessionDep
 from bhiv.core.errors import conflict, not_found
 from bhiv.core.fields import StorableText
 from bhiv.core.pagination import like_pattern
+from bhiv.core.routing import service_router
 from bhiv.logistics import stock
 from bhiv.logistics.models import (
     Item,
@@ -48,7 +49,7 @@ from bhiv.logistics.schemas import (
     SupplierRead,
 )
 
-router = APIRouter(tags=["inventory"])
+router = service_router(tags=["inventory"])
 ItemId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Item ID.")]
 
 item_page = page_params(

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, Path, Query, Response, status
+from fastapi import Depends, Path, Query, Response, status
 from sqlalchemy import select, update
 
 from bhiv.core import (
@@ -21,6 +21,7 @@ from bhiv.core.crud import created, get_or_404, require_reference, unique_as_con
 from bhiv.core.db import SessionDep, rows_changed
 from bhiv.core.errors import Problem, field_problem
 from bhiv.core.fields import StorableText
+from bhiv.core.routing import service_router
 from bhiv.core.status_machine import StatusMachine
 from bhiv.logistics import stock
 from bhiv.logistics.models import (
@@ -41,7 +42,7 @@ from bhiv.logistics.schemas import (
     TransitionCreate,
 )
 
-router = APIRouter(tags=["shipments"])
+router = service_router(tags=["shipments"])
 ShipmentId = Annotated[int, Path(ge=1, le=2**31 - 1, description="Shipment ID.")]
 
 S = ShipmentStatus
