@@ -12,7 +12,8 @@ the recorder tells replicas apart.
   is held back until :meth:`Recorder.release` (a step in flight, its side effect done);
   with ``"delay": seconds`` in the body, the answer comes that much later (a long step).
 - ``GET /{replica}/effects?reference=...``: ``{"items": [...], "total": n}``.
-- ``POST /{replica}/work``: a task's call; answers ``{"done": reference}``.
+- ``POST /{replica}/work``: a task's call; answers ``{"done": reference}`` (held or
+  delayed likewise).
 """
 
 from __future__ import annotations
@@ -23,11 +24,11 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from tests.support.net import free_port, wait_http
+from tests.support.app_thread import AppThread
+from tests.support.net import free_port
 
 
 @dataclass(frozen=True)
@@ -46,8 +47,7 @@ class Recorder:
         self.effects: dict[str, dict[str, Any]] = {}
         self._holds: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: AppThread | None = None
 
     @property
     def url(self) -> str:
@@ -78,18 +78,7 @@ class Recorder:
             ]
 
     def start(self) -> Recorder:
-        config = uvicorn.Config(
-            self._app(),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-            lifespan="off",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="recorder", daemon=True)
-        self._thread.start()
-        wait_http(f"{self.url}/health", timeout=15, alive=self._thread.is_alive)
+        self._runner = AppThread(self._app(), self.port, "recorder").start()
         return self
 
     def stop(self) -> None:
@@ -98,10 +87,8 @@ class Recorder:
             self._holds.clear()
         for event in holds:
             event.set()
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._runner is not None:
+            self._runner.stop()
 
     def __enter__(self) -> Recorder:
         return self.start()
@@ -156,8 +143,14 @@ class Recorder:
 
         @app.post("/{replica}/work")
         async def work(replica: str, request: Request) -> dict[str, Any]:
-            reference = str((await request.json()).get("reference"))
+            body = await request.json()
+            reference = str(body.get("reference"))
             self._record(replica, "POST", "/work", reference)
+            with self._lock:
+                held = self._holds.get(reference)
+            if held is not None:
+                await asyncio.to_thread(held.wait, 60)
+            await asyncio.sleep(float(body.get("delay") or 0))
             return {"done": reference}
 
         return app

@@ -64,6 +64,8 @@ class WorkflowEngine:
         # Lease renewal has a worker thread of its own: it never queues behind the
         # steps' database work in the shared thread pool.
         self.lease_limiter = anyio.CapacityLimiter(1)
+        # Lease tokens of the tasks built-in agents are running here (renewed with the runs).
+        self.leased_tasks: set[str] = set()
         self.transitions = Transitions(self.db, self.owner, self.settings)
         self.runs = RunDriver(self)
         self.steps = StepExecutor(self)
@@ -106,6 +108,7 @@ class WorkflowEngine:
     async def tick(self) -> None:
         await self.db_call(self._expire)
         for assignment in await self.db_call(self._dispatch):
+            self.leased_tasks.add(assignment.token)
             self.spawn(self.agents.execute(assignment))
         for run_id in await self.db_call(self._claim_runs):
             driver = self.drivers.get(run_id)
@@ -115,11 +118,12 @@ class WorkflowEngine:
             del self.drivers[run_id]
 
     async def stop(self) -> None:
+        tasks = list(self.leased_tasks)
         pending = [*self.drivers.values(), *self.executions]
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        await self.db_call(self._release)
+        await self.db_call(self._release, tasks)
         await self.caller.aclose()
 
     # Each step first looks with a read transaction and takes the write lock
@@ -142,7 +146,7 @@ class WorkflowEngine:
             if s.scalar(select(Task.id).where(Task.status == TaskStatus.queued).limit(1)) is None:
                 return []
         with self.db.session() as s:
-            return queue.dispatch_builtin(s)
+            return queue.dispatch_builtin(s, self.settings.agents_run_lease_seconds)
 
     def _claim_runs(self) -> list[int]:
         """Take runs nobody holds (or whose holder's lease lapsed), up to this replica's
@@ -189,7 +193,8 @@ class WorkflowEngine:
         return sorted({*held, *ids})
 
     def _renew(self) -> None:
-        """Extend the lease on every run this replica holds, however many."""
+        """Extend the lease on every run this replica holds, however many, and on the
+        tasks its built-in agents are running."""
         until = utcnow() + dt.timedelta(seconds=self.settings.agents_run_lease_seconds)
         with self.db.session() as s:
             s.execute(
@@ -200,12 +205,13 @@ class WorkflowEngine:
                 )
                 .values(lease_expires_at=until)
             )
+            queue.renew(s, list(self.leased_tasks), until)
             s.commit()
 
     async def keep_leases(self, stop: asyncio.Event) -> None:
-        """Renew run leases three times a lease, apart from the tick: a long step, a slow
-        tick or a busy thread pool must not let a lease lapse while the run is driven
-        here (another replica would run its in-flight steps again)."""
+        """Renew run and task leases three times a lease, apart from the tick: a long
+        step, a slow tick or a busy thread pool must not let a lease lapse while the work
+        is done here (another replica would do it again)."""
         every = self.settings.agents_run_lease_seconds / 3
         while not await sleep_unless_stopped(stop, every):
             try:
@@ -213,13 +219,16 @@ class WorkflowEngine:
             except Exception:
                 log.exception("renewing run leases failed")
 
-    def _release(self) -> None:
+    def _release(self, tasks: list[str]) -> None:
+        """Give up this replica's run leases, and let its tasks' leases lapse now (the
+        next tick of any replica requeues them)."""
         with self.db.session() as s:
             s.execute(
                 update(WorkflowRun)
                 .where(WorkflowRun.lease_owner == self.owner)
                 .values(lease_owner=None, lease_expires_at=None)
             )
+            queue.renew(s, tasks, utcnow())
             s.commit()
 
 

@@ -25,7 +25,15 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.service.agents.helpers import define, history, steps, unique, wait_for, wait_run
+from tests.service.agents.helpers import (
+    define,
+    history,
+    steps,
+    unique,
+    wait_for,
+    wait_run,
+    wait_task,
+)
 from tests.support.postgres import PostgresServer
 from tests.support.recorder import Recorder
 from tests.support.servers import ServiceProcess, service_process
@@ -115,6 +123,18 @@ def effect(step_id: str, reference: str, delay: float | str = 0, **extra: Any) -
     }
 
 
+def worker(capability: str) -> dict[str, Any]:
+    """A service agent whose tasks POST their payload to the recorder's /work."""
+    return {
+        "name": unique("worker"),
+        "kind": "service",
+        "capabilities": [capability],
+        "max_concurrency": 50,
+        "service": "integrations",
+        "path": "/work",
+    }
+
+
 def define_fanout(api: httpx.Client) -> str:
     """a, then b and c side by side, then d: three side effects a run. b outlasts
     the run lease, so every run is held across several renewals, and most of the
@@ -156,17 +176,7 @@ def test_replicas_share_runs_and_tasks_without_doing_any_twice(
     replicas = replicas_of(replica_count)
     apis = [r.client("admin") for r in replicas]
     workflow = define_fanout(apis[0])
-    r = apis[0].post(
-        "/agents",
-        json={
-            "name": unique("worker"),
-            "kind": "service",
-            "capabilities": ["record"],
-            "max_concurrency": 50,
-            "service": "integrations",
-            "path": "/work",
-        },
-    )
+    r = apis[0].post("/agents", json=worker("record"))
     assert r.status_code == 201, r.text
 
     # 200 runs and 500 tasks, submitted round-robin to every replica, all at once.
@@ -244,6 +254,19 @@ def test_a_replica_killed_mid_step_is_taken_over_after_its_lease(
         effect("slow", "{{ input.ref }}", "{{ input.delay }}"),
         effect("after", "{{ input.ref }}-after", needs=["slow"]),
     )
+    # 30 tasks whose calls are held open, running on every replica when one dies.
+    r = apis[0].post("/agents", json=worker("slow"))
+    assert r.status_code == 201, r.text
+    tasks = []
+    for i in range(30):
+        payload = {"reference": f"k{i}"}
+        recorder.hold(payload["reference"])
+        r = apis[i % 3].post(
+            "/tasks", json={"capability": "slow", "payload": payload, "max_attempts": 2}
+        )
+        assert r.status_code == 201, r.text
+        tasks.append(r.json())
+
     held = unique("held")
     recorder.hold(held)
     body = {"workflow": name, "input": {"ref": held, "delay": 0}}
@@ -277,6 +300,8 @@ def test_a_replica_killed_mid_step_is_taken_over_after_its_lease(
     victim.process.wait()
     killed_at = time.monotonic()
     recorder.release(held)
+    for task in tasks:
+        recorder.release(task["payload"]["reference"])
 
     run = wait_run(survivor, victim_run["id"])
     assert run["status"] == "succeeded", run
@@ -309,3 +334,17 @@ def test_a_replica_killed_mid_step_is_taken_over_after_its_lease(
                 repeated[reference] = made
     assert not repeated, f"{len(repeated)} steps ran twice, not after the kill: {repeated}"
     assert victims >= 10, victims  # the victim held its share of the runs
+
+    # The victim's tasks were requeued when their leases lapsed and done elsewhere; no
+    # other task was done twice.
+    victims = 0
+    for task in tasks:
+        done = wait_task(survivor, task["id"])
+        assert done["status"] == "succeeded", done
+        made = [c.replica for c in recorder.calls_to("POST", "/work", task["payload"]["reference"])]
+        if made[0] == victim_name:
+            victims += 1
+            assert len(made) == 2 and made[1] != victim_name and done["attempts"] == 2, (made, done)
+        else:
+            assert len(made) == 1 and done["attempts"] == 1, (made, done)
+    assert victims >= 1
