@@ -5,11 +5,14 @@ run leases and tasks by task leases. Every step and task calls a recording
 upstream (tests.support.recorder) through a path prefix naming the replica, so a
 side effect made twice, or by two replicas, shows.
 
-Schedules (added separately) fit the same harness: define a schedule whose
-workflow's one service step POSTs ``/effects`` with reference
-``"{{ input.tick }}"`` (the tick's time), let 2-3 replicas run for a few ticks and
-assert each tick's reference was POSTed exactly once (``Recorder.calls_to``), by
-whichever replica.
+Schedules (added separately) fit the same harness: ``replicas_of(3)``, then a
+schedule (a short interval) of a workflow whose one step is
+``effect("fire", "{{ input.tick }}")`` (the scheduled time, or whatever names the
+tick); after a few ticks, each tick's reference must have been POSTed to
+``/effects`` exactly once (``Recorder.calls_to("POST", "/effects", ref)``) and
+the runs per tick counted with ``GET /runs?workflow=``: one. SIGKILL the replica
+that fired the latest tick (the ``replica`` of its call) and the next ticks must
+still fire once each, from the survivors.
 """
 
 from __future__ import annotations
