@@ -48,11 +48,11 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
 
-from tests.support.net import free_port, wait_http
+from tests.support.app_thread import AppThread
+from tests.support.net import free_port
 
 TextSource = str | Callable[[list[dict[str, Any]]], str] | None
 
@@ -117,8 +117,7 @@ class FakeOpenAI:
         self._queues: dict[str, deque[Step]] = {}
         self._defaults: dict[str, Step] = {}
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
+        self._runner: AppThread | None = None
 
     # --- scripting ----------------------------------------------------------------
 
@@ -167,25 +166,12 @@ class FakeOpenAI:
         return f"{self.url}/v1"
 
     def start(self) -> FakeOpenAI:
-        config = uvicorn.Config(
-            self._app(),
-            host="127.0.0.1",
-            port=self.port,
-            log_level="warning",
-            timeout_graceful_shutdown=1,
-            lifespan="off",
-        )
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, name="fake-openai", daemon=True)
-        self._thread.start()
-        wait_http(f"{self.url}/health", timeout=15, alive=self._thread.is_alive)
+        self._runner = AppThread(self._app(), self.port, "fake-openai").start()
         return self
 
     def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
+        if self._runner is not None:
+            self._runner.stop()
 
     def __enter__(self) -> FakeOpenAI:
         return self.start()

@@ -2,9 +2,10 @@
 
 One background loop per replica (a lifespan hook). Each tick it requeues
 expired task leases, hands queued tasks to built-in agents, and claims
-workflow runs (a lease per run, so replicas share the work and a dead
-replica's runs move on once their lease lapses), driving each claimed run
-one pass at a time.
+workflow runs (a lease per run, taken with ``FOR UPDATE SKIP LOCKED``, so
+replicas share the work and a dead replica's runs move on once their lease
+lapses), driving each claimed run one pass at a time. A task beside the loop
+renews the leases of every run held here, so a live replica never loses one.
 
 The parts, one job each: ``runs`` drives a run through a pass and settles it;
 ``executors`` runs one step, and the built-in agents' tasks; ``sagas`` runs
@@ -43,7 +44,7 @@ from bhiv.agents.sagas import Sagas
 from bhiv.agents.settings import AgentsSettings
 from bhiv.agents.transitions import Transitions
 from bhiv.core.background import background, sleep_unless_stopped
-from bhiv.core.db import Database, rows_changed, utcnow
+from bhiv.core.db import Database, utcnow
 
 log = logging.getLogger("bhiv.agents.engine")
 
@@ -60,6 +61,11 @@ class WorkflowEngine:
         # mistakes one for a step orphaned by a restart.
         self.inflight: set[tuple[int, str]] = set()
         self.wake = asyncio.Event()
+        # Lease renewal has a worker thread of its own: it never queues behind the
+        # steps' database work in the shared thread pool.
+        self.lease_limiter = anyio.CapacityLimiter(1)
+        # Lease tokens of the tasks built-in agents are running here (renewed with the runs).
+        self.leased_tasks: set[str] = set()
         self.transitions = Transitions(self.db, self.owner, self.settings)
         self.runs = RunDriver(self)
         self.steps = StepExecutor(self)
@@ -85,18 +91,24 @@ class WorkflowEngine:
     # --- the loop ------------------------------------------------------------------
 
     async def run(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            try:
-                await self.tick()
-            except Exception:
-                log.exception("engine tick failed")
-            # `wake` (set when work arrives over the API) ends the pause early.
-            await sleep_unless_stopped(self.wake, self.settings.agents_poll_interval_seconds)
-            self.wake.clear()
+        renewals = asyncio.create_task(self.keep_leases(stop))
+        try:
+            while not stop.is_set():
+                try:
+                    await self.tick()
+                except Exception:
+                    log.exception("engine tick failed")
+                # `wake` (set when work arrives over the API) ends the pause early.
+                await sleep_unless_stopped(self.wake, self.settings.agents_poll_interval_seconds)
+                self.wake.clear()
+        finally:
+            renewals.cancel()
+            await asyncio.gather(renewals, return_exceptions=True)
 
     async def tick(self) -> None:
         await self.db_call(self._expire)
         for assignment in await self.db_call(self._dispatch):
+            self.leased_tasks.add(assignment.token)
             self.spawn(self.agents.execute(assignment))
         for run_id in await self.db_call(self._claim_runs):
             driver = self.drivers.get(run_id)
@@ -106,11 +118,12 @@ class WorkflowEngine:
             del self.drivers[run_id]
 
     async def stop(self) -> None:
+        tasks = list(self.leased_tasks)
         pending = [*self.drivers.values(), *self.executions]
         for t in pending:
             t.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
-        await self.db_call(self._release)
+        await self.db_call(self._release, tasks)
         await self.caller.aclose()
 
     # Each step first looks with a read transaction and takes the write lock
@@ -133,46 +146,89 @@ class WorkflowEngine:
             if s.scalar(select(Task.id).where(Task.status == TaskStatus.queued).limit(1)) is None:
                 return []
         with self.db.session() as s:
-            return queue.dispatch_builtin(s)
+            return queue.dispatch_builtin(s, self.settings.agents_run_lease_seconds)
 
     def _claim_runs(self) -> list[int]:
+        """Take runs nobody holds (or whose holder's lease lapsed), up to this replica's
+        share, and return every run this replica holds.
+
+        PostgreSQL: ``FOR UPDATE SKIP LOCKED``, so replicas claiming at once each take
+        different rows and never wait on one another; SQLite serialises writers (the
+        write session begins IMMEDIATE), where the clause is left out."""
         now = utcnow()
-        until = now + dt.timedelta(seconds=self.settings.agents_run_lease_seconds)
         active = (RunStatus.running, RunStatus.compensating)
-        claimable = or_(
-            WorkflowRun.lease_owner == self.owner,
-            WorkflowRun.lease_expires_at.is_(None),
-            WorkflowRun.lease_expires_at < now,
+        free = or_(WorkflowRun.lease_expires_at.is_(None), WorkflowRun.lease_expires_at < now)
+        mine = select(WorkflowRun.id).where(
+            WorkflowRun.status.in_(active), WorkflowRun.lease_owner == self.owner
         )
         with self.db.session(write=False) as s:
-            ids = s.scalars(
-                select(WorkflowRun.id)
-                .where(WorkflowRun.status.in_(active), claimable)
-                .order_by(WorkflowRun.id)
-                .limit(100)
-            ).all()
-        if not ids:
-            return []
-        won = []
+            held = list(s.scalars(mine.order_by(WorkflowRun.id)))
+            room = self.settings.agents_max_active_runs - len(held)
+            if (
+                room <= 0
+                or s.scalar(
+                    select(WorkflowRun.id).where(WorkflowRun.status.in_(active), free).limit(1)
+                )
+                is None
+            ):
+                return held
+        until = now + dt.timedelta(seconds=self.settings.agents_run_lease_seconds)
         with self.db.session() as s:
-            for run_id in ids:
-                result = s.execute(
+            ids = list(
+                s.scalars(
+                    select(WorkflowRun.id)
+                    .where(WorkflowRun.status.in_(active), free)
+                    .order_by(WorkflowRun.id)
+                    .limit(room)
+                    .with_for_update(skip_locked=True)
+                )
+            )
+            if ids:
+                s.execute(
                     update(WorkflowRun)
-                    .where(WorkflowRun.id == run_id, WorkflowRun.status.in_(active), claimable)
+                    .where(WorkflowRun.id.in_(ids))
                     .values(lease_owner=self.owner, lease_expires_at=until)
                 )
-                if rows_changed(result) == 1:
-                    won.append(run_id)
-            s.commit()
-        return won
+                s.commit()
+        return sorted({*held, *ids})
 
-    def _release(self) -> None:
+    def _renew(self) -> None:
+        """Extend the lease on every run this replica holds, however many, and on the
+        tasks its built-in agents are running."""
+        until = utcnow() + dt.timedelta(seconds=self.settings.agents_run_lease_seconds)
+        with self.db.session() as s:
+            s.execute(
+                update(WorkflowRun)
+                .where(
+                    WorkflowRun.lease_owner == self.owner,
+                    WorkflowRun.status.in_((RunStatus.running, RunStatus.compensating)),
+                )
+                .values(lease_expires_at=until)
+            )
+            queue.renew(s, list(self.leased_tasks), until)
+            s.commit()
+
+    async def keep_leases(self, stop: asyncio.Event) -> None:
+        """Renew run and task leases three times a lease, apart from the tick: a long
+        step, a slow tick or a busy thread pool must not let a lease lapse while the work
+        is done here (another replica would do it again)."""
+        every = self.settings.agents_run_lease_seconds / 3
+        while not await sleep_unless_stopped(stop, every):
+            try:
+                await anyio.to_thread.run_sync(self._renew, limiter=self.lease_limiter)
+            except Exception:
+                log.exception("renewing run leases failed")
+
+    def _release(self, tasks: list[str]) -> None:
+        """Give up this replica's run leases, and let its tasks' leases lapse now (the
+        next tick of any replica requeues them)."""
         with self.db.session() as s:
             s.execute(
                 update(WorkflowRun)
                 .where(WorkflowRun.lease_owner == self.owner)
                 .values(lease_owner=None, lease_expires_at=None)
             )
+            queue.renew(s, tasks, utcnow())
             s.commit()
 
 

@@ -188,6 +188,8 @@ class BuiltinAgents:
         except CallFailed as exc:
             error, retryable = str(exc), exc.retryable
         except asyncio.CancelledError:
+            # Stopping: the lease is given up (engine.stop) and the task requeued.
+            engine.leased_tasks.discard(a.token)
             raise
         except Exception as exc:  # a bug in a payload or config: record it on the task
             log.exception("task %s failed", a.task_id)
@@ -198,7 +200,10 @@ class BuiltinAgents:
                 queue.finish(s, a.task_id, a.token, result=result, error=error, retryable=retryable)
                 s.commit()
 
-        await engine.db_call(record)
+        try:
+            await engine.db_call(record)
+        finally:
+            engine.leased_tasks.discard(a.token)
         engine.wake.set()
 
     async def perform(self, a: queue.Assignment) -> Any:

@@ -78,8 +78,11 @@ class Assignment:
     timeout: float
 
 
-def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
-    """Hand queued tasks to built-in agents, least-loaded first; commits."""
+def dispatch_builtin(session: Session, lease_seconds: float, batch: int = 200) -> list[Assignment]:
+    """Hand queued tasks to built-in agents, least-loaded first; commits.
+
+    The replica renews the lease while it runs the task (``renew``), so the lease
+    is short and a crashed replica's tasks are requeued within ``lease_seconds``."""
     agents = list(
         session.scalars(
             select(Agent)
@@ -105,8 +108,7 @@ def dispatch_builtin(session: Session, batch: int = 200) -> list[Assignment]:
         agent = least_loaded(agents, task.capability, load)
         if agent is None:
             continue
-        # The lease outlives the call's own timeout, so only a crashed replica's tasks expire.
-        stmt, token = _lease(task.id, agent.id, task.timeout_seconds + 30, now)
+        stmt, token = _lease(task.id, agent.id, lease_seconds, now)
         if rows_changed(session.execute(stmt)) != 1:
             continue
         load[agent.id] = load.get(agent.id, 0) + 1
@@ -196,6 +198,16 @@ def _requeue(task: Task, error: str, now: dt.datetime) -> None:
     task.lease_expires_at = None
     task.error = error
     task.updated_at = now
+
+
+def renew(session: Session, tokens: list[str], until: dt.datetime) -> None:
+    """Extend the leases of running tasks held by ``tokens``; the caller commits."""
+    if tokens:
+        session.execute(
+            update(Task)
+            .where(Task.status == TaskStatus.running, Task.lease_token.in_(tokens))
+            .values(lease_expires_at=until)
+        )
 
 
 def expire_leases(session: Session) -> int:

@@ -38,6 +38,12 @@ class AgentsSettings(ServiceSettings):
         le=3600,
         description="A replica driving a run holds it this long between renewals.",
     )
+    agents_max_active_runs: int = Field(
+        100,
+        ge=1,
+        le=10_000,
+        description="Runs one replica drives at once; the rest wait for it or another replica.",
+    )
     agents_task_lease_seconds: float = Field(
         60.0, ge=1, le=86_400, description="Default lease an external agent gets on a claimed task."
     )
