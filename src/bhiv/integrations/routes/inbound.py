@@ -26,7 +26,8 @@ from bhiv.core.errors import Problem, field_problem, not_found
 from bhiv.core.fields import StorableText
 from bhiv.integrations import signing
 from bhiv.integrations.crypto import SecretBox, UnreadableSecret
-from bhiv.integrations.models import InboundMessage, WebhookSource
+from bhiv.integrations.delivery import fan_out
+from bhiv.integrations.models import Event, InboundMessage, WebhookSource
 from bhiv.integrations.schemas import (
     InboundAck,
     InboundMessageRead,
@@ -248,8 +249,43 @@ def _store(
                 id=0, status="duplicate"
             )
         ack = InboundAck(id=message.id, status="accepted")
+        _announce(session, name, message)
         session.commit()
         return ack
+
+
+# The type under which a verified inbound webhook is fanned out to subscribers: how
+# agent-orchestration's webhook triggers learn of it (docs/agents.md, Triggers).
+WEBHOOK_RECEIVED = "webhook.received"
+
+
+def _announce(session: Session, source: str, message: InboundMessage) -> None:
+    """Fan the verified message out as a ``webhook.received`` event, in its own transaction.
+
+    The event ID derives from the stored message, which is unique per (source,
+    webhook-id): a sender's retry is a duplicate before it gets here, so each
+    message is announced once.
+    """
+    try:
+        payload = json.loads(message.body)
+    except ValueError:
+        payload = None
+    event = Event(
+        event_id=f"whk_{message.id}",
+        type=WEBHOOK_RECEIVED,
+        source="integrations",
+        occurred_at=message.received_at,
+        data={
+            "source": source,
+            "message_id": message.message_id,
+            "event_type": message.event_type,
+            "payload": payload,
+        },
+        received_at=message.received_at,
+    )
+    session.add(event)
+    session.flush()
+    fan_out(session, event)
 
 
 def _duplicate(session: Session, source_id: int, message_id: str) -> InboundAck | None:
