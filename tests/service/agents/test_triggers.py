@@ -107,7 +107,11 @@ def test_shipped_triggers_are_disabled_and_the_nightly_one_has_a_next_fire_time(
     assert (low["kind"], low["enabled"], low["builtin"]) == ("event", False, True)
     assert (low["event_type"], low["workflow"]) == ("inventory.low_stock", "inventory-reorder")
     nightly = trigger_named(api, "nightly-integration-sync")
-    assert (nightly["kind"], nightly["enabled"], nightly["cron"]) == ("schedule", False, "0 2 * * *")
+    assert (nightly["kind"], nightly["enabled"], nightly["cron"]) == (
+        "schedule",
+        False,
+        "0 2 * * *",
+    )
     next_fire = dt.datetime.fromisoformat(nightly["next_fire_at"])
     now = dt.datetime.now(dt.UTC)
     assert now < next_fire <= now + dt.timedelta(days=1)
@@ -245,7 +249,7 @@ def test_events_delivered_twice_start_nothing_and_forged_ones_are_refused(
     assert r.status_code == 201, r.text
     trigger = r.json()
     secret = AgentsSettings(jwt_secret=TEST_JWT_SECRET).events_secret()
-    envelope = {
+    envelope: dict[str, Any] = {
         "id": unique("evt"),
         "type": "shipment.status_changed",
         "timestamp": "2026-12-05T10:00:00Z",

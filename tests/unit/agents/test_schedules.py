@@ -32,12 +32,12 @@ def at(text: str) -> dt.datetime:
 
 def test_next_tick_is_local_time_across_dst() -> None:
     # 02:00 in Berlin: 01:00 UTC in winter, 00:00 UTC in summer.
-    assert schedules.next_after("0 2 * * *", "Europe/Berlin", at("2026-01-10T12:00:00+00:00")) == at(
-        "2026-01-11T01:00:00+00:00"
-    )
-    assert schedules.next_after("0 2 * * *", "Europe/Berlin", at("2026-07-10T12:00:00+00:00")) == at(
-        "2026-07-11T00:00:00+00:00"
-    )
+    assert schedules.next_after(
+        "0 2 * * *", "Europe/Berlin", at("2026-01-10T12:00:00+00:00")
+    ) == at("2026-01-11T01:00:00+00:00")
+    assert schedules.next_after(
+        "0 2 * * *", "Europe/Berlin", at("2026-07-10T12:00:00+00:00")
+    ) == at("2026-07-11T00:00:00+00:00")
 
 
 def test_plan_on_time_and_after_missed_ticks() -> None:
@@ -57,7 +57,10 @@ def test_plan_on_time_and_after_missed_ticks() -> None:
         True,
     )
     once = schedules.plan(cron, zone, due, later, CatchUp.run_once)
-    assert (once.fire, once.next_fire_at) == (at("2026-01-01T13:00:00+00:00"), at("2026-01-01T14:00:00+00:00"))
+    assert (once.fire, once.next_fire_at) == (
+        at("2026-01-01T13:00:00+00:00"),
+        at("2026-01-01T14:00:00+00:00"),
+    )
 
 
 def test_bad_cron_and_zone_are_refused() -> None:
