@@ -24,7 +24,8 @@ from bhiv.agents.schemas import (
     TriggerRead,
     TriggerUpdate,
 )
-from bhiv.core import Page, PageParams, page_params, paginate, public_operation, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, utcnow
+from bhiv.core.auth import signed_webhook_operation
 from bhiv.core.crud import created, deleted, get_or_404, unique_as_conflict
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, field_problem
@@ -202,18 +203,7 @@ def list_firings(
         400: {"description": "The body is not an event."},
         401: {"description": "The signature does not match, or the timestamp is too old."},
     },
-    openapi_extra=public_operation(
-        {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-            "parameters": [
-                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-                for name in ("webhook-id", "webhook-timestamp", "webhook-signature")
-            ],
-        }
-    ),
+    openapi_extra=signed_webhook_operation(),
 )
 async def receive_event(request: Request) -> TriggerEventAck:
     body = await request.body()

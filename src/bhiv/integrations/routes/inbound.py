@@ -19,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bhiv.core import Page, PageParams, page_params, paginate, public_operation, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
+from bhiv.core.auth import signed_webhook_operation
 from bhiv.core.crud import apply_patch, created, deleted, get_or_404, unique_as_conflict
 from bhiv.core.db import Database, SessionDep
 from bhiv.core.errors import Problem, field_problem, not_found
@@ -338,18 +339,7 @@ def _at(seconds: int) -> dt.datetime:
         410: {"description": "The source is inactive: stop sending."},
     },
     # Public: the gateway lets senders through without a bearer token.
-    openapi_extra=public_operation(
-        {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-            "parameters": [
-                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-                for name in signing.HEADERS
-            ],
-        }
-    ),
+    openapi_extra=signed_webhook_operation(),
 )
 async def receive(
     source: Annotated[
