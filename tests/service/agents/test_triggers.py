@@ -315,6 +315,8 @@ def test_a_schedule_fires_each_tick_once(platform: Platform) -> None:
         ({"kind": "schedule", "cron": "0 2 * * *", "timezone": "Mars/Olympus"}, "timezone"),
         ({"kind": "event", "event_type": "a.b", "cron": "0 2 * * *"}, "cron"),
         ({"kind": "webhook", "source": "acme", "input": {"x": "{{ __import__('os') }}"}}, "input"),
+        ({"kind": "event", "event_type": "a.b", "workflow": "no-such-workflow"}, "workflow"),
+        ({"kind": "event", "event_type": "a.b", "version": 999}, "version"),
     ],
 )
 def test_bad_triggers_are_422_naming_the_field(
@@ -324,3 +326,20 @@ def test_bad_triggers_are_422_naming_the_field(
     r = api.post("/triggers", json={"name": unique("bad"), "workflow": "inventory-reorder", **body})
     assert r.status_code == 422, r.text
     assert r.json()["errors"][0]["field"] == field, r.text
+
+
+def test_a_patch_is_checked_as_the_whole_trigger(platform: Platform) -> None:
+    api = platform.agents.client("editor")
+    body = {"kind": "event", "event_type": "lead.converted", "workflow": "inventory-reorder"}
+    first = api.post("/triggers", json={"name": unique("a"), **body}).json()
+    second = api.post("/triggers", json={"name": unique("b"), **body}).json()
+    r = api.patch(f"/triggers/{second['id']}", json={"name": first["name"]})
+    assert r.status_code == 409, r.text
+    r = api.patch(f"/triggers/{second['id']}", json={"event_type": None})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "event_type", r.text
+    r = api.patch(f"/triggers/{second['id']}", json={"cron": "0 2 * * *"})
+    assert r.status_code == 422 and r.json()["errors"][0]["field"] == "cron", r.text
+    r = api.patch(f"/triggers/{second['id']}", json={"enabled": True, "version": 2})
+    assert r.status_code == 200 and r.json()["enabled"] is True, r.text
+    assert api.delete(f"/triggers/{second['id']}").status_code == 204
+    assert api.get(f"/triggers/{second['id']}").status_code == 404

@@ -13,7 +13,7 @@ from sqlalchemy.orm import Session
 from standardwebhooks import Webhook, WebhookVerificationError
 from starlette.concurrency import run_in_threadpool
 
-from bhiv.agents import schedules, triggers
+from bhiv.agents import schedules, starts, triggers
 from bhiv.agents.definitions import Name
 from bhiv.agents.models import Trigger, TriggerFiring, TriggerKind
 from bhiv.agents.schemas import (
@@ -67,6 +67,8 @@ def read(trigger: Trigger) -> TriggerRead:
 
 
 def _apply(session: Session, trigger: Trigger, fields: TriggerFields) -> None:
+    # The workflow (and version) must exist now; a 422 names `workflow` or `version`.
+    starts.find_definition(session, fields.workflow, fields.version)
     schedule_changed = any(
         getattr(trigger, name, None) != getattr(fields, name)
         for name in ("enabled", "cron", "timezone", "kind")
