@@ -72,6 +72,9 @@ def platform(backend: str, request: pytest.FixtureRequest) -> Iterator[Platform]
             server.start()
             started.append(server)
         yield Platform(integrations, logistics, agents)
+        # Triggers work in the background: their failures would not reach a test's answer.
+        errors = [line for line in agents.log().splitlines() if '"level": "ERROR"' in line]
+        assert not errors, "agent-orchestration logged errors:\n" + "\n".join(errors[:5])
     finally:
         for server in reversed(started):
             server.stop()
@@ -343,3 +346,60 @@ def test_a_patch_is_checked_as_the_whole_trigger(platform: Platform) -> None:
     assert r.status_code == 200 and r.json()["enabled"] is True, r.text
     assert api.delete(f"/triggers/{second['id']}").status_code == 204
     assert api.get(f"/triggers/{second['id']}").status_code == 404
+
+
+def test_two_replicas_fire_each_tick_once(
+    platform: Platform, backend: str, request: pytest.FixtureRequest
+) -> None:
+    """Two agent-orchestration processes on one database evaluate the same schedule."""
+    tmp = request.getfixturevalue("tmp_path_factory")
+    if backend == "postgres":
+        url = request.getfixturevalue("postgres").create_database()
+    else:
+        url = f"sqlite:///{tmp.mktemp('shared') / 'agents.db'}"
+    replicas = [
+        service_process(
+            "agent-orchestration",
+            tmp.mktemp(f"replica{i}"),
+            url,
+            BHIV_AGENTS_SERVICE_URLS=json.dumps({"integrations": "http://127.0.0.1:9"}),
+            **ENGINE_ENV,
+        )
+        for i in range(2)
+    ]
+    replicas[0].start()
+    try:
+        replicas[1].start()
+        try:
+            api = replicas[0].client("editor")
+            workflow = unique("replicated")
+            define(api, workflow, {"id": "at", "type": "set", "value": "{{ input.at }}"})
+            r = api.post(
+                "/triggers",
+                json={
+                    "name": unique("every-second"),
+                    "kind": "schedule",
+                    "cron": "* * * * * *",
+                    "overlap": "allow",
+                    "enabled": True,
+                    "workflow": workflow,
+                    "input": {"at": "{{ tick.at }}"},
+                },
+            )
+            assert r.status_code == 201, r.text
+            trigger = r.json()
+            wait_for(lambda: firings(api, trigger["id"]), lambda f: len(f) >= 4, timeout=30)
+            api.patch(f"/triggers/{trigger['id']}", json={"enabled": False})
+            fired = firings(api, trigger["id"])
+            keys = [f["dedup_key"] for f in fired]
+            assert len(keys) == len(set(keys)), keys
+            runs = runs_of(replicas[1].client("viewer"), workflow)
+            ats = [r["input"]["at"] for r in runs]
+            assert len(ats) == len(set(ats)) == len(fired), (ats, keys)
+            for replica in replicas:  # losing a race is not an error
+                errors = [line for line in replica.log().splitlines() if '"level": "ERROR"' in line]
+                assert not errors, errors[:3]
+        finally:
+            replicas[1].stop()
+    finally:
+        replicas[0].stop()
