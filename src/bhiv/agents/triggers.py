@@ -185,7 +185,15 @@ def evaluate_schedule(db: Database, trigger_id: int, now: dt.datetime) -> int | 
     """Handle one schedule trigger's due tick (and any buffered one); the run started, if any.
 
     Replicas race on the guarded UPDATE of ``next_fire_at``; the loser changes nothing.
+    A tick that has a firing already (the unique key) changes nothing either.
     """
+    try:
+        return _evaluate(db, trigger_id, now)
+    except IntegrityError:
+        return None
+
+
+def _evaluate(db: Database, trigger_id: int, now: dt.datetime) -> int | None:
     with db.session() as session:
         trigger = session.get(Trigger, trigger_id)
         if trigger is None or not trigger.enabled or trigger.kind is not TriggerKind.schedule:
@@ -226,11 +234,7 @@ def evaluate_schedule(db: Database, trigger_id: int, now: dt.datetime) -> int | 
                         )
                 else:
                     run_id = _fire_tick(session, trigger, plan.fire, now) or run_id
-        try:
-            session.commit()
-        except IntegrityError:
-            session.rollback()
-            return None
+        session.commit()
         return run_id
 
 
