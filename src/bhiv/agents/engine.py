@@ -1,6 +1,7 @@
 """The durable workflow engine: its loop, and the leases by which replicas share work.
 
-One background loop per replica (a lifespan hook). Each tick it requeues
+One background loop per replica (a lifespan hook). Each tick it fires due
+schedule triggers (``triggers``, ``schedules``), requeues
 expired task leases, hands queued tasks to built-in agents, and claims
 workflow runs (a lease per run, taken with ``FOR UPDATE SKIP LOCKED``, so
 replicas share the work and a dead replica's runs move on once their lease
@@ -26,7 +27,7 @@ import asyncio
 import datetime as dt
 import logging
 import uuid
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -34,7 +35,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy import or_, select, update
 
-from bhiv.agents import queue
+from bhiv.agents import queue, triggers
 from bhiv.agents.calls import ServiceCaller
 from bhiv.agents.definitions import Step
 from bhiv.agents.executors import BuiltinAgents, StepExecutor
@@ -66,6 +67,8 @@ class WorkflowEngine:
         self.lease_limiter = anyio.CapacityLimiter(1)
         # Lease tokens of the tasks built-in agents are running here (renewed with the runs).
         self.leased_tasks: set[str] = set()
+        # The time schedules are evaluated against; a test may set a controlled clock.
+        self.clock: Callable[[], dt.datetime] = utcnow
         self.transitions = Transitions(self.db, self.owner, self.settings)
         self.runs = RunDriver(self)
         self.steps = StepExecutor(self)
@@ -106,6 +109,7 @@ class WorkflowEngine:
             await asyncio.gather(renewals, return_exceptions=True)
 
     async def tick(self) -> None:
+        await self.fire_schedules()
         await self.db_call(self._expire)
         for assignment in await self.db_call(self._dispatch):
             self.leased_tasks.add(assignment.token)
@@ -116,6 +120,13 @@ class WorkflowEngine:
                 self.drivers[run_id] = asyncio.create_task(self.runs.drive(run_id))
         for run_id in [r for r, d in self.drivers.items() if d.done()]:
             del self.drivers[run_id]
+
+    async def fire_schedules(self) -> None:
+        """Start the runs of schedule triggers whose tick has come (exactly once per tick:
+        bhiv.agents.triggers claims each tick with a guarded UPDATE and a unique firing row)."""
+        now = self.clock()
+        for trigger_id in await self.db_call(triggers.due_schedules, self.db, now):
+            await self.db_call(triggers.evaluate_schedule, self.db, trigger_id, now)
 
     async def stop(self) -> None:
         tasks = list(self.leased_tasks)

@@ -7,7 +7,17 @@ import datetime as dt
 import enum
 from typing import Any
 
-from sqlalchemy import JSON, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 from bhiv.core.db import Timestamps, UTCDateTime, new_metadata, string_enum, utcnow
@@ -214,3 +224,74 @@ class RunEvent(Base):
     step_id: Mapped[str | None] = mapped_column(String(64))
     kind: Mapped[str] = mapped_column(String(40))
     detail: Mapped[Any | None] = mapped_column(JSON)
+
+
+class TriggerKind(enum.StrEnum):
+    event = "event"  # a domain event delivered by the integrations service
+    webhook = "webhook"  # an inbound webhook from a named source, relayed by integrations
+    schedule = "schedule"  # a cron expression in a time zone
+
+
+class CatchUp(enum.StrEnum):
+    skip = "skip"  # ticks missed while nothing evaluated them are dropped
+    run_once = "run_once"  # missed ticks start one run between them
+
+
+class Overlap(enum.StrEnum):
+    skip = "skip"  # a tick while the trigger's last run is still active starts nothing
+    allow = "allow"  # every tick starts a run
+    buffer_one = "buffer_one"  # one tick waits for the active run to finish; more are dropped
+
+
+class Trigger(Timestamps, Base):
+    """Starts a workflow version when its event, webhook or schedule tick arrives."""
+
+    __tablename__ = "triggers"
+    __table_args__ = (Index("ix_triggers_kind_enabled", "kind", "enabled"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    description: Mapped[str | None] = mapped_column(Text)
+    kind: Mapped[TriggerKind] = mapped_column(string_enum(TriggerKind, "trigger_kind"))
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    workflow: Mapped[str] = mapped_column(String(100))
+    version: Mapped[int | None] = mapped_column(Integer)  # None: the latest at each start
+    input: Mapped[Any] = mapped_column(JSON, default=dict)  # a template over the event or tick
+    # event: the event type; webhook: the integrations webhook source's name.
+    event_type: Mapped[str | None] = mapped_column(String(100))
+    source: Mapped[str | None] = mapped_column(String(64))
+    # schedule
+    cron: Mapped[str | None] = mapped_column(String(200))
+    timezone: Mapped[str | None] = mapped_column(String(64))
+    catch_up: Mapped[CatchUp] = mapped_column(
+        string_enum(CatchUp, "trigger_catch_up"), default=CatchUp.skip
+    )
+    overlap: Mapped[Overlap] = mapped_column(
+        string_enum(Overlap, "trigger_overlap"), default=Overlap.skip
+    )
+    next_fire_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime, index=True)
+    buffered_tick: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    builtin: Mapped[bool] = mapped_column(Boolean, default=False)
+    last_fired_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    last_run_id: Mapped[int | None] = mapped_column(Integer)
+
+
+class TriggerFiring(Base):
+    """One event, webhook or tick that started (or was refused for) a trigger's run.
+
+    Unique per (trigger, dedup key) and inserted in the run's own transaction: a
+    redelivered event, or a second replica evaluating the same tick, finds the row
+    and starts nothing."""
+
+    __tablename__ = "trigger_firings"
+    __table_args__ = (UniqueConstraint("trigger_id", "dedup_key", name="trigger_dedup"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    trigger_id: Mapped[int] = mapped_column(ForeignKey("triggers.id", ondelete="CASCADE"))
+    dedup_key: Mapped[str] = mapped_column(String(255))
+    run_id: Mapped[int | None] = mapped_column(
+        ForeignKey("workflow_runs.id", ondelete="SET NULL"), index=True
+    )
+    # Why no run started: the input mapping failed, the workflow is gone, or the overlap policy.
+    error: Mapped[str | None] = mapped_column(Text)
+    at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -5,10 +5,29 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
+from bhiv.agents import schedules
 from bhiv.agents.definitions import Method, Name, ServiceName, Step
-from bhiv.agents.models import AgentKind, AgentStatus, RunStatus, StepStatus, TaskStatus
+from bhiv.agents.expressions import ExpressionError, check_template
+from bhiv.agents.models import (
+    AgentKind,
+    AgentStatus,
+    CatchUp,
+    Overlap,
+    RunStatus,
+    StepStatus,
+    TaskStatus,
+    TriggerKind,
+)
 from bhiv.core.fields import StorableText
 
 Text = Annotated[str, StringConstraints(min_length=1, max_length=200), StorableText]
@@ -291,3 +310,155 @@ class Overview(BaseModel):
     workflows: list[WorkflowStats]
     queues: list[QueueStats]
     kind: Literal["overview"] = "overview"
+
+
+# --- triggers ----------------------------------------------------------------------------
+
+EventType = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9_]*(\.[a-z][a-z0-9_]*)+$")]
+SourceName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9_-]{0,63}$")]
+Cron = Annotated[str, StringConstraints(min_length=1, max_length=200)]
+Zone = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class TriggerFields(_In):
+    """Every field of a trigger; a PATCH is checked as the whole trigger it leaves behind."""
+
+    name: Name = Field(description="Unique name.", examples=["low-stock-reorder"])
+    description: LongText | None = None
+    kind: TriggerKind = Field(
+        description="event: a domain event delivered by Integrations; webhook: an inbound webhook from a named "
+        "Integrations source; schedule: a cron expression.",
+        examples=["event"],
+    )
+    enabled: bool = Field(False, description="A disabled trigger starts nothing.")
+    workflow: Name = Field(examples=["inventory-reorder"])
+    version: int | None = Field(
+        None,
+        ge=1,
+        le=2**31 - 1,
+        description="Default: the workflow's latest version at each start.",
+    )
+    input: Payload = Field(
+        default_factory=dict,
+        description="The run's input, a template over `event` (events and webhooks: `id`, `type`, `timestamp`, "
+        "`source`, `data`) or `tick` (`at`, `local`) and `trigger` (`id`, `name`).",
+        examples=[{"sku": "{{ event.data.sku }}"}],
+    )
+    event_type: EventType | None = Field(
+        None, description="event: the type it starts on.", examples=["inventory.low_stock"]
+    )
+    source: SourceName | None = Field(
+        None,
+        description="webhook: the Integrations webhook source's name.",
+        examples=["acme-payments"],
+    )
+    cron: Cron | None = Field(
+        None,
+        description="schedule: five fields, or six with seconds last (croniter).",
+        examples=["0 2 * * *"],
+    )
+    timezone: Zone = Field("UTC", description="schedule: IANA time zone of the cron expression.")
+    catch_up: CatchUp = Field(
+        CatchUp.skip,
+        description="schedule: after missed ticks (the service was down), skip them or run_once.",
+    )
+    overlap: Overlap = Field(
+        Overlap.skip,
+        description="schedule: a tick while the last run is active: skip it, allow a second run, or "
+        "buffer_one tick until it ends.",
+    )
+
+    @field_validator("input")
+    @classmethod
+    def _template(cls, value: Payload) -> Payload:
+        try:
+            check_template(value)
+        except ExpressionError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+    @field_validator("cron")
+    @classmethod
+    def _cron(cls, value: str | None) -> str | None:
+        return None if value is None else schedules.check_cron(value)
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, value: str) -> str:
+        schedules.zone(value)
+        return value
+
+    def kind_problem(self) -> tuple[str, str] | None:
+        """(field, message) when a field is missing for the kind, or given for another kind."""
+        required = {
+            TriggerKind.event: "event_type",
+            TriggerKind.webhook: "source",
+            TriggerKind.schedule: "cron",
+        }
+        for kind, name in required.items():
+            given = getattr(self, name) is not None
+            if kind is self.kind and not given:
+                return name, f"required for a {kind.value} trigger"
+            if kind is not self.kind and given:
+                return name, f"only for a {kind.value} trigger, not {self.kind.value}"
+        return None
+
+
+class TriggerCreate(TriggerFields):
+    pass
+
+
+class TriggerUpdate(_In):
+    name: Name | None = None
+    description: LongText | None = None
+    enabled: bool | None = None
+    workflow: Name | None = None
+    version: int | None = Field(None, ge=1, le=2**31 - 1)
+    input: Payload | None = None
+    event_type: EventType | None = None
+    source: SourceName | None = None
+    cron: Cron | None = None
+    timezone: Zone | None = None
+    catch_up: CatchUp | None = None
+    overlap: Overlap | None = None
+
+
+class TriggerRead(_Read):
+    id: int = Field(examples=[1])
+    name: str
+    description: str | None
+    kind: TriggerKind
+    enabled: bool
+    workflow: str
+    version: int | None
+    input: Any
+    event_type: str | None
+    source: str | None
+    cron: str | None
+    timezone: str | None
+    catch_up: CatchUp
+    overlap: Overlap
+    next_fire_at: dt.datetime | None = Field(description="schedule, enabled: the next tick (UTC).")
+    buffered_tick: dt.datetime | None
+    builtin: bool = Field(description="Shipped with BHIV (created disabled).")
+    last_fired_at: dt.datetime | None
+    last_run_id: int | None
+    created_at: dt.datetime
+    updated_at: dt.datetime
+
+
+class FiringRead(_Read):
+    id: int
+    trigger_id: int
+    dedup_key: str = Field(description="`event:<event id>` or `tick:<UTC time>`.")
+    run_id: int | None
+    error: str | None = Field(description="Why no run started, if none did.")
+    at: dt.datetime
+
+
+class TriggerEventAck(BaseModel):
+    runs: list[int] = Field(description="Runs this delivery started.")
+    duplicates: int = Field(
+        description="Matching triggers that had started a run for this event already."
+    )
+    errors: list[str]

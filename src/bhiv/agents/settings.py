@@ -1,8 +1,13 @@
 from __future__ import annotations
 
+import base64
+
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from pydantic import Field, SecretStr, field_validator
 
 from bhiv import catalog
+from bhiv.agents.schedules import zone
 from bhiv.core.settings import ServiceSettings
 
 # The services a workflow step or a service agent may call, by catalog name.
@@ -59,6 +64,51 @@ class AgentsSettings(ServiceSettings):
     agents_llm_model: str | None = Field(
         None, description="Model alias LLM agents use when neither they nor the task name one."
     )
+
+    agents_events_secret: SecretStr | None = Field(
+        None,
+        description="Standard Webhooks secret (whsec_...) of the subscription through which the integrations "
+        "service delivers domain events to this service's triggers. Unset: derived from the shared JWT "
+        "secret, so every replica agrees (required with RS256).",
+    )
+    agents_events_url: str | None = Field(
+        None,
+        description="Where the integrations service delivers events for triggers. Unset: this service's "
+        "BHIV_AGENT_ORCHESTRATION_URL (else its catalog port on 127.0.0.1) + /trigger-events.",
+    )
+    agents_subscription_check_seconds: float = Field(
+        60.0,
+        ge=0.1,
+        le=3600,
+        description="How often the integrations subscription is checked against the enabled triggers.",
+    )
+    agents_default_timezone: str = Field(
+        "UTC",
+        description="Time zone of the shipped nightly schedule (IANA name, e.g. Europe/Berlin).",
+    )
+
+    @field_validator("agents_default_timezone", mode="after")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        zone(value)
+        return value
+
+    def events_url(self) -> str:
+        if self.agents_events_url:
+            return self.agents_events_url
+        return catalog.service_url("agent-orchestration").rstrip("/") + "/trigger-events"
+
+    def events_secret(self) -> str:
+        """The subscription's signing secret: given, or HKDF of the shared JWT secret."""
+        if self.agents_events_secret is not None:
+            return self.agents_events_secret.get_secret_value()
+        key = HKDF(
+            algorithm=hashes.SHA256(),
+            length=32,
+            salt=None,
+            info=b"bhiv agent-orchestration trigger events",
+        ).derive(self.jwt_signing_secret().encode())
+        return "whsec_" + base64.b64encode(key).decode()
 
     @field_validator("agents_service_urls", mode="after")
     @classmethod

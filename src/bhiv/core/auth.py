@@ -36,6 +36,27 @@ def public_operation(openapi_extra: dict[str, Any] | None = None) -> dict[str, A
     return {**(openapi_extra or {}), PUBLIC_OPERATION: True}
 
 
+# The Standard Webhooks headers a signed delivery carries.
+WEBHOOK_HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+
+
+def signed_webhook_operation() -> dict[str, Any]:
+    """``openapi_extra`` for a public route that takes a Standard Webhooks-signed JSON body
+    (it reads the raw body itself, so the body and headers are declared here)."""
+    return public_operation(
+        {
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            },
+            "parameters": [
+                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
+                for name in WEBHOOK_HEADERS
+            ],
+        }
+    )
+
+
 @dataclass(frozen=True)
 class Identity:
     subject: str

@@ -98,4 +98,16 @@ EVENT_TYPES: tuple[EventTypeInfo, ...] = (
         description="The multi-service-data-flow workflow combined Logistics and CRM analytics into one snapshot.",
         example={"inventory_value": "850.00", "low_stock_count": 2, "customers": 40},
     ),
+    EventTypeInfo(
+        type="webhook.received",
+        source="integrations",
+        description="An inbound webhook from a named source passed its signature check and was stored (once per "
+        "source and webhook-id). Agent-orchestration's webhook triggers start workflows from it.",
+        example={
+            "source": "acme-payments",
+            "message_id": "msg_2b1c",
+            "event_type": "payment.succeeded",
+            "payload": {"type": "payment.succeeded", "data": {"amount": 1200}},
+        },
+    ),
 )

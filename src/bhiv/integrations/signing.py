@@ -24,11 +24,13 @@ from dataclasses import dataclass
 from pydantic import SecretStr
 from standardwebhooks import Webhook, WebhookVerificationError
 
+from bhiv.core.auth import WEBHOOK_HEADERS
+
 SECRET_PREFIX = "whsec_"  # noqa: S105 - the Standard Webhooks prefix, not a secret
 SECRET_BYTES = 32
 # The spec: "at least 24 bytes (192 bits, 512 maximum)".
 MIN_SECRET_BYTES, MAX_SECRET_BYTES = 24, 64
-HEADERS = ("webhook-id", "webhook-timestamp", "webhook-signature")
+HEADERS = WEBHOOK_HEADERS
 
 
 class SignatureError(Exception):

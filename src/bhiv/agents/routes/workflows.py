@@ -8,7 +8,7 @@ from fastapi import Depends, Path, Query, Request, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bhiv.agents import queue
+from bhiv.agents import queue, starts
 from bhiv.agents.definitions import Name, WorkflowSpec, dag_problem
 from bhiv.agents.models import (
     RUN_FLOW,
@@ -173,42 +173,7 @@ def start_run(
     session: SessionDep,
     identity: Identity = Depends(current_identity),
 ) -> RunRead:
-    stmt = select(WorkflowDefinition).where(WorkflowDefinition.name == body.workflow)
-    if body.version is not None:
-        stmt = stmt.where(WorkflowDefinition.version == body.version)
-    definition = session.scalar(stmt.order_by(WorkflowDefinition.version.desc()).limit(1))
-    if definition is None:
-        known = session.scalar(
-            select(WorkflowDefinition.id).where(WorkflowDefinition.name == body.workflow).limit(1)
-        )
-        if known is not None and body.version is not None:
-            raise field_problem(
-                "version", f"workflow {body.workflow} has no version {body.version}"
-            )
-        raise field_problem("workflow", f"no workflow named {body.workflow!r}")
-    now = utcnow()
-    run = WorkflowRun(
-        definition_id=definition.id,
-        workflow=definition.name,
-        version=definition.version,
-        status=RunStatus.running,
-        input=body.input,
-        started_by=identity.subject,
-        started_at=now,
-        created_at=now,
-        updated_at=now,
-    )
-    session.add(run)
-    session.flush()
-    session.add(
-        RunEvent(
-            run_id=run.id,
-            step_id=None,
-            kind="run_started",
-            at=now,
-            detail={"workflow": run.workflow, "version": run.version, "by": identity.subject},
-        )
-    )
+    run = starts.start(session, body.workflow, body.version, body.input, identity.subject)
     answer = run_read(session, run)
     session.commit()
     request.app.state.engine.wake.set()

@@ -19,7 +19,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
-from bhiv.core import Page, PageParams, page_params, paginate, public_operation, require, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, require, utcnow
+from bhiv.core.auth import signed_webhook_operation
 from bhiv.core.crud import apply_patch, created, deleted, get_or_404, unique_as_conflict
 from bhiv.core.db import Database, SessionDep
 from bhiv.core.errors import Problem, field_problem, not_found
@@ -27,7 +28,8 @@ from bhiv.core.fields import StorableText
 from bhiv.core.routing import service_router
 from bhiv.integrations import signing
 from bhiv.integrations.crypto import SecretBox, UnreadableSecret
-from bhiv.integrations.models import InboundMessage, WebhookSource
+from bhiv.integrations.delivery import fan_out
+from bhiv.integrations.models import Event, InboundMessage, WebhookSource
 from bhiv.integrations.schemas import (
     InboundAck,
     InboundMessageRead,
@@ -249,8 +251,43 @@ def _store(
                 id=0, status="duplicate"
             )
         ack = InboundAck(id=message.id, status="accepted")
+        _announce(session, name, message)
         session.commit()
         return ack
+
+
+# The type under which a verified inbound webhook is fanned out to subscribers: how
+# agent-orchestration's webhook triggers learn of it (docs/agents.md, Triggers).
+WEBHOOK_RECEIVED = "webhook.received"
+
+
+def _announce(session: Session, source: str, message: InboundMessage) -> None:
+    """Fan the verified message out as a ``webhook.received`` event, in its own transaction.
+
+    The event ID derives from the stored message, which is unique per (source,
+    webhook-id): a sender's retry is a duplicate before it gets here, so each
+    message is announced once.
+    """
+    try:
+        payload = json.loads(message.body)
+    except ValueError:
+        payload = None
+    event = Event(
+        event_id=f"whk_{message.id}",
+        type=WEBHOOK_RECEIVED,
+        source="integrations",
+        occurred_at=message.received_at,
+        data={
+            "source": source,
+            "message_id": message.message_id,
+            "event_type": message.event_type,
+            "payload": payload,
+        },
+        received_at=message.received_at,
+    )
+    session.add(event)
+    session.flush()
+    fan_out(session, event)
 
 
 def _duplicate(session: Session, source_id: int, message_id: str) -> InboundAck | None:
@@ -303,18 +340,7 @@ def _at(seconds: int) -> dt.datetime:
         410: {"description": "The source is inactive: stop sending."},
     },
     # Public: the gateway lets senders through without a bearer token.
-    openapi_extra=public_operation(
-        {
-            "requestBody": {
-                "required": True,
-                "content": {"application/json": {"schema": {"type": "object"}}},
-            },
-            "parameters": [
-                {"name": name, "in": "header", "required": True, "schema": {"type": "string"}}
-                for name in signing.HEADERS
-            ],
-        }
-    ),
+    openapi_extra=signed_webhook_operation(),
 )
 async def receive(
     source: Annotated[
