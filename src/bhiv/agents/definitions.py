@@ -58,6 +58,11 @@ class ServiceCall(_Spec):
     body: Any = Field(None, description="JSON body (a template).")
 
 
+# A signal's name, as it appears in POST /runs/{id}/signals/{name}.
+SIGNAL_NAME_PATTERN = r"^[a-z][a-z0-9_.-]{0,63}$"
+SignalName = Annotated[str, StringConstraints(pattern=SIGNAL_NAME_PATTERN)]
+
+
 class ConflictLookup(_Spec):
     call: ServiceCall = Field(description="Made instead when the step's call answers 409.")
     output: Any = Field(
@@ -92,7 +97,9 @@ class Step(_Spec):
     )
     poll_seconds: float = Field(1.0, gt=0, le=3600)
     compensate: ServiceCall | None = Field(
-        None, description="Undo this step (saga); may refer to its own output."
+        None,
+        description="Undo this step (saga): a service call that may refer to the step's own "
+        "output (a service step's answer, an agent step's task result).",
     )
     on_conflict: ConflictLookup | None = Field(
         None,
@@ -116,7 +123,18 @@ class Step(_Spec):
     )
     value: Any = Field(None, description="type=set: the output (a template).")
     # wait
-    seconds: float | None = Field(None, ge=0, le=30 * 86_400, description="type=wait: how long.")
+    seconds: float | None = Field(
+        None,
+        ge=0,
+        le=30 * 86_400,
+        description="type=wait: how long; with `signal`, how long to wait for it before the step "
+        "fails (none: as long as it takes).",
+    )
+    signal: SignalName | None = Field(
+        None,
+        description="type=wait: wait for this signal (POST /runs/{id}/signals/{name}); the step's "
+        "output is the signal's payload. A signal sent before the step is reached is kept for it.",
+    )
 
     @model_validator(mode="after")
     def _fields_for_type(self) -> Step:
@@ -124,13 +142,16 @@ class Step(_Spec):
             "service": "call",
             "agent": "capability",
             "condition": "expression",
-            "wait": "seconds",
         }
+        if self.type == "wait" and self.seconds is None and self.signal is None:
+            raise ValueError("a wait step needs `seconds`, `signal`, or both")
+        if self.signal is not None and self.type != "wait":
+            raise ValueError("only wait steps can wait for a signal")
         need = required.get(self.type)
         if need and getattr(self, need) is None:
             raise ValueError(f"a {self.type} step needs `{need}`")
-        if self.compensate is not None and self.type != "service":
-            raise ValueError("only service steps can have a compensation")
+        if self.compensate is not None and self.type not in ("service", "agent"):
+            raise ValueError("only service and agent steps can have a compensation")
         if self.on_conflict is not None and self.type != "service":
             raise ValueError("only service steps can have on_conflict")
         return self

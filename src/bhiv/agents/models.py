@@ -87,7 +87,8 @@ RUN_FLOW = StatusMachine(
         _R.running: {_R.compensating, _R.succeeded, _R.failed, _R.cancelled},
         _R.compensating: {_R.compensated, _R.failed},
         _R.succeeded: (),
-        _R.failed: (),
+        # Operations on a failed run: retry from its failed steps, or compensate it.
+        _R.failed: {_R.running, _R.compensating},
         _R.compensated: (),
         _R.cancelled: (),
     },
@@ -295,3 +296,23 @@ class TriggerFiring(Base):
     # Why no run started: the input mapping failed, the workflow is gone, or the overlap policy.
     error: Mapped[str | None] = mapped_column(Text)
     at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class RunSignal(Base):
+    """A signal sent to a run: kept until a ``wait`` step for its name takes it (oldest first).
+
+    A signal that arrives before the run reaches its wait is kept, not lost; a step takes
+    one signal, and a second signal of the same name waits for the next such step.
+    """
+
+    __tablename__ = "run_signals"
+    __table_args__ = (Index("ix_run_signals_pending", "run_id", "name", "taken_by_step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("workflow_runs.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(String(64))
+    payload: Mapped[Any | None] = mapped_column(JSON)
+    sent_by: Mapped[str] = mapped_column(String(200))
+    received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    taken_by_step: Mapped[str | None] = mapped_column(String(64))
+    taken_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)

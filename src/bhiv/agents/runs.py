@@ -137,8 +137,7 @@ class RunDriver:
                 continue  # waiting for its retry
             if row is not None and status == StepStatus.running:
                 if step.type == "wait":
-                    if row.due_at is None or row.due_at <= now:
-                        await engine.db_call(engine.transitions.succeed, run_id, step.id, None)
+                    await self.check_wait(run_id, step, row, now)
                     continue
                 if step.type == "agent":
                     await engine.steps.check_agent_step(
@@ -149,6 +148,20 @@ class RunDriver:
             engine.inflight.add((run_id, step.id))
             engine.spawn(self.step_then_settle(run_id, step, names))
         await engine.db_call(self.settle, run_id)
+
+    async def check_wait(self, run_id: int, step: Step, row: StepRun, now: dt.datetime) -> None:
+        """A wait ends on its time, or on its signal (failing if the signal's time runs out)."""
+        engine = self.engine
+        if step.signal is None:
+            if row.due_at is None or row.due_at <= now:
+                await engine.db_call(engine.transitions.succeed, run_id, step.id, None)
+            return
+        if await engine.db_call(engine.transitions.take_signal, run_id, step):
+            return
+        if row.due_at is not None and row.due_at <= now:
+            await engine.fail(
+                run_id, step, f"no signal {step.signal!r} within {step.seconds:g} s", False
+            )
 
     async def step_then_settle(self, run_id: int, step: Step, names: dict[str, Any]) -> None:
         engine = self.engine

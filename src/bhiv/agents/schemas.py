@@ -265,6 +265,24 @@ class RunRead(_Read):
     )
 
 
+class SignalCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    payload: Any = Field(
+        None, description="The waiting step's output (any JSON).", examples=[{"approved": True}]
+    )
+
+
+class SignalRead(_Read):
+    id: int
+    run_id: int
+    name: str
+    payload: Any | None
+    sent_by: str
+    received_at: dt.datetime
+    taken_by_step: str | None = Field(description="The wait step that took it; null: kept for one.")
+
+
 class RunEventRead(_Read):
     id: int
     at: dt.datetime

@@ -20,6 +20,7 @@ from bhiv.agents import queue
 from bhiv.agents.definitions import Step
 from bhiv.agents.models import (
     RunEvent,
+    RunSignal,
     RunStatus,
     StepRun,
     StepStatus,
@@ -149,8 +150,16 @@ class Transitions:
             row.error = None
             detail: dict[str, Any] = {"attempt": row.attempts}
             if step.type == "wait":
-                row.due_at = now + dt.timedelta(seconds=step.seconds or 0)
-                detail["until"] = row.due_at.isoformat()
+                # A signal wait without `seconds` has no deadline.
+                row.due_at = (
+                    now + dt.timedelta(seconds=step.seconds) if step.seconds is not None else None
+                )
+                if step.signal is None and row.due_at is None:
+                    row.due_at = now
+                if row.due_at is not None:
+                    detail["until"] = row.due_at.isoformat()
+                if step.signal is not None:
+                    detail["signal"] = step.signal
             else:
                 row.due_at = None
             if step.type == "agent":
@@ -189,6 +198,35 @@ class Transitions:
             return "step_succeeded", {"attempt": row.attempts}
 
         return self.step(run_id, step_id, change)
+
+    def take_signal(self, run_id: int, step: Step) -> bool:
+        """The waiting step takes the oldest signal of its name, its payload the step's output."""
+
+        def change(
+            s: Session, run: WorkflowRun, row: StepRun, now: dt.datetime
+        ) -> tuple[str, Any] | None:
+            signal = s.scalar(
+                select(RunSignal)
+                .where(
+                    RunSignal.run_id == run_id,
+                    RunSignal.name == step.signal,
+                    RunSignal.taken_by_step.is_(None),
+                )
+                .order_by(RunSignal.id)
+                .limit(1)
+                .with_for_update()
+            )
+            if signal is None or row.status != StepStatus.running:
+                return None
+            signal.taken_by_step = step.id
+            signal.taken_at = now
+            row.status = StepStatus.succeeded
+            row.output = signal.payload
+            row.finished_at = now
+            row.due_at = None
+            return "step_succeeded", {"attempt": row.attempts, "signal": signal.id}
+
+        return self.step(run_id, step, change)
 
     def skip(self, run_id: int, step: Step) -> bool:
         def change(s: Session, run: WorkflowRun, row: StepRun, now: dt.datetime) -> tuple[str, Any]:

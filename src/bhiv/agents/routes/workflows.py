@@ -8,8 +8,8 @@ from fastapi import Depends, Path, Query, Request, status
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from bhiv.agents import queue, starts
-from bhiv.agents.definitions import Name, WorkflowSpec, dag_problem
+from bhiv.agents import operations, queue, starts
+from bhiv.agents.definitions import SIGNAL_NAME_PATTERN, Name, WorkflowSpec, dag_problem
 from bhiv.agents.models import (
     RUN_FLOW,
     RunEvent,
@@ -23,6 +23,8 @@ from bhiv.agents.schemas import (
     RunCreate,
     RunEventRead,
     RunRead,
+    SignalCreate,
+    SignalRead,
     StepRead,
     WorkflowCreate,
     WorkflowRead,
@@ -232,6 +234,14 @@ def run_history(
 
 
 @router.post(
+    "/runs/{run_id}/terminate",
+    response_model=RunRead,
+    summary="Terminate a running run (the same as cancel)",
+    description="No further steps start; its queued or running agent tasks are cancelled. "
+    "Compensations do not run (compensate is for failed runs).",
+    responses={409: {"description": "The run has finished."}},
+)
+@router.post(
     "/runs/{run_id}/cancel",
     response_model=RunRead,
     summary="Cancel a running run",
@@ -253,4 +263,70 @@ def cancel_run(run_id: RunId, session: SessionDep) -> RunRead:
     session.add(RunEvent(run_id=run.id, step_id=None, kind="run_cancelled", at=now, detail=None))
     answer = run_read(session, run)
     session.commit()
+    return answer
+
+
+@router.post(
+    "/runs/{run_id}/signals/{name}",
+    response_model=SignalRead,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Send a signal to a run",
+    description="Wakes the run's wait step that waits for this signal, with the payload as the "
+    "step's output; a signal sent before the run reaches that step is kept for it (oldest first).",
+    responses={409: {"description": "The run has finished."}},
+)
+def send_signal(
+    request: Request,
+    run_id: RunId,
+    name: Annotated[str, Path(pattern=SIGNAL_NAME_PATTERN, description="The signal's name.")],
+    body: SignalCreate,
+    session: SessionDep,
+    identity: Identity = Depends(current_identity),
+) -> SignalRead:
+    sent = operations.signal(session, run_id, name, body.payload, identity.subject)
+    answer = SignalRead.model_validate(sent)
+    session.commit()
+    request.app.state.engine.wake.set()
+    return answer
+
+
+@router.post(
+    "/runs/{run_id}/retry",
+    response_model=RunRead,
+    summary="Retry a failed run from its failed steps",
+    description="Failed steps run again with fresh attempts; succeeded steps keep their output "
+    "and are not run again.",
+    responses={409: {"description": "The run is not failed."}},
+)
+def retry_run(
+    request: Request,
+    run_id: RunId,
+    session: SessionDep,
+    identity: Identity = Depends(current_identity),
+) -> RunRead:
+    run = operations.retry(session, run_id, identity.subject)
+    answer = run_read(session, run)
+    session.commit()
+    request.app.state.engine.wake.set()
+    return answer
+
+
+@router.post(
+    "/runs/{run_id}/compensate",
+    response_model=RunRead,
+    summary="Compensate a failed run",
+    description="Runs the compensations of its completed steps, newest first; the run ends "
+    "compensated (or failed, naming the compensation that failed).",
+    responses={409: {"description": "The run is not failed."}},
+)
+def compensate_run(
+    request: Request,
+    run_id: RunId,
+    session: SessionDep,
+    identity: Identity = Depends(current_identity),
+) -> RunRead:
+    run = operations.compensate(session, run_id, identity.subject)
+    answer = run_read(session, run)
+    session.commit()
+    request.app.state.engine.wake.set()
     return answer
