@@ -19,7 +19,9 @@ from __future__ import annotations
 
 import ast
 import datetime as dt
+import functools
 import re
+import threading
 from typing import Any
 
 from simpleeval import EvalWithCompoundTypes, InvalidExpression
@@ -84,10 +86,23 @@ def check(expression: str) -> None:
             )
 
 
+# CPython 3.11's parser is not safe to run on several threads at once (gh-106905:
+# "AST constructor recursion depth mismatch"), and steps render their templates on
+# worker threads: expressions are parsed one at a time, each once.
+_PARSE_LOCK = threading.Lock()
+
+
+@functools.lru_cache(maxsize=2048)
+def _parsed(expression: str) -> ast.AST:
+    with _PARSE_LOCK:
+        return EvalWithCompoundTypes.parse(expression)
+
+
 def evaluate(expression: str, names: dict[str, Any]) -> Any:
     evaluator = EvalWithCompoundTypes(names=names, functions=FUNCTIONS)
     try:
-        return evaluator.eval(expression.strip())
+        expression = expression.strip()
+        return evaluator.eval(expression, _parsed(expression))
     except (
         InvalidExpression,
         SyntaxError,

@@ -96,7 +96,7 @@ def test_signal_and_definition_input_are_checked(agents: ServiceProcess) -> None
     assert_problem(api.post(f"/runs/{run['id']}/signals/go", json={"extra": 1}), 422)
     # Viewers read; only editors send signals.
     assert agents.client("viewer").post(f"/runs/{run['id']}/signals/go", json={}).status_code == 403
-    assert api.post(f"/runs/{run['id']}/terminate").json()["status"] == "cancelled"
+    assert api.post(f"/runs/{run['id']}/cancel").json()["status"] == "cancelled"
     assert_problem(api.post(f"/runs/{run['id']}/retry"), 409, kind="illegal-transition")
 
 

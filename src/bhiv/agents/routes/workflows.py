@@ -234,14 +234,6 @@ def run_history(
 
 
 @router.post(
-    "/runs/{run_id}/terminate",
-    response_model=RunRead,
-    summary="Terminate a running run (the same as cancel)",
-    description="No further steps start; its queued or running agent tasks are cancelled. "
-    "Compensations do not run (compensate is for failed runs).",
-    responses={409: {"description": "The run has finished."}},
-)
-@router.post(
     "/runs/{run_id}/cancel",
     response_model=RunRead,
     summary="Cancel a running run",
