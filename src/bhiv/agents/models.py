@@ -186,6 +186,9 @@ class WorkflowRun(Timestamps, Base):
     lease_expires_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
     started_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
     finished_at: Mapped[dt.datetime | None] = mapped_column(UTCDateTime)
+    # The W3C traceparent of the request that started the run (NULL with tracing off):
+    # its steps, run later by the engine, are spans of that request's trace.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class StepRun(Timestamps, Base):

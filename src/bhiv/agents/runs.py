@@ -146,7 +146,7 @@ class RunDriver:
                     continue
                 # Any other running step was in flight when its process stopped: run it again.
             engine.inflight.add((run_id, step.id))
-            engine.spawn(self.step_then_settle(run_id, step, names))
+            engine.spawn(self.step_then_settle(run_id, step, names, snap.run.traceparent))
         await engine.db_call(self.settle, run_id)
 
     async def check_wait(self, run_id: int, step: Step, row: StepRun, now: dt.datetime) -> None:
@@ -163,11 +163,15 @@ class RunDriver:
                 run_id, step, f"no signal {step.signal!r} within {step.seconds:g} s", False
             )
 
-    async def step_then_settle(self, run_id: int, step: Step, names: dict[str, Any]) -> None:
+    async def step_then_settle(
+        self, run_id: int, step: Step, names: dict[str, Any], traceparent: str | None
+    ) -> None:
         engine = self.engine
         try:
             step_ids: dict[str, str | int] = {"bhiv.run_id": run_id, "bhiv.step_id": step.id}
-            with tracing.span(f"workflow step {step.type}", step_ids):
+            # A child of the request that started the run: one trace from the caller
+            # through every service the steps call.
+            with tracing.span(f"workflow step {step.type}", step_ids, parent=traceparent):
                 await engine.steps.run(run_id, step, names)
         except asyncio.CancelledError:
             raise

@@ -13,6 +13,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from bhiv.agents.models import RunEvent, RunStatus, WorkflowDefinition, WorkflowRun
+from bhiv.core import tracing
 from bhiv.core.db import utcnow
 from bhiv.core.errors import field_problem
 
@@ -54,6 +55,8 @@ def start(
         started_at=now,
         created_at=now,
         updated_at=now,
+        # Its steps' spans are children of the request (or event delivery) that started it.
+        traceparent=tracing.current_traceparent(),
     )
     session.add(run)
     session.flush()

@@ -113,15 +113,20 @@ class PendingEvent:
     data: dict[str, Any]
     occurred_at: dt.datetime
     attempts: int
+    traceparent: str | None = None
 
     def body(self, source: str) -> dict[str, Any]:
-        return {
+        body = {
             "id": self.event_id,
             "type": self.type,
             "source": source,
             "occurred_at": self.occurred_at.isoformat(),
             "data": self.data,
         }
+        # Only when known: an integrations service of an older release refuses the field.
+        if self.traceparent:
+            body["traceparent"] = self.traceparent
+        return body
 
 
 class Outbox:
@@ -142,6 +147,9 @@ class Outbox:
             Column("last_error", Text),
             # NULL until the integrations service has acknowledged the event.
             Column("sent_at", UTCDateTime, index=True),
+            # The W3C traceparent of the request that published it (NULL with tracing
+            # off): the relay's span links to it, and integrations' deliveries do too.
+            Column("traceparent", String(55)),
         )
 
     # --- publishing -------------------------------------------------------------
@@ -161,6 +169,7 @@ class Outbox:
                 occurred_at=now,
                 attempts=0,
                 next_attempt_at=now,
+                traceparent=tracing.current_traceparent(),
             )
         )
         return event_id
@@ -171,7 +180,15 @@ class Outbox:
         t = self.table
         with db.session(write=False) as session:
             rows = session.execute(
-                select(t.c.id, t.c.event_id, t.c.type, t.c.data, t.c.occurred_at, t.c.attempts)
+                select(
+                    t.c.id,
+                    t.c.event_id,
+                    t.c.type,
+                    t.c.data,
+                    t.c.occurred_at,
+                    t.c.attempts,
+                    t.c.traceparent,
+                )
                 .where(t.c.sent_at.is_(None), t.c.next_attempt_at <= utcnow())
                 .order_by(t.c.id)
                 .limit(limit)
@@ -215,7 +232,13 @@ class Outbox:
         if not events:
             return 0
         accepted: list[int] = []
-        with tracing.span("outbox relay", {"bhiv.source": self.source, "bhiv.events": len(events)}):
+        # The batch's own trace, linked to each request that published one of its events;
+        # each event also carries its traceparent to integrations (the body's field).
+        with tracing.span(
+            "outbox relay",
+            {"bhiv.source": self.source, "bhiv.events": len(events)},
+            links=[event.traceparent for event in events],
+        ):
             try:
                 for event in events:
                     response = await client.post(

@@ -19,12 +19,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
+    from opentelemetry.trace import SpanContext
 
 EXPORTERS = ("otlp", "console")
 PROTOCOLS = ("http/protobuf", "grpc")
@@ -191,9 +192,33 @@ def untraced() -> Iterator[None]:
         yield
 
 
+def _remote(traceparent: str | None) -> SpanContext | None:
+    """The span context a stored W3C ``traceparent`` names, or None when it names none."""
+    if not traceparent:
+        return None
+    from opentelemetry import trace
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    context = TraceContextTextMapPropagator().extract({"traceparent": traceparent})
+    remote = trace.get_current_span(context).get_span_context()
+    return remote if remote.is_valid else None
+
+
 @contextmanager
-def span(name: str, attributes: Mapping[str, str | int] | None = None) -> Iterator[None]:
-    """An internal span around background work, its HTTP calls and queries traced again."""
+def span(
+    name: str,
+    attributes: Mapping[str, str | int] | None = None,
+    *,
+    parent: str | None = None,
+    links: Iterable[str | None] = (),
+) -> Iterator[None]:
+    """An internal span around background work, its HTTP calls and queries traced again.
+
+    ``parent``: the stored ``traceparent`` of the request the work belongs to (a
+    workflow run's); the span continues that trace instead of the current one.
+    ``links``: stored ``traceparent`` values of the requests that caused the work
+    without waiting for it (a relayed event's); each valid one becomes a span link.
+    """
     if not _enabled:
         yield
         return
@@ -210,11 +235,50 @@ def span(name: str, attributes: Mapping[str, str | int] | None = None) -> Iterat
     ):
         ctx = context.set_value(key, False, ctx)
     token = context.attach(ctx)
+    remote = _remote(parent)
+    parent_ctx = trace.set_span_in_context(trace.NonRecordingSpan(remote)) if remote else None
+    # One link per distinct request, in order (a batch often holds several events of one).
+    linked = {(c.trace_id, c.span_id): c for c in map(_remote, links) if c is not None}
     try:
-        with trace.get_tracer("bhiv").start_as_current_span(name, attributes=attributes):
+        with trace.get_tracer("bhiv").start_as_current_span(
+            name,
+            context=parent_ctx,
+            attributes=attributes,
+            links=[trace.Link(c) for c in linked.values()],
+        ):
             yield
     finally:
         context.detach(token)
+
+
+def link(traceparent: str | None) -> None:
+    """Link the current span to the request a stored ``traceparent`` names, if any.
+
+    For work that learns what caused it only after its span started (a webhook
+    delivery reads its event inside its span).
+    """
+    if not _enabled:
+        return
+    from opentelemetry import trace
+
+    if (remote := _remote(traceparent)) is not None:
+        trace.get_current_span().add_link(remote)
+
+
+def current_traceparent() -> str | None:
+    """The current span as a W3C ``traceparent``, or None when there is none.
+
+    Stored with work that outlives the request (a workflow run, an outbox event),
+    so what later does that work joins or links to the request's trace. Always
+    W3C, whatever ``OTEL_PROPAGATORS`` says: it is read back by :func:`span`.
+    """
+    if not _enabled:
+        return None
+    from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+    carrier: dict[str, str] = {}
+    TraceContextTextMapPropagator().inject(carrier)
+    return carrier.get("traceparent")
 
 
 def current_trace_id() -> str | None:

@@ -126,6 +126,7 @@ class Outgoing:
     msg_id: str
     body: bytes
     secret: str = field(repr=False)
+    traceparent: str | None = None  # the event's cause
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class DeliveryWorker:
                 msg_id=event.event_id,
                 body=payload(event),
                 secret=self.box.open(sub.secret),
+                traceparent=event.traceparent,
             )
 
     def record(self, delivery_id: int, outcome: Outcome) -> None:
@@ -310,7 +312,8 @@ class DeliveryWorker:
         )
 
     async def deliver(self, delivery_id: int) -> None:
-        # The webhook request inside carries this span's traceparent (the httpx instrumentation).
+        # The webhook request inside carries this span's traceparent (the httpx instrumentation);
+        # the span links to the request that caused the event (_deliver, once it is read).
         with tracing.span("webhook delivery", {"bhiv.delivery_id": delivery_id}):
             await self._deliver(delivery_id)
 
@@ -322,6 +325,7 @@ class DeliveryWorker:
         except UnreadableSecret as exc:
             outcome = Outcome(0.0, error=str(exc))
         else:
+            tracing.link(out.traceparent)
             outcome = await self.send(out)
         await anyio.to_thread.run_sync(self.record, delivery_id, outcome)
 

@@ -157,6 +157,9 @@ class Event(Base):
     occurred_at: Mapped[dt.datetime] = mapped_column(UTCDateTime)
     data: Mapped[dict[str, Any]] = mapped_column(JSON)
     received_at: Mapped[dt.datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The W3C traceparent of the request that caused the event (the publisher's, or the
+    # one that posted it); every delivery's span links to it. NULL with tracing off.
+    traceparent: Mapped[str | None] = mapped_column(String(55))
 
 
 class Delivery(Timestamps, Base):

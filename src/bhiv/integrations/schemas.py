@@ -376,6 +376,16 @@ class EventIn(_Model):
     data: dict[str, Any] = Field(
         description="The event's payload.", examples=[{"shipment_id": 1, "to": "picked"}]
     )
+    traceparent: (
+        Annotated[str, StringConstraints(pattern=r"^00-[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}$")]
+        | None
+    ) = Field(
+        None,
+        description="The W3C traceparent of the request that caused the event (as CloudEvents' "
+        "distributed tracing extension), sent by an outbox relay. Unset: the request posting the "
+        "event is its cause. Each delivery's span links to it.",
+        examples=["00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"],
+    )
 
 
 class EventAccepted(BaseModel):

@@ -70,3 +70,16 @@ def test_an_admin_may_publish_as_any_source(integrations: ServiceProcess) -> Non
     assert created(
         admin.post("/events", json=event("shipment.status_changed") | {"source": "logistics"})
     )
+
+
+def test_an_events_traceparent_is_w3c_or_refused(integrations: ServiceProcess) -> None:
+    """An outbox relay sends the traceparent of the request that published the event
+    (docs/observability.md); anything else in that field is refused, nothing stored."""
+    logistics = as_caller(integrations, "service:logistics")
+    base = event("shipment.status_changed", shipment_id=3) | {"source": "logistics"}
+    for bad in ("4bf92f3577b34da6a3ce929d0e0e4736", "00-4BF92F35-00f067aa0ba902b7-01", ""):
+        refused = base | {"id": f"evt_tp_{len(bad)}", "traceparent": bad}
+        assert_problem(logistics.post("/events", json=refused), 422, "traceparent")
+        assert integrations.client().get(f"/events/{refused['id']}").status_code == 404
+    good = base | {"traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"}
+    assert created(logistics.post("/events", json=good))["duplicate"] is False

@@ -228,3 +228,65 @@ print("RESULT", json.dumps([
     total, under_relay, attributes = json.loads(result.removeprefix("RESULT "))
     # connect + select under the relay, connect + select outside; none from the poll.
     assert (total, under_relay, attributes) == (5, 2, {"bhiv.events": 1})
+
+
+def test_stored_traceparents_continue_and_link_traces() -> None:
+    """What a workflow run or an outbox event stores (current_traceparent) makes a later
+    span a child (parent=) or a link (links=, link()); what names no span is ignored."""
+    code = """
+import json
+from opentelemetry import trace
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from bhiv.core import tracing
+
+tracing.setup("agent-orchestration")
+memory = InMemorySpanExporter()
+trace.get_tracer_provider().add_span_processor(SimpleSpanProcessor(memory))
+outside = tracing.current_traceparent()
+with trace.get_tracer("t").start_as_current_span("request") as request:
+    stored = tracing.current_traceparent()
+with trace.get_tracer("t").start_as_current_span("other request"):
+    other = tracing.current_traceparent()
+bad = "00-" + "0" * 32 + "-" + "0" * 16 + "-01"
+with tracing.span("step", parent=stored):
+    pass
+with tracing.span("relay", links=[stored, other, stored, None, bad, "garbage"]):
+    pass
+with tracing.span("orphan step", parent="garbage"):
+    tracing.link(stored)
+    tracing.link(None)
+spans = {s.name: s for s in memory.get_finished_spans()}
+ids = lambda c: [format(c.trace_id, "032x"), format(c.span_id, "016x")]
+print("RESULT", json.dumps({
+    "outside": outside,
+    "stored": stored,
+    "request": ids(spans["request"].context),
+    "step parent": ids(spans["step"].parent),
+    "step trace": format(spans["step"].context.trace_id, "032x"),
+    "relay links": [ids(l.context) for l in spans["relay"].links],
+    "other": ids(spans["other request"].context),
+    "orphan parent": spans["orphan step"].parent is None,
+    "orphan links": [ids(l.context) for l in spans["orphan step"].links],
+}))
+"""
+    out = _run(code, OTEL_TRACES_EXPORTER="console", OTEL_BSP_SCHEDULE_DELAY="60000")
+    result = json.loads(
+        next(line for line in out.splitlines() if line.startswith("RESULT ")).removeprefix(
+            "RESULT "
+        )
+    )
+    request, other = result["request"], result["other"]
+    assert result["outside"] is None
+    version, trace_id, span_id, flags = result["stored"].split("-")
+    assert [version, trace_id, span_id] == ["00", *request] and int(flags, 16) & 1  # sampled
+    assert result["step parent"] == request and result["step trace"] == request[0]
+    # One link per request named, in order; what names no span is left out.
+    assert result["relay links"] == [request, other]
+    assert result["orphan parent"] is True and result["orphan links"] == [request]
+
+
+def test_off_stores_no_traceparent() -> None:
+    assert tracing.current_traceparent() is None
+    with tracing.span("x", parent="00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"):
+        tracing.link("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")

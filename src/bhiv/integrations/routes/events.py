@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from bhiv.core import Page, PageParams, page_params, paginate, utcnow
+from bhiv.core import Page, PageParams, page_params, paginate, tracing, utcnow
 from bhiv.core.auth import Identity, current_identity
 from bhiv.core.db import SessionDep
 from bhiv.core.errors import Problem, not_found
@@ -92,6 +92,7 @@ def ingest(
         occurred_at=body.occurred_at,
         data=body.data,
         received_at=utcnow(),
+        traceparent=body.traceparent or tracing.current_traceparent(),
     )
     try:
         session.add(event)
