@@ -29,7 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results import record  # noqa: E402
 from bhiv import catalog  # noqa: E402
-from tests.service.test_cli_up import _children, _free_offset  # noqa: E402
+from tests.service.test_cli_up import _children  # noqa: E402
+from tests.support.up import free_offset  # noqa: E402
 
 
 def _interpreter_start() -> float:
@@ -55,7 +56,7 @@ def _rss_mb(pid: int) -> float:
 def _up_once(keep: bool) -> tuple[float, dict[str, float]]:
     """Seconds from launching `bhiv up` to every service ready; with ``keep``, each
     service's RSS (MB) two seconds later."""
-    offset = _free_offset()
+    offset = free_offset()
     with tempfile.TemporaryDirectory() as data:
         env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
         started = time.perf_counter()

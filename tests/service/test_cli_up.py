@@ -3,17 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import random
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from stat import S_IMODE
 
@@ -22,89 +17,7 @@ import pytest
 
 from bhiv import catalog
 from tests.support.net import wait_http
-
-
-def _free_offset() -> int:
-    for _ in range(50):
-        offset = random.randrange(20000, 40000, 10)
-        ports = [e.port + offset for e in catalog.SERVICES.values()]
-        try:
-            for port in ports:
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return offset
-    raise RuntimeError("no free port range")
-
-
-def _env(data_dir: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
-    return {**env, "BHIV_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
-
-
-@dataclass
-class Up:
-    """`bhiv up --port-offset` with some services, and an admin token for them."""
-
-    offset: int
-    auth: dict[str, str]
-
-    def url(self, service: str) -> str:
-        return f"http://127.0.0.1:{catalog.get(service).port + self.offset}"
-
-
-@contextmanager
-def _up_only(tmp_path: Path, *services: str, env: dict[str, str] | None = None) -> Iterator[Up]:
-    """Runs `bhiv up` for ``services`` under a free port offset until they are ready;
-    stops it with SIGTERM (exit 0 expected) when the block ends."""
-    offset = _free_offset()
-    only = [arg for name in services for arg in ("--only", name)]
-    log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bhiv",
-            "up",
-            "--port-offset",
-            str(offset),
-            "--data-dir",
-            str(tmp_path),
-            *only,
-        ],
-        env={**_env(tmp_path), **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        for name in services:
-            url = f"http://127.0.0.1:{catalog.get(name).port + offset}"
-            wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
-        token = (
-            subprocess.run(
-                [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
-                env=_env(tmp_path),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        yield Up(offset, {"Authorization": f"Bearer {token}"})
-        up.send_signal(signal.SIGTERM)
-        assert up.wait(60) == 0
-    finally:
-        if up.poll() is None:
-            # SIGTERM first: killing `bhiv up` outright would orphan its children.
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
-        log.close()
+from tests.support.up import bhiv_up, free_offset, up_env
 
 
 def _children(pid: int) -> set[int]:
@@ -128,7 +41,7 @@ def _alive(pid: int) -> bool:
 
 
 def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> None:
-    offset = _free_offset()
+    offset = free_offset()
     log = (tmp_path / "up.log").open("wb")
     up = subprocess.Popen(
         [
@@ -141,7 +54,7 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
             "--data-dir",
             str(tmp_path),
         ],
-        env=_env(tmp_path),
+        env=up_env(tmp_path),
         stdout=log,
         stderr=subprocess.STDOUT,
     )
@@ -163,7 +76,7 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
         token = (
             subprocess.run(
                 [sys.executable, "-m", "bhiv", "token", "--role", "editor"],
-                env=_env(tmp_path),
+                env=up_env(tmp_path),
                 capture_output=True,
                 text=True,
                 check=True,
@@ -223,7 +136,7 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
 
 
 def test_up_shows_readable_log_lines_when_asked(tmp_path: Path) -> None:
-    with _up_only(tmp_path, "logistics", env={"BHIV_LOG_FORMAT": "text"}) as up:
+    with bhiv_up(tmp_path, "logistics", env={"BHIV_LOG_FORMAT": "text"}) as up:
         r = httpx.get(f"{up.url('logistics')}/inventory/424242", headers=up.auth)
         assert r.status_code == 404
     output = (tmp_path / "up.log").read_text()
@@ -235,8 +148,8 @@ def test_up_shows_readable_log_lines_when_asked(tmp_path: Path) -> None:
 
 def test_up_refuses_an_unknown_log_format(tmp_path: Path) -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(_free_offset())],
-        env={**_env(tmp_path), "BHIV_LOG_FORMAT": "xml"},
+        [sys.executable, "-m", "bhiv", "up", "--port-offset", str(free_offset())],
+        env={**up_env(tmp_path), "BHIV_LOG_FORMAT": "xml"},
         capture_output=True,
         text=True,
         timeout=60,
@@ -246,7 +159,7 @@ def test_up_refuses_an_unknown_log_format(tmp_path: Path) -> None:
 
 
 def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
-    offset = _free_offset()
+    offset = free_offset()
     entry = catalog.get("logistics")
     with socket.socket() as blocker:
         blocker.bind(("127.0.0.1", entry.port + offset))
@@ -262,7 +175,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
                 "--data-dir",
                 str(tmp_path),
             ],
-            env=_env(tmp_path),
+            env=up_env(tmp_path),
             capture_output=True,
             text=True,
             timeout=60,
@@ -276,7 +189,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
 def test_unknown_service_names_are_refused(tmp_path: Path, args: list[str]) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "bhiv", *args],
-        env=_env(tmp_path),
+        env=up_env(tmp_path),
         capture_output=True,
         text=True,
         timeout=60,
@@ -287,7 +200,7 @@ def test_unknown_service_names_are_refused(tmp_path: Path, args: list[str]) -> N
 def test_children_find_each_other_under_a_port_offset(tmp_path: Path) -> None:
     """Under --port-offset no service is at its catalog port, so Logistics' outbox
     relay reaches Integrations only if `bhiv up` told it where Integrations is."""
-    with _up_only(
+    with bhiv_up(
         tmp_path, "integrations", "logistics", env={"BHIV_OUTBOX_RELAY_INTERVAL": "0.2"}
     ) as up:
         integrations, logistics, auth = up.url("integrations"), up.url("logistics"), up.auth
@@ -320,7 +233,7 @@ def test_children_find_each_other_under_a_port_offset(tmp_path: Path) -> None:
 def test_workflow_steps_call_the_offset_copy(tmp_path: Path) -> None:
     """Issue 19: under --port-offset a workflow's service step reaches this copy's
     Logistics (from the BHIV_LOGISTICS_URL `bhiv up` exports), not the catalog's port."""
-    with _up_only(tmp_path, "logistics", "agent-orchestration") as up:
+    with bhiv_up(tmp_path, "logistics", "agent-orchestration") as up:
         logistics, agents, auth = up.url("logistics"), up.url("agent-orchestration"), up.auth
         r = httpx.post(
             f"{logistics}/inventory",
@@ -362,14 +275,14 @@ def test_workflow_steps_call_the_offset_copy(tmp_path: Path) -> None:
 
 def test_serve_after_waits_to_serve_until_the_earlier_service_is_ready(tmp_path: Path) -> None:
     """`bhiv up` launches every service at once; `serve --after` keeps the order."""
-    offset = _free_offset()
+    offset = free_offset()
     first = catalog.get("integrations").port + offset
     second = catalog.get("logistics").port + offset
 
     def serve(name: str, port: int, *extra: str) -> subprocess.Popen[bytes]:
         return subprocess.Popen(
             [sys.executable, "-m", "bhiv", "serve", name, "--port", str(port), *extra],
-            env=_env(tmp_path),
+            env=up_env(tmp_path),
             stdout=(tmp_path / f"{name}.log").open("wb"),
             stderr=subprocess.STDOUT,
         )

@@ -130,7 +130,8 @@ def test_outbox_relay_and_webhook_delivery_are_traced(
     tmp_path: Path, traced: tuple[Receiver, ServiceProcess, ServiceProcess]
 ) -> None:
     """An event from Logistics' outbox to a subscriber: the relay batch, its call
-    to the integrations service, and the delivery whose webhook carries its traceparent."""
+    to the integrations service, and the delivery whose webhook carries its traceparent;
+    the relay and the delivery both link to the request that published the event."""
     receiver = traced[0]
     otel = {
         "OTEL_TRACES_EXPORTER": "otlp",
@@ -179,6 +180,7 @@ def test_outbox_relay_and_webhook_delivery_are_traced(
                 ("integrations", "webhook delivery"),
                 ("logistics", "outbox relay"),
                 ("logistics", "POST"),
+                ("logistics", "POST /inventory/{item_id}/movements"),
                 ("integrations", "POST /events"),
             }
             <= names
@@ -196,3 +198,9 @@ def test_outbox_relay_and_webhook_delivery_are_traced(
     post = _one(relayed, service="logistics", name="POST", parent_span_id=relay[0].span_id)
     accepted = _one(relayed, service="integrations", kind=SERVER)
     assert accepted.name == "POST /events" and accepted.parent_span_id == post.span_id
+
+    # The reservation's request published the event: a trace of its own, linked to by both.
+    cause = _one(spans, service="logistics", name="POST /inventory/{item_id}/movements")
+    assert cause.trace_id not in (relay[0].trace_id, delivery.trace_id)
+    assert relay[0].links == ((cause.trace_id, cause.span_id),)
+    assert delivery.links == ((cause.trace_id, cause.span_id),)

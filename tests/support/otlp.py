@@ -2,7 +2,8 @@
 
 It decodes each ``ExportTraceServiceRequest`` (protobuf, optionally gzip) with
 the protocol's own generated classes and keeps the spans, flattened, for tests
-to query.
+to query. A real collector's spans are read into the same :class:`ReceivedSpan`
+by ``tests.support.otelcol``.
 """
 
 from __future__ import annotations
@@ -66,18 +67,30 @@ class Receiver:
         with self._lock:
             self.spans.extend(received)
 
+    def received(self) -> list[ReceivedSpan]:
+        with self._lock:
+            return list(self.spans)
+
     def wait_for(
         self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 15
     ) -> list[ReceivedSpan]:
-        deadline = time.monotonic() + timeout
-        while True:
-            with self._lock:
-                spans = list(self.spans)
-            if predicate(spans):
-                return spans
-            if time.monotonic() > deadline:
-                raise AssertionError(f"spans never matched; received: {spans}")
-            time.sleep(0.1)
+        return wait_for_spans(self.received, predicate, timeout)
+
+
+def wait_for_spans(
+    received: Callable[[], list[ReceivedSpan]],
+    predicate: Callable[[list[ReceivedSpan]], bool],
+    timeout: float,
+) -> list[ReceivedSpan]:
+    """Every span received so far, once ``predicate`` holds for them."""
+    deadline = time.monotonic() + timeout
+    while True:
+        spans = received()
+        if predicate(spans):
+            return spans
+        if time.monotonic() > deadline:
+            raise AssertionError(f"spans never matched; received: {spans}")
+        time.sleep(0.1)
 
 
 @contextmanager

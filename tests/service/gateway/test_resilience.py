@@ -250,10 +250,10 @@ def test_bhiv_up_routes_through_the_gateway(tmp_path: Path) -> None:
     from standardwebhooks import Webhook
 
     from bhiv import catalog
-    from tests.service.test_cli_up import _free_offset
     from tests.support.servers import TEST_JWT_SECRET
+    from tests.support.up import free_offset
 
-    offset = _free_offset()
+    offset = free_offset()
     env = {k: v for k, v in os.environ.items() if not k.startswith("BHIV_")}
     env.update(BHIV_DATA_DIR=str(tmp_path), BHIV_JWT_SECRET=TEST_JWT_SECRET, PYTHONUNBUFFERED="1")
     log = (tmp_path / "up.log").open("wb")
