@@ -110,6 +110,11 @@ class RunDriver:
 
     async def advance(self, run_id: int) -> None:
         engine = self.engine
+        # A step in flight may finish while the snapshot is read: its row there is then
+        # stale ("running") and, no longer in flight, would pass for a step whose process
+        # stopped and be run again (seen in traces: a second span per step). Its own
+        # settle wakes the engine for a fresh pass instead.
+        busy = set(engine.inflight)
         snap = await engine.db_call(self.load, run_id)
         if snap is None:
             return
@@ -119,7 +124,7 @@ class RunDriver:
         now = utcnow()
         names = snap.names()
         for step in snap.spec.steps:
-            if (run_id, step.id) in engine.inflight:
+            if (run_id, step.id) in engine.inflight or (run_id, step.id) in busy:
                 continue
             row = snap.steps.get(step.id)
             status = row.status if row else StepStatus.pending
