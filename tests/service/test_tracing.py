@@ -17,6 +17,7 @@ from tests.service.gateway.conftest import start_gateway
 from tests.service.integrations.conftest import FAST
 from tests.service.integrations.helpers import created, new_subscription
 from tests.service.integrations.peers import receiver as hook_receiver
+from tests.support.otelcol import otel_collector
 from tests.support.otlp import ReceivedSpan, Receiver, otlp_receiver
 from tests.support.servers import ServiceProcess, service_process
 
@@ -98,6 +99,36 @@ def test_one_request_is_one_trace_gateway_to_database(
 
     lines = [json.loads(line) for line in logistics.log().splitlines() if line.startswith("{")]
     assert any(line.get("trace_id") == CALLER_TRACE for line in lines)
+
+
+def test_spans_reach_a_real_collector_over_grpc(tmp_path: Path) -> None:
+    """OTEL_EXPORTER_OTLP_PROTOCOL=grpc: the same spans, over OTLP/gRPC, to the
+    OpenTelemetry Collector's gRPC receiver (the one most deployments run)."""
+    (tmp_path / "otelcol").mkdir()
+    with otel_collector(tmp_path / "otelcol") as collector:
+        logistics = service_process(
+            "logistics",
+            tmp_path,
+            OTEL_TRACES_EXPORTER="otlp",
+            OTEL_EXPORTER_OTLP_PROTOCOL="grpc",
+            OTEL_EXPORTER_OTLP_ENDPOINT=collector.grpc_url,
+            OTEL_BSP_SCHEDULE_DELAY="100",
+        ).start()
+        try:
+            with logistics.client("viewer") as api:
+                r = api.get(
+                    "/inventory/424242",
+                    headers={"traceparent": f"00-{CALLER_TRACE}-{CALLER_SPAN}-01"},
+                )
+            assert r.status_code == 404, r.text
+            spans = collector.wait_for(
+                lambda spans: any(s.trace_id == CALLER_TRACE and s.kind == SERVER for s in spans)
+            )
+        finally:
+            logistics.stop()
+    server = _one([s for s in spans if s.trace_id == CALLER_TRACE], kind=SERVER)
+    assert (server.service, server.name) == ("logistics", "GET /inventory/{item_id}")
+    assert server.parent_span_id == CALLER_SPAN
 
 
 def test_problem_bodies_carry_the_trace_id(

@@ -1,7 +1,8 @@
 """The OpenTelemetry Collector as the tests' trace receiver: a real process, the one
 hack/k8s-tools builds (hack/otelcol/: the OTLP receiver, the file exporter).
 
-The collector receives OTLP/HTTP on a free loopback port and writes every batch it
+The collector receives OTLP over HTTP and over gRPC, each on a free loopback port, and
+writes every batch it
 receives to a file as OTLP JSON, one ``TracesData`` object a line; the test reads
 that file back into :class:`~tests.support.otlp.ReceivedSpan`, the in-process
 receiver's shape, so the two answer the same questions.
@@ -72,6 +73,7 @@ def _spans(traces: dict[str, Any]) -> Iterator[ReceivedSpan]:
 @dataclass
 class Collector:
     url: str  # the OTLP/HTTP endpoint (OTEL_EXPORTER_OTLP_ENDPOINT)
+    grpc_url: str  # the OTLP/gRPC endpoint (with OTEL_EXPORTER_OTLP_PROTOCOL=grpc)
     spans_file: Path
     log_path: Path
 
@@ -94,9 +96,13 @@ class Collector:
         return self.log_path.read_text(errors="replace")
 
 
-def _config(port: int, spans_file: Path) -> dict[str, Any]:
+def _config(port: int, grpc_port: int, spans_file: Path) -> dict[str, Any]:
+    protocols = {
+        "http": {"endpoint": f"127.0.0.1:{port}"},
+        "grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
+    }
     return {
-        "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"127.0.0.1:{port}"}}}},
+        "receivers": {"otlp": {"protocols": protocols}},
         # Flushed often: the test polls the file.
         "exporters": {"file": {"path": str(spans_file), "flush_interval": "100ms"}},
         "service": {
@@ -111,11 +117,18 @@ def _config(port: int, spans_file: Path) -> dict[str, Any]:
 def otel_collector(work: Path) -> Iterator[Collector]:
     """Runs the collector until the block ends; ready once it accepts an export."""
     binary = collector_binary()
-    port = free_port()
+    port = grpc_port = free_port()
+    while grpc_port == port:
+        grpc_port = free_port()
     config = work / "otelcol.yaml"
     # JSON is YAML: the collector's file provider reads it as such.
-    config.write_text(json.dumps(_config(port, work / "spans.jsonl"), indent=2))
-    collector = Collector(f"http://127.0.0.1:{port}", work / "spans.jsonl", work / "otelcol.log")
+    config.write_text(json.dumps(_config(port, grpc_port, work / "spans.jsonl"), indent=2))
+    collector = Collector(
+        f"http://127.0.0.1:{port}",
+        f"http://127.0.0.1:{grpc_port}",
+        work / "spans.jsonl",
+        work / "otelcol.log",
+    )
     with collector.log_path.open("wb") as log:
         process = subprocess.Popen(
             [str(binary), f"--config=file:{config}"],
