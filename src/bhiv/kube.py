@@ -14,7 +14,9 @@ module owns:
   bookmarks and a server-side timeout), listing again on ``410 Gone`` and after
   errors (with exponential backoff up to 30 s). It yields a :class:`Listing` after
   every list and a :class:`Change` per event; a caller stops it by leaving the
-  ``async for`` or cancelling its task.
+  ``async for`` or cancelling its task;
+- :func:`observe_requests`: tells a callback the Kubernetes verb and resource of
+  every request a client sends (the operator counts them, by verb).
 
 lightkube was chosen over the official ``kubernetes`` client because it is async
 (no threads around a synchronous client), typed (mypy checks our calls), builds the
@@ -27,7 +29,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,10 +50,13 @@ __all__ = [
     "ConfigError",
     "KubeConfig",
     "Listing",
+    "RequestObserver",
     "client",
     "list_once",
     "list_watch",
     "load_config",
+    "observe_requests",
+    "request_kind",
     "status_code",
 ]
 
@@ -112,6 +117,61 @@ def client(
         timeout=httpx2.Timeout(request_seconds, connect=CONNECT_SECONDS),
         field_manager=field_manager,
     )
+
+
+# Told (verb, resource) of each request a client sends; see observe_requests.
+RequestObserver = Callable[[str, str], None]
+
+
+def observe_requests(api: AsyncClient, observe: RequestObserver) -> None:
+    """Call ``observe(verb, resource)`` before every request ``api`` sends.
+
+    An httpx request hook on the client under lightkube, so every request counts:
+    lightkube's own calls, :func:`list_once` and each watch request of
+    :func:`list_watch`, retries included.
+    """
+
+    async def hook(request: httpx2.Request) -> None:
+        observe(*request_kind(request.method, request.url.path, request.url.params))
+
+    http = api._client._client  # noqa: SLF001 - lightkube exposes no hook of its own
+    http.event_hooks["request"].append(hook)
+
+
+# Subresources of a namespace itself: /api/v1/namespaces/NAME/status is not a
+# resource called "status" in the namespace NAME.
+_NAMESPACE_SUBRESOURCES = frozenset({"status", "finalize"})
+
+
+def request_kind(method: str, path: str, params: Any = None) -> tuple[str, str]:
+    """The Kubernetes verb (get, list, watch, create, update, patch, delete,
+    deletecollection) and resource (``deployments``, ``bhivmodules/status``) of a
+    request to the API server, as its audit log and RBAC name them.
+
+    A path outside the resource APIs (``/version``, ``/openapi/v2``) is ``nonresource``.
+    """
+    parts = [p for p in path.split("/") if p]
+    if parts[:1] == ["api"] and len(parts) >= 3:
+        rest = parts[2:]  # /api/v1/...
+    elif parts[:1] == ["apis"] and len(parts) >= 4:
+        rest = parts[3:]  # /apis/GROUP/VERSION/...
+    else:
+        return method.lower(), "nonresource"
+    if (
+        len(rest) >= 3
+        and rest[0] == "namespaces"
+        and not (len(rest) == 3 and rest[2] in _NAMESPACE_SUBRESOURCES)
+    ):
+        rest = rest[2:]  # namespaces/NS/RESOURCE[/NAME[/SUBRESOURCE]]
+    resource = "/".join((rest[0], rest[2])) if len(rest) >= 3 else rest[0]
+    named = len(rest) >= 2
+    verb = method.upper()
+    if verb == "GET":
+        watching = str((params or {}).get("watch", "")).lower() in ("true", "1")
+        return ("watch" if watching else "get" if named else "list"), resource
+    if verb == "DELETE":
+        return ("delete" if named else "deletecollection"), resource
+    return {"POST": "create", "PUT": "update", "PATCH": "patch"}.get(verb, verb.lower()), resource
 
 
 def status_code(exc: BaseException) -> int | None:

@@ -180,3 +180,70 @@ def test_next_backoff_doubles_to_the_cap() -> None:
 def test_explicit_kubeconfig_that_does_not_exist_is_a_config_error(tmp_path: Any) -> None:
     with pytest.raises(kube.ConfigError):
         kube.load_config(str(tmp_path / "missing"))
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "params", "expected"),
+    [
+        ("GET", "/apis/apps/v1/namespaces/ns/deployments/shop", {}, ("get", "deployments")),
+        ("GET", "/apis/apps/v1/namespaces/ns/deployments", {}, ("list", "deployments")),
+        ("GET", "/apis/apps/v1/deployments", {"watch": "true"}, ("watch", "deployments")),
+        ("GET", "/api/v1/namespaces/ns/pods", {"watch": "1"}, ("watch", "pods")),
+        ("PATCH", f"{PATH}/shop/status", {}, ("patch", "bhivmodules/status")),
+        ("PATCH", "/api/v1/namespaces/ns/services/shop", {}, ("patch", "services")),
+        ("POST", "/api/v1/namespaces/ns/events", {}, ("create", "events")),
+        ("PUT", "/api/v1/namespaces/ns/secrets/s", {}, ("update", "secrets")),
+        (
+            "DELETE",
+            "/apis/policy/v1/namespaces/ns/poddisruptionbudgets/x",
+            {},
+            ("delete", "poddisruptionbudgets"),
+        ),
+        ("DELETE", "/api/v1/namespaces/ns/pods", {}, ("deletecollection", "pods")),
+        # A namespace itself, and its own subresource.
+        ("GET", "/api/v1/namespaces/ns", {}, ("get", "namespaces")),
+        ("PUT", "/api/v1/namespaces/ns/finalize", {}, ("update", "namespaces/finalize")),
+        ("GET", "/version", {}, ("get", "nonresource")),
+        ("GET", "/apis/apps/v1", {}, ("get", "nonresource")),
+    ],
+)
+def test_request_kind_names_verbs_and_resources_as_kubernetes_does(
+    method: str, path: str, params: dict[str, str], expected: tuple[str, str]
+) -> None:
+    assert kube.request_kind(method, path, params) == expected
+
+
+def test_every_request_of_an_observed_client_is_told_by_verb_and_resource() -> None:
+    """Through lightkube's own calls and list_watch's, against a scripted server."""
+    seen: list[tuple[str, str]] = []
+
+    def handler(request: httpx2.Request) -> httpx2.Response:
+        if request.url.params.get("watch") == "true":
+            return stream({"type": "ADDED", "object": module("b", "3")})
+        if request.method == "DELETE":
+            return httpx2.Response(200, json={"kind": "Status", "status": "Success"})
+        if request.method == "GET" and request.url.path == PATH:
+            return listing("2", module("a", "1"))
+        return httpx2.Response(200, json=module("a", "4"))
+
+    async def main() -> None:
+        api = AsyncClient(CONFIG, transport=httpx2.MockTransport(handler))
+        kube.observe_requests(api, lambda verb, resource: seen.append((verb, resource)))
+        try:
+            await api.get(kube.BhivModule, "a", namespace="ns")
+            await api.patch(kube.BhivModule.Status, "a", {"status": {}}, namespace="ns")
+            await api.delete(kube.BhivModule, "a", namespace="ns")
+            async for update in kube.list_watch(api, kube.BhivModule, "ns"):
+                if isinstance(update, kube.Change):
+                    break
+        finally:
+            await api.close()
+
+    asyncio.run(main())
+    assert seen == [
+        ("get", "bhivmodules"),
+        ("patch", "bhivmodules/status"),
+        ("delete", "bhivmodules"),
+        ("list", "bhivmodules"),
+        ("watch", "bhivmodules"),
+    ]

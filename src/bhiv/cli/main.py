@@ -287,6 +287,14 @@ def operator_command(
             file_okay=False,
         ),
     ] = None,
+    resync_seconds: Annotated[
+        float,
+        typer.Option(
+            help="Queue every module for a reconcile this often, a safety net under the "
+            "watches (an unchanged module costs no API request).",
+            min=1.0,
+        ),
+    ] = 60.0,
 ) -> None:
     """Run the Kubernetes operator: BhivModules become Deployments, Services, HPAs, PDBs."""
     if kubeconfig:
@@ -317,6 +325,7 @@ def operator_command(
         allowed_images=tuple(allowed_image or ()),
         shared_secret=shared_secret,
         bootstrap_dir=bootstrap,
+        resync_seconds=resync_seconds,
     )
 
 

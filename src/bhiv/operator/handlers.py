@@ -3,6 +3,11 @@
 Only `on.event` handlers are used: they never add finalizers or bookkeeping
 annotations, so a deleted module can never be stuck in Terminating, and the
 operator's only writes are its server-side applies and status patches.
+
+Kopf watches the modules (and their pods); the children are followed by the
+operator's own list-watches (``bhiv.kube.list_watch``), whose listings replace what
+was known, so the cache the reconciler reads them from never keeps a child that was
+deleted while no watch ran. Both feed that cache (bhiv.operator.cache).
 """
 
 from __future__ import annotations
@@ -15,9 +20,12 @@ from collections.abc import Hashable
 from typing import Any, cast
 
 import kopf
+from lightkube import ALL_NS
 
+from bhiv.kube import Listing
 from bhiv.operator import GROUP, PLURAL, VERSION, metrics
 from bhiv.operator.builders import MANAGED_BY
+from bhiv.operator.cache import Cache, owner_of
 from bhiv.operator.graph import Node, Reach, reach
 from bhiv.operator.kube import Kube, post_event
 from bhiv.operator.reconcile import Reconciler
@@ -25,13 +33,18 @@ from bhiv.operator.workqueue import WorkQueue
 
 log = logging.getLogger("bhiv.operator")
 RESYNC_SECONDS = 60.0
+# The children the operator server-side-applies, by kind, each followed by a watch.
 CHILDREN = (
-    ("apps", "v1", "deployments"),
-    ("", "v1", "services"),
-    ("autoscaling", "v2", "horizontalpodautoscalers"),
-    ("policy", "v1", "poddisruptionbudgets"),
-    ("networking.k8s.io", "v1", "networkpolicies"),
+    "Deployment",
+    "Service",
+    "HorizontalPodAutoscaler",
+    "PodDisruptionBudget",
+    "NetworkPolicy",
 )
+CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
+# As Kopf's watches (start): the server ends each after this long, and a watch
+# silent for longer than that plus bhiv.kube's grace counts as dead.
+WATCH_SECONDS = 270
 
 
 # One module as the index keeps it: name, dependsOn, Ready and Ready's reason.
@@ -79,7 +92,8 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         # cluster-wide; with exact namespace names Kopf needs neither scan.
         settings.scanning.disabled = True
 
-    kube = Kube()
+    kube = Kube(on_request=metrics.count_request)
+    cache = Cache()
 
     async def events(body: dict[str, Any], kind: str, reason: str, message: str) -> None:
         await post_event(kube, body, kind, reason, message)
@@ -90,17 +104,19 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
         getattr(memo, "cluster_domain", "cluster.local"),
         tuple(getattr(memo, "allowed_images", ())),
         shared_secret=getattr(memo, "shared_secret", None),
+        cache=cache,
     )
     # Kopf gives each object's handlers a shallow copy of this memo: state the
     # handlers must share with the workers lives in one mutable object.
-    memo.shared = types.SimpleNamespace(index=None, reach={}, edges={})
+    memo.shared = types.SimpleNamespace(index=None, reach={}, edges={}, cache=cache)
 
     async def handle(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
         index: ModuleIndex | None = memo.shared.index
         if index is None:
             raise RuntimeError("the module index is not populated yet")
-        body = await kube.get("BhivModule", namespace, name)
+        # As its watch last delivered it; asked for only if that has not (or it is gone).
+        body = cache.module(namespace, name) or await kube.get("BhivModule", namespace, name)
         if body is None:
             return
         started = time.perf_counter()
@@ -125,7 +141,40 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.queue = WorkQueue(handle, workers=4, observe_wait=metrics.queue_wait_seconds.observe)
     metrics.queue_depth.set_function(lambda: len(memo.queue))
     metrics.queue_oldest_seconds.set_function(memo.queue.oldest_wait)
-    memo.tasks = [asyncio.create_task(memo.queue.run()), asyncio.create_task(_resync(memo))]
+    scopes = [ALL_NS] if getattr(memo, "clusterwide", False) else getattr(memo, "namespaces", [])
+    memo.tasks = [
+        asyncio.create_task(memo.queue.run()),
+        asyncio.create_task(_resync(memo)),
+        *(
+            asyncio.create_task(_follow_children(kube, cache, memo.queue, kind, scope))
+            for kind in CHILDREN
+            for scope in scopes
+        ),
+    ]
+
+
+async def _follow_children(
+    kube: Kube, cache: Cache, queue: WorkQueue, kind: str, scope: str
+) -> None:
+    """Keep ``cache`` up to date with the operator's children of ``kind`` in ``scope``
+    (a namespace, or every one), and queue the module whose child changed in a way
+    its reconcile reads: created, deleted, edited, or a Deployment's status."""
+    namespace = None if scope == ALL_NS else scope
+    async for update in kube.list_watch(kind, scope, CHILD_SELECTOR, WATCH_SECONDS):
+        if isinstance(update, Listing):
+            for key in cache.replace_children(kind, namespace, update.items):
+                queue.add(key)
+            continue
+        obj = update.object
+        meta = obj.get("metadata") or {}
+        if update.type == "DELETED":
+            owner = cache.drop_child(kind, meta["namespace"], meta["name"]) or owner_of(obj)
+        elif update.type in ("ADDED", "MODIFIED"):
+            owner = cache.put_child(kind, obj)
+        else:
+            continue  # BOOKMARK: only a resource version
+        if owner:
+            queue.add((meta["namespace"], owner))
 
 
 def _error_reason(exc: Exception) -> str:
@@ -142,9 +191,10 @@ def _error_reason(exc: Exception) -> str:
 
 async def _resync(memo: kopf.Memo) -> None:
     """A safety net under the watches: requeue everything now and then, and refresh gauges."""
+    period = float(getattr(memo, "resync_seconds", RESYNC_SECONDS))
     last_full = time.monotonic()
     while True:
-        await asyncio.sleep(5)
+        await asyncio.sleep(min(5.0, period))
         index: ModuleIndex | None = memo.shared.index
         if index is None:
             continue
@@ -156,8 +206,9 @@ async def _resync(memo: kopf.Memo) -> None:
         metrics.modules.clear()
         for (ready_text, reason), n in counts.items():
             metrics.modules.labels(ready_text, reason).set(n)
-        if time.monotonic() - last_full >= RESYNC_SECONDS:
+        if time.monotonic() - last_full >= period:
             last_full = time.monotonic()
+            metrics.resyncs.inc()
             for namespace in list(index):
                 for name, *_ in index.get(namespace, ()):
                     memo.queue.add((namespace, name))
@@ -170,10 +221,21 @@ async def stop(memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
-async def module_changed(name: str, namespace: str | None, memo: kopf.Memo, **kwargs: Any) -> None:
+async def module_changed(
+    name: str,
+    namespace: str | None,
+    event: kopf.RawEvent,
+    memo: kopf.Memo,
+    **kwargs: Any,
+) -> None:
     # Kopf passes every index by its function's name.
     bhiv_modules: ModuleIndex = kwargs["bhiv_modules"]
     memo.shared.index = bhiv_modules
+    cache: Cache = memo.shared.cache
+    if event["type"] == "DELETED":
+        cache.drop_module(namespace or "", name)
+    else:
+        cache.put_module(dict(event["object"]))
     queue: WorkQueue = memo.queue
     queue.add((namespace, name))
     # Dependents react to this module's readiness at once (event-driven, not a
@@ -196,20 +258,6 @@ async def module_changed(name: str, namespace: str | None, memo: kopf.Memo, **kw
             queue.add((namespace, other))
 
 
-def _owner(body: kopf.Body) -> str | None:
-    for ref in body.get("metadata", {}).get("ownerReferences") or ():
-        if ref.get("kind") == "BhivModule" and ref.get("apiVersion", "").startswith(f"{GROUP}/"):
-            return str(ref.get("name"))
-    return None
-
-
-async def _child_changed(body: kopf.Body, namespace: str | None, memo: kopf.Memo, **_: Any) -> None:
-    """A child was created, changed (status or by hand) or deleted: reconcile its owner."""
-    owner = _owner(body)
-    if owner and hasattr(memo, "queue"):
-        memo.queue.add((namespace, owner))
-
-
 async def _pod_changed(
     labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -223,8 +271,3 @@ async def _pod_changed(
 
 
 kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})(_pod_changed)
-
-for _group, _version, _plural in CHILDREN:
-    kopf.on.event(_group, _version, _plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY})(
-        _child_changed
-    )

@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
+from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 from lightkube import AsyncClient
@@ -24,7 +25,18 @@ from lightkube.resources.networking_v1 import NetworkPolicy
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.types import PatchType
 
-from bhiv.kube import ApiError, BhivModule, KubeConfig, list_once, status_code
+from bhiv.kube import (
+    ApiError,
+    BhivModule,
+    Change,
+    KubeConfig,
+    Listing,
+    RequestObserver,
+    list_once,
+    list_watch,
+    observe_requests,
+    status_code,
+)
 from bhiv.kube import client as make_client
 from bhiv.kube import load_config as read_config
 from bhiv.operator import FIELD_MANAGER, GROUP, VERSION
@@ -75,15 +87,23 @@ class Kube:
 
     The lightkube client is made on first use, so a Kube made outside an event loop
     (the Kopf startup handler's) binds its connections to the loop that uses it.
+    ``on_request`` is told the verb and resource of every request that client sends.
     """
 
-    def __init__(self, api: AsyncClient | None = None) -> None:
+    def __init__(
+        self, api: AsyncClient | None = None, on_request: RequestObserver | None = None
+    ) -> None:
         self._api = api
+        self._on_request = on_request
+        if api is not None and on_request is not None:
+            observe_requests(api, on_request)
 
     @property
     def api(self) -> AsyncClient:
         if self._api is None:
             self._api = make_client(_config, field_manager=FIELD_MANAGER)
+            if self._on_request is not None:
+                observe_requests(self._api, self._on_request)
         return self._api
 
     async def close(self) -> None:
@@ -104,6 +124,15 @@ class Kube:
         """The objects of ``kind`` in ``namespace`` matching a label selector."""
         listing = await list_once(self.api, _resource(kind), namespace, labels=selector)
         return listing.items
+
+    def list_watch(
+        self, kind: str, namespace: str, selector: str, watch_seconds: int
+    ) -> AsyncGenerator[Listing | Change, None]:
+        """bhiv.kube.list_watch of ``kind`` matching ``selector`` in ``namespace``
+        (``*``: every namespace)."""
+        return list_watch(
+            self.api, _resource(kind), namespace, labels=selector, watch_seconds=watch_seconds
+        )
 
     async def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply ``obj`` as the operator's field manager (force: we own these)."""

@@ -27,6 +27,7 @@ def run(
     allowed_images: tuple[str, ...] = (),
     shared_secret: str | None = None,
     bootstrap_dir: Path | None = None,
+    resync_seconds: float = 60.0,
 ) -> None:
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.JSON, log_prefix=True)
     logging.getLogger("httpx2").setLevel(logging.WARNING)
@@ -55,6 +56,8 @@ def run(
         clusterwide=clusterwide,
         allowed_images=allowed_images,
         shared_secret=shared_secret,
+        namespaces=list(namespaces),
+        resync_seconds=resync_seconds,
     )
     asyncio.run(
         kopf.operator(

@@ -40,3 +40,20 @@ queue_wait_seconds = Histogram(
     buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10, 30, 60),
     registry=registry,
 )
+api_requests = Counter(
+    "bhiv_operator_api_requests",
+    "Requests the operator's own client sent to the Kubernetes API, by verb (get, list, "
+    "watch, create, patch, delete, ...) and resource; Kopf's watches of modules and pods "
+    "go through Kopf's client and are not counted.",
+    ["verb", "resource"],
+    registry=registry,
+)
+resyncs = Counter(
+    "bhiv_operator_resyncs",
+    "Times every module was queued for a reconcile by the periodic resync.",
+    registry=registry,
+)
+
+
+def count_request(verb: str, resource: str) -> None:
+    api_requests.labels(verb, resource).inc()

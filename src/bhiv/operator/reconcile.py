@@ -2,6 +2,10 @@
 
 Level-based: it never asks what changed, only what should exist now, so a
 restarted operator (or one killed half-way) converges by running it again.
+
+It reads the module's children from the watches' cache (bhiv.operator.cache) and
+applies a child only when its manifest or the fields the operator owns in it
+changed since its last apply: a module in a steady state costs no request.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 from bhiv.kube import ApiError, status_code
 from bhiv.operator import builders, images, stuck
 from bhiv.operator.bootstrap import ensure_shared_secret
+from bhiv.operator.cache import Cache, Key, digest, owned
 from bhiv.operator.graph import DependencyState, Node, cycles, dependency_state, reach_of
 from bhiv.operator.kube import Kube, applies_field
 from bhiv.operator.model import Module
@@ -97,6 +102,13 @@ def _deployment_conditions(
     return available, progressing, ready_cond, desired, ready
 
 
+def _all_ready(deployment: dict[str, Any] | None) -> bool:
+    if deployment is None:
+        return False
+    desired = int((deployment.get("spec") or {}).get("replicas", 1))
+    return int((deployment.get("status") or {}).get("readyReplicas") or 0) >= desired
+
+
 class Reconciler:
     def __init__(
         self,
@@ -105,8 +117,11 @@ class Reconciler:
         cluster_domain: str = "cluster.local",
         allowed_images: tuple[str, ...] = (),
         shared_secret: str | None = None,
+        cache: Cache | None = None,
     ) -> None:
         self.kube = kube
+        # Filled by the operator's watches; an empty one makes every read a GET.
+        self.cache = cache if cache is not None else Cache()
         self.events = events
         self.cluster_domain = cluster_domain
         self.allowed_images = allowed_images
@@ -117,7 +132,13 @@ class Reconciler:
         # Optional children (HPA, PDB, NetworkPolicy) known to be absent: a module
         # without one costs a DELETE the first time, not one per reconcile. Only this
         # operator creates them, and it forgets the fact as soon as it applies one.
-        self._absent: set[tuple[str, str, str]] = set()
+        self._absent: set[Key] = set()
+        # Per child, what its last apply sent and got back: (manifest digest, uid,
+        # owned fingerprint). While the watched child still has that uid and
+        # fingerprint, applying the same manifest again would change nothing.
+        self._applied: dict[Key, tuple[str, str, str]] = {}
+        # Data claims known to exist, by (namespace, claim, module uid).
+        self._claims: set[tuple[str, str, str]] = set()
 
     async def reconcile(self, body: dict[str, Any], nodes: Mapping[str, Node]) -> Outcome | None:
         """Bring one module's children and status in line with its spec.
@@ -134,7 +155,7 @@ class Reconciler:
             if module.name in nodes
             else DependencyState(not module.depends_on, "Unknown", "not indexed yet", ())
         )
-        deployment = await self.kube.get("Deployment", module.namespace, module.name)
+        deployment = await self._deployment(module)
         # An image outside the allow-list never reaches a Deployment: none is
         # created, and an existing one keeps the pods (and image) it has.
         image_refused = images.refusal(module.image, self.allowed_images)
@@ -144,7 +165,7 @@ class Reconciler:
                 # Once per namespace and operator process, before any pod that reads it.
                 await ensure_shared_secret(self.kube, module.namespace, self.shared_secret)
                 self._secret_namespaces.add(module.namespace)
-            await self.kube.apply(builders.build_service(module))
+            await self._apply(builders.build_service(module))
             await self._apply_network_policy(module, nodes)
             # Startup order: no Deployment (hence no pods, HPA or PDB) until every
             # dependency is Ready. Creating nothing, rather than a Deployment at 0
@@ -163,6 +184,30 @@ class Reconciler:
             ready_cond["status"] == "True", ready_cond["reason"], cycle_map.get(module.name, ())
         )
 
+    async def _deployment(self, module: Module) -> dict[str, Any] | None:
+        """The module's Deployment as its watch last saw it; asked for when not seen."""
+        seen = self.cache.child("Deployment", module.namespace, module.name)
+        if seen is not None and seen.body is not None:
+            return seen.body
+        return await self.kube.get("Deployment", module.namespace, module.name)
+
+    async def _apply(self, child: dict[str, Any]) -> dict[str, Any] | None:
+        """Server-side apply ``child``; None, sending nothing, when that would change nothing.
+
+        That is when the manifest is the one applied last and the watched child is
+        the object that apply answered with, its owned fields untouched since
+        (bhiv.operator.cache.owned): nobody deleted, recreated or edited them.
+        """
+        meta = child["metadata"]
+        key = (child["kind"], meta["namespace"], meta["name"])
+        want = digest(child)
+        seen = self.cache.child(*key)
+        if seen is not None and self._applied.get(key) == (want, seen.uid, seen.owned):
+            return None
+        applied = await self.kube.apply(child)
+        self._applied[key] = (want, str(applied["metadata"].get("uid") or ""), owned(applied))
+        return applied
+
     async def _apply_network_policy(self, module: Module, nodes: Mapping[str, Node]) -> None:
         """The module's NetworkPolicy, before any pod: it follows dependsOn everywhere in
         the namespace (the handlers requeue a module whose dependents change)."""
@@ -176,7 +221,7 @@ class Reconciler:
 
     async def _apply_workloads(
         self, module: Module, deployment: dict[str, Any] | None
-    ) -> dict[str, Any]:
+    ) -> dict[str, Any] | None:
         ns, name = module.namespace, module.name
         claim = builders.build_data_claim(module)
         # Created once, before the pods that mount it, and then left alone: a claim's
@@ -184,9 +229,14 @@ class Reconciler:
         # change of spec.storage must not fail every reconcile (resize the claim
         # itself). Never deleted here either: switching to a database keeps the old
         # SQLite data until the module is deleted.
+        # Known to exist once seen, while the module's pods all run: they mount it, and
+        # a claim in use is only deleted once they stop (its protection finalizer).
         if claim is not None:
-            if await self.kube.get("PersistentVolumeClaim", ns, claim["metadata"]["name"]) is None:
-                await self.kube.apply(claim)
+            known = (ns, claim["metadata"]["name"], module.uid)
+            if known not in self._claims or not _all_ready(deployment):
+                if await self.kube.get("PersistentVolumeClaim", *known[:2]) is None:
+                    await self.kube.apply(claim)
+                self._claims.add(known)
         hpa = builders.build_hpa(module)
         if hpa is not None:
             if deployment is not None and applies_field(deployment, "spec", "replicas"):
@@ -204,30 +254,32 @@ class Reconciler:
                     },
                     manager=HANDOFF_MANAGER,
                 )
-            deployment = await self.kube.apply(builders.build_deployment(module, replicas=None))
+            applied = await self._apply(builders.build_deployment(module, replicas=None))
             await self._apply_optional(hpa)
         else:
-            deployment = await self.kube.apply(
-                builders.build_deployment(module, replicas=module.replicas)
-            )
+            applied = await self._apply(builders.build_deployment(module, replicas=module.replicas))
             await self._delete_optional("HorizontalPodAutoscaler", ns, name)
         pdb = builders.build_pdb(module)
         if pdb is not None:
             await self._apply_optional(pdb)
         else:
             await self._delete_optional("PodDisruptionBudget", ns, name)
-        return deployment
+        if applied is not None:
+            return applied
+        seen = self.cache.child("Deployment", ns, name)  # unchanged: as the watch last saw it
+        return seen.body if seen is not None and seen.body is not None else deployment
 
     async def _apply_optional(self, child: dict[str, Any]) -> None:
         meta = child["metadata"]
         self._absent.discard((child["kind"], meta["namespace"], meta["name"]))
-        await self.kube.apply(child)
+        await self._apply(child)
 
     async def _delete_optional(self, kind: str, namespace: str, name: str) -> None:
         key = (kind, namespace, name)
         if key not in self._absent:
             await self.kube.delete(kind, namespace, name)
             self._absent.add(key)
+            self._applied.pop(key, None)
 
     async def _why_stuck(
         self, module: Module, deployment: dict[str, Any] | None
@@ -312,7 +364,9 @@ class Reconciler:
             )
         except ApiError as exc:
             if status_code(exc) == 404:
-                return  # deleted while we reconciled it: nothing left to report on
+                # Deleted while we reconciled it: nothing left to report on, nor to remember.
+                self.cache.drop_module(meta["namespace"], meta["name"])
+                return
             raise
         for cond in transitions(old.get("conditions") or [], status["conditions"]):
             if cond["type"] in ("Ready", "DependenciesReady") or cond["reason"] in WARNING_REASONS:

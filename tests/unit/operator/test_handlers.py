@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from bhiv.operator import graph, handlers
+from bhiv.operator.cache import Cache
 
 # Kopf's decorator types the handler as its own callback protocol (every kwarg Kopf
 # passes); called directly, it takes the ones it names.
@@ -24,7 +25,7 @@ class Queue:
 
 
 def _memo() -> Any:
-    shared = types.SimpleNamespace(index=None, reach={}, edges={})
+    shared = types.SimpleNamespace(index=None, reach={}, edges={}, cache=Cache())
     return types.SimpleNamespace(queue=Queue(), shared=shared)
 
 
@@ -33,7 +34,11 @@ def _event(memo: Any, name: str, *modules: handlers.ModuleEntry) -> set[str]:
     module names queued for a reconcile."""
     memo.queue.added.clear()
     index = {"ns": list(modules)}
-    asyncio.run(module_changed(name=name, namespace="ns", memo=memo, bhiv_modules=index))
+    body = {"metadata": {"name": name, "namespace": "ns"}, "spec": {}}
+    event = {"type": "MODIFIED", "object": body}
+    asyncio.run(
+        module_changed(name=name, namespace="ns", event=event, memo=memo, bhiv_modules=index)
+    )
     return {queued for _, queued in memo.queue.added}
 
 
