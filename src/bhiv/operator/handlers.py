@@ -4,10 +4,11 @@ Only `on.event` handlers are used: they never add finalizers or bookkeeping
 annotations, so a deleted module can never be stuck in Terminating, and the
 operator's only writes are its server-side applies and status patches.
 
-Kopf watches the modules (and their pods); the children are followed by the
-operator's own list-watches (``bhiv.kube.list_watch``), whose listings replace what
-was known, so the cache the reconciler reads them from never keeps a child that was
-deleted while no watch ran. Both feed that cache (bhiv.operator.cache).
+Kopf's watches of the modules and their children also fill the cache the reconciler
+reads them from (bhiv.operator.cache): Kopf pauses them all while a peer of higher
+priority acts, so a standby operator is not woken by them. A watch that must list
+again (410 Gone) reports no deletions, so every VERIFY_SECONDS the resync lists the
+children once (a few reads) and forgets what the listing no longer holds.
 """
 
 from __future__ import annotations
@@ -22,7 +23,6 @@ from typing import Any, cast
 import kopf
 from lightkube import ALL_NS
 
-from bhiv.kube import Listing
 from bhiv.operator import GROUP, PLURAL, VERSION, metrics
 from bhiv.operator.builders import MANAGED_BY
 from bhiv.operator.cache import Cache, owner_of
@@ -33,18 +33,16 @@ from bhiv.operator.workqueue import WorkQueue
 
 log = logging.getLogger("bhiv.operator")
 RESYNC_SECONDS = 60.0
-# The children the operator server-side-applies, by kind, each followed by a watch.
-CHILDREN = (
-    "Deployment",
-    "Service",
-    "HorizontalPodAutoscaler",
-    "PodDisruptionBudget",
-    "NetworkPolicy",
-)
+VERIFY_SECONDS = 600.0
+# The children the operator server-side-applies: (group, version, plural) by kind.
+CHILDREN = {
+    "Deployment": ("apps", "v1", "deployments"),
+    "Service": ("", "v1", "services"),
+    "HorizontalPodAutoscaler": ("autoscaling", "v2", "horizontalpodautoscalers"),
+    "PodDisruptionBudget": ("policy", "v1", "poddisruptionbudgets"),
+    "NetworkPolicy": ("networking.k8s.io", "v1", "networkpolicies"),
+}
 CHILD_SELECTOR = f"app.kubernetes.io/managed-by={MANAGED_BY}"
-# As Kopf's watches (start): the server ends each after this long, and a watch
-# silent for longer than that plus bhiv.kube's grace counts as dead.
-WATCH_SECONDS = 270
 
 
 # One module as the index keeps it: name, dependsOn, Ready and Ready's reason.
@@ -108,7 +106,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     )
     # Kopf gives each object's handlers a shallow copy of this memo: state the
     # handlers must share with the workers lives in one mutable object.
-    memo.shared = types.SimpleNamespace(index=None, reach={}, edges={}, cache=cache)
+    memo.shared = types.SimpleNamespace(index=None, reach={}, edges={}, cache=cache, kube=kube)
 
     async def handle(key: Hashable) -> None:
         namespace, name = cast(tuple[str, str], key)
@@ -141,40 +139,21 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.queue = WorkQueue(handle, workers=4, observe_wait=metrics.queue_wait_seconds.observe)
     metrics.queue_depth.set_function(lambda: len(memo.queue))
     metrics.queue_oldest_seconds.set_function(memo.queue.oldest_wait)
-    scopes = [ALL_NS] if getattr(memo, "clusterwide", False) else getattr(memo, "namespaces", [])
-    memo.tasks = [
-        asyncio.create_task(memo.queue.run()),
-        asyncio.create_task(_resync(memo)),
-        *(
-            asyncio.create_task(_follow_children(kube, cache, memo.queue, kind, scope))
-            for kind in CHILDREN
-            for scope in scopes
-        ),
-    ]
+    memo.tasks = [asyncio.create_task(memo.queue.run()), asyncio.create_task(_resync(memo))]
 
 
-async def _follow_children(
-    kube: Kube, cache: Cache, queue: WorkQueue, kind: str, scope: str
-) -> None:
-    """Keep ``cache`` up to date with the operator's children of ``kind`` in ``scope``
-    (a namespace, or every one), and queue the module whose child changed in a way
-    its reconcile reads: created, deleted, edited, or a Deployment's status."""
-    namespace = None if scope == ALL_NS else scope
-    async for update in kube.list_watch(kind, scope, CHILD_SELECTOR, WATCH_SECONDS):
-        if isinstance(update, Listing):
-            for key in cache.replace_children(kind, namespace, update.items):
-                queue.add(key)
-            continue
-        obj = update.object
-        meta = obj.get("metadata") or {}
-        if update.type == "DELETED":
-            owner = cache.drop_child(kind, meta["namespace"], meta["name"]) or owner_of(obj)
-        elif update.type in ("ADDED", "MODIFIED"):
-            owner = cache.put_child(kind, obj)
-        else:
-            continue  # BOOKMARK: only a resource version
-        if owner:
-            queue.add((meta["namespace"], owner))
+async def _verify_children(memo: kopf.Memo) -> None:
+    """List every kind of child once and make the cache hold exactly that, queueing the
+    modules whose children it had wrong (deleted or changed while a watch listed again)."""
+    kube: Kube = memo.shared.kube
+    cache: Cache = memo.shared.cache
+    clusterwide = getattr(memo, "clusterwide", False)
+    for scope in [ALL_NS] if clusterwide else getattr(memo, "namespaces", []):
+        for kind in CHILDREN:
+            items = await kube.list_matching(kind, scope, CHILD_SELECTOR)
+            namespace = None if scope == ALL_NS else scope
+            for key in cache.replace_children(kind, namespace, items):
+                memo.queue.add(key)
 
 
 def _error_reason(exc: Exception) -> str:
@@ -192,7 +171,7 @@ def _error_reason(exc: Exception) -> str:
 async def _resync(memo: kopf.Memo) -> None:
     """A safety net under the watches: requeue everything now and then, and refresh gauges."""
     period = float(getattr(memo, "resync_seconds", RESYNC_SECONDS))
-    last_full = time.monotonic()
+    last_full = last_verified = time.monotonic()
     while True:
         await asyncio.sleep(min(5.0, period))
         index: ModuleIndex | None = memo.shared.index
@@ -206,6 +185,12 @@ async def _resync(memo: kopf.Memo) -> None:
         metrics.modules.clear()
         for (ready_text, reason), n in counts.items():
             metrics.modules.labels(ready_text, reason).set(n)
+        if time.monotonic() - last_verified >= VERIFY_SECONDS:
+            last_verified = time.monotonic()
+            try:
+                await _verify_children(memo)
+            except Exception:  # noqa: BLE001 - the watches still run; the next pass retries
+                log.warning("could not list the children to check the cache", exc_info=True)
         if time.monotonic() - last_full >= period:
             last_full = time.monotonic()
             metrics.resyncs.inc()
@@ -258,6 +243,28 @@ async def module_changed(
             queue.add((namespace, other))
 
 
+def _child_handler(kind: str) -> Any:
+    async def child_changed(
+        event: kopf.RawEvent, namespace: str | None, memo: kopf.Memo, **_: Any
+    ) -> None:
+        """A child was created, changed or deleted: record it, and reconcile its owner
+        if the change is one its reconcile reads (not, say, an HPA's status)."""
+        shared = getattr(memo, "shared", None)
+        if shared is None or not hasattr(memo, "queue"):
+            return
+        cache: Cache = shared.cache
+        obj: dict[str, Any] = dict(event["object"])
+        meta: dict[str, Any] = obj.get("metadata") or {}
+        if event["type"] == "DELETED":
+            owner = cache.drop_child(kind, meta["namespace"], meta["name"]) or owner_of(obj)
+        else:
+            owner = cache.put_child(kind, obj)
+        if owner:
+            memo.queue.add((namespace, owner))
+
+    return child_changed
+
+
 async def _pod_changed(
     labels: kopf.Labels, namespace: str | None, memo: kopf.Memo, **_: Any
 ) -> None:
@@ -271,3 +278,8 @@ async def _pod_changed(
 
 
 kopf.on.event("", "v1", "pods", labels={"app.kubernetes.io/managed-by": MANAGED_BY})(_pod_changed)
+
+for _kind, (_group, _version, _plural) in CHILDREN.items():
+    kopf.on.event(_group, _version, _plural, labels={"app.kubernetes.io/managed-by": MANAGED_BY})(
+        _child_handler(_kind)
+    )

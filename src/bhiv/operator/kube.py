@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import socket
-from collections.abc import AsyncGenerator
 from typing import Any, cast
 
 from lightkube import AsyncClient
@@ -28,12 +27,9 @@ from lightkube.types import PatchType
 from bhiv.kube import (
     ApiError,
     BhivModule,
-    Change,
     KubeConfig,
-    Listing,
     RequestObserver,
     list_once,
-    list_watch,
     observe_requests,
     status_code,
 )
@@ -121,18 +117,9 @@ class Kube:
         return _plain(found)
 
     async def list_matching(self, kind: str, namespace: str, selector: str) -> list[dict[str, Any]]:
-        """The objects of ``kind`` in ``namespace`` matching a label selector."""
+        """The objects of ``kind`` in ``namespace`` (``*``: every one) matching a label selector."""
         listing = await list_once(self.api, _resource(kind), namespace, labels=selector)
         return listing.items
-
-    def list_watch(
-        self, kind: str, namespace: str, selector: str, watch_seconds: int
-    ) -> AsyncGenerator[Listing | Change, None]:
-        """bhiv.kube.list_watch of ``kind`` matching ``selector`` in ``namespace``
-        (``*``: every namespace)."""
-        return list_watch(
-            self.api, _resource(kind), namespace, labels=selector, watch_seconds=watch_seconds
-        )
 
     async def apply(self, obj: dict[str, Any], manager: str = FIELD_MANAGER) -> dict[str, Any]:
         """Server-side apply ``obj`` as the operator's field manager (force: we own these)."""

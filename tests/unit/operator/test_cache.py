@@ -56,7 +56,9 @@ def test_only_what_a_reconcile_reads_makes_a_change() -> None:
     assert cache.put_child("Deployment", child("Deployment", "a")) == "a"
     ready = child("Deployment", "a", status={"readyReplicas": 1})
     assert cache.put_child("Deployment", ready) == "a"
-    assert cache.child("Deployment", "ns", "a").body["status"] == {"readyReplicas": 1}  # type: ignore[union-attr]
+    seen = cache.child("Deployment", "ns", "a")
+    assert seen is not None and seen.body is not None
+    assert seen.body["status"] == {"readyReplicas": 1}
 
 
 def test_the_owned_fingerprint_follows_only_the_operators_apply() -> None:

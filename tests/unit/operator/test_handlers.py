@@ -85,3 +85,50 @@ def test_reconcile_error_reasons_stay_a_small_set() -> None:
     assert handlers._error_reason(_LightkubeStyle()) == "HTTP 409"
     assert handlers._error_reason(_OfficialStyle()) == "HTTP 5xx"
     assert handlers._error_reason(TimeoutError()) == "TimeoutError"
+
+
+def _child(kind: str, name: str, **more: Any) -> dict[str, Any]:
+    owner = {"apiVersion": "bhiv.io/v1alpha1", "kind": "BhivModule", "name": name}
+    meta = {"name": name, "namespace": "ns", "uid": "u", "ownerReferences": [owner]}
+    return {"kind": kind, "metadata": meta, **more}
+
+
+def test_a_child_event_queues_its_module_only_for_what_its_reconcile_reads() -> None:
+    memo = _memo()
+
+    def event(kind: str, type_: str, obj: dict[str, Any]) -> set[str]:
+        memo.queue.added.clear()
+        handler = handlers._child_handler(kind)
+        asyncio.run(handler(event={"type": type_, "object": obj}, namespace="ns", memo=memo))
+        return {name for _, name in memo.queue.added}
+
+    hpa = _child("HorizontalPodAutoscaler", "a")
+    assert event("HorizontalPodAutoscaler", "ADDED", hpa) == {"a"}
+    busy = _child("HorizontalPodAutoscaler", "a", status={"currentReplicas": 2})
+    assert event("HorizontalPodAutoscaler", "MODIFIED", busy) == set()
+    assert event("HorizontalPodAutoscaler", "DELETED", busy) == {"a"}
+    assert memo.shared.cache.child("HorizontalPodAutoscaler", "ns", "a") is None
+    assert event("Deployment", "ADDED", _child("Deployment", "b")) == {"b"}
+    rolled = _child("Deployment", "b", status={"readyReplicas": 1})
+    assert event("Deployment", "MODIFIED", rolled) == {"b"}
+
+
+def test_the_verifying_listing_forgets_children_a_watch_missed_the_deletion_of() -> None:
+    class Lister:
+        async def list_matching(self, kind: str, namespace: str, selector: str) -> list[Any]:
+            assert selector == handlers.CHILD_SELECTOR
+            return [_child(kind, "kept")]
+
+    memo = _memo()
+    memo.namespaces = ["ns"]
+    memo.shared.kube = Lister()
+    cache = memo.shared.cache
+    cache.put_child("Service", _child("Service", "kept"))
+    cache.put_child("Service", _child("Service", "gone"))
+    asyncio.run(handlers._verify_children(memo))
+    assert cache.child("Service", "ns", "gone") is None
+    # gone's module is reconciled (its Service is applied again); kept's is queued only
+    # for the kinds it had not been seen with.
+    queued = memo.queue.added
+    assert ("ns", "gone") in queued
+    assert queued.count(("ns", "kept")) == len(handlers.CHILDREN) - 1
