@@ -111,6 +111,9 @@ class Cache:
     def __init__(self) -> None:
         self._modules: dict[tuple[str, str], dict[str, Any]] = {}
         self._children: dict[Key, Child] = {}
+        # Once a listing of every kind of child has filled it, a child it does not
+        # hold does not exist (the watches deliver those made since).
+        self.listed = False
 
     def module(self, namespace: str, name: str) -> dict[str, Any] | None:
         return self._modules.get((namespace, name))

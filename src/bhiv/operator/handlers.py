@@ -139,12 +139,25 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> N
     memo.queue = WorkQueue(handle, workers=4, observe_wait=metrics.queue_wait_seconds.observe)
     metrics.queue_depth.set_function(lambda: len(memo.queue))
     metrics.queue_oldest_seconds.set_function(memo.queue.oldest_wait)
-    memo.tasks = [asyncio.create_task(memo.queue.run()), asyncio.create_task(_resync(memo))]
+    memo.tasks = [asyncio.create_task(_run_queue(memo)), asyncio.create_task(_resync(memo))]
 
 
-async def _verify_children(memo: kopf.Memo) -> None:
-    """List every kind of child once and make the cache hold exactly that, queueing the
-    modules whose children it had wrong (deleted or changed while a watch listed again)."""
+async def _run_queue(memo: kopf.Memo) -> None:
+    """List the children once (so that a new module's first reconcile needs not ask
+    whether its children exist), then run the reconcile workers."""
+    try:
+        # Nothing queued: Kopf delivers every module once it is allowed to act (a
+        # peer may hold it back), and reconciling before its index exists would fail.
+        await _verify_children(memo, requeue=False)
+    except Exception:  # noqa: BLE001 - the reconciler asks the API server instead
+        log.warning("could not list the children at start-up", exc_info=True)
+    await memo.queue.run()
+
+
+async def _verify_children(memo: kopf.Memo, *, requeue: bool = True) -> None:
+    """List every kind of child once and make the cache hold exactly that, queueing
+    (``requeue``) the modules whose children it had wrong (deleted or changed while a
+    watch listed again)."""
     kube: Kube = memo.shared.kube
     cache: Cache = memo.shared.cache
     clusterwide = getattr(memo, "clusterwide", False)
@@ -152,8 +165,10 @@ async def _verify_children(memo: kopf.Memo) -> None:
         for kind in CHILDREN:
             items = await kube.list_matching(kind, scope, CHILD_SELECTOR)
             namespace = None if scope == ALL_NS else scope
-            for key in cache.replace_children(kind, namespace, items):
+            touched = cache.replace_children(kind, namespace, items)
+            for key in touched if requeue else ():
                 memo.queue.add(key)
+    cache.listed = True
 
 
 def _error_reason(exc: Exception) -> str:

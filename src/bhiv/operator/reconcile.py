@@ -185,11 +185,15 @@ class Reconciler:
         )
 
     async def _deployment(self, module: Module) -> dict[str, Any] | None:
-        """The module's Deployment as its watch last saw it; asked for when not seen."""
-        seen = self.cache.child("Deployment", module.namespace, module.name)
+        """The module's Deployment as its watch last saw it; asked for only when it may
+        exist unseen."""
+        key = ("Deployment", module.namespace, module.name)
+        seen = self.cache.child(*key)
         if seen is not None and seen.body is not None:
             return seen.body
-        return await self.kube.get("Deployment", module.namespace, module.name)
+        if not self._may_exist(key):
+            return None
+        return await self.kube.get(*key)
 
     async def _apply(self, child: dict[str, Any]) -> dict[str, Any] | None:
         """Server-side apply ``child``; None, sending nothing, when that would change nothing.
@@ -276,10 +280,20 @@ class Reconciler:
 
     async def _delete_optional(self, kind: str, namespace: str, name: str) -> None:
         key = (kind, namespace, name)
-        if key not in self._absent:
-            await self.kube.delete(kind, namespace, name)
+        if key in self._absent:
+            return
+        if not self._may_exist(key):
             self._absent.add(key)
-            self._applied.pop(key, None)
+            return
+        await self.kube.delete(kind, namespace, name)
+        self._absent.add(key)
+        self._applied.pop(key, None)
+
+    def _may_exist(self, key: Key) -> bool:
+        """Whether a child the cache does not hold may exist all the same: when the
+        cache has not been filled by a listing yet, or this process applied the child
+        and its watch has not delivered it yet. (Only the operator makes children.)"""
+        return not self.cache.listed or key in self._applied or self.cache.child(*key) is not None
 
     async def _why_stuck(
         self, module: Module, deployment: dict[str, Any] | None
@@ -287,7 +301,9 @@ class Reconciler:
         """What keeps a started module's pods from running, if anything does.
 
         Pods are read only while the Deployment is short of ready pods, so a healthy
-        module costs no extra request.
+        module costs no extra request; and not before its controller has seen the
+        current spec (a Deployment just applied): until then its pods are the old
+        spec's, and that controller's status update brings the module back here.
         """
         if deployment is None:
             return None
@@ -296,6 +312,9 @@ class Reconciler:
             return failure
         spec, st = deployment.get("spec") or {}, deployment.get("status") or {}
         if int(st.get("readyReplicas") or 0) >= int(spec.get("replicas", 1)):
+            return None
+        generation = int((deployment.get("metadata") or {}).get("generation") or 0)
+        if int(st.get("observedGeneration") or 0) < generation:
             return None
         pods = await self.kube.list_matching(
             "Pod", module.namespace, builders.selector_string(module)

@@ -31,6 +31,11 @@ class RecordingKube:
         meta = obj["metadata"]
         key = (obj["kind"], meta["namespace"], meta["name"])
         old = self.objects.get(key) or {}
+        # As an API server: the generation counts changes of the spec.
+        generation = int(old.get("metadata", {}).get("generation") or 0)
+        if obj.get("spec") != old.get("spec"):
+            generation += 1
+        obj = {**obj, "metadata": {**obj["metadata"], "generation": generation}}
         # As an API server: an apply leaves the status as it is.
         self.objects[key] = {
             **copy.deepcopy(obj),
@@ -144,7 +149,9 @@ def test_a_module_in_a_steady_state_costs_no_request() -> None:
 def test_a_changed_spec_applies_only_what_it_changes() -> None:
     reconciler, kube, _, body = _steady()
     changed = {**body, "spec": {**body["spec"], "image": "bhiv-core:2"}}
-    assert _calls(reconciler, kube, changed) == [("APPLY", "Deployment")]
+    # The Deployment, and the status saying it rolls out (its pods are not read before
+    # its controller has seen the new spec).
+    assert _calls(reconciler, kube, changed) == [("APPLY", "Deployment"), ("PATCH", "BhivModule")]
 
 
 def test_a_deleted_child_is_applied_again() -> None:
@@ -165,3 +172,18 @@ def test_a_child_whose_owned_fields_someone_took_is_applied_again() -> None:
     assert _calls(reconciler, kube, body) == [("APPLY", "Deployment")]
     _deliver(kube, cache)
     assert _calls(reconciler, kube, body) == []
+
+
+def test_a_new_module_asks_nothing_of_a_listed_cache() -> None:
+    """Once a listing filled the cache, a child it lacks does not exist: no GET of the
+    Deployment, no DELETE of the HPA, PDB or NetworkPolicy the module does not want."""
+    kube, cache = RecordingKube(), Cache()
+    cache.listed = True
+    reconciler = Reconciler(kube, _no_events, cache=cache)  # type: ignore[arg-type]
+    calls = _calls(reconciler, kube, _body(storage={"ephemeral": True}))
+    assert calls == [("APPLY", "Service"), ("APPLY", "Deployment"), ("PATCH", "BhivModule")]
+    # Switched off after the operator applied it, a child is deleted, seen or not yet.
+    with_policy = _body(storage={"ephemeral": True}, networkPolicy={"enabled": True})
+    assert ("APPLY", "NetworkPolicy") in _calls(reconciler, kube, with_policy)
+    calls = _calls(reconciler, kube, _body(storage={"ephemeral": True}))
+    assert ("DELETE", "NetworkPolicy") in calls
