@@ -56,6 +56,7 @@ from lightkube.resources.apps_v1 import Deployment  # noqa: E402
 from lightkube.resources.core_v1 import Namespace, Node  # noqa: E402
 from lightkube.types import PatchType  # noqa: E402
 
+from bench.results import record  # noqa: E402
 from bhiv import kube  # noqa: E402
 from bhiv.operator import FIELD_MANAGER, builders  # noqa: E402
 from bhiv.operator.kube import Kube  # noqa: E402
@@ -635,16 +636,13 @@ def main() -> None:
     )
     for n, direct, op in results:
         report(n, direct, op)
-    print(
-        json.dumps(
-            {
-                str(n): {
-                    "direct": {k: v for k, v in d.items() if not isinstance(v, list)},
-                    "operator": {k: v for k, v in o.items() if not isinstance(v, list)},
-                }
-                for n, d, o in results
-            }
-        )
+    # Direct apply is the same run's baseline.
+    record(
+        "operator_scale",
+        {str(n): {k: v for k, v in o.items() if not isinstance(v, list)} for n, _, o in results},
+        baseline={
+            str(n): {k: v for k, v in d.items() if not isinstance(v, list)} for n, d, _ in results
+        },
     )
 
 
