@@ -639,11 +639,17 @@ def main() -> None:
     # Direct apply is the same run's baseline.
     record(
         "operator_scale",
-        {str(n): {k: v for k, v in o.items() if not isinstance(v, list)} for n, _, o in results},
-        baseline={
-            str(n): {k: v for k, v in d.items() if not isinstance(v, list)} for n, d, _ in results
-        },
+        {str(n): _summary(o) for n, _, o in results},
+        baseline={str(n): _summary(d) for n, d, _ in results},
     )
+
+
+def _summary(figures: dict[str, Any]) -> dict[str, Any]:
+    """A path's figures for the JSON record: each list of latencies as its p50 and p99."""
+    return {
+        k: {"p50": percentile(v, 0.5), "p99": percentile(v, 0.99)} if isinstance(v, list) else v
+        for k, v in figures.items()
+    }
 
 
 if __name__ == "__main__":

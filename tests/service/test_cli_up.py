@@ -17,7 +17,7 @@ import pytest
 
 from bhiv import catalog
 from tests.support.net import wait_http
-from tests.support.up import bhiv_up, free_offset, up_env
+from tests.support.up import bhiv_up, free_offset, launch, token, up_env
 
 
 def _children(pid: int) -> set[int]:
@@ -43,21 +43,7 @@ def _alive(pid: int) -> bool:
 def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> None:
     offset = free_offset()
     log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bhiv",
-            "up",
-            "--port-offset",
-            str(offset),
-            "--data-dir",
-            str(tmp_path),
-        ],
-        env=up_env(tmp_path),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    up = launch(tmp_path, offset, log)
     try:
         for entry in catalog.SERVICES.values():
             wait_http(
@@ -73,22 +59,12 @@ def test_up_starts_every_service_and_sigterm_stops_them_all(tmp_path: Path) -> N
             time.sleep(0.2)
 
         # A token from `bhiv token` (same data dir, so the same local secret) works.
-        token = (
-            subprocess.run(
-                [sys.executable, "-m", "bhiv", "token", "--role", "editor"],
-                env=up_env(tmp_path),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
+        editor = token(tmp_path, "editor")
         logistics = f"http://127.0.0.1:{catalog.get('logistics').port + offset}"
         r = httpx.post(
             f"{logistics}/inventory",
             json={"sku": "UP-1", "name": "From bhiv up", "quantity": 3},
-            headers={"Authorization": f"Bearer {token}"},
+            headers={"Authorization": f"Bearer {editor}"},
         )
         assert r.status_code == 201, r.text
         assert (tmp_path / "logistics.db").exists()

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from bhiv import catalog
 from tests.support.net import wait_http
@@ -38,6 +39,43 @@ def up_env(data_dir: Path) -> dict[str, str]:
     return {**env, "BHIV_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
 
 
+def launch(
+    data_dir: Path, offset: int, log: IO[bytes], *args: str, env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`bhiv up --port-offset offset --data-dir data_dir *args`, its output to ``log``."""
+    return subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "bhiv",
+            "up",
+            "--port-offset",
+            str(offset),
+            "--data-dir",
+            str(data_dir),
+            *args,
+        ],
+        env={**up_env(data_dir), **(env or {})},
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def token(data_dir: Path, role: str) -> str:
+    """A token from `bhiv token` on ``data_dir`` (the same local secret as its services)."""
+    return (
+        subprocess.run(
+            [sys.executable, "-m", "bhiv", "token", "--role", role],
+            env=up_env(data_dir),
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.strip()
+        .splitlines()[-1]
+    )
+
+
 @dataclass
 class Up:
     """`bhiv up --port-offset` with some services, and an admin token for them."""
@@ -56,38 +94,12 @@ def bhiv_up(tmp_path: Path, *services: str, env: dict[str, str] | None = None) -
     offset = free_offset()
     only = [arg for name in services for arg in ("--only", name)]
     log = (tmp_path / "up.log").open("wb")
-    up = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bhiv",
-            "up",
-            "--port-offset",
-            str(offset),
-            "--data-dir",
-            str(tmp_path),
-            *only,
-        ],
-        env={**up_env(tmp_path), **(env or {})},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    up = launch(tmp_path, offset, log, *only, env=env)
     try:
         for name in services or tuple(catalog.SERVICES):
             url = f"http://127.0.0.1:{catalog.get(name).port + offset}"
             wait_http(f"{url}/health/ready", timeout=90, alive=lambda: up.poll() is None)
-        token = (
-            subprocess.run(
-                [sys.executable, "-m", "bhiv", "token", "--role", "admin"],
-                env=up_env(tmp_path),
-                capture_output=True,
-                text=True,
-                check=True,
-            )
-            .stdout.strip()
-            .splitlines()[-1]
-        )
-        yield Up(offset, {"Authorization": f"Bearer {token}"})
+        yield Up(offset, {"Authorization": f"Bearer {token(tmp_path, 'admin')}"})
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
     finally:

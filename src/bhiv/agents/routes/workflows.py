@@ -133,6 +133,15 @@ def get_definition(definition_id: DefinitionId, session: SessionDep) -> Workflow
     )
 
 
+def _commit_and_wake(request: Request, session: Session, run: WorkflowRun) -> RunRead:
+    """The run as the caller gets it back, read before the commit expires it; then the
+    engine is woken to act on it at once rather than at its next poll."""
+    answer = run_read(session, run)
+    session.commit()
+    request.app.state.engine.wake.set()
+    return answer
+
+
 def run_read(session: Session, run: WorkflowRun) -> RunRead:
     definition = session.get(WorkflowDefinition, run.definition_id)
     rows = {r.step_id: r for r in session.scalars(select(StepRun).where(StepRun.run_id == run.id))}
@@ -176,10 +185,7 @@ def start_run(
     identity: Identity = Depends(current_identity),
 ) -> RunRead:
     run = starts.start(session, body.workflow, body.version, body.input, identity.subject)
-    answer = run_read(session, run)
-    session.commit()
-    request.app.state.engine.wake.set()
-    return answer
+    return _commit_and_wake(request, session, run)
 
 
 @router.get(
@@ -297,10 +303,7 @@ def retry_run(
     identity: Identity = Depends(current_identity),
 ) -> RunRead:
     run = operations.retry(session, run_id, identity.subject)
-    answer = run_read(session, run)
-    session.commit()
-    request.app.state.engine.wake.set()
-    return answer
+    return _commit_and_wake(request, session, run)
 
 
 @router.post(
@@ -318,7 +321,4 @@ def compensate_run(
     identity: Identity = Depends(current_identity),
 ) -> RunRead:
     run = operations.compensate(session, run_id, identity.subject)
-    answer = run_read(session, run)
-    session.commit()
-    request.app.state.engine.wake.set()
-    return answer
+    return _commit_and_wake(request, session, run)
