@@ -47,6 +47,10 @@ RUN python3 -m venv /opt/bhiv
 # changes. Exactly the locked versions, each checked against its hash (`make
 # lock` writes the file from pyproject.toml's ranges). Wheels only, so the build
 # needs no compiler either.
+# Then the libraries become bytecode only (hack/image/bytecode-only.py: their
+# sources, test suites and type stubs go, about 45 MB); pip and setuptools are
+# left for the next step, which removes them.
+COPY hack/image/bytecode-only.py /tmp/build-ca/
 RUN set -eu; \
     if [ -s /tmp/build-ca/ca-certificates.crt ]; then export PIP_CERT=/tmp/build-ca/ca-certificates.crt; fi; \
     /opt/bhiv/bin/pip install --only-binary=:all: --require-hashes -r /tmp/build-ca/requirements.lock; \
@@ -56,7 +60,10 @@ RUN set -eu; \
         else \
             echo "no strip in this base: extension modules keep their debug info"; \
         fi; \
-    fi
+    fi; \
+    /opt/bhiv/bin/python /tmp/build-ca/bytecode-only.py \
+        "$(/opt/bhiv/bin/python -c 'import sysconfig; print(sysconfig.get_path("purelib"))')" \
+        pip setuptools _distutils_hack
 
 # Then the project itself (.dockerignore keeps the context to what it needs).
 # pip and setuptools go afterwards: nothing is installed at run time.
@@ -68,21 +75,49 @@ RUN set -eu; \
     /opt/bhiv/bin/bhiv --help >/dev/null
 
 # ---------------------------------------------------------------------------
-FROM ${BASE_IMAGE}
+# The base as the services run it, without what they never run: the package
+# manager and what only it uses (apt, its TLS and signature libraries, perl,
+# debconf), pip's and setuptools' wheels for `python3 -m venv`, glibc's iconv
+# charsets (Python has its own codecs) and the parts of the standard library
+# that are tools (lib2to3, distutils, pydoc's topics, idle, the test suite).
+# About 45 MB.
+# Packages are purged with dpkg, so its database still says exactly what the
+# image holds (image scanners read it). To add software, build on the builder
+# stage or copy /opt/bhiv into a base of your own (docs/container.md).
+FROM ${BASE_IMAGE} AS runtime
+ARG UNUSED_PACKAGES="apt libapt-pkg6.0 gpgv debian-archive-keyring python3-venv python3.11-venv python3-pip-whl python3-setuptools-whl python3-lib2to3 python3-distutils e2fsprogs libgnutls30 libp11-kit0 libunistring2 libidn2-0 libtasn1-6 libnettle8 libhogweed6 libgmp10 debconf perl-base"
 
 # A numeric user, so that Kubernetes can check runAsNonRoot; the passwd entry
 # is written directly because minimal bases have no useradd.
 RUN set -eu; \
     echo 'bhiv:x:10001:10001:BHIV Core:/nonexistent:/usr/sbin/nologin' >> /etc/passwd; \
-    echo 'bhiv:x:10001:' >> /etc/group
+    echo 'bhiv:x:10001:' >> /etc/group; \
+    if command -v dpkg >/dev/null; then \
+        installed=""; \
+        for p in ${UNUSED_PACKAGES}; do \
+            if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'ok installed'; then installed="$installed $p"; fi; \
+        done; \
+        if [ -n "$installed" ]; then dpkg --purge --force-depends --force-remove-essential $installed >/dev/null; fi; \
+    fi; \
+    rm -rf /usr/lib/*-linux-gnu/gconv /var/cache/debconf /var/log/* /var/lib/apt /var/cache/apt; \
+    for lib in /usr/lib/python3.* /usr/local/lib/python3.*; do \
+        rm -rf "$lib/lib2to3" "$lib/distutils" "$lib/pydoc_data" "$lib/idlelib" "$lib/tkinter" "$lib/turtledemo" "$lib/test" "$lib/ensurepip"; \
+        rm -f "$lib"/lib-dynload/_test*.so "$lib"/lib-dynload/xxlimited*.so "$lib"/lib-dynload/_ctypes_test*.so; \
+    done; \
+    python3 -c 'import ssl, sqlite3, zoneinfo, json, asyncio, encodings.idna'
 
 # Owned by root and read-only to the service user.
 COPY --from=builder /opt/bhiv /opt/bhiv
 
+# ---------------------------------------------------------------------------
+# One layer: what the step above removed is then not in the image at all.
+FROM scratch
+COPY --from=runtime / /
+
 # The root filesystem may be read-only: nothing is written outside /tmp (an
 # emptyDir or tmpfs). SQLite files and the local JWT secret go to
 # BHIV_DATA_DIR; on Kubernetes the services use PostgreSQL and a mounted secret.
-ENV PATH=/opt/bhiv/bin:${PATH} \
+ENV PATH=/opt/bhiv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
     PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
