@@ -9,11 +9,17 @@ the interpreter's own start (`python -c pass`, the floor, measured in the same r
 a ratio. Each service's app module is imported in a fresh interpreter (median of the
 runs). Two seconds after the last run is ready, every child's VmRSS is read.
 Targets for the record (not asserted): `bhiv up` under 4 s, idle RSS at most 75 MB.
+
+Where a service's memory goes: a fresh interpreter imports what a Logistics process
+imports, layer by layer (the libraries in the order the service needs them, then BHIV's
+framework and the service), and prints VmRSS after each; what the idle process holds
+beyond the last layer is its app, its OpenAPI document, migrations run and serving.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import statistics
@@ -44,6 +50,50 @@ def _import_time(entry: catalog.ServiceEntry) -> float:
     code = f"import time; t = time.perf_counter(); import {module}; print(time.perf_counter() - t)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     return float(out.stdout)
+
+
+# Cumulative: each layer's figure is what importing it adds to everything above it.
+MEMORY_LAYERS = (
+    ("pydantic, pydantic-settings", "pydantic, pydantic_settings"),
+    ("FastAPI, Starlette", "fastapi"),
+    ("SQLAlchemy ORM", "sqlalchemy.orm"),
+    ("Alembic (migrations)", "alembic.command, alembic.runtime.migration"),
+    ("uvicorn, uvloop, httptools", "uvicorn, uvloop, httptools"),
+    ("httpx", "httpx"),
+    ("purgatory (breakers; imports redis)", "purgatory"),
+    ("PyJWT, cryptography", "jwt, cryptography.hazmat.primitives.kdf.hkdf"),
+    (
+        "OpenTelemetry API (the SDK only when tracing is on)",
+        "opentelemetry.trace, opentelemetry.propagate",
+    ),
+    ("prometheus-client", "prometheus_client"),
+    ("bhiv.core (the framework)", "bhiv.core.app"),
+    ("bhiv.logistics", "bhiv.logistics.service"),
+)
+_LAYERS_SCRIPT = """
+import gc, json, sys
+def rss():
+    for line in open('/proc/self/status'):
+        if line.startswith('VmRSS:'):
+            return int(line.split()[1]) / 1024
+figures = [('python', rss())]
+for name, modules in json.loads(sys.argv[1]):
+    exec('import ' + modules)
+    gc.collect()
+    figures.append((name, rss()))
+print(json.dumps(figures))
+"""
+
+
+def _memory_layers() -> list[tuple[str, float]]:
+    """(layer, RSS in MB once imported), cumulative, in a fresh interpreter."""
+    out = subprocess.run(
+        [sys.executable, "-c", _LAYERS_SCRIPT, json.dumps(MEMORY_LAYERS)],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return [(name, float(mb)) for name, mb in json.loads(out.stdout)]
 
 
 def _rss_mb(pid: int) -> float:
@@ -121,6 +171,14 @@ def main() -> None:
     print(f"{'service':<22}{'import (s)':>12}{'idle RSS (MB)':>16}")  # noqa: T201
     for name in catalog.SERVICES:
         print(f"{name:<22}{imports[name]:>12.2f}{rss.get(name, float('nan')):>16.0f}")  # noqa: T201
+    layers = _memory_layers()
+    print("where Logistics' memory goes (RSS after importing each layer, MB):")  # noqa: T201
+    previous = 0.0
+    for name, mb in layers:
+        print(f"  {name:<44}{mb:>7.1f}  +{mb - previous:5.1f}")  # noqa: T201
+        previous = mb
+    idle = rss.get("logistics", float("nan"))
+    print(f"  {'app built, migrated, serving (idle)':<44}{idle:>7.1f}  +{idle - previous:5.1f}")  # noqa: T201
     record(
         "startup",
         {
@@ -129,6 +187,7 @@ def main() -> None:
             "up_to_python_start": round(up_seconds / floor, 1),
             "import_seconds": {k: round(v, 3) for k, v in imports.items()},
             "idle_rss_mb": {k: round(v, 1) for k, v in rss.items()},
+            "logistics_rss_by_layer_mb": {name: round(mb, 1) for name, mb in layers},
         },
         baseline={"python_start_seconds": round(floor, 4)},
     )
