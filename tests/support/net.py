@@ -13,10 +13,10 @@ import httpx
 # and meanwhile any outgoing connection (a kube client, httpx) may take it as its
 # local port. That race failed the operator tier once ("address already in use" for
 # its health port). Outgoing connections never use ports below the range.
-_LISTEN_PORTS_FROM = 20000
+LISTEN_PORTS_FROM = 20000
 
 
-def _ephemeral_start() -> int:
+def ephemeral_start() -> int:
     try:
         with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
             return int(f.read().split()[0])
@@ -26,16 +26,16 @@ def _ephemeral_start() -> int:
 
 def free_port() -> int:
     """A loopback TCP port nothing listens on, outside the ephemeral range."""
-    high = max(_ephemeral_start(), _LISTEN_PORTS_FROM + 1000)
+    high = max(ephemeral_start(), LISTEN_PORTS_FROM + 1000)
     for _ in range(200):
-        port = random.randrange(_LISTEN_PORTS_FROM, high)  # noqa: S311 - not for security
+        port = random.randrange(LISTEN_PORTS_FROM, high)  # noqa: S311 - not for security
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
             try:
                 s.bind(("127.0.0.1", port))
             except OSError:
                 continue
             return port
-    raise RuntimeError(f"no free port in {_LISTEN_PORTS_FROM}-{high - 1}")
+    raise RuntimeError(f"no free port in {LISTEN_PORTS_FROM}-{high - 1}")
 
 
 def wait_http(url: str, *, timeout: float = 30.0, alive: object = None) -> None:

@@ -15,13 +15,17 @@ from pathlib import Path
 from typing import IO
 
 from bhiv import catalog
-from tests.support.net import wait_http
+from tests.support.net import LISTEN_PORTS_FROM, ephemeral_start, wait_http
 
 
 def free_offset() -> int:
-    """A port offset under which every catalog port is free on 127.0.0.1."""
+    """A port offset under which every catalog port is free on 127.0.0.1, and below the
+    kernel's ephemeral range (tests.support.net: an outgoing connection may take a port
+    in it between this check and the service's bind; it did, failing `bhiv up`)."""
+    ports = [e.port for e in catalog.SERVICES.values()]
+    lowest, highest = LISTEN_PORTS_FROM - min(ports), ephemeral_start() - max(ports) - 1
     for _ in range(50):
-        offset = random.randrange(20000, 40000, 10)  # noqa: S311 - not for security
+        offset = random.randrange(lowest, highest, 10)  # noqa: S311 - not for security
         ports = [e.port + offset for e in catalog.SERVICES.values()]
         try:
             for port in ports:
