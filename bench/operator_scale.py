@@ -31,7 +31,6 @@ import asyncio
 import json
 import os
 import random
-import socket
 import statistics
 import subprocess
 import sys
@@ -61,6 +60,9 @@ from bhiv import kube  # noqa: E402
 from bhiv.operator import FIELD_MANAGER, builders  # noqa: E402
 from bhiv.operator.kube import Kube  # noqa: E402
 from bhiv.operator.model import Module  # noqa: E402
+
+# Below the ephemeral range: the operator's metrics port cannot be taken by a client.
+from tests.support.net import free_port  # noqa: E402
 
 CONCURRENCY = 4
 WRITES = ("create", "update", "patch", "delete", "deletecollection")
@@ -343,12 +345,6 @@ def run_direct(api: Client, kubeconfig: str, n: int, changes: int, rate: float) 
         deployments.stop()
     delete_namespace(api, ns)
     return {"applied": applied, "ready": ready, "change_applied": to_applied}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def start_operator(

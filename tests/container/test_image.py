@@ -31,6 +31,14 @@ COMPILERS_AND_BUILD_TOOLS = (
 )
 
 
+def _python(run_once, script: str, **run: object) -> str:  # noqa: ANN001
+    """What ``python3 -c script`` prints in the image (``run``: run_once's options,
+    its hardened flags by default); it must succeed."""
+    result = run_once("-c", script, entrypoint="python3", **run)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
 def _project_version() -> str:
     return tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["project"]["version"]
 
@@ -54,9 +62,8 @@ def test_has_no_compilers_build_tools_or_pip(run_once) -> None:
         "import json, shutil; "
         f"print(json.dumps({{t: shutil.which(t) for t in {COMPILERS_AND_BUILD_TOOLS!r}}}))"
     )
-    result = run_once("-c", script, entrypoint="python3")
-    assert result.returncode == 0, result.stderr
-    found = {tool: path for tool, path in json.loads(result.stdout).items() if path}
+    out = _python(run_once, script)
+    found = {tool: path for tool, path in json.loads(out).items() if path}
     assert found == {}, f"the final image carries build tools: {found}"
 
 
@@ -71,9 +78,8 @@ def test_libraries_are_bytecode_only_and_bhiv_keeps_its_sources(run_once) -> Non
         "print(json.dumps({'libraries': sorted(set(py) - {'bhiv'}), 'bhiv': py.count('bhiv') > 0, "
         "'sqlalchemy': sqlalchemy.orm.__file__.endswith('.pyc')}))"
     )
-    result = run_once("-c", script, entrypoint="python3")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"libraries": [], "bhiv": True, "sqlalchemy": True}
+    out = _python(run_once, script)
+    assert json.loads(out) == {"libraries": [], "bhiv": True, "sqlalchemy": True}
 
 
 def test_has_no_package_manager_and_dpkg_says_so(run_once) -> None:
@@ -85,9 +91,8 @@ def test_has_no_package_manager_and_dpkg_says_so(run_once) -> None:
         "print(json.dumps({'tools': [t for t in ('apt-get', 'apt', 'perl', 'gpgv') if shutil.which(t)], "
         "'packages': sorted({'apt', 'perl-base', 'gpgv', 'libc6'} & set(q.stdout.split()))}))"
     )
-    result = run_once("-c", script, entrypoint="python3")
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {"tools": [], "packages": ["libc6"]}
+    out = _python(run_once, script)
+    assert json.loads(out) == {"tools": [], "packages": ["libc6"]}
 
 
 def test_carries_no_build_inputs_and_cannot_change_its_own_code(run_once) -> None:
@@ -101,9 +106,8 @@ def test_carries_no_build_inputs_and_cannot_change_its_own_code(run_once) -> Non
         "'bin_writable': os.access('/opt/bhiv/bin', os.W_OK)}))"
     )
     # Without --read-only or --tmpfs: the image's own /tmp, as built.
-    result = run_once("-c", script, entrypoint="python3", flags=("--network", "host"))
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == {
+    out = _python(run_once, script, flags=("--network", "host"))
+    assert json.loads(out) == {
         "build_ca": False,
         "src": False,
         "venv_writable": False,
@@ -182,9 +186,8 @@ def test_kubernetes_access_is_lightkube_not_the_official_client(run_once) -> Non
         "import bhiv.kube, bhiv.operator.kube, kopf, importlib.util as u; "
         "print(u.find_spec('kubernetes'))"
     )
-    result = run_once("-c", script, entrypoint="python3")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "None"
+    out = _python(run_once, script)
+    assert out.strip() == "None"
 
 
 def test_installs_exactly_the_locked_versions(run_once) -> None:
@@ -202,9 +205,8 @@ def test_installs_exactly_the_locked_versions(run_once) -> None:
         "import importlib.metadata as m; "
         "print('\\n'.join(f\"{d.metadata['Name']}=={d.version}\" for d in m.distributions()))"
     )
-    result = run_once("-c", script, entrypoint="python3")
-    assert result.returncode == 0, result.stderr
-    installed = dict(line.lower().replace("_", "-").split("==") for line in result.stdout.split())
+    out = _python(run_once, script)
+    installed = dict(line.lower().replace("_", "-").split("==") for line in out.split())
     installed.pop("bhiv-core")
     unlocked = {n: v for n, v in installed.items() if locked.get(n) != v}
     assert unlocked == {}, f"in the image but not at their locked version: {unlocked}"
@@ -220,6 +222,5 @@ def test_counts_cl100k_tokens_with_no_network(run_once) -> None:
         "c = counter('cl100k_base')\n"
         "print(c.method, c.text('hello world'))\n"
     )
-    result = run_once("-c", script, entrypoint="python3")
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["cl100k_base", "2"]
+    out = _python(run_once, script)
+    assert out.split() == ["cl100k_base", "2"]

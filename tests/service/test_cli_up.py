@@ -17,7 +17,7 @@ import pytest
 
 from bhiv import catalog
 from tests.support.net import wait_http
-from tests.support.up import bhiv_up, free_offset, launch, token, up_env
+from tests.support.up import bhiv_up, free_offset, launch, token, up_command, up_env
 
 
 def _children(pid: int) -> set[int]:
@@ -141,16 +141,7 @@ def test_port_in_use_is_a_clear_error(tmp_path: Path) -> None:
         blocker.bind(("127.0.0.1", entry.port + offset))
         blocker.listen()
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "bhiv",
-                "up",
-                "--port-offset",
-                str(offset),
-                "--data-dir",
-                str(tmp_path),
-            ],
+            up_command(tmp_path, offset),
             env=up_env(tmp_path),
             capture_output=True,
             text=True,

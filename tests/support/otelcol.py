@@ -11,7 +11,6 @@ receiver's shape, so the two answer the same questions.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -25,6 +24,7 @@ import pytest
 
 from tests.support.net import free_port
 from tests.support.otlp import ReceivedSpan, wait_for_spans
+from tests.support.servers import stop_process
 
 HACK_DIR = Path(__file__).resolve().parents[2] / "hack"
 
@@ -140,12 +140,7 @@ def otel_collector(work: Path) -> Iterator[Collector]:
         _wait_accepting(collector, process)
         yield collector
     finally:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        stop_process(process, 20)
 
 
 def _wait_accepting(collector: Collector, process: subprocess.Popen[bytes]) -> None:

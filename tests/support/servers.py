@@ -19,6 +19,19 @@ from tests.support.net import free_port, wait_http
 TEST_JWT_SECRET = "test-only-secret-0123456789abcdef0123456789"
 
 
+def stop_process(process: subprocess.Popen[bytes], grace: float) -> None:
+    """SIGTERM (a clean shutdown: a supervisor such as `bhiv up` stops its children
+    too), then SIGKILL if ``process`` has not exited within ``grace`` seconds."""
+    if process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 @dataclass
 class ServiceProcess:
     name: str
@@ -62,13 +75,8 @@ class ServiceProcess:
     def stop(self) -> None:
         for client in self._clients:
             client.close()
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process:
+            stop_process(self.process, 20)
 
     def restart(self) -> None:
         self.stop()

@@ -16,6 +16,7 @@ from typing import IO
 
 from bhiv import catalog
 from tests.support.net import LISTEN_PORTS_FROM, ephemeral_start, wait_http
+from tests.support.servers import stop_process
 
 
 def free_offset() -> int:
@@ -43,22 +44,27 @@ def up_env(data_dir: Path) -> dict[str, str]:
     return {**env, "BHIV_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
 
 
+def up_command(data_dir: Path, offset: int, *args: str) -> list[str]:
+    """The command line of `bhiv up --port-offset offset --data-dir data_dir *args`."""
+    return [
+        sys.executable,
+        "-m",
+        "bhiv",
+        "up",
+        "--port-offset",
+        str(offset),
+        "--data-dir",
+        str(data_dir),
+        *args,
+    ]
+
+
 def launch(
     data_dir: Path, offset: int, log: IO[bytes], *args: str, env: dict[str, str] | None = None
 ) -> subprocess.Popen[bytes]:
     """`bhiv up --port-offset offset --data-dir data_dir *args`, its output to ``log``."""
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "bhiv",
-            "up",
-            "--port-offset",
-            str(offset),
-            "--data-dir",
-            str(data_dir),
-            *args,
-        ],
+        up_command(data_dir, offset, *args),
         env={**up_env(data_dir), **(env or {})},
         stdout=log,
         stderr=subprocess.STDOUT,
@@ -107,12 +113,6 @@ def bhiv_up(tmp_path: Path, *services: str, env: dict[str, str] | None = None) -
         up.send_signal(signal.SIGTERM)
         assert up.wait(60) == 0
     finally:
-        if up.poll() is None:
-            # SIGTERM first: killing `bhiv up` outright would orphan its children.
-            up.send_signal(signal.SIGTERM)
-            try:
-                up.wait(60)
-            except subprocess.TimeoutExpired:
-                up.kill()
-                up.wait()
+        # SIGTERM first: killing `bhiv up` outright would orphan its children.
+        stop_process(up, 60)
         log.close()
