@@ -22,7 +22,8 @@ import sys
 from pathlib import Path
 
 # Never imported by a running service; their own packages do not import them either.
-TEST_DIRS = ("tests", "sqlalchemy/testing", "alembic/testing", "mako/testing")
+TEST_DIRS = "tests"  # anywhere in a package
+PACKAGE_TEST_DIRS = ("sqlalchemy/testing", "alembic/testing", "mako/testing")
 NOT_RUN = ("*.pyi", "*.pyx", "*.pxd", "*.pxi", "*.c", "*.h")
 
 
@@ -34,40 +35,30 @@ def slim(site: Path, keep: set[str]) -> int:
         for p in site.iterdir()
         if p.name not in keep and p.name != "__pycache__" and not p.name.endswith(".dist-info")
     ]
-    for name in TEST_DIRS:
-        for found in site.glob(name) if "/" in name else (d for t in tops for d in _dirs(t, name)):
-            if found.is_dir():
-                shutil.rmtree(found)
-    for top in tops:
-        if top.is_dir():
-            for pattern in NOT_RUN:
-                for found in top.rglob(pattern):
-                    found.unlink()
-    for top in tops:
-        if top.is_dir():
-            sources = list(top.rglob("*.py"))
-            ok = compileall.compile_dir(top, quiet=2, legacy=True, workers=0)
-        elif top.suffix == ".py":
-            sources = [top]
-            ok = compileall.compile_file(top, quiet=2, legacy=True)
-        else:
-            continue
-        # legacy=True writes foo.pyc beside foo.py: the only place where Python
-        # imports a module that has no source.
-        if not ok:
-            raise SystemExit(f"could not compile {top}")
-        for source in sources:
-            source.unlink()
-    for top in [site / "__pycache__", *tops]:
-        for cache in (
-            [top] if top.name == "__pycache__" else top.rglob("__pycache__") if top.is_dir() else ()
-        ):
-            shutil.rmtree(cache, ignore_errors=True)
+    packages = [top for top in tops if top.is_dir()]
+    modules = [top for top in tops if top.suffix == ".py"]  # top-level single-file modules
+
+    suites = [site / name for name in PACKAGE_TEST_DIRS]
+    suites += [found for package in packages for found in package.rglob(TEST_DIRS)]
+    for suite in suites:
+        if suite.is_dir():  # one inside a suite already removed is gone
+            shutil.rmtree(suite)
+    for package in packages:
+        for pattern in NOT_RUN:
+            for found in list(package.rglob(pattern)):
+                found.unlink()
+
+    # legacy=True writes foo.pyc beside foo.py: the only place where Python imports a
+    # module that has no source.
+    compiled = [compileall.compile_dir(p, quiet=1, legacy=True, workers=0) for p in packages]
+    compiled += [compileall.compile_file(m, quiet=1, legacy=True) for m in modules]
+    if not all(compiled):
+        raise SystemExit("could not compile every module (compileall's errors above)")
+    for source in [*modules, *(s for package in packages for s in package.rglob("*.py"))]:
+        source.unlink()
+    for cache in [site / "__pycache__", *(c for p in packages for c in p.rglob("__pycache__"))]:
+        shutil.rmtree(cache, ignore_errors=True)
     return before - _size(site)
-
-
-def _dirs(top: Path, name: str) -> list[Path]:
-    return [d for d in top.rglob(name) if d.is_dir()] if top.is_dir() else []
 
 
 def _size(root: Path) -> int:
